@@ -1,0 +1,159 @@
+"""The ``genqueue`` command line. Each subcommand's ``--help`` explains it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from worker.errors import SettingsError
+from worker.settings import Settings, env_name, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genqueue",
+        description="A job queue in front of GPU-hosted language models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="run the whole service on this machine",
+        description="Start Redis (embedded unless REDIS_URL is set), the simulator (unless "
+        "RUNPOD_ENDPOINT_URL is set), a worker, the API and Flower. Ctrl-C stops them all.",
+    )
+    up.add_argument("--api-port", type=int, default=8000, help="API port (default 8000)")
+    up.add_argument("--flower-port", type=int, default=5555, help="Flower port (default 5555)")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    up.set_defaults(handler=_run_up)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run Celery workers that serve genqueue.generate",
+        description="Start GENQUEUE_WORKER_PROCESSES Celery worker processes (0: one per core) "
+        "on the GENQUEUE_WORKER_POOL pool with GENQUEUE_WORKER_CONCURRENCY slots each.",
+    )
+    worker.add_argument("--hostname", help="Celery node name (default genqueueN@host)")
+    worker.set_defaults(handler=_run_worker)
+
+    api = sub.add_parser("api", help="run the HTTP API", description="Serve the HTTP API.")
+    api.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    api.set_defaults(handler=_run_api)
+
+    flower = sub.add_parser(
+        "flower",
+        help="run Flower on genqueue's Celery app",
+        description="Start Flower with basic auth from FLOWER_BASIC_AUTH (required beyond "
+        "loopback) and its state kept on disk. Other FLOWER_* variables are honoured.",
+    )
+    flower.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    flower.add_argument("--port", type=int, default=5555, help="port (default 5555)")
+    flower.set_defaults(handler=_run_flower)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="run the built-in completions endpoint simulator",
+        description="A fake text-generation-webui /v1/completions server for trying genqueue "
+        "without a GPU, with latency, one-at-a-time mode and injected failures.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    simulate.add_argument("--latency", type=float, default=0.0, help="seconds per completion")
+    simulate.add_argument(
+        "--one-at-a-time", action="store_true", help="serve one generation at a time"
+    )
+    simulate.add_argument("--fail-rate", type=float, default=0.0, help="fraction that fail")
+    simulate.add_argument("--fail-status", type=int, default=500, help="status of failures")
+    simulate.set_defaults(handler=_run_simulate)
+
+    submit = sub.add_parser(
+        "submit",
+        help="submit a prompt (or a JSONL file of requests) through the API",
+        description="Submit PROMPT, or every line of --file (JSON requests), to the API at "
+        "--api (default http://127.0.0.1:8000) with the first key of GENQUEUE_API_KEYS.",
+    )
+    submit.add_argument("prompt", nargs="?", help="the prompt text")
+    submit.add_argument("--file", help="a JSONL file of requests, one JSON object a line")
+    submit.add_argument("--system", help="system message")
+    submit.add_argument("--template", default=None, help="prompt template (default chatml)")
+    submit.add_argument("--max-tokens", type=int, default=None, help="max_tokens")
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits")
+    submit.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
+    submit.set_defaults(handler=_run_submit)
+
+    status = sub.add_parser(
+        "status", help="print a task's status", description="Print a task's status as JSON."
+    )
+    status.add_argument("task_id", help="the task id")
+    status.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
+    status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the end")
+    status.set_defaults(handler=_run_status)
+    return parser
+
+
+def _run_up(args: argparse.Namespace, settings: Settings) -> int:
+    from genqueue.up import run_up
+
+    return run_up(settings, host=args.host, api_port=args.api_port, flower_port=args.flower_port)
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from genqueue.workers import WorkerSupervisor
+
+    if settings.completions_url is None:
+        raise SettingsError(f"{env_name('runpod_endpoint_url')} is not set: the worker needs it")
+    return WorkerSupervisor(settings, hostname=args.hostname).run()
+
+
+def _run_api(args: argparse.Namespace, settings: Settings) -> int:
+    from api_producer.server import serve
+
+    return serve(settings, host=args.host, port=args.port)
+
+
+def _run_flower(args: argparse.Namespace, settings: Settings) -> int:
+    from genqueue.flower import run_flower
+
+    return run_flower(settings, host=args.host, port=args.port)
+
+
+def _run_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from genqueue.simulator import SimulatorConfig, run
+
+    config = SimulatorConfig(
+        latency_s=args.latency,
+        one_at_a_time=args.one_at_a_time,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+    )
+    run(args.host, args.port, config)
+    return 0
+
+
+def _run_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from genqueue.shell import submit
+
+    return submit(args, settings)
+
+
+def _run_status(args: argparse.Namespace, settings: Settings) -> int:
+    from genqueue.shell import status
+
+    return status(args, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return int(args.handler(args, settings))
+    except SettingsError as err:
+        print(f"genqueue: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

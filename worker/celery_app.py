@@ -1,0 +1,107 @@
+"""The Celery app, built from the settings: ``celery -A worker.celery_app worker`` works.
+
+:func:`create_celery_app` is the factory; the module-level ``app`` is built from the
+environment when this module is imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_shutdown
+from kombu import Queue
+
+from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
+from worker.errors import SettingsError
+from worker.runtime import SPARE_CONNECTIONS, close_runtimes
+from worker.settings import Settings, load_settings
+
+#: Seconds a message may stay unacknowledged before Redis hands it to another worker, beyond
+#: the longest attempt plus the longest retry countdown (a retry waits, unacknowledged, in the
+#: worker that holds it).
+VISIBILITY_MARGIN_S = 60
+
+
+class GenQueueCelery(Celery):
+    """A Celery app that carries the settings it was built from."""
+
+    genqueue_settings: Settings
+
+
+def visibility_timeout_s(settings: Settings) -> int:
+    return int(settings.longest_attempt_s + settings.longest_countdown_s + VISIBILITY_MARGIN_S)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    connections = settings.worker_concurrency + SPARE_CONNECTIONS
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        # JSON only: a pickled message is refused, never executed.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Flower sees every task from the moment it is sent.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_expires": settings.result_ttl_s,
+        "result_extended": False,
+        # One backend for all greenlets instead of one Redis connection per task (celery#6819).
+        "result_backend_thread_safe": True,
+        "redis_max_connections": connections,
+        "redis_socket_connect_timeout": 5,
+        "redis_socket_timeout": 30,
+        "redis_retry_on_timeout": True,
+        "broker_pool_limit": connections,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout_s(settings),
+            "priority_steps": list(range(PRIORITY_MAX + 1)),
+            "queue_order_strategy": "priority",
+            "max_connections": connections,
+            "socket_connect_timeout": 5,
+            "socket_timeout": 30,
+            "health_check_interval": 25,
+        },
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": QUEUE_NAME,
+        "task_queues": [
+            Queue(QUEUE_NAME, routing_key=QUEUE_NAME),
+            Queue(CELERY_DEFAULT_QUEUE, routing_key=CELERY_DEFAULT_QUEUE),
+        ],
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_pool": settings.worker_pool,
+        "worker_log_color": False,
+    }
+
+
+def create_celery_app(settings: Settings) -> GenQueueCelery:
+    """A Celery app wired for genqueue from ``settings``."""
+    app = GenQueueCelery("genqueue", include=["worker.tasks"], set_as_current=True)
+    app.genqueue_settings = settings
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def _load() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as err:
+        # Invalid settings stop the process at start, naming the variable.
+        print(f"genqueue: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    close_runtimes()
+
+
+app = create_celery_app(_load())

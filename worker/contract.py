@@ -1,0 +1,168 @@
+"""The wire contract: what producers send and what the worker stores.
+
+This module imports nothing but pydantic, so the HTTP API, the Python client and any service
+that only has pydantic can share it. Producers enqueue by ``TASK_NAME`` with
+``kwargs={"request": GenerationRequest.model_dump(mode="json", exclude_none=True)}``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+
+TASK_NAME = "genqueue.generate"
+#: The queue genqueue's own producers use. Workers also consume Celery's default queue
+#: ``celery`` so that a plain ``send_task("genqueue.generate", ...)`` is served.
+QUEUE_NAME = "genqueue"
+CELERY_DEFAULT_QUEUE = "celery"
+
+PRIORITY_MIN = 0
+PRIORITY_MAX = 9
+PRIORITY_DEFAULT = 5
+
+#: Limits enforced on every request, whichever way it arrives.
+PROMPT_MAX_CHARS = 200_000
+MESSAGES_MAX = 256
+MAX_TOKENS_LIMIT = 32_768
+METADATA_MAX_KEYS = 32
+METADATA_MAX_CHARS = 4_096
+
+BUILTIN_TEMPLATES = ("chatml", "llama2", "alpaca", "vicuna", "mistral", "raw")
+#: ``params`` keys that belong to genqueue, not to the caller.
+RESERVED_PARAMS = frozenset({"prompt", "messages", "stream", "model", "n", "echo"})
+
+
+class Message(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=PROMPT_MAX_CHARS)
+
+
+class GenerationParams(BaseModel):
+    """Sampling parameters, sent to ``/v1/completions`` as they are.
+
+    The OpenAI fields are typed; the server's extra sampler fields (``top_k``, ``min_p``,
+    ``repetition_penalty``, ...) pass through when they are JSON scalars or lists.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0, le=5)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check_extra(self) -> GenerationParams:
+        for key, value in (self.model_extra or {}).items():
+            if key in RESERVED_PARAMS:
+                raise ValueError(f"params.{key} is set by genqueue and cannot be given")
+            if isinstance(value, dict):
+                raise ValueError(f"params.{key} must be a scalar or a list, not an object")
+        return self
+
+
+class GenerationRequest(BaseModel):
+    """A generation task as producers submit it (the HTTP body and the Celery payload)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(default=None, max_length=PROMPT_MAX_CHARS)
+    messages: list[Message] | None = Field(default=None, min_length=1, max_length=MESSAGES_MAX)
+    system: str | None = Field(default=None, max_length=PROMPT_MAX_CHARS)
+    template: str = Field(
+        default="chatml", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    priority: int = Field(default=PRIORITY_DEFAULT, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    metadata: dict[str, JsonValue] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerationRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.messages is not None and self.system is not None:
+            raise ValueError("'system' goes with 'prompt'; put a system message in 'messages'")
+        return self
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+        if value is None:
+            return value
+        if len(value) > METADATA_MAX_KEYS:
+            raise ValueError(f"metadata has more than {METADATA_MAX_KEYS} keys")
+        if len(_compact_json(value)) > METADATA_MAX_CHARS:
+            raise ValueError(f"metadata is larger than {METADATA_MAX_CHARS} characters as JSON")
+        return value
+
+    def to_payload(self) -> dict[str, Any]:
+        """The ``request`` kwarg of a ``genqueue.generate`` message."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class GenerationResult(BaseModel):
+    """What a successful task returns (and what ``AsyncResult.get()`` gives back)."""
+
+    text: str
+    finish_reason: str | None
+    model: str | None
+    usage: Usage
+    latency_ms: int
+
+
+class ErrorInfo(BaseModel):
+    """Why a task failed: a stable ``type`` and a readable ``message``."""
+
+    type: str
+    message: str
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    status: TaskState = TaskState.QUEUED
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    status: TaskState
+    attempts: int
+    result: GenerationResult | None = None
+    error: ErrorInfo | None = None
+    metadata: dict[str, JsonValue] | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

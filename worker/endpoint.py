@@ -1,0 +1,221 @@
+"""The completions endpoint client: one POST to ``/v1/completions``, every failure classified.
+
+Knows nothing of Celery. :func:`classify_response` and :func:`classify_transport_error` are the
+one place that decides whether a failure is worth another attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ValidationError
+from requests.adapters import HTTPAdapter
+
+from worker.backoff import parse_retry_after
+from worker.contract import GenerationResult, Usage
+from worker.errors import (
+    EndpointError,
+    EndpointTimeout,
+    EndpointUnreachable,
+    InvalidEndpointResponse,
+    PermanentEndpointError,
+    RetryableEndpointError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Statuses another attempt may get past: timeouts, rate limits, overload, the pod proxy's 524.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
+#: How much of an endpoint's own error text an error message keeps.
+ERROR_TEXT_MAX_CHARS = 300
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where and how to call the endpoint. Built from the settings."""
+
+    completions_url: str
+    api_key: str | None = None
+    model: str | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 95.0
+    pool_size: int = 10
+
+
+class _Choice(BaseModel):
+    text: str
+    finish_reason: str | None = None
+
+
+class _Completion(BaseModel):
+    choices: list[_Choice]
+    model: str | None = None
+    usage: Usage | None = None
+
+
+class CompletionClient:
+    """One ``requests.Session`` with a connection pool as large as the worker's concurrency."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self._config = config
+        self._session = requests.Session()
+        adapter = HTTPAdapter(
+            pool_connections=1, pool_maxsize=config.pool_size, max_retries=0, pool_block=False
+        )
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["Content-Type"] = "application/json"
+        if config.api_key:
+            self._session.headers["Authorization"] = f"Bearer {config.api_key}"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def build_body(self, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {**params, "prompt": prompt}
+        if self._config.model:
+            body["model"] = self._config.model
+        return body
+
+    def complete(self, prompt: str, params: dict[str, Any]) -> GenerationResult:
+        """POST one completion; raise a classified :class:`EndpointError` on any failure."""
+        started = time.perf_counter()
+        try:
+            response = self._session.post(
+                self._config.completions_url,
+                data=json.dumps(self.build_body(prompt, params)),
+                timeout=(self._config.connect_timeout_s, self._config.read_timeout_s),
+                allow_redirects=False,
+            )
+        except requests.RequestException as err:
+            raise classify_transport_error(err) from err
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        error = classify_response(response.status_code, response.headers, response.text)
+        if error is not None:
+            raise error
+        return parse_completion(response.text, latency_ms)
+
+
+def classify_transport_error(err: requests.RequestException) -> EndpointError:
+    """Map a ``requests`` failure to a retryable or permanent error."""
+    if isinstance(err, requests.Timeout):
+        kind = "connect" if isinstance(err, requests.ConnectTimeout) else "read"
+        log.debug("endpoint %s timeout: retryable", kind)
+        return EndpointTimeout(f"endpoint {kind} timeout")
+    if isinstance(err, requests.ConnectionError):
+        log.debug("endpoint connection failed: retryable (%s)", type(err).__name__)
+        return EndpointUnreachable(f"endpoint connection failed: {_transport_reason(err)}")
+    log.debug("endpoint request failed: permanent (%s)", type(err).__name__)
+    return PermanentEndpointError(f"endpoint request failed: {type(err).__name__}")
+
+
+def _transport_reason(err: requests.RequestException) -> str:
+    # The text of a urllib3 error names the host and port, never headers: safe to keep.
+    text = str(err.args[0]) if err.args else type(err).__name__
+    return _truncate(text)
+
+
+def classify_response(status: int, headers: Any, text: str) -> EndpointError | None:
+    """``None`` for a 2xx; otherwise the error, keeping the endpoint's own words."""
+    if 200 <= status < 300:
+        return None
+    detail = extract_error_text(text)
+    message = f"endpoint answered {status}: {detail}" if detail else f"endpoint answered {status}"
+    if status in RETRYABLE_STATUSES:
+        retry_after_s = _retry_after(headers)
+        log.debug("endpoint status %d: retryable (retry-after %s)", status, retry_after_s)
+        return RetryableEndpointError(message, status_code=status, retry_after_s=retry_after_s)
+    if 300 <= status < 400:
+        message = f"endpoint answered a redirect ({status}); genqueue does not follow redirects"
+    log.debug("endpoint status %d: permanent", status)
+    return PermanentEndpointError(message, status_code=status)
+
+
+def _retry_after(headers: Any) -> float | None:
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        seconds = parse_retry_after(millis)
+        if seconds is not None:
+            return seconds / 1000
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def extract_error_text(text: str) -> str:
+    """The endpoint's own error words: OpenAI ``error.message``, FastAPI ``detail``, or text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return _truncate(text.strip())
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return _truncate(error["message"])
+        if isinstance(error, str):
+            return _truncate(error)
+        if "detail" in body:
+            return _truncate(_describe_detail(body["detail"]))
+    return _truncate(text.strip())
+
+
+def _describe_detail(detail: Any) -> str:
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []))
+                parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def parse_completion(text: str, latency_ms: int) -> GenerationResult:
+    """The result from a 2xx body; :class:`InvalidEndpointResponse` if it is not one."""
+    try:
+        completion = _Completion.model_validate_json(text)
+    except ValidationError as err:
+        snippet = _truncate(text.strip(), 120)
+        reason = "not JSON" if _is_not_json(text) else "not a completion"
+        raise InvalidEndpointResponse(
+            f"endpoint answered 200 but the body is {reason}: {snippet!r}"
+        ) from err
+    if not completion.choices:
+        raise InvalidEndpointResponse("endpoint answered 200 with no choices")
+    choice = completion.choices[0]
+    usage = completion.usage or Usage()
+    return GenerationResult(
+        text=choice.text,
+        finish_reason=choice.finish_reason,
+        model=completion.model,
+        usage=usage,
+        latency_ms=latency_ms,
+    )
+
+
+def _is_not_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
+
+
+def _truncate(text: str, limit: int = ERROR_TEXT_MAX_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+__all__ = [
+    "CompletionClient",
+    "EndpointConfig",
+    "RetryableEndpointError",
+    "classify_response",
+    "classify_transport_error",
+    "extract_error_text",
+    "parse_completion",
+]

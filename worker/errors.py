@@ -1,0 +1,116 @@
+"""genqueue's exceptions.
+
+The tree::
+
+    GenQueueError
+    ├── SettingsError                  invalid configuration at start
+    ├── InvalidRequest                 a payload that breaks the wire contract (permanent)
+    ├── TemplateError                  unknown template or a rendering failure (permanent)
+    ├── EndpointError                  the completions endpoint did not give a usable answer
+    │   ├── RetryableEndpointError     worth another attempt later
+    │   │   ├── EndpointTimeout
+    │   │   └── EndpointUnreachable    connection refused, reset, DNS
+    │   └── PermanentEndpointError     another attempt would get the same answer
+    │       └── InvalidEndpointResponse  a 2xx whose body is not the expected JSON
+    ├── RetriesExhausted               attempts or deadline spent on retryable errors
+    ├── DeadlineExpired                the request's deadline passed before it could run
+    └── TaskCancelled                  the task was cancelled
+
+Each class carries a stable ``error_type``: the ``error.type`` callers see in a task status.
+Messages never contain secrets: the endpoint client builds them from status codes and the
+endpoint's own error text, never from request headers.
+"""
+
+from __future__ import annotations
+
+
+class GenQueueError(Exception):
+    """Base class of every error genqueue raises on purpose."""
+
+    error_type = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SettingsError(GenQueueError):
+    """Raised when the configuration is invalid; the message names the variable."""
+
+    error_type = "settings_error"
+
+
+class InvalidRequest(GenQueueError):
+    """Raised when a task payload does not match the wire contract."""
+
+    error_type = "invalid_request"
+
+
+class TemplateError(GenQueueError):
+    """Raised for an unknown template name or a template that fails to render."""
+
+    error_type = "template_error"
+
+
+class EndpointError(GenQueueError):
+    """Raised when the completions endpoint fails; carries what a retry decision needs."""
+
+    error_type = "endpoint_error"
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+
+class RetryableEndpointError(EndpointError):
+    """Raised for failures that another attempt may not meet (429, 5xx, 524, transport)."""
+
+    error_type = "endpoint_unavailable"
+
+
+class EndpointTimeout(RetryableEndpointError):
+    """Raised when the endpoint did not connect or answer within the configured timeouts."""
+
+    error_type = "endpoint_timeout"
+
+
+class EndpointUnreachable(RetryableEndpointError):
+    """Raised when the connection to the endpoint failed or was reset."""
+
+    error_type = "endpoint_unreachable"
+
+
+class PermanentEndpointError(EndpointError):
+    """Raised when the endpoint refused the request (400, 401, 403, 404, 422, ...)."""
+
+    error_type = "endpoint_rejected"
+
+
+class InvalidEndpointResponse(PermanentEndpointError):
+    """Raised when a 2xx answer is not the completions JSON genqueue expects."""
+
+    error_type = "invalid_response"
+
+
+class RetriesExhausted(GenQueueError):
+    """Raised when the attempts or the overall deadline ran out on retryable errors."""
+
+    error_type = "retries_exhausted"
+
+
+class DeadlineExpired(GenQueueError):
+    """Raised when a request's deadline passed before it was served."""
+
+    error_type = "expired"
+
+
+class TaskCancelled(GenQueueError):
+    """Raised when a task was cancelled before or while it ran."""
+
+    error_type = "cancelled"

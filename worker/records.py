@@ -1,0 +1,94 @@
+"""Task records: what genqueue knows of a task beside Celery's result.
+
+A record is a Redis hash written by the API when it accepts a task (so an unknown id is a 404)
+and by the worker as the task runs (attempts, timestamps, the final error). Celery's result key
+stays the source of truth for the state and the result; see :func:`status_from`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.contract import ErrorInfo, GenerationResult, TaskState, TaskStatus
+
+# Celery's states, as genqueue reports them.
+CELERY_STATES: dict[str, TaskState] = {
+    "PENDING": TaskState.QUEUED,
+    "RECEIVED": TaskState.QUEUED,
+    "STARTED": TaskState.RUNNING,
+    "RETRY": TaskState.RETRYING,
+    "SUCCESS": TaskState.SUCCEEDED,
+    "FAILURE": TaskState.FAILED,
+    "REVOKED": TaskState.CANCELLED,
+    "REJECTED": TaskState.FAILED,
+}
+
+F_CREATED = "created_at"
+F_METADATA = "metadata"
+F_ATTEMPTS = "attempts"
+F_FIRST_ATTEMPT = "first_attempt_at"
+F_FINISHED = "finished_at"
+F_ERROR = "error"
+F_CANCEL = "cancel_requested"
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_record(metadata: dict[str, Any] | None) -> dict[str, str]:
+    record = {F_CREATED: utcnow_iso(), F_ATTEMPTS: "0"}
+    if metadata is not None:
+        record[F_METADATA] = json.dumps(metadata, separators=(",", ":"))
+    return record
+
+
+def _decode(raw: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+
+
+def status_from(
+    task_id: str, raw_record: dict[Any, Any], raw_meta: bytes | str | None
+) -> TaskStatus:
+    """A task's status from its record and Celery's result meta (either may be missing)."""
+    record = _decode(raw_record)
+    meta: dict[str, Any] = json.loads(raw_meta) if raw_meta else {}
+    celery_state = meta.get("status", "PENDING")
+    state = CELERY_STATES.get(celery_state, TaskState.QUEUED)
+    if state is TaskState.QUEUED and record.get(F_CANCEL):
+        state = TaskState.CANCELLED
+    result = None
+    error = None
+    if state is TaskState.SUCCEEDED and isinstance(meta.get("result"), dict):
+        result = GenerationResult.model_validate(meta["result"])
+    if state is TaskState.FAILED:
+        error = _error_from(record, meta)
+    if state is TaskState.CANCELLED:
+        error = ErrorInfo(type="cancelled", message="the task was cancelled")
+    finished_at = record.get(F_FINISHED) or (meta.get("date_done") if state.is_final else None)
+    return TaskStatus(
+        task_id=task_id,
+        status=state,
+        attempts=int(record.get(F_ATTEMPTS, "0")),
+        result=result,
+        error=error,
+        metadata=json.loads(record[F_METADATA]) if F_METADATA in record else None,
+        created_at=record.get(F_CREATED),  # type: ignore[arg-type]
+        finished_at=finished_at,
+    )
+
+
+def _error_from(record: dict[str, str], meta: dict[str, Any]) -> ErrorInfo:
+    if F_ERROR in record:
+        return ErrorInfo.model_validate_json(record[F_ERROR])
+    exc = meta.get("result") or {}
+    message = exc.get("exc_message") if isinstance(exc, dict) else None
+    if isinstance(message, list | tuple):
+        message = " ".join(str(part) for part in message)
+    exc_type = exc.get("exc_type", "error") if isinstance(exc, dict) else "error"
+    return ErrorInfo(type=str(exc_type), message=str(message or "the task failed"))

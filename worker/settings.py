@@ -1,0 +1,159 @@
+"""genqueue's settings: one typed object, read from the environment and a ``.env`` file.
+
+The contract's variables keep their names (``REDIS_URL``, ``RUNPOD_*``, ``GENQUEUE_API_KEYS``);
+every other setting is ``GENQUEUE_<FIELD NAME>``. Build one object per process with
+:func:`load_settings` and pass it explicitly; tests build ``Settings(field=value)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.errors import SettingsError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: RunPod's pod proxy answers 524 to any request still open after 100 s.
+POD_PROXY_TIMEOUT_S = 100.0
+
+WorkerPool = Literal["gevent", "threads", "prefork", "solo"]
+
+
+class Settings(BaseSettings):
+    """Every setting genqueue reads. Field docs are the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GENQUEUE_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # --- the contract's variables ---------------------------------------------------------
+    redis_url: str = Field(default=DEFAULT_REDIS_URL, validation_alias="REDIS_URL")
+    runpod_endpoint_url: str | None = Field(default=None, validation_alias="RUNPOD_ENDPOINT_URL")
+    runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
+    runpod_max_concurrency: int = Field(
+        default=1, ge=1, le=100_000, validation_alias="RUNPOD_MAX_CONCURRENCY"
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), validation_alias="GENQUEUE_API_KEYS"
+    )
+
+    # --- the endpoint call ----------------------------------------------------------------
+    #: Sent as ``model`` in every completion request when set.
+    endpoint_model: str | None = None
+    endpoint_connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: Below the pod proxy's 100 s, so genqueue gives up (and retries) before the proxy does.
+    endpoint_read_timeout_s: float = Field(default=95.0, gt=0, lt=POD_PROXY_TIMEOUT_S)
+
+    # --- retries --------------------------------------------------------------------------
+    retry_max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_base_delay_s: float = Field(default=1.0, gt=0, le=600)
+    retry_max_delay_s: float = Field(default=30.0, gt=0, le=600)
+    #: A server's ``Retry-After`` is honoured up to this many seconds.
+    retry_after_max_s: float = Field(default=120.0, ge=0, le=600)
+    #: A task stops retrying once this long has passed since its first attempt.
+    task_deadline_s: float = Field(default=900.0, gt=0, le=86_400)
+
+    # --- results and records ---------------------------------------------------------------
+    result_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    idempotency_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
+
+    # --- the worker -----------------------------------------------------------------------
+    worker_pool: WorkerPool = "gevent"
+    #: In-flight tasks per worker process (greenlets on gevent).
+    worker_concurrency: int = Field(default=500, ge=1, le=10_000)
+    #: Worker processes that ``genqueue worker`` starts; 0 means one per CPU core.
+    worker_processes: int = Field(default=0, ge=0, le=256)
+    #: A directory of ``NAME.j2`` Jinja2 files, each a prompt template named NAME.
+    templates_dir: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- the HTTP API ---------------------------------------------------------------------
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    api_batch_max: int = Field(default=100, ge=1, le=10_000)
+    api_wait_max_s: float = Field(default=60.0, ge=0, le=600)
+    #: A data directory for ``genqueue up`` (the embedded Redis keeps its files there).
+    data_dir: Path = Path(".genqueue")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("runpod_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_retry_policy(self) -> Settings:
+        if self.retry_base_delay_s > self.retry_max_delay_s:
+            raise ValueError(
+                "GENQUEUE_RETRY_BASE_DELAY_S must not exceed GENQUEUE_RETRY_MAX_DELAY_S"
+            )
+        return self
+
+    @property
+    def completions_url(self) -> str | None:
+        """``{base}/v1/completions``, tolerating a trailing ``/`` or ``/v1`` on the base."""
+        if self.runpod_endpoint_url is None:
+            return None
+        base = self.runpod_endpoint_url.rstrip("/")
+        base = base.removesuffix("/v1")
+        return f"{base}/v1/completions"
+
+    @property
+    def longest_countdown_s(self) -> float:
+        """The longest a retry waits in the queue."""
+        return max(self.retry_max_delay_s, self.retry_after_max_s)
+
+    @property
+    def longest_attempt_s(self) -> float:
+        return self.endpoint_connect_timeout_s + self.endpoint_read_timeout_s
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, str):
+        return alias
+    return f"GENQUEUE_{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; raise :class:`SettingsError` naming each invalid variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise SettingsError(describe_validation_error(err)) from None
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for problem in err.errors(include_input=False, include_url=False):
+        loc = problem["loc"]
+        field = str(loc[0]) if loc else ""
+        name = env_name(field) if field in Settings.model_fields else (field or "settings")
+        lines.append(f"  {name}: {problem['msg']}")
+    return "\n".join(lines)
