@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     api_batch_max: int = Field(default=100, ge=1, le=10_000)
     api_wait_max_s: float = Field(default=60.0, ge=0, le=600)
+    #: Serve beyond loopback without GENQUEUE_API_KEYS (anyone who reaches the port may submit).
+    api_insecure_no_auth: bool = False
     #: A data directory for ``genqueue up`` (the embedded Redis keeps its files there).
     data_dir: Path = Path(".genqueue")
 

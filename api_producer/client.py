@@ -1,0 +1,188 @@
+"""``GenQueueClient``: the HTTP API from Python, with typed errors.
+
+    client = GenQueueClient("http://127.0.0.1:8000", api_key="...")
+    task_id = client.submit({"prompt": "How can I make a cake?", "params": {"max_tokens": 200}})
+    status = client.wait(task_id, timeout_s=120)
+    print(status.result.text)
+
+The error tree::
+
+    GenQueueClientError
+    ├── Unauthorized        401
+    ├── TaskNotFound        404
+    ├── Conflict            409 (an Idempotency-Key reused with another body)
+    ├── RequestRejected     413, 422
+    ├── ServiceUnavailable  503, connection failures
+    ├── WaitTimeout         the task did not finish within the wait
+    └── TaskFailed          the task ended failed or cancelled (carries the status)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import requests
+
+from worker.contract import GenerationRequest, TaskStatus
+
+#: The longest single ``?wait=`` the client asks of the server.
+WAIT_CHUNK_S = 30.0
+
+
+class GenQueueClientError(Exception):
+    """Raised for any failed API call; ``status_code`` is the HTTP status when there is one."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class Unauthorized(GenQueueClientError):
+    """Raised when the API refused the key (401)."""
+
+
+class TaskNotFound(GenQueueClientError):
+    """Raised for a task id the API does not know (404)."""
+
+
+class Conflict(GenQueueClientError):
+    """Raised when an Idempotency-Key was used before with a different body (409)."""
+
+
+class RequestRejected(GenQueueClientError):
+    """Raised for an invalid or too large request (413, 422)."""
+
+
+class ServiceUnavailable(GenQueueClientError):
+    """Raised when the API or its Redis cannot be reached (503, connection errors)."""
+
+
+class WaitTimeout(GenQueueClientError):
+    """Raised when a task is not final within the time :meth:`GenQueueClient.wait` was given."""
+
+
+class TaskFailed(GenQueueClientError):
+    """Raised by :meth:`GenQueueClient.wait` when the task failed or was cancelled."""
+
+    def __init__(self, status: TaskStatus) -> None:
+        error = status.error
+        message = f"{error.type}: {error.message}" if error else status.status.value
+        super().__init__(f"task {status.task_id} {status.status.value}: {message}")
+        self.status = status
+
+
+_ERRORS: Mapping[int, type[GenQueueClientError]] = {
+    401: Unauthorized,
+    404: TaskNotFound,
+    409: Conflict,
+    413: RequestRejected,
+    422: RequestRejected,
+    503: ServiceUnavailable,
+}
+
+RequestLike = GenerationRequest | Mapping[str, Any]
+
+
+class GenQueueClient:
+    """A client of genqueue's HTTP API.
+
+    :param base_url: e.g. ``http://127.0.0.1:8000``.
+    :param api_key: one of the API's ``GENQUEUE_API_KEYS``; ``None`` when it has none.
+    :param timeout_s: connect and read timeout of each call (a wait adds its own time).
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> None:
+        self._base = base_url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._session = requests.Session()
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> GenQueueClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, request: RequestLike, idempotency_key: str | None = None) -> str:
+        """Enqueue one request; its task id."""
+        body = _as_body(request)
+        answer = self._call("POST", "/v1/tasks", json=body, idempotency_key=idempotency_key)
+        return str(answer["task_id"])
+
+    def submit_batch(
+        self, requests_: Sequence[RequestLike], idempotency_key: str | None = None
+    ) -> list[str]:
+        """Enqueue all of ``requests_`` or none; their task ids in order."""
+        body = {"requests": [_as_body(r) for r in requests_]}
+        answer = self._call("POST", "/v1/tasks/batch", json=body, idempotency_key=idempotency_key)
+        return [str(task["task_id"]) for task in answer["tasks"]]
+
+    def get(self, task_id: str, wait_s: float = 0.0) -> TaskStatus:
+        """The task's status; the server holds the call up to ``wait_s`` for a final one."""
+        params = {"wait": wait_s} if wait_s > 0 else None
+        answer = self._call("GET", f"/v1/tasks/{task_id}", params=params, extra_timeout_s=wait_s)
+        return TaskStatus.model_validate(answer)
+
+    def wait(self, task_id: str, timeout_s: float = 300.0) -> TaskStatus:
+        """The final status; :class:`TaskFailed` if it failed or was cancelled."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            status = self.get(task_id, wait_s=max(0.0, min(WAIT_CHUNK_S, remaining)))
+            if status.status.is_final:
+                if status.status.value != "succeeded":
+                    raise TaskFailed(status)
+                return status
+            if remaining <= 0:
+                raise WaitTimeout(f"task {task_id} is still {status.status.value}")
+
+    def cancel(self, task_id: str) -> TaskStatus:
+        """Cancel a task; its status after the request."""
+        return TaskStatus.model_validate(self._call("DELETE", f"/v1/tasks/{task_id}"))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        idempotency_key: str | None = None,
+        extra_timeout_s: float = 0.0,
+    ) -> Any:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        try:
+            response = self._session.request(
+                method,
+                self._base + path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=(self._timeout_s, self._timeout_s + extra_timeout_s),
+            )
+        except requests.RequestException as err:
+            raise ServiceUnavailable(f"genqueue API unreachable: {type(err).__name__}") from err
+        if response.status_code >= 400:
+            raise _error_for(response)
+        return response.json()
+
+
+def _as_body(request: RequestLike) -> dict[str, Any]:
+    if isinstance(request, GenerationRequest):
+        return request.model_dump(mode="json", exclude_none=True)
+    return dict(request)
+
+
+def _error_for(response: requests.Response) -> GenQueueClientError:
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text[:300]
+    error_class = _ERRORS.get(response.status_code, GenQueueClientError)
+    return error_class(f"{response.status_code}: {detail}", status_code=response.status_code)

@@ -1,0 +1,36 @@
+"""The API's shared objects, built once per app in :func:`api_producer.main.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api_producer.auth import KeyChecker
+from api_producer.producer import DirectProducer
+from api_producer.store import TaskStore
+from worker.settings import Settings
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    producer: DirectProducer
+    store: TaskStore
+    keys: KeyChecker
+    #: Template names a request may use; ``None`` accepts any (the worker decides).
+    templates: frozenset[str] | None
+
+
+def get_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.genqueue
+    return state
+
+
+async def authenticated(request: Request) -> str:
+    return await get_state(request).keys(request)
+
+
+StateDep = Annotated[ApiState, Depends(get_state)]
+CallerDep = Annotated[str, Depends(authenticated)]

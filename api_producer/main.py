@@ -1,0 +1,74 @@
+"""The HTTP API app: :func:`create_app` only assembles it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api_producer.auth import KeyChecker
+from api_producer.deps import ApiState
+from api_producer.limits import BodySizeLimit
+from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error
+from api_producer.routes import health, tasks
+from api_producer.store import TaskStore
+from worker.errors import TemplateError
+from worker.prompts import PromptRenderer
+from worker.settings import Settings
+
+
+def _templates(settings: Settings) -> frozenset[str] | None:
+    try:
+        return frozenset(PromptRenderer(settings.templates_dir).names)
+    except TemplateError:
+        return None  # the directory lives on the workers only: let them judge
+
+
+def build_state(settings: Settings) -> ApiState:
+    sync_client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=1, socket_timeout=5, max_connections=256
+    )
+    async_client = aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=1, socket_timeout=5, max_connections=1024
+    )
+    return ApiState(
+        settings=settings,
+        producer=DirectProducer(settings, sync_client),
+        store=TaskStore(async_client, settings.result_ttl_s),
+        keys=KeyChecker([key.get_secret_value() for key in settings.api_keys]),
+        templates=_templates(settings),
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings``; Redis connections open on first use."""
+    state = build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.producer.close()
+
+    app = FastAPI(
+        title="genqueue",
+        summary="Enqueue text-generation tasks for GPU-hosted language models.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.genqueue = state
+    app.include_router(tasks.router)
+    app.include_router(health.router)
+    app.add_exception_handler(EnqueueError, _unavailable)
+    app.add_exception_handler(redis.RedisError, _unavailable)
+    app.add_exception_handler(OSError, _unavailable)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    return app
+
+
+async def _unavailable(_: Request, err: Exception) -> JSONResponse:
+    reason = str(err) if isinstance(err, EnqueueError) else describe_redis_error(err)
+    return JSONResponse({"detail": f"service unavailable: {reason}"}, status_code=503)

@@ -1,0 +1,113 @@
+"""``/v1/tasks``: submit, read, wait for and cancel generation tasks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from api_producer.deps import CallerDep, StateDep
+from api_producer.producer import Accepted, IdempotencyConflict
+from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, description="Same key, same body: same task."),
+]
+TASK_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+TaskId = Annotated[str, Field(pattern=TASK_ID_PATTERN)]
+
+
+class BatchRequest(BaseModel):
+    """Up to ``GENQUEUE_API_BATCH_MAX`` requests, enqueued all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[GenerationRequest] = Field(min_length=1)
+
+
+class BatchAccepted(BaseModel):
+    tasks: list[TaskAccepted]
+
+
+async def _enqueue(
+    state: StateDep, caller: str, requests: list[GenerationRequest], key: str | None
+) -> Accepted:
+    scoped_key = f"{caller}:{key}" if key is not None else None
+    try:
+        return await run_in_threadpool(state.producer.submit_many, requests, scoped_key)
+    except IdempotencyConflict as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted)
+async def submit_task(
+    body: GenerationRequest,
+    response: Response,
+    state: StateDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskAccepted:
+    """Enqueue one generation task."""
+    _check_template(state, body)
+    accepted = await _enqueue(state, caller, [body], idempotency_key)
+    task_id = accepted.task_ids[0]
+    response.headers["Location"] = f"/v1/tasks/{task_id}"
+    return TaskAccepted(task_id=task_id)
+
+
+@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted)
+async def submit_batch(
+    body: BatchRequest,
+    state: StateDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> BatchAccepted:
+    """Enqueue several tasks: all of them, in order, or none (any invalid one refuses all)."""
+    limit = state.settings.api_batch_max
+    if len(body.requests) > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"a batch holds at most {limit} requests, this one has {len(body.requests)}",
+        )
+    for request in body.requests:
+        _check_template(state, request)
+    accepted = await _enqueue(state, caller, body.requests, idempotency_key)
+    return BatchAccepted(tasks=[TaskAccepted(task_id=task_id) for task_id in accepted.task_ids])
+
+
+@router.get("/{task_id}", response_model=TaskStatus)
+async def get_task(
+    task_id: TaskId,
+    state: StateDep,
+    _caller: CallerDep,
+    wait: Annotated[float, Query(ge=0, description="seconds to wait for a final status")] = 0,
+) -> TaskStatus:
+    """A task's status; with ``?wait=S``, held up to S seconds for a final one."""
+    timeout_s = min(wait, state.settings.api_wait_max_s)
+    found = await state.store.wait(task_id, timeout_s)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id}")
+    return found
+
+
+@router.delete("/{task_id}", response_model=TaskStatus)
+async def cancel_task(task_id: TaskId, state: StateDep, _caller: CallerDep) -> TaskStatus:
+    """Cancel a task: a queued one never reaches the endpoint."""
+    found = await state.store.cancel(task_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id}")
+    return found
+
+
+def _check_template(state: StateDep, request: GenerationRequest) -> None:
+    known = state.templates
+    if known is not None and request.template not in known:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"unknown template {request.template!r} (known: {', '.join(sorted(known))})",
+        )

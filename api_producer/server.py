@@ -1,0 +1,37 @@
+"""``genqueue api``: the HTTP API under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import uvicorn
+
+from api_producer.main import create_app
+from worker.errors import SettingsError
+from worker.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    if not settings.api_keys and not is_loopback(host) and not settings.api_insecure_no_auth:
+        raise SettingsError(
+            f"refusing to serve on {host} without GENQUEUE_API_KEYS; set keys, or "
+            "GENQUEUE_API_INSECURE_NO_AUTH=true to accept anyone who can reach the port"
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0

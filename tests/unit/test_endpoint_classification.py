@@ -1,0 +1,334 @@
+"""Table tests for worker.endpoint: which failures are retryable, and what the message keeps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from worker.contract import GenerationResult, Usage
+from worker.endpoint import (
+    ERROR_TEXT_MAX_CHARS,
+    RETRYABLE_STATUSES,
+    classify_response,
+    classify_transport_error,
+    extract_error_text,
+    parse_completion,
+)
+from worker.errors import (
+    EndpointError,
+    EndpointTimeout,
+    EndpointUnreachable,
+    InvalidEndpointResponse,
+    PermanentEndpointError,
+    RetryableEndpointError,
+)
+
+
+def headers(**values: str) -> CaseInsensitiveDict[str]:
+    """Response headers as requests gives them (case-insensitive)."""
+    return CaseInsensitiveDict({k.replace("_", "-"): v for k, v in values.items()})
+
+
+NO_HEADERS = headers()
+
+
+# --- statuses --------------------------------------------------------------------------------
+
+
+def test_retryable_statuses_are_exactly_these() -> None:
+    assert frozenset({408, 425, 429, 500, 502, 503, 504, 524}) == RETRYABLE_STATUSES
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 524])
+def test_retryable_statuses(status: int) -> None:
+    error = classify_response(status, NO_HEADERS, "")
+    assert isinstance(error, RetryableEndpointError)
+    assert not isinstance(error, PermanentEndpointError)
+    assert type(error) is RetryableEndpointError
+    assert error.status_code == status
+    assert error.retry_after_s is None
+    assert error.message == f"endpoint answered {status}"
+    assert error.error_type == "endpoint_unavailable"
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 413, 422, 501, 505])
+def test_permanent_statuses(status: int) -> None:
+    error = classify_response(status, headers(Retry_After="5"), "")
+    assert isinstance(error, PermanentEndpointError)
+    assert not isinstance(error, RetryableEndpointError)
+    assert error.status_code == status
+    assert error.retry_after_s is None
+    assert error.message == f"endpoint answered {status}"
+    assert error.error_type == "endpoint_rejected"
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_success_statuses(status: int) -> None:
+    assert classify_response(status, NO_HEADERS, "anything") is None
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_permanent_and_not_followed(status: int) -> None:
+    error = classify_response(status, headers(Location="https://elsewhere/"), "Moved")
+    assert isinstance(error, PermanentEndpointError)
+    assert not isinstance(error, RetryableEndpointError)
+    assert error.status_code == status
+    assert error.message == (
+        f"endpoint answered a redirect ({status}); genqueue does not follow redirects"
+    )
+
+
+# --- Retry-After -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hdrs", "expected"),
+    [
+        (headers(Retry_After="2"), 2.0),
+        (headers(**{"retry-after": "7"}), 7.0),
+        (headers(RETRY_AFTER="0"), 0.0),
+        (headers(Retry_After="1.5"), 1.5),
+        (headers(Retry_After="Thu, 01 Jan 1970 00:00:00 GMT"), 0.0),
+        (headers(Retry_After="soon"), None),
+        (headers(Retry_After="-1"), None),
+        (headers(retry_after_ms="1500"), 1.5),
+        (headers(Retry_After_Ms="250"), 0.25),
+        (headers(retry_after_ms="1500", Retry_After="9"), 1.5),  # ms wins
+        (headers(retry_after_ms="bogus", Retry_After="9"), 9.0),  # bad ms -> Retry-After
+        (headers(retry_after_ms="-5", Retry_After="9"), 9.0),
+        (headers(retry_after_ms="nan"), None),
+        (NO_HEADERS, None),
+    ],
+)
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_honoured(
+    status: int, hdrs: CaseInsensitiveDict[str], expected: float | None
+) -> None:
+    error = classify_response(status, hdrs, "")
+    assert isinstance(error, RetryableEndpointError)
+    assert error.retry_after_s == expected
+
+
+# --- the endpoint's own words ---------------------------------------------------------------
+
+LONG = "x" * 299 + "END" + "y" * 100
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "detail"),
+    [
+        (
+            429,
+            json.dumps({"error": {"message": "Rate limit reached", "type": "rate_limit"}}),
+            "Rate limit reached",
+        ),
+        (
+            400,
+            json.dumps({"error": {"message": "prompt too long", "code": 400}}),
+            "prompt too long",
+        ),
+        (500, json.dumps({"error": "engine crashed"}), "engine crashed"),
+        (
+            422,
+            json.dumps(
+                {
+                    "detail": [
+                        {
+                            "loc": ["body", "max_tokens"],
+                            "msg": "Input should be greater than 0",
+                            "type": "greater_than",
+                        },
+                        {"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"},
+                    ]
+                }
+            ),
+            "body.max_tokens: Input should be greater than 0; body.prompt: Field required",
+        ),
+        (404, json.dumps({"detail": "Not Found"}), "Not Found"),
+        (503, "  Service Unavailable\n", "Service Unavailable"),
+        (502, "<html><body>Bad gateway</body></html>", "<html><body>Bad gateway</body></html>"),
+        (500, "a" * ERROR_TEXT_MAX_CHARS, "a" * ERROR_TEXT_MAX_CHARS),
+        (500, LONG, LONG[:300] + "..."),
+        (500, json.dumps([1, 2]), "[1, 2]"),
+    ],
+    ids=[
+        "openai-429",
+        "openai-400",
+        "error-string",
+        "fastapi-422",
+        "fastapi-detail-str",
+        "plain-text",
+        "html",
+        "exactly-300",
+        "truncated",
+        "json-list",
+    ],
+)
+def test_message_keeps_the_endpoints_words(status: int, body: str, detail: str) -> None:
+    error = classify_response(status, NO_HEADERS, body)
+    assert error is not None
+    assert error.message == f"endpoint answered {status}: {detail}"
+    assert str(error) == error.message
+
+
+def test_long_openai_message_is_truncated() -> None:
+    body = json.dumps({"error": {"message": "m" * 1000}})
+    assert extract_error_text(body) == "m" * 300 + "..."
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("", ""),
+        ("   ", ""),
+        ("short", "short"),
+        ("x" * 301, "x" * 300 + "..."),
+        ('{"error": {"message": 5}}', '{"error": {"message": 5}}'),
+        ('{"detail": [{"msg": "bad"}]}', "bad"),
+        ('{"detail": ["one", "two"]}', "one; two"),
+    ],
+)
+def test_extract_error_text(body: str, expected: str) -> None:
+    assert extract_error_text(body) == expected
+
+
+# --- transport errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("err", "kind", "message"),
+    [
+        (requests.ConnectTimeout("timed out"), EndpointTimeout, "endpoint connect timeout"),
+        (requests.ReadTimeout("read timed out"), EndpointTimeout, "endpoint read timeout"),
+        (requests.Timeout("timed out"), EndpointTimeout, "endpoint read timeout"),
+        (
+            requests.ConnectionError("Connection refused"),
+            EndpointUnreachable,
+            "endpoint connection failed: Connection refused",
+        ),
+        (requests.ConnectionError(), EndpointUnreachable, "endpoint connection failed: "),
+        (
+            requests.exceptions.ProxyError("proxy down"),
+            EndpointUnreachable,
+            "endpoint connection failed: proxy down",
+        ),
+        (
+            requests.RequestException("weird"),
+            PermanentEndpointError,
+            "endpoint request failed: RequestException",
+        ),
+        (
+            requests.exceptions.InvalidURL("bad url"),
+            PermanentEndpointError,
+            "endpoint request failed: InvalidURL",
+        ),
+        (
+            requests.exceptions.MissingSchema("no schema"),
+            PermanentEndpointError,
+            "endpoint request failed: MissingSchema",
+        ),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
+)
+def test_classify_transport_error(
+    err: requests.RequestException, kind: type[EndpointError], message: str
+) -> None:
+    error = classify_transport_error(err)
+    assert type(error) is kind
+    assert error.status_code is None
+    assert error.retry_after_s is None
+    assert error.message.startswith(message)
+    if kind is PermanentEndpointError:
+        assert not isinstance(error, RetryableEndpointError)
+    else:
+        assert isinstance(error, RetryableEndpointError)
+
+
+def test_transport_reason_is_truncated() -> None:
+    error = classify_transport_error(requests.ConnectionError("z" * 1000))
+    assert error.message == "endpoint connection failed: " + "z" * 300 + "..."
+
+
+# --- parse_completion ------------------------------------------------------------------------
+
+VALID = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "created": 1700000000,
+    "model": "llama-3-8b",
+    "choices": [
+        {"index": 0, "text": " 4", "finish_reason": "stop", "logprobs": None},
+        {"index": 1, "text": "ignored", "finish_reason": "length"},
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+}
+
+
+def test_parse_completion_valid() -> None:
+    result = parse_completion(json.dumps(VALID), 123)
+    assert result == GenerationResult(
+        text=" 4",
+        finish_reason="stop",
+        model="llama-3-8b",
+        usage=Usage(prompt_tokens=5, completion_tokens=1, total_tokens=6),
+        latency_ms=123,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"choices": [{"text": "hi"}]},
+            GenerationResult(
+                text="hi", finish_reason=None, model=None, usage=Usage(), latency_ms=7
+            ),
+        ),
+        (
+            {"choices": [{"text": "", "finish_reason": "length"}], "model": "m", "usage": None},
+            GenerationResult(
+                text="", finish_reason="length", model="m", usage=Usage(), latency_ms=7
+            ),
+        ),
+    ],
+    ids=["minimal", "empty-text-null-usage"],
+)
+def test_parse_completion_minimal(body: dict[str, object], expected: GenerationResult) -> None:
+    assert parse_completion(json.dumps(body), 7) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("<html><body>502</body></html>", "not JSON"),
+        ("", "not JSON"),
+        ("{", "not JSON"),
+        ('{"unexpected": true}', "not a completion"),
+        ("[]", "not a completion"),
+        ('"text"', "not a completion"),
+        ('{"choices": [{"finish_reason": "stop"}]}', "not a completion"),
+        ('{"choices": "nope"}', "not a completion"),
+    ],
+)
+def test_parse_completion_rejects_bodies(body: str, reason: str) -> None:
+    with pytest.raises(InvalidEndpointResponse) as info:
+        parse_completion(body, 1)
+    assert f"endpoint answered 200 but the body is {reason}" in info.value.message
+    assert info.value.error_type == "invalid_response"
+    assert isinstance(info.value, PermanentEndpointError)
+
+
+def test_parse_completion_snippet_is_truncated() -> None:
+    body = "<html>" + "x" * 1000
+    with pytest.raises(InvalidEndpointResponse) as info:
+        parse_completion(body, 1)
+    assert repr(body[:120] + "...") in info.value.message
+
+
+def test_parse_completion_no_choices() -> None:
+    with pytest.raises(InvalidEndpointResponse) as info:
+        parse_completion('{"choices": []}', 1)
+    assert info.value.message == "endpoint answered 200 with no choices"
