@@ -6,6 +6,7 @@ and sends the Celery message by task name; it never imports the worker's tasks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -193,10 +194,8 @@ class DirectProducer:
 
     def _forget_claim(self, claim: str | None) -> None:
         if claim is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self._redis.delete(claim)
-            except redis.RedisError:
-                pass
 
 
 def describe_redis_error(err: BaseException) -> str:

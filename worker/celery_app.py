@@ -77,7 +77,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "worker_concurrency": settings.worker_concurrency,
-        "worker_pool": settings.worker_pool,
         "worker_log_color": False,
     }
 

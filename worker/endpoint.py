@@ -107,7 +107,7 @@ def classify_transport_error(err: requests.RequestException) -> EndpointError:
         kind = "connect" if isinstance(err, requests.ConnectTimeout) else "read"
         log.debug("endpoint %s timeout: retryable", kind)
         return EndpointTimeout(f"endpoint {kind} timeout")
-    if isinstance(err, requests.ConnectionError):
+    if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         log.debug("endpoint connection failed: retryable (%s)", type(err).__name__)
         return EndpointUnreachable(f"endpoint connection failed: {_transport_reason(err)}")
     log.debug("endpoint request failed: permanent (%s)", type(err).__name__)

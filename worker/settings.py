@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     )
 
     # --- the contract's variables ---------------------------------------------------------
-    redis_url: str = Field(default=DEFAULT_REDIS_URL, validation_alias="REDIS_URL")
+    # repr=False: the URL may hold the Redis password.
+    redis_url: str = Field(default=DEFAULT_REDIS_URL, validation_alias="REDIS_URL", repr=False)
     runpod_endpoint_url: str | None = Field(default=None, validation_alias="RUNPOD_ENDPOINT_URL")
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     runpod_max_concurrency: int = Field(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import requests
+import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from worker.contract import GenerationResult, Usage
@@ -332,3 +333,11 @@ def test_parse_completion_no_choices() -> None:
     with pytest.raises(InvalidEndpointResponse) as info:
         parse_completion('{"choices": []}', 1)
     assert info.value.message == "endpoint answered 200 with no choices"
+
+
+def test_connection_broken_mid_body_is_retryable() -> None:
+    protocol_error = urllib3.exceptions.ProtocolError(
+        "Connection broken: IncompleteRead(13 bytes read, 487 more expected)"
+    )
+    error = classify_transport_error(requests.exceptions.ChunkedEncodingError(protocol_error))
+    assert isinstance(error, EndpointUnreachable)

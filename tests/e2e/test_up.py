@@ -1,0 +1,177 @@
+"""``genqueue up`` as a user runs it: nothing configured, then HTTP, the client, Celery, Flower."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from celery import Celery
+
+from api_producer import GenQueueClient
+from genqueue.embedded_redis import free_port
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for_line(
+    log: Path, pattern: str, process: subprocess.Popen[bytes], timeout_s: float
+) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if re.search(pattern, text):
+            return text
+        if process.poll() is not None:
+            raise AssertionError(f"genqueue up exited with {process.returncode}:\n{text}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} in the output:\n{log.read_text(errors='replace')}")
+
+
+def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GENQUEUE_", "RUNPOD_", "FLOWER_", "REDIS_"))
+    }
+    api_port, flower_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "genqueue",
+                "up",
+                "--api-port",
+                str(api_port),
+                "--flower-port",
+                str(flower_port),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        text = _wait_for_line(log, r"Ctrl-C stops everything", process, 90)
+        api_key = re.search(r"api key\s+(\S+)", text).group(1)
+        user, password = re.search(r"flower\s+user (\S+), password (\S+)", text).groups()
+        redis_url = re.search(r"redis\s+(redis://\S+) \(embedded", text).group(1)
+        assert (tmp_path / ".genqueue" / "redis" / "redis.log").exists()
+        curl = re.search(
+            r"curl -s -X POST (\S+) -H 'Authorization: Bearer (\S+)' -H '(.+?)' -d '(.+)'", text
+        )
+        assert curl and curl.group(2) == api_key
+
+        # The printed curl line, as requests.
+        response = requests.post(
+            curl.group(1),
+            data=curl.group(4),
+            timeout=10,
+            headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        )
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        status = requests.get(
+            f"http://127.0.0.1:{api_port}/v1/tasks/{task_id}?wait=30",
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=40,
+        ).json()
+        assert status["status"] == "succeeded", status
+        assert status["result"]["usage"]["completion_tokens"] == 16
+
+        # The Python client.
+        with GenQueueClient(f"http://127.0.0.1:{api_port}", api_key=api_key) as client:
+            other = client.submit({"prompt": "Hello", "params": {"max_tokens": 5, "seed": 1}})
+            done = client.wait(other, timeout_s=30)
+            assert done.result is not None and done.result.usage.completion_tokens == 5
+
+        # A plain Celery client reads the same result by id.
+        celery = Celery(broker=redis_url, backend=redis_url, set_as_current=False)
+        assert celery.AsyncResult(task_id).get(timeout=10) == status["result"]
+        celery.close()
+
+        # Flower lists the task under genqueue.generate, with the printed credentials only.
+        flower = f"http://127.0.0.1:{flower_port}"
+        assert requests.get(f"{flower}/api/tasks", timeout=10).status_code == 401
+        deadline = time.monotonic() + 30
+        tasks: dict = {}
+        while time.monotonic() < deadline:
+            tasks = requests.get(f"{flower}/api/tasks", auth=(user, password), timeout=10).json()
+            if tasks.get(task_id, {}).get("state") == "SUCCESS":
+                break
+            time.sleep(0.5)
+        assert tasks[task_id]["name"] == "genqueue.generate"
+        assert tasks[task_id]["state"] == "SUCCESS"
+
+        children = _descendants(process.pid)
+        assert len(children) >= 5  # redis, simulator, worker (+ its process), api, flower
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert process.returncode == 0, log.read_text()
+    time.sleep(0.5)
+    assert [pid for pid in children if _alive(pid)] == []
+    assert "genqueue up: stopped" in log.read_text()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "genqueue",
+                "up",
+                "--api-port",
+                str(port),
+                "--flower-port",
+                str(free_port()),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"the API port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
