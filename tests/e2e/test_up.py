@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -137,6 +138,53 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert tasks[task_id]["name"] == "genqueue.generate"
         assert tasks[task_id]["state"] == "SUCCESS"
+
+        # The shell producer: one prompt with --wait, a JSONL file, and status.
+        shell_env = {**env, "GENQUEUE_API_KEYS": api_key}
+        api = f"http://127.0.0.1:{api_port}"
+        one = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "genqueue",
+                "submit",
+                "Hi there",
+                "--max-tokens",
+                "3",
+                "--wait",
+                "--api",
+                api,
+            ],
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert one.returncode == 0, one.stderr
+        assert json.loads(one.stdout)["result"]["usage"]["completion_tokens"] == 3
+        jsonl = tmp_path / "requests.jsonl"
+        jsonl.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(150)))
+        many = subprocess.run(
+            [sys.executable, "-m", "genqueue", "submit", "--file", str(jsonl), "--api", api],
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert many.returncode == 0, many.stderr
+        ids = many.stdout.split()
+        assert len(ids) == 150 and "150/150" in many.stderr
+        shown = subprocess.run(
+            [sys.executable, "-m", "genqueue", "status", ids[-1], "--wait", "30", "--api", api],
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert json.loads(shown.stdout)["status"] == "succeeded", shown.stdout + shown.stderr
 
         children = _descendants(process.pid)
         assert len(children) >= 5  # redis, simulator, worker (+ its process), api, flower

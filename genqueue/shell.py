@@ -1,0 +1,112 @@
+"""``genqueue submit`` and ``genqueue status``: a producer from the shell, over the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from api_producer.client import GenQueueClient, GenQueueClientError, TaskFailed
+from worker.contract import TaskStatus
+from worker.settings import Settings
+
+#: Requests per ``POST /v1/tasks/batch`` when submitting a file.
+FILE_BATCH_SIZE = 100
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> GenQueueClient:
+    key = settings.api_keys[0].get_secret_value() if settings.api_keys else None
+    return GenQueueClient(args.api, api_key=key)
+
+
+def _print_status(status: TaskStatus) -> None:
+    print(status.model_dump_json(), flush=True)
+
+
+def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {"prompt": args.prompt}
+    if args.system:
+        request["system"] = args.system
+    if args.template:
+        request["template"] = args.template
+    if args.max_tokens is not None:
+        request["params"] = {"max_tokens": args.max_tokens}
+    return request
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The requests of a JSONL file; a bad line stops with its number."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}:{number}: a request must be a JSON object")
+            yield value
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "-" * (width - filled)
+    end = "\n" if done == total else ""
+    print(f"\r[{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
+def submit(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.prompt is None) == (args.file is None):
+        print("genqueue submit: give a PROMPT or --file, not both", file=sys.stderr)
+        return 2
+    try:
+        with _client(args, settings) as client:
+            if args.file is not None:
+                return _submit_file(client, Path(args.file), args)
+            task_id = client.submit(_request_from_args(args))
+            if not args.wait:
+                print(task_id)
+                return 0
+            _print_status(client.wait(task_id, timeout_s=args.timeout))
+            return 0
+    except TaskFailed as err:
+        _print_status(err.status)
+        return 1
+    except (GenQueueClientError, ValueError, OSError) as err:
+        print(f"genqueue submit: {err}", file=sys.stderr)
+        return 1
+
+
+def _submit_file(client: GenQueueClient, path: Path, args: argparse.Namespace) -> int:
+    requests_ = list(read_jsonl(path))
+    task_ids: list[str] = []
+    for start in range(0, len(requests_), FILE_BATCH_SIZE):
+        task_ids += client.submit_batch(requests_[start : start + FILE_BATCH_SIZE])
+        _progress(len(task_ids), len(requests_))
+    if not args.wait:
+        print("\n".join(task_ids))
+        return 0
+    failed = 0
+    for done, task_id in enumerate(task_ids, start=1):
+        try:
+            _print_status(client.wait(task_id, timeout_s=args.timeout))
+        except TaskFailed as err:
+            failed += 1
+            _print_status(err.status)
+        _progress(done, len(task_ids))
+    return 1 if failed else 0
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        with _client(args, settings) as client:
+            _print_status(client.get(args.task_id, wait_s=args.wait))
+    except GenQueueClientError as err:
+        print(f"genqueue status: {err}", file=sys.stderr)
+        return 1
+    return 0
