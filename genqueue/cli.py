@@ -93,7 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
     status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the end")
     status.set_defaults(handler=_run_status)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure throughput, overhead and latency against the simulator",
+        description="Benchmarks genqueue side by side with bare Celery on this machine "
+        "(see BENCHMARKS.md). Uses REDIS_URL when set, else an embedded Redis.",
+    )
+    bench.set_defaults(handler=_run_bench)
+    _add_bench_arguments(bench)
     return parser
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from genqueue.bench import add_arguments
+    except ImportError:
+        return
+    add_arguments(parser)
+
+
+def _run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from genqueue.bench import run_bench
+
+    return run_bench(args, settings)
 
 
 def _run_up(args: argparse.Namespace, settings: Settings) -> int:

@@ -81,10 +81,14 @@ class Settings(BaseSettings):
     api_wait_max_s: float = Field(default=60.0, ge=0, le=600)
     #: Serve beyond loopback without GENQUEUE_API_KEYS (anyone who reaches the port may submit).
     api_insecure_no_auth: bool = False
+    #: Accepted keys given as SHA-256 hex digests, so the plain keys are not stored anywhere.
+    api_key_hashes: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Submissions per minute per API key (0: no limit); over it, 429 with Retry-After.
+    api_rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)
     #: A data directory for ``genqueue up`` (the embedded Redis keeps its files there).
     data_dir: Path = Path(".genqueue")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "api_key_hashes", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
