@@ -13,6 +13,9 @@ import redis.asyncio as aioredis
 from worker import keys, records
 from worker.contract import TaskState, TaskStatus
 
+#: How long ``DELETE`` waits for a running task to acknowledge its cancellation.
+CANCEL_WAIT_S = 5.0
+
 
 class TaskStore:
     """Task status from the record and Celery's result key.
@@ -66,7 +69,10 @@ class TaskStore:
         await self._redis.hset(keys.task_record(task_id), records.F_CANCEL, "1")
         if status.status is TaskState.QUEUED:
             await self._store_revoked(task_id)
-        return await self.get(task_id)
+            return await self.get(task_id)
+        # Running or retrying: the worker that runs it aborts its endpoint call.
+        await self._redis.publish(keys.CANCEL_CHANNEL, task_id)
+        return await self.wait(task_id, CANCEL_WAIT_S)
 
     async def _store_revoked(self, task_id: str) -> None:
         """Write Celery's REVOKED state, so plain Celery clients see the cancellation too."""

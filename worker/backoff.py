@@ -31,11 +31,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     try:
-        seconds = float(value)
+        seconds: float | None = float(value)
     except ValueError:
         seconds = _seconds_until_http_date(value, now)
-        if seconds is None:
-            return None
+    if seconds is None:
+        return None
     if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
         return None
     return seconds

@@ -9,19 +9,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from celery import Celery
+import redis
+from celery import Celery, bootsteps
 from celery.signals import worker_process_shutdown
 from kombu import Queue
 
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 from worker.errors import SettingsError
+from worker.liveness import Heartbeat, unacked_renewer
 from worker.runtime import SPARE_CONNECTIONS, close_runtimes
 from worker.settings import Settings, load_settings
-
-#: Seconds a message may stay unacknowledged before Redis hands it to another worker, beyond
-#: the longest attempt plus the longest retry countdown (a retry waits, unacknowledged, in the
-#: worker that holds it).
-VISIBILITY_MARGIN_S = 60
 
 
 class GenQueueCelery(Celery):
@@ -30,8 +27,35 @@ class GenQueueCelery(Celery):
     genqueue_settings: Settings
 
 
-def visibility_timeout_s(settings: Settings) -> int:
-    return int(settings.longest_attempt_s + settings.longest_countdown_s + VISIBILITY_MARGIN_S)
+class DeliveryHeartbeat(bootsteps.StartStopStep):
+    """Renews the messages this worker holds, so only a dead worker's come back.
+
+    Every message a worker has taken and not yet acknowledged (running, or waiting for a retry
+    countdown) has its score in kombu's ``unacked_index`` pushed to now every
+    ``GENQUEUE_HEARTBEAT_INTERVAL_S``. Redis hands a message to another worker once its score
+    is older than ``GENQUEUE_VISIBILITY_TIMEOUT_S``, which is short (30 s): a killed worker's
+    tasks run again within about 40 s, and a live worker's are never taken from it.
+    """
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._heartbeat: Heartbeat | None = None
+        self._client: redis.Redis | None = None
+
+    def start(self, parent: Any) -> None:
+        settings = parent.app.genqueue_settings
+        self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        channel = parent.task_consumer.channel
+        renew = unacked_renewer(self._client, channel)
+        self._heartbeat = Heartbeat(settings.heartbeat_interval_s, [renew])
+        self._heartbeat.start()
+
+    def stop(self, parent: Any) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -59,7 +83,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_pool_limit": connections,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
-            "visibility_timeout": visibility_timeout_s(settings),
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Look for messages of dead workers every few seconds, not every 100.
+            "unacked_restore_interval": max(1, int(settings.visibility_timeout_s / 6)),
+            "unacked_restore_throttle": 1,
             "priority_steps": list(range(PRIORITY_MAX + 1)),
             "queue_order_strategy": "priority",
             "max_connections": connections,
@@ -86,6 +113,7 @@ def create_celery_app(settings: Settings) -> GenQueueCelery:
     app = GenQueueCelery("genqueue", include=["worker.tasks"], set_as_current=True)
     app.genqueue_settings = settings
     app.conf.update(celery_config(settings))
+    app.steps["consumer"].add(DeliveryHeartbeat)
     return app
 
 

@@ -12,7 +12,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+    model_validator,
+)
 
 TASK_NAME = "genqueue.generate"
 #: The queue genqueue's own producers use. Workers also consume Celery's default queue
@@ -84,6 +92,9 @@ class GenerationRequest(BaseModel):
     params: GenerationParams = Field(default_factory=GenerationParams)
     priority: int = Field(default=PRIORITY_DEFAULT, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     metadata: dict[str, JsonValue] | None = None
+    #: When the result stops being useful: a task not finished by then ends failed, type
+    #: ``expired``, and is not sent to the endpoint. An ISO 8601 time with a timezone.
+    deadline: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:

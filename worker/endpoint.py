@@ -82,14 +82,22 @@ class CompletionClient:
             body["model"] = self._config.model
         return body
 
-    def complete(self, prompt: str, params: dict[str, Any]) -> GenerationResult:
-        """POST one completion; raise a classified :class:`EndpointError` on any failure."""
+    def complete(
+        self, prompt: str, params: dict[str, Any], read_timeout_s: float | None = None
+    ) -> GenerationResult:
+        """POST one completion; raise a classified :class:`EndpointError` on any failure.
+
+        ``read_timeout_s`` shortens the configured read timeout (a request's deadline).
+        """
+        read_s = self._config.read_timeout_s
+        if read_timeout_s is not None:
+            read_s = min(read_s, read_timeout_s)
         started = time.perf_counter()
         try:
             response = self._session.post(
                 self._config.completions_url,
                 data=json.dumps(self.build_body(prompt, params)),
-                timeout=(self._config.connect_timeout_s, self._config.read_timeout_s),
+                timeout=(self._config.connect_timeout_s, read_s),
                 allow_redirects=False,
             )
         except requests.RequestException as err:

@@ -9,11 +9,13 @@ The tree::
     ├── EndpointError                  the completions endpoint did not give a usable answer
     │   ├── RetryableEndpointError     worth another attempt later
     │   │   ├── EndpointTimeout
-    │   │   └── EndpointUnreachable    connection refused, reset, DNS
+    │   │   ├── EndpointUnreachable    connection refused, reset, DNS
+    │   │   └── CircuitOpenError       the breaker holds calls back (no attempt spent)
     │   └── PermanentEndpointError     another attempt would get the same answer
     │       └── InvalidEndpointResponse  a 2xx whose body is not the expected JSON
     ├── RetriesExhausted               attempts or deadline spent on retryable errors
     ├── DeadlineExpired                the request's deadline passed before it could run
+    ├── PoisonTask                     its worker died on every delivery; dead-lettered
     └── TaskCancelled                  the task was cancelled
 
 Each class carries a stable ``error_type``: the ``error.type`` callers see in a task status.
@@ -86,6 +88,12 @@ class EndpointUnreachable(RetryableEndpointError):
     error_type = "endpoint_unreachable"
 
 
+class CircuitOpenError(RetryableEndpointError):
+    """Raised when the endpoint's circuit breaker is open; the task waits without a call."""
+
+    error_type = "circuit_open"
+
+
 class PermanentEndpointError(EndpointError):
     """Raised when the endpoint refused the request (400, 401, 403, 404, 422, ...)."""
 
@@ -108,6 +116,12 @@ class DeadlineExpired(GenQueueError):
     """Raised when a request's deadline passed before it was served."""
 
     error_type = "expired"
+
+
+class PoisonTask(GenQueueError):
+    """Raised when a message was delivered ``max_deliveries`` times and never finished."""
+
+    error_type = "poison"
 
 
 class TaskCancelled(GenQueueError):

@@ -1,8 +1,9 @@
-"""One attempt at a generation task: validate, render, call the endpoint under the lease.
+"""One attempt at a generation task: validate, render, call the endpoint under its guard.
 
-Knows nothing of Celery: :meth:`Generation.run` returns a result or a :class:`RetryLater`
-and raises a :class:`~worker.errors.GenQueueError` for a final failure. The Celery task in
-:mod:`worker.tasks` only maps those onto ``return``, ``self.retry`` and ``raise``.
+Knows nothing of Celery: :meth:`Generation.run` returns a result dict, a :class:`RetryLater`
+or :data:`DUPLICATE`, and raises a :class:`~worker.errors.GenQueueError` for a final failure.
+The Celery task in :mod:`worker.tasks` maps those onto ``return``, ``self.retry``, ``Ignore``
+and ``raise``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,23 +22,40 @@ from pydantic import ValidationError
 from worker import keys, records
 from worker.backoff import RetryPolicy, compute_delay_s
 from worker.contract import GenerationRequest, GenerationResult
+from worker.deadletter import DeadLetters
 from worker.endpoint import CompletionClient
 from worker.errors import (
+    CircuitOpenError,
+    DeadlineExpired,
     GenQueueError,
     InvalidRequest,
+    PermanentEndpointError,
+    PoisonTask,
     RetriesExhausted,
     RetryableEndpointError,
     TaskCancelled,
 )
-from worker.lease import ConcurrencyLease
+from worker.guard import CircuitOpen, EndpointGuard, Outcome
+from worker.liveness import RunningTasks
 from worker.prompts import PromptRenderer
 
 log = logging.getLogger("genqueue.task")
 
+#: Returned when another live worker runs the same task: this copy is dropped.
+DUPLICATE = "duplicate"
+
+# KEYS: running claim, record. ARGV: token, claim ttl ms, now (s).
+# Claims the task and counts the attempt; 0 if another worker holds the claim.
+_START_ATTEMPT = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('HSETNX', KEYS[2], 'first_attempt_at', ARGV[3])
+return redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+"""
+
 
 @dataclass(frozen=True)
 class RetryLater:
-    """The attempt failed with a retryable error; try again in ``delay_s``."""
+    """The attempt could not finish; try again in ``delay_s``."""
 
     delay_s: float
     error: RetryableEndpointError
@@ -46,9 +65,18 @@ class RetryLater:
 @dataclass(frozen=True)
 class _Progress:
     attempts: int
+    deliveries: int
     first_attempt_at: float | None
     cancel_requested: bool
     stored_result: GenerationResult | None
+
+
+@dataclass(frozen=True)
+class GenerationPolicy:
+    retry: RetryPolicy
+    deadline_s: float
+    record_ttl_s: int
+    max_deliveries: int
 
 
 class Generation:
@@ -57,10 +85,10 @@ class Generation:
     :param redis_client: for task records (never the endpoint's secrets).
     :param renderer: prompt templates.
     :param client: the endpoint client.
-    :param lease: the shared cap on in-flight endpoint calls.
-    :param policy: attempts and backoff.
-    :param deadline_s: no retry once this long has passed since the first attempt.
-    :param record_ttl_s: how long task records are kept.
+    :param guard: the shared concurrency cap and circuit breaker of the endpoint.
+    :param running: this process's running claims and cancellable calls.
+    :param dead_letters: where poison tasks go.
+    :param policy: attempts, backoff, deadline, retention, deliveries.
     """
 
     def __init__(
@@ -69,96 +97,168 @@ class Generation:
         redis_client: redis.Redis,
         renderer: PromptRenderer,
         client: CompletionClient,
-        lease: ConcurrencyLease,
-        policy: RetryPolicy,
-        deadline_s: float,
-        record_ttl_s: int,
+        guard: EndpointGuard,
+        running: RunningTasks,
+        dead_letters: DeadLetters,
+        policy: GenerationPolicy,
     ) -> None:
         self._redis = redis_client
         self._renderer = renderer
         self._client = client
-        self._lease = lease
+        self._guard = guard
+        self._running = running
+        self._dead_letters = dead_letters
         self._policy = policy
-        self._deadline_s = deadline_s
-        self._record_ttl_s = record_ttl_s
+        self._start_attempt = redis_client.register_script(_START_ATTEMPT)
 
-    def run(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A result dict, or :class:`RetryLater`; raises :class:`GenQueueError` when final."""
+    def run(
+        self, task_id: str, delivery_round: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A result dict, :class:`RetryLater` or :data:`DUPLICATE`; raises when final.
+
+        ``delivery_round`` tells apart the messages of one task (Celery's retry count), so that
+        the deliveries of each message are counted.
+        """
         try:
-            outcome = self._attempt(task_id, args, kwargs)
+            outcome = self._attempt(task_id, delivery_round, args, kwargs)
         except GenQueueError as err:
+            if isinstance(err, PoisonTask):
+                self._dead_letters.add(task_id, kwargs.get("request", args), err.message)
             self._finish(task_id, err)
-            log.info("task %s failed: %s: %s", task_id, err.error_type, err.message)
+            log.info("task %s %s: %s: %s", task_id, _verb(err), err.error_type, err.message)
             raise
         if isinstance(outcome, RetryLater):
             log.info(
                 "task %s attempt %d: %s; retrying in %.1fs",
-                task_id,
-                outcome.attempt,
-                outcome.error.message,
-                outcome.delay_s,
-            )
+                task_id, outcome.attempt, outcome.error.message, outcome.delay_s,
+            )  # fmt: skip
             return outcome
-        self._finish(task_id, None)
+        if not isinstance(outcome, GenerationResult):
+            log.info("task %s is running on another worker; dropping this copy", task_id)
+            return DUPLICATE
+        if self._finish(task_id, None):
+            cancelled = TaskCancelled("the task was cancelled while it ran; result discarded")
+            self._finish(task_id, cancelled)
+            raise cancelled
         return outcome.model_dump(mode="json")
 
     def _attempt(
-        self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> GenerationResult | RetryLater:
+        self, task_id: str, delivery_round: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> GenerationResult | RetryLater | str:
         request = parse_payload(args, kwargs)
-        progress = self._begin(task_id)
+        progress = self._begin(task_id, delivery_round)
         if progress.stored_result is not None:
             log.info("task %s already has a result; not calling the endpoint again", task_id)
             return progress.stored_result
         if progress.cancel_requested:
             raise TaskCancelled("the task was cancelled before it ran")
+        if progress.deliveries > self._policy.max_deliveries:
+            raise PoisonTask(
+                f"delivered {progress.deliveries} times and its worker never finished it "
+                "(killed or crashed each time); moved to the dead-letter list"
+            )
+        read_timeout_s = self._time_left(request)
         prompt = self._renderer.render(request)
         params = request.params.model_dump(mode="json", exclude_none=True)
-        with self._lease.hold():
-            attempt = self._count_attempt(task_id)
-            try:
-                return self._client.complete(prompt, params)
-            except RetryableEndpointError as err:
-                return self._retry_or_give_up(err, attempt, progress.first_attempt_at)
+        try:
+            with self._guard.slot() as slot:
+                return self._call(task_id, request, prompt, params, read_timeout_s, progress, slot)
+        except CircuitOpen as err:
+            error = CircuitOpenError(str(err), retry_after_s=err.retry_in_s)
+            return self._later(request, error, progress.attempts, err.retry_in_s + 0.1)
 
-    def _retry_or_give_up(
-        self, err: RetryableEndpointError, attempt: int, first_attempt_at: float | None
+    def _call(
+        self,
+        task_id: str,
+        request: GenerationRequest,
+        prompt: str,
+        params: dict[str, Any],
+        read_timeout_s: float | None,
+        progress: _Progress,
+        slot: Any,
+    ) -> GenerationResult | RetryLater | str:
+        token = uuid.uuid4().hex
+        attempt = int(
+            self._start_attempt(
+                keys=[keys.running(task_id), keys.task_record(task_id)],
+                args=[token, self._running.claim_ttl_ms, repr(time.time())],
+            )
+        )
+        if attempt == 0:
+            return DUPLICATE
+        self._running.hold(task_id, token)
+        try:
+            with self._running.cancellable(task_id):
+                result = self._client.complete(prompt, params, read_timeout_s=read_timeout_s)
+        except RetryableEndpointError as err:
+            slot.outcome = Outcome.FAILURE
+            return self._retry_or_give_up(request, err, attempt, progress.first_attempt_at)
+        except PermanentEndpointError:
+            slot.outcome = Outcome.OK  # the endpoint is up; it refused this request
+            raise
+        finally:
+            self._running.release(task_id)
+        slot.outcome = Outcome.OK
+        return result
+
+    def _time_left(self, request: GenerationRequest) -> float | None:
+        """Seconds until the request's deadline (``None`` without one); expired if none."""
+        if request.deadline is None:
+            return None
+        left_s = (request.deadline - datetime.now(UTC)).total_seconds()
+        if left_s <= 0:
+            raise DeadlineExpired(f"the deadline {request.deadline.isoformat()} passed")
+        return left_s
+
+    def _later(
+        self, request: GenerationRequest, err: RetryableEndpointError, attempt: int, delay_s: float
     ) -> RetryLater:
-        delay_s = compute_delay_s(attempt, err.retry_after_s, self._policy)
-        started = first_attempt_at if first_attempt_at is not None else time.time()
-        if attempt >= self._policy.max_attempts:
-            raise RetriesExhausted(f"gave up after {attempt} attempts: {err.message}") from err
-        if time.time() + delay_s - started > self._deadline_s:
-            raise RetriesExhausted(
-                f"gave up after {attempt} attempts: the {self._deadline_s:g}s deadline "
-                f"would pass before the next one: {err.message}"
+        deadline = request.deadline
+        if deadline is not None and time.time() + delay_s >= deadline.timestamp():
+            raise DeadlineExpired(
+                f"the deadline {deadline.isoformat()} passes before the next attempt could run: "
+                f"{err.message}"
             ) from err
         return RetryLater(delay_s=delay_s, error=err, attempt=attempt)
 
-    def _begin(self, task_id: str) -> _Progress:
+    def _retry_or_give_up(
+        self,
+        request: GenerationRequest,
+        err: RetryableEndpointError,
+        attempt: int,
+        first_attempt_at: float | None,
+    ) -> RetryLater:
+        policy = self._policy.retry
+        delay_s = compute_delay_s(attempt, err.retry_after_s, policy)
+        started = first_attempt_at if first_attempt_at is not None else time.time()
+        if attempt >= policy.max_attempts:
+            raise RetriesExhausted(f"gave up after {attempt} attempts: {err.message}") from err
+        if time.time() + delay_s - started > self._policy.deadline_s:
+            raise RetriesExhausted(
+                f"gave up after {attempt} attempts: the {self._policy.deadline_s:g}s deadline "
+                f"would pass before the next one: {err.message}"
+            ) from err
+        return self._later(request, err, attempt, delay_s)
+
+    def _begin(self, task_id: str, delivery_round: int) -> _Progress:
         key = keys.task_record(task_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hsetnx(key, records.F_CREATED, records.utcnow_iso())
+        pipe.hincrby(key, f"{records.F_DELIVERIES}:{delivery_round}", 1)
         pipe.hmget(key, records.F_ATTEMPTS, records.F_FIRST_ATTEMPT, records.F_CANCEL)
-        pipe.expire(key, self._record_ttl_s)
+        pipe.expire(key, self._policy.record_ttl_s)
         pipe.get(keys.celery_result(task_id))
-        _, (attempts, first, cancel), _, meta = pipe.execute()
+        _, deliveries, (attempts, first, cancel), _, meta = pipe.execute()
         return _Progress(
             attempts=int(attempts or 0),
+            deliveries=int(deliveries),
             first_attempt_at=float(first) if first else None,
             cancel_requested=bool(cancel),
             stored_result=_stored_result(meta),
         )
 
-    def _count_attempt(self, task_id: str) -> int:
-        key = keys.task_record(task_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(key, records.F_ATTEMPTS, 1)
-        pipe.hsetnx(key, records.F_FIRST_ATTEMPT, repr(time.time()))
-        attempt, _ = pipe.execute()
-        return int(attempt)
-
-    def _finish(self, task_id: str, error: GenQueueError | None) -> None:
+    def _finish(self, task_id: str, error: GenQueueError | None) -> bool:
+        """Record the end; whether a cancellation was asked for meanwhile."""
         fields = {records.F_FINISHED: records.utcnow_iso()}
         if error is not None:
             fields[records.F_ERROR] = json.dumps(
@@ -166,9 +266,15 @@ class Generation:
             )
         key = keys.task_record(task_id)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self._record_ttl_s)
-        pipe.execute()
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, self._policy.record_ttl_s)
+        pipe.hget(key, records.F_CANCEL)
+        _, _, cancel = pipe.execute()
+        return bool(cancel)
+
+
+def _verb(err: GenQueueError) -> str:
+    return "cancelled" if isinstance(err, TaskCancelled) else "failed"
 
 
 def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRequest:
@@ -209,7 +315,3 @@ def _stored_result(meta: bytes | None) -> GenerationResult | None:
     if stored.get("status") != "SUCCESS" or not isinstance(stored.get("result"), dict):
         return None
     return GenerationResult.model_validate(stored["result"])
-
-
-def utc_timestamp() -> str:
-    return datetime.now(UTC).isoformat()

@@ -23,3 +23,27 @@ def lease(endpoint_id: str) -> str:
 def celery_result(task_id: str) -> str:
     """Celery's own result key (its Redis backend's default naming)."""
     return f"celery-task-meta-{task_id}"
+
+
+def running(task_id: str) -> str:
+    """String: the token of the worker running the task now. TTL: renewed by its heartbeat."""
+    return f"{PREFIX}:running:{task_id}"
+
+
+def breaker(endpoint_id: str) -> str:
+    """Hash: consecutive failures and ``open_until`` (ms). TTL: a multiple of the cooldown."""
+    return f"{PREFIX}:breaker:{endpoint_id}"
+
+
+def breaker_probe(endpoint_id: str) -> str:
+    """String: held by the one call probing a half-open breaker. TTL: the cooldown."""
+    return f"{PREFIX}:breaker-probe:{endpoint_id}"
+
+
+def dead_letters() -> str:
+    """List of dead-lettered tasks, newest first. Bounded by ``dead_letter_max``."""
+    return f"{PREFIX}:dead"
+
+
+#: Pub/sub channel on which the API announces cancellations of running tasks.
+CANCEL_CHANNEL = f"{PREFIX}:cancel"

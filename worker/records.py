@@ -32,6 +32,8 @@ F_FIRST_ATTEMPT = "first_attempt_at"
 F_FINISHED = "finished_at"
 F_ERROR = "error"
 F_CANCEL = "cancel_requested"
+#: Prefix of the per-message delivery counters (``deliveries:<retry round>``).
+F_DELIVERIES = "deliveries"
 
 
 def utcnow_iso() -> str:
@@ -71,15 +73,17 @@ def status_from(
     if state is TaskState.CANCELLED:
         error = ErrorInfo(type="cancelled", message="the task was cancelled")
     finished_at = record.get(F_FINISHED) or (meta.get("date_done") if state.is_final else None)
-    return TaskStatus(
-        task_id=task_id,
-        status=state,
-        attempts=int(record.get(F_ATTEMPTS, "0")),
-        result=result,
-        error=error,
-        metadata=json.loads(record[F_METADATA]) if F_METADATA in record else None,
-        created_at=record.get(F_CREATED),  # type: ignore[arg-type]
-        finished_at=finished_at,
+    return TaskStatus.model_validate(
+        {
+            "task_id": task_id,
+            "status": state,
+            "attempts": int(record.get(F_ATTEMPTS, "0")),
+            "result": result,
+            "error": error,
+            "metadata": json.loads(record[F_METADATA]) if F_METADATA in record else None,
+            "created_at": record.get(F_CREATED),
+            "finished_at": finished_at,
+        }
     )
 
 

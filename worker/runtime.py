@@ -9,28 +9,33 @@ from dataclasses import dataclass
 
 import redis
 
-from worker import keys
 from worker.backoff import RetryPolicy
+from worker.deadletter import DeadLetters
 from worker.endpoint import CompletionClient, EndpointConfig
 from worker.errors import SettingsError
-from worker.generation import Generation
-from worker.lease import ConcurrencyLease
+from worker.generation import Generation, GenerationPolicy
+from worker.guard import EndpointGuard, GuardPolicy
+from worker.liveness import RunningTasks
 from worker.prompts import PromptRenderer
 from worker.settings import Settings, env_name
 
 #: Connections beyond the task concurrency, for the heartbeat and bookkeeping.
 SPARE_CONNECTIONS = 16
+#: How long a concurrency lease outlives a worker that stopped renewing it.
+LEASE_TTL_S = 30.0
 
 
 @dataclass
 class WorkerRuntime:
     redis: redis.Redis
     client: CompletionClient
-    lease: ConcurrencyLease
+    guard: EndpointGuard
+    running: RunningTasks
     generation: Generation
 
     def close(self) -> None:
-        self.lease.close()
+        self.guard.close()
+        self.running.close()
         self.client.close()
         self.redis.close()
 
@@ -71,24 +76,41 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             pool_size=concurrency,
         )
     )
-    lease = ConcurrencyLease(
-        client, keys.lease(endpoint_id(url)), limit=settings.runpod_max_concurrency
+    guard = EndpointGuard(
+        client,
+        endpoint_id(url),
+        GuardPolicy(
+            limit=settings.runpod_max_concurrency,
+            lease_ttl_s=LEASE_TTL_S,
+            failure_threshold=settings.breaker_failure_threshold,
+            cooldown_s=settings.breaker_cooldown_s,
+        ),
     )
+    # A claim outlives its worker by less than the visibility timeout, so a redelivered task
+    # of a dead worker is never taken for a duplicate.
+    running = RunningTasks(client, claim_ttl_s=settings.visibility_timeout_s * 2 / 3)
     generation = Generation(
         redis_client=client,
         renderer=PromptRenderer(settings.templates_dir),
         client=endpoint,
-        lease=lease,
-        policy=RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            base_delay_s=settings.retry_base_delay_s,
-            max_delay_s=settings.retry_max_delay_s,
-            retry_after_max_s=settings.retry_after_max_s,
+        guard=guard,
+        running=running,
+        dead_letters=DeadLetters(client, settings.dead_letter_max),
+        policy=GenerationPolicy(
+            retry=RetryPolicy(
+                max_attempts=settings.retry_max_attempts,
+                base_delay_s=settings.retry_base_delay_s,
+                max_delay_s=settings.retry_max_delay_s,
+                retry_after_max_s=settings.retry_after_max_s,
+            ),
+            deadline_s=settings.task_deadline_s,
+            record_ttl_s=settings.result_ttl_s,
+            max_deliveries=settings.max_deliveries,
         ),
-        deadline_s=settings.task_deadline_s,
-        record_ttl_s=settings.result_ttl_s,
     )
-    return WorkerRuntime(redis=client, client=endpoint, lease=lease, generation=generation)
+    return WorkerRuntime(
+        redis=client, client=endpoint, guard=guard, running=running, generation=generation
+    )
 
 
 _lock = threading.Lock()

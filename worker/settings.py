@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     #: A task stops retrying once this long has passed since its first attempt.
     task_deadline_s: float = Field(default=900.0, gt=0, le=86_400)
 
+    # --- delivery guarantees and flow control ---------------------------------------------
+    #: Seconds an unacknowledged message stays with a worker that stopped renewing it; a live
+    #: worker renews its messages every ``heartbeat_interval_s``.
+    visibility_timeout_s: int = Field(default=30, ge=5, le=86_400)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=600)
+    #: Deliveries of one message (a worker died each time) before it is dead-lettered.
+    max_deliveries: int = Field(default=3, ge=1, le=100)
+    dead_letter_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: Consecutive retryable endpoint failures that open the circuit breaker.
+    breaker_failure_threshold: int = Field(default=5, ge=1, le=10_000)
+    #: How long an open breaker holds tasks back before one probe may try.
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3_600)
+
     # --- results and records ---------------------------------------------------------------
     result_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
     idempotency_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
@@ -128,6 +141,15 @@ class Settings(BaseSettings):
         base = self.runpod_endpoint_url.rstrip("/")
         base = base.removesuffix("/v1")
         return f"{base}/v1/completions"
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        if self.heartbeat_interval_s * 2 > self.visibility_timeout_s:
+            raise ValueError(
+                "GENQUEUE_HEARTBEAT_INTERVAL_S must be at most half of "
+                "GENQUEUE_VISIBILITY_TIMEOUT_S, or live messages would be redelivered"
+            )
+        return self
 
     @property
     def longest_countdown_s(self) -> float:

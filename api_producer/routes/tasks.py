@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api_producer.deps import CallerDep, StateDep
 from api_producer.producer import Accepted, IdempotencyConflict
+from api_producer.ratelimit import RateLimitDep
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -50,10 +52,12 @@ async def submit_task(
     response: Response,
     state: StateDep,
     caller: CallerDep,
+    charge: RateLimitDep,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Enqueue one generation task."""
     _check_template(state, body)
+    await charge(1)
     accepted = await _enqueue(state, caller, [body], idempotency_key)
     task_id = accepted.task_ids[0]
     response.headers["Location"] = f"/v1/tasks/{task_id}"
@@ -65,6 +69,7 @@ async def submit_batch(
     body: BatchRequest,
     state: StateDep,
     caller: CallerDep,
+    charge: RateLimitDep,
     idempotency_key: IdempotencyKey = None,
 ) -> BatchAccepted:
     """Enqueue several tasks: all of them, in order, or none (any invalid one refuses all)."""
@@ -76,6 +81,7 @@ async def submit_batch(
         )
     for request in body.requests:
         _check_template(state, request)
+    await charge(len(body.requests))
     accepted = await _enqueue(state, caller, body.requests, idempotency_key)
     return BatchAccepted(tasks=[TaskAccepted(task_id=task_id) for task_id in accepted.task_ids])
 
@@ -105,6 +111,10 @@ async def cancel_task(task_id: TaskId, state: StateDep, _caller: CallerDep) -> T
 
 
 def _check_template(state: StateDep, request: GenerationRequest) -> None:
+    if request.deadline is not None and request.deadline <= datetime.now(UTC):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail="the deadline is already in the past"
+        )
     known = state.templates
     if known is not None and request.template not in known:
         raise HTTPException(

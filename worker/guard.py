@@ -1,0 +1,232 @@
+"""What protects one endpoint, shared by every worker through Redis.
+
+- **A concurrency cap.** Each call holds a token in a sorted set scored by its expiry (Redis
+  server time, so the clocks of different machines do not matter). A background heartbeat
+  pushes the expiry of the tokens this process holds, so the token of a killed worker lapses
+  after ``lease_ttl_s`` and frees its slot.
+- **A circuit breaker.** ``failure_threshold`` consecutive retryable failures open it for
+  ``cooldown_s``: calls are refused with :class:`CircuitOpen` (tasks are delayed, not failed).
+  After the cooldown one probe call may go; its success closes the breaker, its failure opens
+  it again.
+
+Both live in the same Lua scripts, so a call costs one round trip to start and one to end.
+Waiting is cheap: a local semaphore lets at most ``limit`` callers of this process contend for
+Redis, and they poll with a jittered backoff capped at ``poll_max_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+import redis
+
+from worker import keys
+
+log = logging.getLogger(__name__)
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: lease, breaker, probe. ARGV: limit, lease ttl ms, token, cooldown ms.
+# Returns 1 (slot taken), 0 (no free slot) or -N (breaker open: retry in N ms).
+_ACQUIRE = (
+    _NOW_MS
+    + """
+local open_until = tonumber(redis.call('HGET', KEYS[2], 'open_until') or '0')
+if open_until > now then
+  return -(open_until - now)
+end
+local probing = false
+if open_until > 0 then
+  if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
+    return -1000
+  end
+  probing = true
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  if probing then redis.call('DEL', KEYS[3]) end
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return 1
+"""
+)
+
+# KEYS: lease, breaker, probe. ARGV: token, outcome, threshold, cooldown ms.
+# Returns 1 when this call opened the breaker.
+_RELEASE = (
+    _NOW_MS
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[2] == 'ok' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2], KEYS[3]) end
+  return 0
+end
+if ARGV[2] ~= 'failure' then return 0 end
+local failures = redis.call('HINCRBY', KEYS[2], 'failures', 1)
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 10)
+if failures >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[2], 'open_until', now + tonumber(ARGV[4]))
+  redis.call('DEL', KEYS[3])
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS: lease. ARGV: tokens..., ttl ms.
+_RENEW = (
+    _NOW_MS
+    + """
+for i = 1, #ARGV - 1 do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[#ARGV]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[#ARGV]) * 2)
+return 1
+"""
+)
+
+
+class CircuitOpen(Exception):
+    """Raised by :meth:`EndpointGuard.slot` while the breaker is open."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s")
+        self.retry_in_s = retry_in_s
+
+
+class Outcome(Enum):
+    OK = "ok"  # the endpoint answered (a 4xx too: it is up)
+    FAILURE = "failure"  # a retryable failure: counts towards opening the breaker
+    NEUTRAL = "neutral"  # says nothing of the endpoint (cancelled, for instance)
+
+
+@dataclass
+class Slot:
+    """A held slot; set ``outcome`` before leaving the ``with`` block."""
+
+    outcome: Outcome = Outcome.NEUTRAL
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    limit: int = 1
+    lease_ttl_s: float = 30.0
+    failure_threshold: int = 5
+    cooldown_s: float = 30.0
+    poll_max_s: float = 0.25
+
+
+class EndpointGuard:
+    """The concurrency cap and circuit breaker of the endpoint ``endpoint_id``.
+
+    :param client: the Redis client.
+    :param endpoint_id: a short secret-free name of the endpoint (see :mod:`worker.keys`).
+    :param policy: the cap, the lease TTL and the breaker's threshold and cooldown.
+    """
+
+    def __init__(self, client: redis.Redis, endpoint_id: str, policy: GuardPolicy) -> None:
+        self._client = client
+        self._keys = [
+            keys.lease(endpoint_id),
+            keys.breaker(endpoint_id),
+            keys.breaker_probe(endpoint_id),
+        ]
+        self._policy = policy
+        self._ttl_ms = int(policy.lease_ttl_s * 1000)
+        self._cooldown_ms = int(policy.cooldown_s * 1000)
+        self._local = threading.BoundedSemaphore(policy.limit)
+        self._held: set[str] = set()
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release_script = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        self._heartbeat: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Slot]:
+        """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpen` if open."""
+        with self._local:
+            token = self._wait_for_slot()
+            slot = Slot()
+            try:
+                yield slot
+            finally:
+                self._held.discard(token)
+                self._release(token, slot.outcome)
+
+    def _wait_for_slot(self) -> str:
+        token = uuid.uuid4().hex
+        delay_s = 0.005
+        while True:
+            answer = int(
+                self._acquire(
+                    keys=self._keys,
+                    args=[self._policy.limit, self._ttl_ms, token, self._cooldown_ms],
+                )
+            )
+            if answer == 1:
+                break
+            if answer < 0:
+                raise CircuitOpen(-answer / 1000)
+            time.sleep(random.uniform(delay_s / 2, delay_s))
+            delay_s = min(delay_s * 2, self._policy.poll_max_s)
+        self._held.add(token)
+        self._ensure_heartbeat()
+        return token
+
+    def _release(self, token: str, outcome: Outcome) -> None:
+        try:
+            opened = self._release_script(
+                keys=self._keys,
+                args=[token, outcome.value, self._policy.failure_threshold, self._cooldown_ms],
+            )
+        except redis.RedisError:
+            # The token lapses by itself after the lease TTL; nothing is lost.
+            log.warning("could not release a concurrency lease; it expires by itself")
+            return
+        if opened:
+            log.warning(
+                "endpoint circuit breaker opened after %d consecutive failures; holding tasks "
+                "back for %.0fs",
+                self._policy.failure_threshold,
+                self._policy.cooldown_s,
+            )
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._heartbeat = threading.Thread(
+                target=self._renew_forever, name="genqueue-lease-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _renew_forever(self) -> None:
+        interval_s = self._ttl_ms / 3000
+        while not self._stopped.wait(interval_s):
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                self._renew(keys=self._keys[:1], args=[*held, self._ttl_ms])
+            except redis.RedisError:
+                log.warning("could not renew %d concurrency leases", len(held))
+
+    def in_flight(self) -> int:
+        """Holders right now, across all processes (expired tokens excluded)."""
+        now_ms = int(time.time() * 1000)
+        return int(self._client.zcount(self._keys[0], now_ms, "+inf"))
+
+    def close(self) -> None:
+        self._stopped.set()

@@ -1,0 +1,178 @@
+"""The tasks this worker process runs right now: who runs them, and how to stop them.
+
+- A **running claim** (``genqueue:running:<id>``, set NX with a TTL) makes sure a task runs
+  once at a time: a copy delivered while its first run is alive is dropped.
+- A **heartbeat** renews the claims, and the scores of every message this worker holds
+  unacknowledged in kombu's ``unacked_index``, so Redis hands a message to another worker only
+  after its holder stopped renewing it for ``visibility_timeout_s``: a killed worker's tasks come
+  back within seconds, and a live worker's never do.
+- A **cancel listener** (pub/sub on :data:`worker.keys.CANCEL_CHANNEL`) stops the endpoint call
+  of a task cancelled while it runs, by raising :class:`TaskCancelled` in its greenlet (gevent
+  pool); with other pools the call finishes and its result is discarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+
+from worker import keys
+from worker.errors import TaskCancelled
+
+log = logging.getLogger(__name__)
+
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _current_greenlet() -> Any | None:
+    try:
+        import gevent
+        from gevent import monkey
+    except ImportError:
+        return None
+    if not monkey.is_module_patched("socket"):
+        return None
+    return gevent.getcurrent()
+
+
+class RunningTasks:
+    """This process's running claims and cancellable calls.
+
+    :param client: the Redis client.
+    :param claim_ttl_s: how long a claim outlives a worker that stopped renewing it.
+    """
+
+    def __init__(self, client: redis.Redis, claim_ttl_s: float) -> None:
+        self._redis = client
+        self.claim_ttl_ms = int(claim_ttl_s * 1000)
+        self._claims: dict[str, str] = {}
+        self._calls: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._release_claim = client.register_script(_RELEASE_CLAIM)
+        self._listener: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
+
+    def hold(self, task_id: str, token: str) -> None:
+        self._claims[task_id] = token
+        if self._heartbeat is None:
+            self._heartbeat = Heartbeat(self.claim_ttl_ms / 3000, [self.renew])
+            self._heartbeat.start()
+
+    def release(self, task_id: str) -> None:
+        token = self._claims.pop(task_id, None)
+        if token is not None:
+            try:
+                self._release_claim(keys=[keys.running(task_id)], args=[token])
+            except redis.RedisError:
+                log.warning("could not release the running claim of %s; it expires", task_id)
+
+    def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    def renew(self) -> None:
+        """Push the expiry of every claim this process holds."""
+        held = list(self._claims)
+        if not held:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for task_id in held:
+            pipe.pexpire(keys.running(task_id), self.claim_ttl_ms)
+        pipe.execute()
+
+    @contextlib.contextmanager
+    def cancellable(self, task_id: str) -> Iterator[None]:
+        """Within the block, a cancellation of ``task_id`` interrupts this greenlet."""
+        greenlet = _current_greenlet()
+        if greenlet is None:
+            yield
+            return
+        self._ensure_listener()
+        with self._lock:
+            self._calls[task_id] = greenlet
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls.pop(task_id, None)
+
+    def cancel(self, task_id: str) -> bool:
+        """Interrupt the call of ``task_id`` if this process runs it."""
+        import gevent
+
+        with self._lock:
+            greenlet = self._calls.pop(task_id, None)
+        if greenlet is None:
+            return False
+        gevent.kill(greenlet, TaskCancelled("the task was cancelled while it ran"), block=False)
+        return True
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or not self._listener.is_alive():
+            self._listener = threading.Thread(
+                target=self._listen, name="genqueue-cancel-listener", daemon=True
+            )
+            self._listener.start()
+
+    def _listen(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(keys.CANCEL_CHANNEL)
+                for message in pubsub.listen():
+                    task_id = message["data"].decode()
+                    if self.cancel(task_id):
+                        log.info("task %s cancelled while running: endpoint call aborted", task_id)
+            except redis.RedisError:
+                time.sleep(1)  # Redis is away; subscribe again when it is back.
+            finally:
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()
+
+
+class Heartbeat:
+    """Calls ``beats`` every ``interval_s`` in a daemon thread (a greenlet under gevent)."""
+
+    def __init__(self, interval_s: float, beats: list[Callable[[], None]]) -> None:
+        self._interval_s = interval_s
+        self._beats = beats
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="genqueue-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            for beat in self._beats:
+                try:
+                    beat()
+                except Exception:  # a missed beat is retried at the next one
+                    log.warning(
+                        "heartbeat %s failed", getattr(beat, "__name__", beat), exc_info=True
+                    )
+
+
+def unacked_renewer(client: redis.Redis, channel: Any) -> Callable[[], None]:
+    """A beat that renews the ``unacked_index`` scores of the messages ``channel`` holds."""
+
+    def renew_unacked() -> None:
+        tags = list(channel.qos._delivered)
+        if not tags:
+            return
+        now = time.time()
+        client.zadd(channel.unacked_index_key, dict.fromkeys(tags, now), xx=True)
+
+    return renew_unacked
