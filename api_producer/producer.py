@@ -107,11 +107,12 @@ class DirectProducer:
         """
         payloads = [request.to_payload() for request in requests]
         task_ids = [str(uuid.uuid4()) for _ in requests]
-        claim = None
+        claim: str | None = None
         if idempotency_key is not None:
-            claim = self._claim(idempotency_key, request_digest(payloads), task_ids)
-            if isinstance(claim, Accepted):
-                return claim
+            claimed = self._claim(idempotency_key, request_digest(payloads), task_ids)
+            if isinstance(claimed, Accepted):
+                return claimed
+            claim = claimed
         try:
             self._store_records(task_ids, requests)
         except redis.RedisError as err:
@@ -158,7 +159,7 @@ class DirectProducer:
         pipe = self._redis.pipeline(transaction=True)
         for task_id, request in zip(task_ids, requests, strict=True):
             key = keys.task_record(task_id)
-            pipe.hset(key, mapping=records.new_record(request.metadata))
+            pipe.hset(key, mapping=records.new_record(request.metadata))  # type: ignore[arg-type]
             pipe.expire(key, self._settings.result_ttl_s)
         pipe.execute()
 

@@ -45,7 +45,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             try:
                 value = json.loads(line)
-            except ValueError as err:
+            except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
             if not isinstance(value, dict):
                 raise ValueError(f"{path}:{number}: a request must be a JSON object")

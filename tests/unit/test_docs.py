@@ -29,4 +29,4 @@ def test_first_screen_has_the_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test" in ci
-    assert "pip install -q -e \".[dev]\"" in ci
+    assert 'pip install -q -e ".[dev]"' in ci
