@@ -155,6 +155,26 @@ class DirectProducer:
             producer=producer,
         )
 
+    def requeue(self, task_id: str, request: GenerationRequest) -> None:
+        """Send a dead-lettered (or otherwise finished) task again under the same id.
+
+        Its previous outcome, deliveries and attempts are cleared first, so it starts afresh.
+        """
+        key = keys.task_record(task_id)
+        stale = [
+            field
+            for field in self._redis.hkeys(key)  # type: ignore[union-attr]
+            if field.decode().startswith(records.F_DELIVERIES)
+        ]
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(keys.celery_result(task_id))
+        pipe.hdel(key, records.F_ERROR, records.F_FINISHED, records.F_FIRST_ATTEMPT, *stale)
+        pipe.hset(key, records.F_ATTEMPTS, "0")
+        pipe.hsetnx(key, records.F_CREATED, records.utcnow_iso())
+        pipe.expire(key, self._settings.result_ttl_s)
+        pipe.execute()
+        self._send_all([task_id], [request], [request.to_payload()], None)
+
     def _store_records(self, task_ids: list[str], requests: Sequence[GenerationRequest]) -> None:
         pipe = self._redis.pipeline(transaction=True)
         for task_id, request in zip(task_ids, requests, strict=True):

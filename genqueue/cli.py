@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the end")
     status.set_defaults(handler=_run_status)
 
+    from genqueue.dead import add_parser as add_dead_parser
+
+    add_dead_parser(sub)
+
     bench = sub.add_parser(
         "bench",
         help="measure throughput, overhead and latency against the simulator",

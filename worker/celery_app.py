@@ -16,7 +16,7 @@ from kombu import Queue
 
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 from worker.errors import SettingsError
-from worker.liveness import Heartbeat, unacked_renewer
+from worker.liveness import Heartbeat, restorer, unacked_renewer
 from worker.runtime import SPARE_CONNECTIONS, close_runtimes
 from worker.settings import Settings, load_settings
 
@@ -35,6 +35,10 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
     ``GENQUEUE_HEARTBEAT_INTERVAL_S``. Redis hands a message to another worker once its score
     is older than ``GENQUEUE_VISIBILITY_TIMEOUT_S``, which is short (30 s): a killed worker's
     tasks run again within about 40 s, and a live worker's are never taken from it.
+
+    The same heartbeat sweeps for stale messages: kombu's own sweep only runs when a BRPOP
+    poll times out, which never happens on the gevent pool while other workers keep the
+    queues busy.
     """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
@@ -49,7 +53,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
         self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
         channel = parent.task_consumer.channel
         renew = unacked_renewer(self._client, channel)
-        self._heartbeat = Heartbeat(settings.heartbeat_interval_s, [renew])
+        self._heartbeat = Heartbeat(settings.heartbeat_interval_s, [renew, restorer(channel)])
         self._heartbeat.start()
 
     def stop(self, parent: Any) -> None:

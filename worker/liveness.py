@@ -176,3 +176,12 @@ def unacked_renewer(client: redis.Redis, channel: Any) -> Callable[[], None]:
         client.zadd(channel.unacked_index_key, dict.fromkeys(tags, now), xx=True)
 
     return renew_unacked
+
+
+def restorer(channel: Any) -> Callable[[], None]:
+    """A beat that hands the messages of dead workers back to the queue (kombu's sweep)."""
+
+    def restore_stale() -> None:
+        channel.qos.restore_visible(num=channel.unacked_restore_limit, interval=1)
+
+    return restore_stale
