@@ -8,16 +8,26 @@ from collections.abc import Sequence
 
 from fastapi import HTTPException, Request, status
 
+from worker.errors import SettingsError
+
+_SHA256_HEX_CHARS = 64
+
 
 class KeyChecker:
-    """Accepts ``Authorization: Bearer <key>`` for any of ``keys``; all keys if ``keys`` is empty.
+    """Accepts ``Authorization: Bearer <key>`` for any configured key; anyone if there are none.
 
-    Every configured key is compared (with :func:`hmac.compare_digest` on SHA-256 digests), so
-    the time taken says nothing about which key, or how much of one, matched.
+    :param keys: plain keys (``GENQUEUE_API_KEYS``).
+    :param key_hashes: SHA-256 hex digests of keys (``GENQUEUE_API_KEY_HASHES``), so a
+        deployment need not hold the plain keys at all.
+
+    Only digests are kept. Every one is compared (with :func:`hmac.compare_digest`), so the time
+    taken says nothing about which key, or how much of one, matched.
     """
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+    def __init__(self, keys: Sequence[str], key_hashes: Sequence[str] = ()) -> None:
+        digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+        digests += [parse_key_hash(value) for value in key_hashes]
+        self._digests = list(dict.fromkeys(digests))
 
     @property
     def enabled(self) -> bool:
@@ -44,3 +54,23 @@ class KeyChecker:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return caller
+
+
+def hash_key(key: str) -> str:
+    """The ``GENQUEUE_API_KEY_HASHES`` entry for ``key``."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_key_hash(value: str) -> bytes:
+    """A SHA-256 digest from its hex form; :class:`SettingsError` if it is not one."""
+    text = value.strip().lower()
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if len(text) != _SHA256_HEX_CHARS or len(digest) * 2 != _SHA256_HEX_CHARS:
+        # Never echo the value: an operator may have pasted a plain key here by mistake.
+        raise SettingsError(
+            "GENQUEUE_API_KEY_HASHES: each entry must be a SHA-256 digest, 64 hex characters"
+        )
+    return digest

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while reading a body (chunked, say) that grows past the limit.
+
+    An ``HTTPException``, so FastAPI's body parsing lets it through as a 413.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, detail=f"request body is larger than {max_bytes} bytes")
 
 
 class BodySizeLimit:
@@ -34,7 +41,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

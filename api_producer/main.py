@@ -7,13 +7,16 @@ from contextlib import asynccontextmanager
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api_producer.auth import KeyChecker
 from api_producer.deps import ApiState
 from api_producer.limits import BodySizeLimit
 from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error
+from api_producer.ratelimit import RateLimiter
 from api_producer.routes import health, tasks
 from api_producer.store import TaskStore
 from worker.errors import TemplateError
@@ -39,7 +42,9 @@ def build_state(settings: Settings) -> ApiState:
         settings=settings,
         producer=DirectProducer(settings, sync_client),
         store=TaskStore(async_client, settings.result_ttl_s),
-        keys=KeyChecker([key.get_secret_value() for key in settings.api_keys]),
+        keys=KeyChecker(
+            [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
+        ),
         templates=_templates(settings),
     )
 
@@ -47,11 +52,13 @@ def build_state(settings: Settings) -> ApiState:
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; Redis connections open on first use."""
     state = build_state(settings)
+    limiter = RateLimiter.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         state.producer.close()
+        await limiter.aclose()
 
     app = FastAPI(
         title="genqueue",
@@ -60,8 +67,10 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.genqueue = state
+    app.state.rate_limiter = limiter
     app.include_router(tasks.router)
     app.include_router(health.router)
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EnqueueError, _unavailable)
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(OSError, _unavailable)
@@ -72,3 +81,12 @@ def create_app(settings: Settings) -> FastAPI:
 async def _unavailable(_: Request, err: Exception) -> JSONResponse:
     reason = str(err) if isinstance(err, EnqueueError) else describe_redis_error(err)
     return JSONResponse({"detail": f"service unavailable: {reason}"}, status_code=503)
+
+
+async def _invalid(_: Request, err: Exception) -> JSONResponse:
+    """FastAPI's 422 without the offending input: a 200,000-character prompt is not sent back."""
+    errors = err.errors() if isinstance(err, RequestValidationError) else []
+    detail = [{k: v for k, v in e.items() if k not in ("input", "url")} for e in errors]
+    return JSONResponse(
+        {"detail": jsonable_encoder(detail)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )

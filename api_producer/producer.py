@@ -164,7 +164,7 @@ class DirectProducer:
         stale = [
             field
             for field in self._redis.hkeys(key)  # type: ignore[union-attr]
-            if field.decode().startswith(records.F_DELIVERIES)
+            if bytes(field).decode().startswith(records.F_DELIVERIES)  # type: ignore[arg-type]
         ]
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(keys.celery_result(task_id))

@@ -21,7 +21,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: Settings, host: str, port: int) -> int:
-    if not settings.api_keys and not is_loopback(host) and not settings.api_insecure_no_auth:
+    has_keys = bool(settings.api_keys or settings.api_key_hashes)
+    if not has_keys and not is_loopback(host) and not settings.api_insecure_no_auth:
         raise SettingsError(
             f"refusing to serve on {host} without GENQUEUE_API_KEYS; set keys, or "
             "GENQUEUE_API_INSECURE_NO_AUTH=true to accept anyone who can reach the port"

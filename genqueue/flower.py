@@ -1,13 +1,27 @@
-"""``genqueue flower``: Flower on genqueue's Celery app, with basic auth and saved state."""
+"""``genqueue flower``: Flower on genqueue's Celery app, with basic auth and saved state.
+
+Flower is read-only unless ``FLOWER_READ_ONLY`` says otherwise: anyone who can see it should
+not thereby be able to revoke tasks, kill worker pools or shut workers down.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from api_producer.server import is_loopback
 from worker.errors import SettingsError
 from worker.settings import Settings
+
+#: ``FLOWER_READ_ONLY`` values that turn control on (tornado's own false words, and a few more).
+_FALSE_WORDS = frozenset({"false", "0", "f", "no", "n", "off"})
+
+
+def read_only(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether Flower's control API is off: yes unless ``FLOWER_READ_ONLY`` is false-ish."""
+    value = environ.get("FLOWER_READ_ONLY", "").strip().lower()
+    return value not in _FALSE_WORDS
 
 
 def flower_argv(settings: Settings, host: str, port: int) -> list[str]:
@@ -21,6 +35,8 @@ def flower_argv(settings: Settings, host: str, port: int) -> list[str]:
         "--persistent=True",
         f"--db={os.environ.get('FLOWER_DB', str(state_dir / 'flower.db'))}",
         "--state_save_interval=10000",
+        # On the command line, it wins over Flower's own reading of FLOWER_READ_ONLY.
+        f"--read_only={read_only()}",
     ]  # fmt: skip
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from worker.contract import GenerationRequest, Message
 from worker.errors import TemplateError
@@ -66,6 +67,32 @@ BUILTIN_SOURCES: Mapping[str, str] = {
 }
 
 
+#: The longest string or list a template may build by repetition (``'a' * n``).
+REPEAT_MAX_ITEMS = 1_000_000
+#: The largest exponent a template may use (``10 ** n``).
+POWER_MAX_EXPONENT = 10_000
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with repetition and powers bounded so a template stays cheap.
+
+    Jinja's sandbox caps ``range`` but not ``'a' * 10**9`` or ``10 ** 10**6``.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > POWER_MAX_EXPONENT:
+                raise SecurityError(f"exponent {right} is above {POWER_MAX_EXPONENT}")
+            return left**right
+        for seq, count in ((left, right), (right, left)):
+            repeats = isinstance(seq, str | list | tuple) and isinstance(count, int)
+            if repeats and len(seq) * count > REPEAT_MAX_ITEMS:
+                raise SecurityError(f"repetition longer than {REPEAT_MAX_ITEMS} items")
+        return left * right
+
+
 class PromptRenderer:
     """Renders requests through the built-in templates and an operator's ``*.j2`` files.
 
@@ -74,7 +101,7 @@ class PromptRenderer:
     """
 
     def __init__(self, templates_dir: Path | None = None) -> None:
-        self._env = ImmutableSandboxedEnvironment(
+        self._env = BoundedSandbox(
             autoescape=False,
             keep_trailing_newline=True,
             undefined=jinja2.StrictUndefined,
@@ -111,7 +138,7 @@ class PromptRenderer:
             )
         except jinja2.TemplateError as err:
             raise TemplateError(f"template {request.template!r} failed: {err}") from err
-        except (ArithmeticError, MemoryError, RecursionError) as err:
+        except (ArithmeticError, MemoryError, RecursionError, ValueError) as err:
             raise TemplateError(f"template {request.template!r} failed: {err!r}") from err
 
 

@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api_producer.deps import CallerDep, StateDep
 from api_producer.producer import Accepted, IdempotencyConflict
 from api_producer.ratelimit import RateLimitDep
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+class Problem(BaseModel):
+    """An error answer: what went wrong, in words."""
+
+    detail: str
+
+
+class InvalidInput(BaseModel):
+    """A 422: a message, or FastAPI's list of ``{type, loc, msg}`` (never the input itself)."""
+
+    detail: str | list[dict[str, JsonValue]]
+
+
+def _problem(description: str, **extra: Any) -> dict[str, Any]:
+    return {"model": Problem, "description": description, **extra}
+
+
+# The error statuses each route may answer, so the OpenAPI document lists every one.
+_ANY_ROUTE: dict[int | str, dict[str, Any]] = {
+    401: _problem("missing or invalid API key"),
+    422: {"model": InvalidInput, "description": "invalid input (unknown fields included)"},
+    503: _problem("Redis cannot be reached"),
+}
+_SUBMIT: dict[int | str, dict[str, Any]] = {
+    400: _problem("the body could not be read (not UTF-8 text)"),
+    409: _problem("this Idempotency-Key was used with a different body"),
+    413: _problem("the request body is larger than GENQUEUE_API_MAX_BODY_BYTES"),
+    429: _problem(
+        "over this key's GENQUEUE_API_RATE_LIMIT_PER_MINUTE; nothing was enqueued",
+        headers={
+            "Retry-After": {
+                "description": "seconds until the limit resets",
+                "schema": {"type": "integer"},
+            }
+        },
+    ),
+}
+_ONE_TASK: dict[int | str, dict[str, Any]] = {404: _problem("no such task")}
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=_ANY_ROUTE)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -46,7 +85,9 @@ async def _enqueue(
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted)
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted, responses=_SUBMIT
+)
 async def submit_task(
     body: GenerationRequest,
     response: Response,
@@ -64,7 +105,9 @@ async def submit_task(
     return TaskAccepted(task_id=task_id)
 
 
-@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted)
+@router.post(
+    "/batch", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted, responses=_SUBMIT
+)
 async def submit_batch(
     body: BatchRequest,
     state: StateDep,
@@ -86,7 +129,7 @@ async def submit_batch(
     return BatchAccepted(tasks=[TaskAccepted(task_id=task_id) for task_id in accepted.task_ids])
 
 
-@router.get("/{task_id}", response_model=TaskStatus)
+@router.get("/{task_id}", response_model=TaskStatus, responses=_ONE_TASK)
 async def get_task(
     task_id: TaskId,
     state: StateDep,
@@ -101,7 +144,7 @@ async def get_task(
     return found
 
 
-@router.delete("/{task_id}", response_model=TaskStatus)
+@router.delete("/{task_id}", response_model=TaskStatus, responses=_ONE_TASK)
 async def cancel_task(task_id: TaskId, state: StateDep, _caller: CallerDep) -> TaskStatus:
     """Cancel a task: a queued one never reaches the endpoint."""
     found = await state.store.cancel(task_id)

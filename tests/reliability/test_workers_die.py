@@ -47,7 +47,9 @@ def test_sigkill_mid_call_with_default_settings(
     assert "succeeded" in survivor.log()
 
 
-def test_sigterm_finishes_what_is_in_flight(redis_url, simulator, start_worker, celery_client) -> None:
+def test_sigterm_finishes_what_is_in_flight(
+    redis_url, simulator, start_worker, celery_client
+) -> None:
     simulator.configure(latency_s=2.0)
     worker = start_worker(redis_url, simulator.url)
     results = [send(celery_client, f"task {i}") for i in range(5)]

@@ -1,0 +1,129 @@
+"""A per-key submission limit, counted in Redis so every API process shares it.
+
+A fixed one-minute window per caller: ``genqueue:rate:<caller id>:<window>`` holds the tasks
+the caller submitted in that minute and expires soon after it. The caller id is the key's
+digest prefix from :class:`~api_producer.auth.KeyChecker`, never the key. A batch counts as
+its length. A submission that would pass the limit is refused whole (429 with ``Retry-After``)
+and counts for nothing. A fixed window lets a caller reach twice the limit across a window
+edge at most; the point is to bound GPU work per key, not to shape traffic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, HTTPException, Request, status
+
+from api_producer.deps import CallerDep
+from worker import keys
+from worker.settings import Settings
+
+WINDOW_S = 60
+#: Keys outlive their window a little, so a slow clock on one API process still finds them.
+KEY_TTL_S = 2 * WINDOW_S
+
+# Check and count in one step: concurrent submissions cannot both take the last slot.
+_CHARGE_LUA = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cost = tonumber(ARGV[1])
+if used + cost > tonumber(ARGV[2]) then
+  return -1
+end
+redis.call('INCRBY', KEYS[1], cost)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return used + cost
+"""
+
+
+def rate_key(caller: str, window: int) -> str:
+    """String counter of one caller's submissions in one window. TTL: two windows."""
+    return f"{keys.PREFIX}:rate:{caller}:{window}"
+
+
+class RateLimiter:
+    """Counts submissions per caller and refuses those over ``per_minute``.
+
+    :param client: an asyncio Redis client on genqueue's Redis; ``None`` when disabled.
+    :param per_minute: tasks a caller may submit per window; 0 turns the limit off.
+    :param clock: seconds since the epoch (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis | None,
+        per_minute: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._per_minute = per_minute
+        self._clock = clock
+        self._script = client.register_script(_CHARGE_LUA) if client is not None else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        limit = settings.api_rate_limit_per_minute
+        if limit <= 0:
+            return cls(None, 0)
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=1, socket_timeout=5, max_connections=256
+        )
+        return cls(client, limit)
+
+    @property
+    def enabled(self) -> bool:
+        return self._script is not None and self._per_minute > 0
+
+    async def charge(self, caller: str, cost: int) -> None:
+        """Count ``cost`` submissions for ``caller``; :class:`HTTPException` 429 if over."""
+        if not self.enabled or self._script is None:
+            return
+        if cost > self._per_minute:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"a batch of {cost} is more than the {self._per_minute} tasks per minute "
+                "this key may submit: split it",
+            )
+        now = self._clock()
+        window = int(now // WINDOW_S)
+        used = await self._script(
+            keys=[rate_key(caller, window)], args=[cost, self._per_minute, KEY_TTL_S]
+        )
+        if int(used) < 0:
+            retry_after_s = max(1, math.ceil((window + 1) * WINDOW_S - now))
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail=f"rate limit: at most {self._per_minute} tasks per minute for this key; "
+                f"retry in {retry_after_s}s",
+                headers={"Retry-After": str(retry_after_s)},
+            )
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+class Charge:
+    """The current caller's limit: ``await charge(n)`` before enqueueing ``n`` tasks."""
+
+    def __init__(self, limiter: RateLimiter, caller: str) -> None:
+        self._limiter = limiter
+        self._caller = caller
+
+    async def __call__(self, cost: int) -> None:
+        await self._limiter.charge(self._caller, cost)
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    return limiter
+
+
+async def rate_limit(request: Request, caller: CallerDep) -> Charge:
+    return Charge(get_rate_limiter(request), caller)
+
+
+RateLimitDep = Annotated[Charge, Depends(rate_limit)]

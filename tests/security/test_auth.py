@@ -1,0 +1,217 @@
+"""Who may use the API and Flower: plain and hashed keys, loopback by default, read-only Flower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from api_producer import server
+from api_producer.auth import KeyChecker, hash_key, parse_key_hash
+from api_producer.main import create_app
+from genqueue import flower
+from tests.security.helpers import run_flower
+from worker.errors import SettingsError
+from worker.settings import Settings
+
+pytestmark = pytest.mark.timeout(60)
+
+PLAIN = "plain-key-123"
+HASHED = "hashed-key-456"
+BODY = {"prompt": "hello", "params": {"max_tokens": 4}}
+
+
+def _settings(**fields: Any) -> Settings:
+    fields.setdefault("api_keys", ())
+    fields.setdefault("api_key_hashes", ())
+    fields.setdefault("api_insecure_no_auth", False)
+    return Settings(redis_url="redis://127.0.0.1:6379/0", **fields)
+
+
+# --------------------------------------------------------------------------- KeyChecker
+
+
+@pytest.mark.parametrize(
+    ("authorization", "accepted"),
+    [
+        (f"Bearer {PLAIN}", True),
+        (f"Bearer {HASHED}", True),
+        (f"bearer {HASHED}", True),
+        (f"Bearer {hash_key(HASHED)}", False),  # the digest is not a key
+        (f"Bearer {HASHED}x", False),
+        (f"Bearer {HASHED[:-1]}", False),
+        (f"Basic {HASHED}", False),
+        (HASHED, False),
+        ("Bearer ", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_plain_and_hashed_keys(authorization: str | None, accepted: bool) -> None:
+    checker = KeyChecker([PLAIN], [hash_key(HASHED)])
+    caller = checker.caller(authorization)
+    assert (caller is not None) is accepted
+    if caller is not None:
+        # The caller id is a digest prefix: never the key.
+        assert PLAIN not in caller and HASHED not in caller
+        assert len(caller) == 12
+
+
+def test_each_key_has_its_own_caller_id() -> None:
+    checker = KeyChecker([PLAIN], [hash_key(HASHED).upper()])
+    plain, hashed = checker.caller(f"Bearer {PLAIN}"), checker.caller(f"Bearer {HASHED}")
+    assert plain is not None and hashed is not None and plain != hashed
+    assert hashed == hash_key(HASHED)[:12]
+
+
+def test_no_keys_means_anonymous() -> None:
+    checker = KeyChecker([], [])
+    assert not checker.enabled
+    assert checker.caller(None) == "anonymous"
+
+
+@pytest.mark.parametrize(
+    "value", ["not-hex", hash_key(HASHED)[:-2], hash_key(HASHED) + "00", PLAIN, "g" * 64]
+)
+def test_a_malformed_hash_stops_the_start_without_echoing_it(value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        parse_key_hash(value)
+    assert "GENQUEUE_API_KEY_HASHES" in str(info.value)
+    assert value not in str(info.value)
+    with pytest.raises(SettingsError):
+        create_app(_settings(api_key_hashes=(value,)))
+
+
+def test_hashed_key_over_http(api_factory, redis_url) -> None:
+    api = api_factory(redis_url, api_keys="", api_key_hashes=hash_key(HASHED))
+    good = requests.post(
+        f"{api.url}/v1/tasks", json=BODY, headers={"Authorization": f"Bearer {HASHED}"}, timeout=10
+    )
+    assert good.status_code == 202
+    for token in (hash_key(HASHED), "test-key-1", ""):
+        bad = requests.post(
+            f"{api.url}/v1/tasks", json=BODY, headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )  # fmt: skip
+        assert bad.status_code == 401
+        assert bad.headers["WWW-Authenticate"] == "Bearer"
+
+
+# --------------------------------------------------------------------------- genqueue api
+
+
+class _FakeUvicorn:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def run(self, app: Any, **options: Any) -> None:
+        self.calls.append(options)
+
+
+@pytest.fixture
+def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> _FakeUvicorn:
+    fake = _FakeUvicorn()
+    monkeypatch.setattr(server.uvicorn, "run", fake.run)
+    return fake
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "api.example.com"])
+def test_api_refuses_a_public_host_without_keys(fake_uvicorn: _FakeUvicorn, host: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        server.serve(_settings(), host=host, port=8000)
+    assert "GENQUEUE_API_KEYS" in str(info.value)
+    assert fake_uvicorn.calls == []
+
+
+@pytest.mark.parametrize(
+    ("host", "fields"),
+    [
+        ("127.0.0.1", {}),
+        ("localhost", {}),
+        ("::1", {}),
+        ("0.0.0.0", {"api_keys": (PLAIN,)}),
+        ("0.0.0.0", {"api_insecure_no_auth": True}),
+    ],
+)
+def test_api_serves_loopback_or_with_keys(
+    fake_uvicorn: _FakeUvicorn, host: str, fields: dict[str, Any]
+) -> None:
+    assert server.serve(_settings(**fields), host=host, port=8123) == 0
+    assert [(call["host"], call["port"]) for call in fake_uvicorn.calls] == [(host, 8123)]
+
+
+def test_api_serves_a_public_host_with_only_hashed_keys(fake_uvicorn: _FakeUvicorn) -> None:
+    settings = _settings(api_key_hashes=(hash_key(HASHED),))
+    assert server.serve(settings, host="0.0.0.0", port=8124) == 0
+    assert len(fake_uvicorn.calls) == 1
+
+
+# --------------------------------------------------------------------------- genqueue flower
+
+
+@pytest.mark.parametrize(
+    ("env_value", "expected"),
+    [
+        (None, "--read_only=True"),
+        ("", "--read_only=True"),
+        ("true", "--read_only=True"),
+        ("1", "--read_only=True"),
+        ("yes", "--read_only=True"),
+        ("false", "--read_only=False"),
+        ("False", "--read_only=False"),
+        ("0", "--read_only=False"),
+        ("f", "--read_only=False"),
+        ("no", "--read_only=False"),
+        (" off ", "--read_only=False"),
+    ],
+)
+def test_flower_is_read_only_unless_told(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env_value: str | None, expected: str
+) -> None:
+    if env_value is None:
+        monkeypatch.delenv("FLOWER_READ_ONLY", raising=False)
+    else:
+        monkeypatch.setenv("FLOWER_READ_ONLY", env_value)
+    argv = flower.flower_argv(_settings(data_dir=tmp_path), "127.0.0.1", 5555)
+    assert [arg for arg in argv if arg.startswith("--read_only")] == [expected]
+    assert argv[argv.index("-A") + 1 : argv.index("-A") + 3] == ["worker.celery_app", "flower"]
+    assert "--address=127.0.0.1" in argv and "--port=5555" in argv
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5"])
+def test_flower_refuses_a_public_host_without_basic_auth(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str
+) -> None:
+    monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+    executed: list[list[str]] = []
+    monkeypatch.setattr(flower.os, "execv", lambda path, argv: executed.append(argv))
+    with pytest.raises(SettingsError, match="FLOWER_BASIC_AUTH"):
+        flower.run_flower(_settings(data_dir=tmp_path), host=host, port=5555)
+    assert executed == []
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "admin:pw")
+    flower.run_flower(_settings(data_dir=tmp_path), host=host, port=5555)
+    assert len(executed) == 1 and f"--address={host}" in executed[0]
+
+
+@pytest.mark.parametrize(("read_only", "revoke_status"), [(None, 403), ("false", 200)])
+def test_flower_control_api_is_off_by_default(
+    redis_url: str, tmp_path: Path, read_only: str | None, revoke_status: int
+) -> None:
+    env = {"FLOWER_BASIC_AUTH": "admin:flower-pw"}
+    if read_only is not None:
+        env["FLOWER_READ_ONLY"] = read_only
+    with run_flower(redis_url, tmp_path, **env) as flower_process:
+        base, login = flower_process.url, ("admin", "flower-pw")
+        # Reading works either way; without the password, nothing does.
+        assert requests.get(f"{base}/api/tasks", auth=login, timeout=10).status_code == 200
+        assert requests.get(f"{base}/api/tasks", timeout=10).status_code == 401
+        revoke = requests.post(f"{base}/api/task/revoke/some-task-id", auth=login, timeout=10)
+        assert revoke.status_code == revoke_status
+        shutdown = requests.post(f"{base}/api/worker/shutdown/w@x", auth=login, timeout=10)
+        if revoke_status == 403:
+            assert "Read only" in revoke.text
+            assert shutdown.status_code == 403
+        else:
+            assert shutdown.status_code == 404  # control is on: only the worker is unknown
