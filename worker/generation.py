@@ -157,12 +157,12 @@ class Generation:
                 f"delivered {progress.deliveries} times and its worker never finished it "
                 "(killed or crashed each time); moved to the dead-letter list"
             )
-        read_timeout_s = self._time_left(request)
+        self._time_left(request)
         prompt = self._renderer.render(request)
         params = request.params.model_dump(mode="json", exclude_none=True)
         try:
             with self._guard.slot() as slot:
-                return self._call(task_id, request, prompt, params, read_timeout_s, progress, slot)
+                return self._call(task_id, request, prompt, params, progress, slot)
         except CircuitOpen as err:
             error = CircuitOpenError(str(err), retry_after_s=err.retry_in_s)
             return self._later(request, error, progress.attempts, err.retry_in_s + 0.1)
@@ -173,10 +173,10 @@ class Generation:
         request: GenerationRequest,
         prompt: str,
         params: dict[str, Any],
-        read_timeout_s: float | None,
         progress: _Progress,
         slot: Any,
     ) -> GenerationResult | RetryLater | str:
+        read_timeout_s = self._time_left(request)  # the wait for a slot may have spent it
         token = uuid.uuid4().hex
         attempt = int(
             self._start_attempt(
