@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +18,7 @@ from api_producer.producer import DirectProducer, EnqueueError, describe_redis_e
 from api_producer.ratelimit import RateLimiter
 from api_producer.routes import health, tasks
 from api_producer.store import TaskStore
+from worker import connections
 from worker.errors import TemplateError
 from worker.prompts import PromptRenderer
 from worker.settings import Settings
@@ -32,12 +32,8 @@ def _templates(settings: Settings) -> frozenset[str] | None:
 
 
 def build_state(settings: Settings) -> ApiState:
-    sync_client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=1, socket_timeout=5, max_connections=256
-    )
-    async_client = aioredis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=1, socket_timeout=5, max_connections=1024
-    )
+    sync_client = connections.sync_client(settings.redis_url, max_connections=256)
+    async_client = connections.async_client(settings.redis_url, max_connections=1024)
     return ApiState(
         settings=settings,
         producer=DirectProducer(settings, sync_client),

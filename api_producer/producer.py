@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from worker import keys, records
+from worker import connections, keys, records
 from worker.contract import PRIORITY_MAX, QUEUE_NAME, TASK_NAME, GenerationRequest
 from worker.settings import Settings
 
@@ -84,9 +84,7 @@ class DirectProducer:
 
     def __init__(self, settings: Settings, redis_client: redis.Redis | None = None) -> None:
         self._settings = settings
-        self._redis = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
-        )
+        self._redis = redis_client or connections.sync_client(settings.redis_url)
         self._celery = producer_celery(settings)
 
     def close(self) -> None:
@@ -222,7 +220,7 @@ class DirectProducer:
 def describe_redis_error(err: BaseException) -> str:
     """A short reason that never includes the Redis URL (it may hold a password)."""
     text = str(err)
-    if "OOM" in text:
+    if isinstance(err, redis.exceptions.OutOfMemoryError) or "maxmemory" in text:
         return "Redis is out of memory (maxmemory reached)"
     if isinstance(err, redis.ConnectionError | ConnectionError | OSError | TimeoutError):
         return "Redis is unreachable"

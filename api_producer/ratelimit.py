@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, status
 
 from api_producer.deps import CallerDep
-from worker import keys
+from worker import connections, keys
 from worker.settings import Settings
 
 WINDOW_S = 60
@@ -68,9 +68,7 @@ class RateLimiter:
         limit = settings.api_rate_limit_per_minute
         if limit <= 0:
             return cls(None, 0)
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=1, socket_timeout=5, max_connections=256
-        )
+        client = connections.async_client(settings.redis_url, max_connections=256)
         return cls(client, limit)
 
     @property

@@ -10,6 +10,7 @@ import redis
 from pydantic import ValidationError
 
 from api_producer.producer import DirectProducer, EnqueueError
+from worker import connections
 from worker.contract import GenerationRequest
 from worker.deadletter import DeadLetters
 from worker.settings import Settings
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run_dead(args: argparse.Namespace, settings: Settings) -> int:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = connections.sync_client(settings.redis_url, max_connections=4)
     letters = DeadLetters(client, settings.dead_letter_max)
     try:
         if args.action == "list":

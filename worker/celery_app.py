@@ -14,6 +14,7 @@ from celery import Celery, bootsteps
 from celery.signals import worker_process_shutdown
 from kombu import Queue
 
+from worker import connections
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 from worker.errors import SettingsError
 from worker.liveness import Heartbeat, restorer, unacked_renewer
@@ -50,7 +51,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings = parent.app.genqueue_settings
-        self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        self._client = connections.sync_client(settings.redis_url, max_connections=4)
         channel = parent.task_consumer.channel
         renew = unacked_renewer(self._client, channel)
         self._heartbeat = Heartbeat(settings.heartbeat_interval_s, [renew, restorer(channel)])

@@ -113,7 +113,12 @@ class RunningTasks:
             greenlet = self._calls.pop(task_id, None)
         if greenlet is None:
             return False
-        gevent.kill(greenlet, TaskCancelled("the task was cancelled while it ran"), block=False)
+        error = TaskCancelled("the task was cancelled while it ran")
+        kill = getattr(greenlet, "kill", None)
+        if kill is not None:
+            kill(error, block=False)  # a gevent.Greenlet: do not wait for it to unwind
+        else:
+            gevent.kill(greenlet, error)
         return True
 
     def _ensure_listener(self) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import redis
 
+from worker import connections
 from worker.backoff import RetryPolicy
 from worker.deadletter import DeadLetters
 from worker.endpoint import CompletionClient, EndpointConfig
@@ -42,16 +43,9 @@ class WorkerRuntime:
 
 def redis_client(settings: Settings, max_connections: int) -> redis.Redis:
     """A client whose pool waits for a free connection instead of failing past its size."""
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=30,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=25,
-        retry_on_timeout=True,
+    return connections.sync_client(
+        settings.redis_url, max_connections=max_connections, socket_timeout_s=30
     )
-    return redis.Redis(connection_pool=pool)
 
 
 def endpoint_id(completions_url: str) -> str:
