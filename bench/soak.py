@@ -1,0 +1,187 @@
+"""Soak run: many tasks through two workers while a chaos loop kills worker processes.
+
+    python bench/soak.py --tasks 10000 --kill-every 5
+
+Starts its own embedded Redis (so memory figures are genqueue's alone), a simulator failing
+``--fail-rate`` of calls with 503, and two ``genqueue worker`` supervisors. It enqueues the
+tasks, SIGKILLs a random worker process every ``--kill-every`` seconds (its supervisor starts
+it again), waits for every task to reach a final state, and prints one JSON line: tasks lost
+(must be 0), succeeded, failed, extra endpoint calls, the most calls the endpoint saw at once
+against the cap, and Redis memory at the start and the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from api_producer.producer import DirectProducer
+from genqueue.embedded_redis import EmbeddedRedis, free_port
+from worker.contract import GenerationRequest
+from worker.settings import Settings
+
+FINAL = {b"SUCCESS", b"FAILURE", b"REVOKED"}
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def states(client: redis.Redis, task_ids: list[str]) -> dict[bytes, int]:
+    counts: dict[bytes, int] = {}
+    pipe = client.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.get(f"celery-task-meta-{task_id}")
+    for raw in pipe.execute():
+        state = json.loads(raw)["status"].encode() if raw else b"PENDING"
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="genqueue-soak-"))
+    server = EmbeddedRedis(work / "redis").start()
+    client = redis.Redis.from_url(server.url)
+    sim_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQUEUE_", "RUNPOD_"))}
+    env.update(
+        REDIS_URL=server.url,
+        RUNPOD_ENDPOINT_URL=f"http://127.0.0.1:{sim_port}",
+        RUNPOD_MAX_CONCURRENCY=str(args.cap),
+        GENQUEUE_WORKER_PROCESSES="1",
+        GENQUEUE_WORKER_CONCURRENCY=str(args.concurrency),
+        GENQUEUE_RETRY_MAX_ATTEMPTS="8",
+        GENQUEUE_RETRY_BASE_DELAY_S="0.2",
+        GENQUEUE_RETRY_MAX_DELAY_S="2",
+        GENQUEUE_LOG_LEVEL="WARNING",
+    )
+    genqueue = [sys.executable, "-m", "genqueue"]
+    processes = [
+        start(
+            [*genqueue, "simulate", "--port", str(sim_port), "--latency", str(args.latency_s),
+             "--fail-rate", str(args.fail_rate), "--fail-status", "503"],
+            env, work / "simulator.log",
+        )
+    ]  # fmt: skip
+    sim = f"http://127.0.0.1:{sim_port}"
+    time.sleep(1.5)
+    memory_start = int(client.info("memory")["used_memory"])
+    workers = [
+        start([*genqueue, "worker", "--hostname", f"soak{i}@%h"], env, work / f"worker{i}.log")
+        for i in range(2)
+    ]
+    processes += workers
+    try:
+        return _drive(args, server, client, sim, workers, memory_start, work)
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        server.stop()
+
+
+def _drive(
+    args: argparse.Namespace,
+    server: EmbeddedRedis,
+    client: redis.Redis,
+    sim: str,
+    workers: list[subprocess.Popen[bytes]],
+    memory_start: int,
+    work: Path,
+) -> dict[str, Any]:
+    producer = DirectProducer(Settings(redis_url=server.url))
+    task_ids: list[str] = []
+    for start_at in range(0, args.tasks, 500):
+        size = min(500, args.tasks - start_at)
+        batch = [
+            GenerationRequest(prompt=f"soak {start_at + i}", params={"max_tokens": 8})
+            for i in range(size)
+        ]
+        task_ids += producer.submit_many(batch).task_ids
+    began = time.monotonic()
+    kills = 0
+    next_kill = began + args.kill_every
+    counts: dict[bytes, int] = {}
+    while time.monotonic() - began < args.timeout_s:
+        time.sleep(1)
+        counts = states(client, task_ids)
+        done = sum(n for state, n in counts.items() if state in FINAL)
+        if done == len(task_ids):
+            break
+        if time.monotonic() >= next_kill:
+            victims = [pid for w in workers for pid in children_of(w.pid)]
+            if victims:
+                os.kill(random.choice(victims), signal.SIGKILL)
+                kills += 1
+            next_kill = time.monotonic() + args.kill_every
+    elapsed_s = time.monotonic() - began
+    stats = requests.get(f"{sim}/_sim/stats", timeout=5).json()
+    succeeded = counts.get(b"SUCCESS", 0)
+    final = sum(n for state, n in counts.items() if state in FINAL)
+    # Every successful endpoint answer beyond one per succeeded task is an extra call.
+    producer.close()
+    return {
+        "tasks": len(task_ids),
+        "lost": len(task_ids) - final,
+        "succeeded": succeeded,
+        "failed": counts.get(b"FAILURE", 0),
+        "worker_kills": kills,
+        "endpoint_calls": stats["calls"],
+        "extra_endpoint_calls": stats["completions_ok"] - succeeded,
+        "max_in_flight": stats["max_in_flight"],
+        "in_flight_cap": args.cap,
+        "fail_rate": args.fail_rate,
+        "elapsed_s": round(elapsed_s, 1),
+        "redis_used_memory_start": memory_start,
+        "redis_used_memory_end": int(client.info("memory")["used_memory"]),
+        "redis_keys_end": int(client.dbsize()),
+        "logs": str(work),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
+    parser.add_argument("--fail-rate", type=float, default=0.1)
+    parser.add_argument("--latency-s", type=float, default=0.05)
+    parser.add_argument("--cap", type=int, default=64, help="RUNPOD_MAX_CONCURRENCY")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--timeout-s", type=float, default=900)
+    report = run(parser.parse_args())
+    print(json.dumps(report))
+    return 0 if report["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
