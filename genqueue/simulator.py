@@ -101,13 +101,14 @@ class SimulatorConfig:
 
 @dataclass
 class SimulatorStats:
-    calls: int = 0  # completion requests received, any outcome
+    calls: int = 0  # completion requests (and serverless jobs) received, any outcome
     completions_ok: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     auth_headers: list[str] = field(default_factory=list)  # last 100 Authorization values
     last_bodies: list[dict[str, Any]] = field(default_factory=list)  # last 100 JSON bodies
     call_times: list[float] = field(default_factory=list)  # time.time() of the last 100 calls
+    jobs_cancelled: int = 0  # serverless jobs cancelled through /cancel/<id>
 
     def copy(self) -> SimulatorStats:
         return replace(
@@ -551,6 +552,29 @@ def _generate_text(rng: random.Random, max_tokens: int, stop: tuple[str, ...]) -
 _Handler = Callable[[_Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
 
 
+#: Serverless jobs the simulator remembers (the oldest are forgotten first).
+MAX_JOBS = 10_000
+
+
+@dataclass
+class _Job:
+    """A RunPod Serverless job: IN_QUEUE, IN_PROGRESS, then COMPLETED, FAILED or CANCELLED."""
+
+    job_id: str
+    state: str = "IN_QUEUE"
+    output: Any = None
+    error: str | None = None
+    task: asyncio.Task[None] = field(init=False)
+
+    def describe(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {"id": self.job_id, "status": self.state}
+        if self.output is not None:
+            answer["output"] = self.output
+        if self.error is not None:
+            answer["error"] = self.error
+        return answer
+
+
 @dataclass(frozen=True)
 class _Route:
     methods: frozenset[str]
@@ -582,7 +606,15 @@ class Simulator:
             "/_sim/config": _Route(get | post, self._sim_config, control=True),
             "/_sim/stats": _Route(get, self._sim_stats, control=True),
             "/_sim/reset": _Route(post, self._sim_reset, control=True),
+            "/run": _Route(post, self._serverless_run, counted=True),
+            "/runsync": _Route(post, self._serverless_runsync, counted=True),
         }
+        # RunPod Serverless's job routes, matched by prefix: /status/<id>, /cancel/<id>.
+        self._prefix_routes: dict[str, _Route] = {
+            "/status/": _Route(get, self._serverless_status),
+            "/cancel/": _Route(post, self._serverless_cancel),
+        }
+        self._jobs: dict[str, _Job] = {}
 
     @property
     def stats(self) -> SimulatorStats:
@@ -654,7 +686,7 @@ class Simulator:
     async def _handle(
         self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> _Response | None:
-        route = self._routes.get(request.path)
+        route = self._routes.get(request.path) or self._prefix_route(request.path)
         if route is None:
             return _json_response(404, {"detail": "Not Found"})
         if request.method not in route.methods:
@@ -669,6 +701,12 @@ class Simulator:
             log.exception("simulator: error handling %s %s", request.method, request.path)
             return replace(_text_response(500, "Internal Server Error"), close=True)
         return result
+
+    def _prefix_route(self, path: str) -> _Route | None:
+        for prefix, route in self._prefix_routes.items():
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return route
+        return None
 
     def _authorized(self, request: _Request) -> bool:
         key = self.config.api_key
@@ -787,6 +825,82 @@ class Simulator:
 
     async def _model_info(self, *_: Any) -> _Response:
         return _json_response(200, {"model_name": self.config.model, "lora_names": []})
+
+    # ---- RunPod Serverless: /run, /runsync, /status/<id>, /cancel/<id>
+
+    async def _serverless_run(self, request: _Request, *_: Any) -> _Response:
+        job = self._new_job(request)
+        if isinstance(job, _Response):
+            return job
+        return _json_response(200, {"id": job.job_id, "status": job.state})
+
+    async def _serverless_runsync(self, request: _Request, *_: Any) -> _Response:
+        job = self._new_job(request)
+        if isinstance(job, _Response):
+            return job
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(job.task)
+        return _json_response(200, job.describe())
+
+    async def _serverless_status(self, request: _Request, *_: Any) -> _Response:
+        job = self._jobs.get(request.path.rsplit("/", 1)[1])
+        if job is None:
+            return _json_response(404, {"error": "job not found"})
+        return _json_response(200, job.describe())
+
+    async def _serverless_cancel(self, request: _Request, *_: Any) -> _Response:
+        job = self._jobs.get(request.path.rsplit("/", 1)[1])
+        if job is None:
+            return _json_response(404, {"error": "job not found"})
+        if job.state in ("IN_QUEUE", "IN_PROGRESS"):
+            job.task.cancel()
+            job.state = "CANCELLED"
+            self._stats.jobs_cancelled += 1
+        return _json_response(200, {"id": job.job_id, "status": job.state})
+
+    def _new_job(self, request: _Request) -> _Job | _Response:
+        try:
+            payload = json.loads(request.body or b"null")
+            job_input = payload["input"]
+            prompt = job_input.get("prompt")
+            if prompt is None:
+                prompt = "\n".join(str(m.get("content", "")) for m in job_input["messages"])
+            sampling = job_input.get("sampling_params") or {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message = "input must be {'input': {'prompt' or 'messages'}}"
+            return _json_response(400, {"error": message})
+        _push(self._stats.last_bodies, payload)
+        params = _GenParams(
+            str(prompt),
+            int(sampling.get("max_tokens", DEFAULT_MAX_TOKENS)),
+            int(sampling.get("seed", -1)),
+            (),
+        )
+        job = _Job(job_id=f"job-{next(self._ids)}")
+        job.task = asyncio.get_running_loop().create_task(self._run_job(job, params))
+        self._jobs[job.job_id] = job
+        while len(self._jobs) > MAX_JOBS:
+            self._jobs.pop(next(iter(self._jobs)))
+        return job
+
+    async def _run_job(self, job: _Job, params: _GenParams) -> None:
+        action = self._next_action()
+        job.state = "IN_PROGRESS"
+        with self._in_flight():
+            await self._generate_delay(action.delay_s)
+        if action.kind != "ok":
+            job.state, job.error = "FAILED", f"injected failure: {action.kind} {action.status}"
+            return
+        answer = json.loads(self._answer(params, chat=False).body)
+        choice = answer["choices"][0]
+        job.state = "COMPLETED"
+        job.output = [{
+            "choices": [{"tokens": [choice["text"]], "finish_reason": choice["finish_reason"]}],
+            "usage": {
+                "input": answer["usage"]["prompt_tokens"],
+                "output": answer["usage"]["completion_tokens"],
+            },
+        }]  # fmt: skip
 
     # ---- /_sim routes
 

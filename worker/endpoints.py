@@ -1,0 +1,223 @@
+"""Named endpoints: where generations can go, read from one TOML file.
+
+    # GENQUEUE_ENDPOINTS_FILE=endpoints.toml
+    [endpoints.big]
+    kind = "textgen"                 # a text-generation-webui pod (POST {url}/v1/completions)
+    url = "https://abc123-5000.proxy.runpod.net"
+    api_key_env = "BIG_POD_KEY"      # the variable that holds its key (never the key itself)
+    max_concurrency = 1
+    fallbacks = ["small"]
+
+    [endpoints.small]
+    kind = "openai"                  # any OpenAI-compatible server, e.g. RunPod's vLLM route
+    url = "https://api.runpod.ai/v2/xyz789/openai/v1"
+    api_key_env = "RUNPOD_API_KEY"
+    model = "mistralai/Mistral-7B-Instruct-v0.2"
+
+    [endpoints.spare]
+    kind = "runpod-serverless"       # RunPod Serverless /run + /status, or /runsync
+    endpoint_id = "xyz789"
+    api_key_env = "RUNPOD_API_KEY"
+
+``RUNPOD_ENDPOINT_URL`` alone still works: it defines the endpoint ``default``. An invalid file
+stops the service at start with the line and the field at fault.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from worker.errors import SettingsError
+from worker.settings import POD_PROXY_TIMEOUT_S, Settings, env_name
+
+DEFAULT_ENDPOINT = "default"
+RUNPOD_API_BASE = "https://api.runpod.ai/v2"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+EndpointKind = Literal["textgen", "openai", "runpod-serverless"]
+
+
+class EndpointSpec(BaseModel):
+    """One endpoint, as an operator describes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: EndpointKind = "textgen"
+    #: Base URL: ``{url}/v1/completions`` (textgen), ``{url}/completions`` (openai, ending in
+    #: ``/v1``), or the serverless endpoint's base (``https://api.runpod.ai/v2/<id>``).
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    #: RunPod endpoint id, for the ``runpod-serverless`` and ``openai`` kinds.
+    endpoint_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    model: str | None = None
+    max_concurrency: int = Field(default=1, ge=1, le=100_000)
+    requests_per_minute: int = Field(default=0, ge=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    read_timeout_s: float = Field(default=95.0, gt=0, lt=POD_PROXY_TIMEOUT_S)
+    template: str | None = None
+    #: Send ``messages`` to ``/v1/chat/completions`` as they are (the server's chat template).
+    chat: bool = False
+    #: For ``runpod-serverless``: ``run`` (queue, then poll ``/status``) or ``runsync``.
+    mode: Literal["run", "runsync"] = "run"
+    fallbacks: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _where(self) -> EndpointSpec:
+        if self.url is None and self.endpoint_id is None:
+            raise ValueError("give 'url' or 'endpoint_id'")
+        if self.kind == "textgen" and self.url is None:
+            raise ValueError("a textgen endpoint needs 'url'")
+        if self.name in self.fallbacks:
+            raise ValueError("an endpoint cannot fall back to itself")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.url is not None:
+            return self.url.rstrip("/")
+        if self.kind == "openai":
+            return f"{RUNPOD_API_BASE}/{self.endpoint_id}/openai/v1"
+        return f"{RUNPOD_API_BASE}/{self.endpoint_id}"
+
+    @property
+    def completions_url(self) -> str:
+        """Where a completion (or chat completion) goes, for the textgen and openai kinds."""
+        base = self.base_url
+        path = "chat/completions" if self.chat else "completions"
+        if self.kind == "openai":
+            return f"{base}/{path}"
+        return f"{base.removesuffix('/v1')}/v1/{path}"
+
+    def api_key(self) -> str | None:
+        """The key, read from the environment variable the operator named."""
+        if self.api_key_env is None:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+class EndpointsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: dict[str, EndpointSpec] = Field(min_length=1)
+    #: The endpoint of requests that name none (the first one when unset).
+    default: str | None = None
+
+
+def queue_for(endpoint: str) -> str:
+    """The Celery queue of tasks for ``endpoint``."""
+    return f"genqueue.{endpoint}"
+
+
+class Endpoints:
+    """The configured endpoints, by name, with the default one."""
+
+    def __init__(self, specs: dict[str, EndpointSpec], default: str) -> None:
+        self.specs = specs
+        self.default = default
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs
+
+    def get(self, name: str | None) -> EndpointSpec:
+        return self.specs[name or self.default]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def chain(self, name: str | None) -> list[str]:
+        """``name`` and its fallbacks, in order, each once."""
+        order: list[str] = []
+        pending = [name or self.default]
+        while pending:
+            current = pending.pop(0)
+            if current not in order:
+                order.append(current)
+                pending.extend(self.specs[current].fallbacks)
+        return order
+
+
+def load_endpoints(settings: Settings) -> Endpoints | None:
+    """The endpoints of the endpoints file and ``RUNPOD_ENDPOINT_URL``; ``None`` if none."""
+    specs: dict[str, EndpointSpec] = {}
+    default = None
+    if settings.endpoints_file is not None:
+        parsed = _parse_file(settings.endpoints_file)
+        specs = dict(parsed.endpoints)
+        default = parsed.default
+    if settings.runpod_endpoint_url is not None and DEFAULT_ENDPOINT not in specs:
+        specs[DEFAULT_ENDPOINT] = EndpointSpec(
+            name=DEFAULT_ENDPOINT,
+            url=settings.runpod_endpoint_url,
+            api_key_env=env_name("runpod_api_key"),
+            model=settings.endpoint_model,
+            max_concurrency=settings.runpod_max_concurrency,
+            connect_timeout_s=settings.endpoint_connect_timeout_s,
+            read_timeout_s=settings.endpoint_read_timeout_s,
+        )
+    if not specs:
+        return None
+    default = default or (DEFAULT_ENDPOINT if DEFAULT_ENDPOINT in specs else next(iter(specs)))
+    _check_references(specs, default, settings.endpoints_file)
+    return Endpoints(specs, default)
+
+
+def _parse_file(path: Path) -> EndpointsFile:
+    where = env_name("endpoints_file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SettingsError(f"{where}: cannot read {path}: {err.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{path}: {err}") from None
+    for name, table in (raw.get("endpoints") or {}).items():
+        if isinstance(table, dict):
+            table.setdefault("name", name)
+    try:
+        return EndpointsFile.model_validate(raw)
+    except ValidationError as err:
+        problems = [
+            f"{path}:{_line_of(text, problem['loc'])}: "
+            f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+            for problem in err.errors(include_input=False, include_url=False)
+        ]
+        raise SettingsError("invalid endpoints file:\n  " + "\n  ".join(problems)) from None
+
+
+def _line_of(text: str, loc: tuple[int | str, ...]) -> int:
+    """The line of the table (and key) at ``loc``: ``[endpoints.NAME]`` then ``key =``."""
+    lines = text.splitlines()
+    start = 0
+    if len(loc) >= 2 and loc[0] == "endpoints":
+        header = re.compile(rf"^\s*\[\s*endpoints\.\"?{re.escape(str(loc[1]))}\"?\s*\]")
+        start = next((i for i, line in enumerate(lines) if header.match(line)), 0)
+    if len(loc) >= 3:
+        key = re.compile(rf"^\s*{re.escape(str(loc[2]))}\s*=")
+        for i in range(start + 1, len(lines)):
+            if lines[i].lstrip().startswith("["):
+                break
+            if key.match(lines[i]):
+                return i + 1
+    return start + 1
+
+
+def _check_references(specs: dict[str, EndpointSpec], default: str, path: Path | None) -> None:
+    origin = str(path) if path else env_name("endpoints_file")
+    if default not in specs:
+        raise SettingsError(f"{origin}: default endpoint {default!r} is not defined")
+    for spec in specs.values():
+        for fallback in spec.fallbacks:
+            if fallback not in specs:
+                raise SettingsError(
+                    f"{origin}: endpoints.{spec.name}.fallbacks names {fallback!r}, "
+                    "which is not defined"
+                )
