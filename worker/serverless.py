@@ -70,7 +70,13 @@ class ServerlessClient:
         return self._job(self._call("POST", "/runsync", body))
 
     def status(self, job_id: str) -> Job:
-        return self._job(self._call("GET", f"/status/{job_id}"), job_id)
+        try:
+            return self._job(self._call("GET", f"/status/{job_id}"), job_id)
+        except PermanentEndpointError as err:
+            if err.status_code != 405:
+                raise
+        # The runpod package's local development server answers /status to POST only.
+        return self._job(self._call("POST", f"/status/{job_id}"), job_id)
 
     def cancel(self, job_id: str) -> None:
         self._call("POST", f"/cancel/{job_id}")

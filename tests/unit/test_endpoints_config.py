@@ -1,0 +1,113 @@
+"""The endpoints file: parsing, defaults, and errors that name the line and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.endpoints import load_endpoints, queue_for
+from worker.errors import SettingsError
+from worker.settings import Settings
+
+GOOD = """
+default = "big"
+
+[endpoints.big]
+kind = "textgen"
+url = "https://abc-5000.proxy.runpod.net/"
+api_key_env = "BIG_KEY"
+max_concurrency = 1
+fallbacks = ["small", "spare"]
+
+[endpoints.small]
+kind = "openai"
+endpoint_id = "xyz789"
+model = "mistral"
+chat = true
+
+[endpoints.spare]
+kind = "runpod-serverless"
+endpoint_id = "xyz789"
+fallbacks = ["small"]
+"""
+
+
+def settings(tmp_path: Path, text: str | None, **fields: object) -> Settings:
+    path = None
+    if text is not None:
+        path = tmp_path / "endpoints.toml"
+        path.write_text(text)
+    return Settings(endpoints_file=path, **fields)  # type: ignore[arg-type]
+
+
+def test_a_full_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIG_KEY", "secret-value")
+    endpoints = load_endpoints(settings(tmp_path, GOOD))
+    assert endpoints is not None
+    assert endpoints.names == ["big", "small", "spare"]
+    assert endpoints.default == "big"
+    big = endpoints.get(None)
+    assert big.completions_url == "https://abc-5000.proxy.runpod.net/v1/completions"
+    assert big.api_key() == "secret-value"
+    small = endpoints.get("small")
+    assert small.completions_url == "https://api.runpod.ai/v2/xyz789/openai/v1/chat/completions"
+    assert endpoints.get("spare").base_url == "https://api.runpod.ai/v2/xyz789"
+    assert endpoints.chain("big") == ["big", "small", "spare"]
+    assert endpoints.chain("spare") == ["spare", "small"]
+    assert queue_for("small") == "genqueue.small"
+
+
+def test_runpod_endpoint_url_alone_defines_default(tmp_path: Path) -> None:
+    endpoints = load_endpoints(
+        settings(
+            tmp_path, None, runpod_endpoint_url="http://127.0.0.1:5000/v1", runpod_max_concurrency=3
+        )
+    )
+    assert endpoints is not None
+    assert endpoints.names == ["default"]
+    spec = endpoints.get(None)
+    assert spec.completions_url == "http://127.0.0.1:5000/v1/completions"
+    assert spec.max_concurrency == 3
+    assert spec.api_key_env == "RUNPOD_API_KEY"
+
+
+def test_nothing_configured(tmp_path: Path) -> None:
+    assert load_endpoints(settings(tmp_path, None)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[endpoints.a]\nurl = "http://x"\nmax_concurrency = 0\n',
+            ":3: endpoints.a.max_concurrency",
+        ),
+        ('[endpoints.a]\nurl = "http://x"\nbogus = 1\n', ":3: endpoints.a.bogus: Extra inputs"),
+        (
+            '[endpoints.a]\nkind = "textgen"\nendpoint_id = "e1"\n',
+            ":1: endpoints.a: Value error, a textgen endpoint needs 'url'",
+        ),
+        ('[endpoints.a]\nurl = "ftp://x"\n', ":2: endpoints.a.url"),
+        ('[endpoints.a]\nurl = "http://x"\nkind = "grpc"\n', ":3: endpoints.a.kind"),
+        ('[endpoints.a]\nurl = "http://x"\nfallbacks = ["b"]\n', "names 'b', which is not defined"),
+        (
+            'default = "zz"\n[endpoints.a]\nurl = "http://x"\n',
+            "default endpoint 'zz' is not defined",
+        ),
+        ("[endpoints.a\n", "Expected ']'"),
+        (
+            '[endpoints.a]\nurl = "http://x"\nread_timeout_s = 120\n',
+            ":3: endpoints.a.read_timeout_s",
+        ),
+    ],
+)
+def test_invalid_files_name_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_endpoints(settings(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="GENQUEUE_ENDPOINTS_FILE: cannot read"):
+        load_endpoints(Settings(endpoints_file=tmp_path / "nope.toml"))
