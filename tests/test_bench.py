@@ -1,0 +1,54 @@
+"""``genqueue bench`` end to end, tiny: genqueue and bare Celery drain 50 tasks; no timing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid``: the bench and all it started."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), signal.SIGKILL)
+
+
+@pytest.mark.timeout(180)
+def test_quick_bench_drains_with_genqueue_and_bare_celery(redis_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQUEUE_", "RUNPOD_"))}
+    env["REDIS_URL"] = redis_url
+    command = [sys.executable, "-m", "genqueue", "bench", "--quick", "--only", "drain"]
+    process = subprocess.Popen(
+        [*command, "--only", "bare"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        _kill_session(process.pid)
+        process.wait()
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    report = json.loads(stdout.decode().strip().splitlines()[-1])
+    results = report["results"]
+    assert set(results) == {"drain", "bare_drain"}
+    for phase in ("drain", "bare_drain"):
+        figures = results[phase]
+        assert figures["tasks"] == 50
+        assert figures["completed"] == [50]
+        assert figures["throughput_per_s"]["median"] > 0
+        assert figures["cpu_ms_per_task"]["median"] > 0
+        assert figures["peak_rss_mb"]["median"] > 0
+    assert report["ratios"]["drain_throughput"]["median"] > 0
