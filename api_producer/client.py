@@ -19,8 +19,9 @@ The error tree::
 
 from __future__ import annotations
 
+import json as json_module
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -145,6 +146,79 @@ class GenQueueClient:
     def cancel(self, task_id: str) -> TaskStatus:
         """Cancel a task; its status after the request."""
         return TaskStatus.model_validate(self._call("DELETE", f"/v1/tasks/{task_id}"))
+
+    def create_batch(
+        self, batch: bytes | Sequence[RequestLike], timeout_s: float = 600.0
+    ) -> dict[str, Any]:
+        """Upload a batch: JSONL bytes as they are, or requests each with a ``custom_id``.
+
+        The answer is ``{"batch_id", "status", "total"}``. All lines are enqueued or none
+        (:class:`RequestRejected` names the bad lines). ``timeout_s`` is the read timeout:
+        enqueueing tens of thousands of tasks takes a while.
+        """
+        if isinstance(batch, bytes):
+            data, content_type = batch, "application/x-ndjson"
+        else:
+            body = {"requests": [_as_body(r) for r in batch]}
+            data, content_type = json_module.dumps(body).encode(), "application/json"
+        response = self._raw(
+            "POST", "/v1/batches", data=data, content_type=content_type, read_timeout_s=timeout_s
+        )
+        return dict(response.json())
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        """``{"batch_id", "status", "total", "counts", "created_at"}``; 404 is TaskNotFound."""
+        return dict(self._call("GET", f"/v1/batches/{batch_id}"))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel the batch's unfinished tasks; its status after the request."""
+        return dict(self._call("DELETE", f"/v1/batches/{batch_id}"))
+
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """Each request's outcome in input order: custom_id, task_id, status, result, error.
+
+        Streamed; raises :class:`ServiceUnavailable` if the answer was cut short.
+        """
+        response = self._raw("GET", f"/v1/batches/{batch_id}/results", stream=True)
+        with response:
+            expected = int(response.headers.get("X-Batch-Total", "-1"))
+            count = 0
+            try:
+                for line in response.iter_lines():
+                    if line:
+                        count += 1
+                        yield json_module.loads(line)
+            except requests.RequestException as err:
+                raise ServiceUnavailable(f"batch results cut short: {err}") from err
+        if expected >= 0 and count != expected:
+            raise ServiceUnavailable(f"batch results cut short: {count} of {expected} lines")
+
+    def _raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        stream: bool = False,
+        read_timeout_s: float | None = None,
+    ) -> requests.Response:
+        headers = {"Content-Type": content_type} if content_type else None
+        try:
+            response = self._session.request(
+                method,
+                self._base + path,
+                data=data,
+                headers=headers,
+                stream=stream,
+                timeout=(self._timeout_s, read_timeout_s or self._timeout_s),
+            )
+        except requests.RequestException as err:
+            raise ServiceUnavailable(f"genqueue API unreachable: {type(err).__name__}") from err
+        if response.status_code >= 400:
+            with response:
+                raise _error_for(response)
+        return response
 
     def _call(
         self,

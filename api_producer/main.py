@@ -12,11 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api_producer.auth import KeyChecker
+from api_producer.batches import BatchStore
 from api_producer.deps import ApiState
 from api_producer.limits import BodySizeLimit
 from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error
 from api_producer.ratelimit import RateLimiter
-from api_producer.routes import health, tasks
+from api_producer.routes import batches, health, metrics, tasks
 from api_producer.store import TaskStore
 from worker import connections
 from worker.errors import TemplateError
@@ -49,12 +50,16 @@ def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; Redis connections open on first use."""
     state = build_state(settings)
     limiter = RateLimiter.from_settings(settings)
+    own_metrics = metrics.ApiMetrics(settings)
+    batch_store = BatchStore.from_settings(settings, state.producer)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         state.producer.close()
         await limiter.aclose()
+        await own_metrics.aclose()
+        await batch_store.aclose()
 
     app = FastAPI(
         title="genqueue",
@@ -64,13 +69,21 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.genqueue = state
     app.state.rate_limiter = limiter
+    app.state.genqueue_metrics = own_metrics
+    app.state.genqueue_batches = batch_store
     app.include_router(tasks.router)
+    app.include_router(batches.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EnqueueError, _unavailable)
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(OSError, _unavailable)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.api_max_body_bytes,
+        path_limits={batches.PATH: settings.batch_max_body_bytes},
+    )
     return app
 
 

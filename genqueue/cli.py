@@ -87,9 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(handler=_run_submit)
 
     status = sub.add_parser(
-        "status", help="print a task's status", description="Print a task's status as JSON."
+        "status",
+        help="print a task's status, or watch the whole service",
+        description="With TASK_ID, print that task's status as JSON (over the API). Without, "
+        "a live view read from Redis (REDIS_URL): queue depth, calls in flight, the circuit "
+        "breaker, dead letters and what ended in the last minute, refreshed every 2 s.",
     )
-    status.add_argument("task_id", help="the task id")
+    status.add_argument("task_id", nargs="?", help="the task id (omit for the live view)")
+    status.add_argument("--once", action="store_true", help="live view: print once and exit")
     status.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
     status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the end")
     status.set_defaults(handler=_run_status)
@@ -97,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     from genqueue.dead import add_parser as add_dead_parser
 
     add_dead_parser(sub)
+
+    from genqueue.batch_cli import add_parser as add_batch_parser
+
+    add_batch_parser(sub)
 
     bench = sub.add_parser(
         "bench",
@@ -169,6 +178,10 @@ def _run_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_status(args: argparse.Namespace, settings: Settings) -> int:
+    if args.task_id is None:
+        from genqueue.status_view import run_status_view
+
+        return run_status_view(settings, once=args.once)
     from genqueue.shell import status
 
     return status(args, settings)

@@ -164,6 +164,7 @@ def _start(stack: Stack, settings: Settings, host: str, api_port: int, flower_po
         lines.append(f"  endpoint   {settings.completions_url} (RUNPOD_ENDPOINT_URL)")
 
     env.setdefault("GENQUEUE_WORKER_PROCESSES", "1")
+    env.setdefault("GENQUEUE_WORKER_METRICS_PORT", str(free_port()))
     api_key = _credential(env, "GENQUEUE_API_KEYS", lambda: secrets.token_urlsafe(24))
     flower_auth = _credential(
         env, "FLOWER_BASIC_AUTH", lambda: f"admin:{secrets.token_urlsafe(12)}"
@@ -194,6 +195,16 @@ def _hide_password(url: str) -> str:
     return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
 
 
+def _worker_metrics(env: dict[str, str]) -> str:
+    port = int(env["GENQUEUE_WORKER_METRICS_PORT"] or 0)
+    if port <= 0:
+        return "off"
+    host = env.get("GENQUEUE_WORKER_METRICS_HOST") or "127.0.0.1"
+    count = int(env["GENQUEUE_WORKER_PROCESSES"] or 0) or os.cpu_count() or 1
+    ports = str(port) if count <= 1 else f"{port}-{port + count - 1}"
+    return f"http://{host}:{ports}/metrics"
+
+
 def _print_summary(
     lines: list[str],
     env: dict[str, str],
@@ -206,6 +217,7 @@ def _print_summary(
     processes = env["GENQUEUE_WORKER_PROCESSES"]
     lines.append(f"  worker     {processes} process(es), genqueue.generate")
     lines.append(f"  api        {api_url}  (OpenAPI: {api_url}/docs)")
+    lines.append(f"  metrics    {api_url}/metrics (API), {_worker_metrics(env)} (worker)")
     lines.append(f"  flower     {flower_url}")
     if api_key:
         lines.append(f"  api key    {api_key}  (generated; set GENQUEUE_API_KEYS to choose)")

@@ -385,6 +385,7 @@ def test_sim_reset_clears_stats_and_script(sim: RunningSimulator) -> None:
         "auth_headers": [],
         "last_bodies": [],
         "call_times": [],
+        "jobs_cancelled": 0,
     }
     assert complete(sim, prompt="a").status_code == 200  # the scripted 500 is gone
 

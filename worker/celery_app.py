@@ -11,13 +11,14 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
-from celery.signals import worker_process_shutdown
+from celery.signals import after_setup_logger, celeryd_init, worker_process_shutdown
 from kombu import Queue
 
 from worker import connections
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 from worker.errors import SettingsError
 from worker.liveness import Heartbeat, restorer, unacked_renewer
+from worker.observe import configure_task_logging, serve_worker_metrics
 from worker.runtime import SPARE_CONNECTIONS, close_runtimes
 from worker.settings import Settings, load_settings
 
@@ -134,6 +135,17 @@ def _load() -> Settings:
 @worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     close_runtimes()
+
+
+@after_setup_logger.connect
+def _task_log_format(**_: Any) -> None:
+    configure_task_logging(app.genqueue_settings.log_format)
+
+
+@celeryd_init.connect
+def _serve_metrics(sender: str, instance: Any, **_: Any) -> None:
+    settings = instance.app.genqueue_settings
+    serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host, str(sender))
 
 
 app = create_celery_app(_load())

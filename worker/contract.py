@@ -11,6 +11,7 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AwareDatetime,
@@ -38,6 +39,7 @@ MESSAGES_MAX = 256
 MAX_TOKENS_LIMIT = 32_768
 METADATA_MAX_KEYS = 32
 METADATA_MAX_CHARS = 4_096
+WEBHOOK_URL_MAX_CHARS = 2_048
 
 BUILTIN_TEMPLATES = ("chatml", "llama2", "alpaca", "vicuna", "mistral", "raw")
 #: ``params`` keys that belong to genqueue, not to the caller.
@@ -95,6 +97,25 @@ class GenerationRequest(BaseModel):
     #: When the result stops being useful: a task not finished by then ends failed, type
     #: ``expired``, and is not sent to the endpoint. An ISO 8601 time with a timezone.
     deadline: AwareDatetime | None = None
+    #: Where genqueue POSTs the final status, signed (see the README). http or https; the API
+    #: refuses private and loopback addresses unless the operator allowlists them.
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=WEBHOOK_URL_MAX_CHARS,
+        description="POSTed the final status, signed (Genqueue-Signature); http(s) only",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if any(char.isspace() or ord(char) < 32 for char in value):
+            raise ValueError("must not contain spaces or control characters")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:

@@ -12,14 +12,14 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from pydantic import ValidationError
 
-from worker import keys, records
+from worker import events, keys, records
 from worker.backoff import RetryPolicy, compute_delay_s
 from worker.contract import GenerationRequest, GenerationResult
 from worker.deadletter import DeadLetters
@@ -37,6 +37,7 @@ from worker.errors import (
 )
 from worker.guard import CircuitOpen, EndpointGuard, Outcome
 from worker.liveness import RunningTasks
+from worker.observe import TaskObserver, seconds_since
 from worker.prompts import PromptRenderer
 
 log = logging.getLogger("genqueue.task")
@@ -60,6 +61,16 @@ class RetryLater:
     delay_s: float
     error: RetryableEndpointError
     attempt: int
+    #: How long the failed endpoint call took (``None``: no call was made).
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class _Finished:
+    cancel_requested: bool
+    attempts: int
+    #: Seconds from the task's creation to its end, when its record knows the creation.
+    total_s: float | None
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class GenerationPolicy:
     deadline_s: float
     record_ttl_s: int
     max_deliveries: int
+    events_maxlen: int = 100_000
 
 
 class Generation:
@@ -89,6 +101,7 @@ class Generation:
     :param running: this process's running claims and cancellable calls.
     :param dead_letters: where poison tasks go.
     :param policy: attempts, backoff, deadline, retention, deliveries.
+    :param observer: counts and logs each state change (metrics and task log lines).
     """
 
     def __init__(
@@ -101,6 +114,7 @@ class Generation:
         running: RunningTasks,
         dead_letters: DeadLetters,
         policy: GenerationPolicy,
+        observer: TaskObserver | None = None,
     ) -> None:
         self._redis = redis_client
         self._renderer = renderer
@@ -110,6 +124,8 @@ class Generation:
         self._dead_letters = dead_letters
         self._policy = policy
         self._start_attempt = redis_client.register_script(_START_ATTEMPT)
+        self._finish_script = redis_client.register_script(events.FINISH)
+        self._observe = observer or TaskObserver()
 
     def run(
         self, task_id: str, delivery_round: int, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -119,27 +135,39 @@ class Generation:
         ``delivery_round`` tells apart the messages of one task (Celery's retry count), so that
         the deliveries of each message are counted.
         """
+        with self._observe.running():
+            return self._run(task_id, delivery_round, args, kwargs)
+
+    def _run(
+        self, task_id: str, delivery_round: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         try:
             outcome = self._attempt(task_id, delivery_round, args, kwargs)
         except GenQueueError as err:
             if isinstance(err, PoisonTask):
                 self._dead_letters.add(task_id, kwargs.get("request", args), err.message)
-            self._finish(task_id, err)
-            log.info("task %s %s: %s: %s", task_id, _verb(err), err.error_type, err.message)
+            end = self._finish(task_id, err)
+            self._observe.failed(task_id, end.attempts, err.error_type, err.message, end.total_s)
             raise
         if isinstance(outcome, RetryLater):
-            log.info(
-                "task %s attempt %d: %s; retrying in %.1fs",
-                task_id, outcome.attempt, outcome.error.message, outcome.delay_s,
+            error = outcome.error
+            self._observe.retrying(
+                task_id, outcome.attempt, error.error_type, error.message, outcome.delay_s,
+                outcome.latency_ms,
             )  # fmt: skip
             return outcome
         if not isinstance(outcome, GenerationResult):
             log.info("task %s is running on another worker; dropping this copy", task_id)
             return DUPLICATE
-        if self._finish(task_id, None):
+        end = self._finish(task_id, None)
+        if end.cancel_requested:
             cancelled = TaskCancelled("the task was cancelled while it ran; result discarded")
-            self._finish(task_id, cancelled)
+            end = self._finish(task_id, cancelled)
+            self._observe.failed(
+                task_id, end.attempts, cancelled.error_type, cancelled.message, end.total_s
+            )
             raise cancelled
+        self._observe.succeeded(task_id, end.attempts, outcome, end.total_s)
         return outcome.model_dump(mode="json")
 
     def _attempt(
@@ -187,19 +215,30 @@ class Generation:
         if attempt == 0:
             return DUPLICATE
         self._running.hold(task_id, token)
+        self._observe.started(task_id, attempt, prompt)
+        started = time.perf_counter()
         try:
             with self._running.cancellable(task_id):
                 result = self._client.complete(prompt, params, read_timeout_s=read_timeout_s)
         except RetryableEndpointError as err:
             slot.outcome = Outcome.FAILURE
-            return self._retry_or_give_up(request, err, attempt, progress.first_attempt_at)
+            latency_s = self._called(started)
+            later = self._retry_or_give_up(request, err, attempt, progress.first_attempt_at)
+            return replace(later, latency_ms=int(latency_s * 1000))
         except PermanentEndpointError:
             slot.outcome = Outcome.OK  # the endpoint is up; it refused this request
+            self._called(started)
             raise
         finally:
             self._running.release(task_id)
+        self._called(started)
         slot.outcome = Outcome.OK
         return result
+
+    def _called(self, started: float) -> float:
+        latency_s = time.perf_counter() - started
+        self._observe.called(latency_s)
+        return latency_s
 
     def _time_left(self, request: GenerationRequest) -> float | None:
         """Seconds until the request's deadline (``None`` without one); expired if none."""
@@ -257,24 +296,28 @@ class Generation:
             stored_result=_stored_result(meta),
         )
 
-    def _finish(self, task_id: str, error: GenQueueError | None) -> bool:
-        """Record the end; whether a cancellation was asked for meanwhile."""
-        fields = {records.F_FINISHED: records.utcnow_iso()}
+    def _finish(self, task_id: str, error: GenQueueError | None) -> _Finished:
+        """Record the end and add it to the completion stream, in one round trip.
+
+        Says whether a cancellation was asked for meanwhile (a success is then not announced:
+        the caller finishes the task again as cancelled).
+        """
+        status, error_type = "succeeded", ""
+        args: list[Any] = [self._policy.record_ttl_s, self._policy.events_maxlen, task_id]
         if error is not None:
-            fields[records.F_ERROR] = json.dumps(
-                {"type": error.error_type, "message": error.message}
-            )
-        key = keys.task_record(task_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(key, self._policy.record_ttl_s)
-        pipe.hget(key, records.F_CANCEL)
-        _, _, cancel = pipe.execute()
-        return bool(cancel)
-
-
-def _verb(err: GenQueueError) -> str:
-    return "cancelled" if isinstance(err, TaskCancelled) else "failed"
+            status = "cancelled" if isinstance(error, TaskCancelled) else "failed"
+            error_type = error.error_type
+        args += [status, error_type, records.utcnow_iso()]
+        if error is not None:
+            args.append(json.dumps({"type": error.error_type, "message": error.message}))
+        cancel, attempts, created_at = self._finish_script(
+            keys=[keys.task_record(task_id), events.EVENTS_STREAM], args=args
+        )
+        return _Finished(
+            cancel_requested=bool(cancel),
+            attempts=int(attempts or 0),
+            total_s=seconds_since(created_at),
+        )
 
 
 def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRequest:

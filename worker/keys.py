@@ -45,5 +45,15 @@ def dead_letters() -> str:
     return f"{PREFIX}:dead"
 
 
+def batch(batch_id: str) -> str:
+    """Hash: created_at, total, cancelled_at. TTL: result retention."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_tasks(batch_id: str) -> str:
+    """List of ``<task_id> <custom_id>`` in input order. TTL: result retention."""
+    return f"{PREFIX}:batch:{batch_id}:tasks"
+
+
 #: Pub/sub channel on which the API announces cancellations of running tasks.
 CANCEL_CHANNEL = f"{PREFIX}:cancel"

@@ -17,8 +17,10 @@ from worker.errors import SettingsError
 from worker.generation import Generation, GenerationPolicy
 from worker.guard import EndpointGuard, GuardPolicy
 from worker.liveness import RunningTasks
+from worker.observe import TaskObserver, process_metrics
 from worker.prompts import PromptRenderer
 from worker.settings import Settings, env_name
+from worker.webhooks import WebhookSender, policy_from
 
 #: Connections beyond the task concurrency, for the heartbeat and bookkeeping.
 SPARE_CONNECTIONS = 16
@@ -33,8 +35,11 @@ class WorkerRuntime:
     guard: EndpointGuard
     running: RunningTasks
     generation: Generation
+    webhooks: WebhookSender | None = None
 
     def close(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.close()
         self.guard.close()
         self.running.close()
         self.client.close()
@@ -100,10 +105,24 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             deadline_s=settings.task_deadline_s,
             record_ttl_s=settings.result_ttl_s,
             max_deliveries=settings.max_deliveries,
+            events_maxlen=settings.events_maxlen,
+        ),
+        observer=TaskObserver(
+            process_metrics(), endpoint_id=endpoint_id(url), log_prompts=settings.log_prompts
         ),
     )
+    webhooks = WebhookSender(
+        client,
+        policy_from(settings),
+        on_outcome=lambda outcome: process_metrics().webhooks.labels(outcome).inc(),
+    )
     return WorkerRuntime(
-        redis=client, client=endpoint, guard=guard, running=running, generation=generation
+        redis=client,
+        client=endpoint,
+        guard=guard,
+        running=running,
+        generation=generation,
+        webhooks=webhooks,
     )
 
 

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     )
 
     # --- the endpoint call ----------------------------------------------------------------
+    #: A TOML file of named endpoints (see the README); RUNPOD_ENDPOINT_URL adds ``default``.
+    endpoints_file: Path | None = None
     #: Sent as ``model`` in every completion request when set.
     endpoint_model: str | None = None
     endpoint_connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
@@ -101,7 +103,34 @@ class Settings(BaseSettings):
     #: A data directory for ``genqueue up`` (the embedded Redis keeps its files there).
     data_dir: Path = Path(".genqueue")
 
-    @field_validator("api_keys", "api_key_hashes", mode="before")
+    # --- batches ------------------------------------------------------------------------
+    #: Requests in one ``POST /v1/batches``.
+    batch_max_requests: int = Field(default=50_000, ge=1, le=1_000_000)
+    #: Body limit of ``POST /v1/batches`` (other routes keep ``api_max_body_bytes``).
+    batch_max_body_bytes: int = Field(default=64 * 1_048_576, ge=1024, le=1024 * 1_048_576)
+    #: Priority of a batch line that sets none: below the interactive default (5), 9 first.
+    batch_default_priority: int = Field(default=2, ge=0, le=9)
+
+    # --- observability --------------------------------------------------------------------
+    #: Prometheus metrics of each worker process: process i serves on this port + i (0: off).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65_535)
+    worker_metrics_host: str = "127.0.0.1"
+    #: ``json``: every task log line (logger ``genqueue.task``) is one JSON object.
+    log_format: Literal["text", "json"] = "text"
+    #: Put prompts and outputs in task log lines. Debugging only: they may hold personal data.
+    log_prompts: bool = False
+    #: The completion stream ``genqueue:events`` is trimmed to about this many entries.
+    events_maxlen: int = Field(default=100_000, ge=1, le=100_000_000)
+    #: Signs webhook bodies (HMAC-SHA256); without it requests with ``webhook_url`` are refused.
+    webhook_secret: SecretStr | None = None
+    #: Host names or URL prefixes webhooks may go to; when set, nothing else is allowed.
+    webhook_allowlist: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: A webhook is retried (with backoff) for this long after the task ended, then given up.
+    webhook_retry_for_s: float = Field(default=3_600.0, ge=0, le=7 * 86_400)
+    webhook_retry_max_delay_s: float = Field(default=300.0, gt=0, le=3_600)
+
+    @field_validator("api_keys", "api_key_hashes", "webhook_allowlist", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

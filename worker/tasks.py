@@ -4,22 +4,59 @@ It hands the message to :class:`worker.generation.Generation` and maps the outco
 Celery: a result is returned, a :class:`RetryLater` becomes ``self.retry(countdown=...)`` (the
 wait goes back to the queue and frees the slot), a cancellation is stored as REVOKED, a copy of
 a task that runs elsewhere is dropped, and a final error is raised and stored.
+
+A task whose request carries a ``webhook_url`` enqueues ``genqueue.webhook`` when it ends (once
+Celery has stored the outcome); that task posts the status and retries on its own, so delivery
+never holds a generation slot nor changes the task's outcome.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
-from celery import Task, shared_task
+from celery import Task, shared_task, states
 from celery.exceptions import Ignore
 
-from worker.contract import TASK_NAME
+from worker.contract import QUEUE_NAME, TASK_NAME
 from worker.errors import GenQueueError, TaskCancelled
 from worker.generation import DUPLICATE, RetryLater
 from worker.runtime import runtime_for
+from worker.webhooks import WEBHOOK_TASK_NAME, webhook_url_of
+
+log = logging.getLogger("genqueue.webhook")
+
+
+def _enqueue_webhook(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
+    url = webhook_url_of(args, kwargs)
+    if url is None:
+        return
+    try:
+        task.app.send_task(
+            WEBHOOK_TASK_NAME,
+            kwargs={"task_id": task_id, "url": url, "first_at": time.time()},
+            queue=QUEUE_NAME,
+            # Flower shows this: the URL's path and query may hold the receiver's token.
+            kwargsrepr=f"{{'task_id': {task_id!r}, 'host': {urlsplit(url).hostname!r}}}",
+        )
+    except Exception:  # the task's own outcome stands whatever happens to its webhook
+        log.warning("could not enqueue the webhook of task %s", task_id, exc_info=True)
+
+
+class GenerateTask(Task):
+    """``genqueue.generate``'s class: announces a stored success or failure to the webhook."""
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        if status in (states.SUCCESS, states.FAILURE):
+            _enqueue_webhook(self, task_id, args, kwargs)
 
 
 @shared_task(
+    base=GenerateTask,
     name=TASK_NAME,
     bind=True,
     typing=False,
@@ -34,9 +71,28 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
     except TaskCancelled as err:
         # Celery's own word for it, so plain Celery clients see REVOKED too.
         self.backend.mark_as_revoked(self.request.id, err.message, request=self.request)
+        _enqueue_webhook(self, self.request.id, args, kwargs)
         raise Ignore() from err
     if isinstance(outcome, RetryLater):
         raise self.retry(countdown=outcome.delay_s, exc=outcome.error, max_retries=None)
     if outcome == DUPLICATE:
         raise Ignore()
     return outcome
+
+
+@shared_task(
+    name=WEBHOOK_TASK_NAME,
+    bind=True,
+    typing=False,
+    acks_late=True,
+    max_retries=None,
+    ignore_result=True,
+    track_started=False,
+)
+def webhook(self: Task, task_id: str, url: str, first_at: float) -> None:
+    """Post the final status of ``task_id`` to ``url``; retried with backoff, then given up."""
+    sender = runtime_for(self.app.genqueue_settings).webhooks
+    assert sender is not None
+    delivery = sender.deliver(task_id, url, first_at, self.request.retries or 0)
+    if delivery.outcome == "retry" and delivery.retry_in_s is not None:
+        raise self.retry(countdown=delivery.retry_in_s, max_retries=None)

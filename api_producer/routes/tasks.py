@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from api_producer.deps import CallerDep, StateDep
 from api_producer.producer import Accepted, IdempotencyConflict
 from api_producer.ratelimit import RateLimitDep
+from api_producer.routes.metrics import MetricsDep
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
+from worker.webhooks import WebhookRefused, check_webhook_url
 
 
 class Problem(BaseModel):
@@ -85,6 +87,28 @@ async def _enqueue(
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
 
 
+async def _check_webhooks(state: StateDep, requests: list[GenerationRequest]) -> None:
+    """Refuse (422) a ``webhook_url`` this server may not post to, before anything is stored."""
+    settings = state.settings
+    for request in requests:
+        if request.webhook_url is None:
+            continue
+        if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail="webhook_url: webhooks are off on this server (no GENQUEUE_WEBHOOK_SECRET)",
+            )
+        try:
+            # A host name is resolved: off the event loop.
+            await run_in_threadpool(
+                check_webhook_url, request.webhook_url, settings.webhook_allowlist
+            )
+        except WebhookRefused as err:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"webhook_url: {err}"
+            ) from None
+
+
 @router.post(
     "", status_code=status.HTTP_202_ACCEPTED, response_model=TaskAccepted, responses=_SUBMIT
 )
@@ -94,12 +118,16 @@ async def submit_task(
     state: StateDep,
     caller: CallerDep,
     charge: RateLimitDep,
+    counted: MetricsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Enqueue one generation task."""
     _check_template(state, body)
+    await _check_webhooks(state, [body])
     await charge(1)
     accepted = await _enqueue(state, caller, [body], idempotency_key)
+    if not accepted.replayed:
+        counted.submitted.inc()
     task_id = accepted.task_ids[0]
     response.headers["Location"] = f"/v1/tasks/{task_id}"
     return TaskAccepted(task_id=task_id)
@@ -113,6 +141,7 @@ async def submit_batch(
     state: StateDep,
     caller: CallerDep,
     charge: RateLimitDep,
+    counted: MetricsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> BatchAccepted:
     """Enqueue several tasks: all of them, in order, or none (any invalid one refuses all)."""
@@ -124,8 +153,11 @@ async def submit_batch(
         )
     for request in body.requests:
         _check_template(state, request)
+    await _check_webhooks(state, body.requests)
     await charge(len(body.requests))
     accepted = await _enqueue(state, caller, body.requests, idempotency_key)
+    if not accepted.replayed:
+        counted.submitted.inc(len(accepted.task_ids))
     return BatchAccepted(tasks=[TaskAccepted(task_id=task_id) for task_id in accepted.task_ids])
 
 

@@ -143,7 +143,8 @@ def test_cancel_a_queued_task_never_reaches_the_endpoint(
     assert celery_client.AsyncResult(task_id).state == "REVOKED"
 
 
-BOUNDED_WITHOUT_TTL = ("_kombu.", "unacked", "genqueue:dead")
+# genqueue:events is a stream capped by XADD MAXLEN ~ GENQUEUE_EVENTS_MAXLEN.
+BOUNDED_WITHOUT_TTL = ("_kombu.", "unacked", "genqueue:dead", "genqueue:events")
 
 
 def test_every_key_expires_or_is_bounded(

@@ -1,0 +1,199 @@
+"""``/v1/batches``: a JSONL file of requests enqueued as one batch, its progress and results."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from api_producer.batches import (
+    BatchCreated,
+    BatchRefused,
+    BatchRules,
+    BatchStatus,
+    BatchStore,
+    check_webhooks,
+    parse_batch,
+)
+from api_producer.deps import CallerDep, StateDep
+from api_producer.ratelimit import RateLimitDep
+from api_producer.routes.metrics import MetricsDep
+from api_producer.routes.tasks import InvalidInput, Problem
+
+_T = TypeVar("_T")
+PATH = "/v1/batches"
+NDJSON = "application/x-ndjson"
+TOTAL_HEADER = "X-Batch-Total"
+BATCH_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+BatchId = Annotated[str, Field(pattern=BATCH_ID_PATTERN)]
+
+
+def _problem(description: str, **extra: Any) -> dict[str, Any]:
+    return {"model": Problem, "description": description, **extra}
+
+
+_ANY_ROUTE: dict[int | str, dict[str, Any]] = {
+    401: _problem("missing or invalid API key"),
+    422: {"model": InvalidInput, "description": "invalid input"},
+    503: _problem("Redis cannot be reached"),
+}
+_CREATE: dict[int | str, dict[str, Any]] = {
+    400: _problem("the body is not UTF-8 text"),
+    413: _problem("the request body is larger than GENQUEUE_BATCH_MAX_BODY_BYTES"),
+    415: _problem("the Content-Type is neither JSONL nor JSON"),
+    422: {
+        "model": InvalidInput,
+        "description": "invalid lines (each named by its number), a duplicate custom_id, "
+        "more than GENQUEUE_BATCH_MAX_REQUESTS requests; nothing was enqueued",
+    },
+    429: _problem(
+        "over this key's GENQUEUE_API_RATE_LIMIT_PER_MINUTE; nothing was enqueued",
+        headers={
+            "Retry-After": {
+                "description": "seconds until the limit resets",
+                "schema": {"type": "integer"},
+            }
+        },
+    ),
+}
+_ONE_BATCH: dict[int | str, dict[str, Any]] = {404: _problem("no such batch")}
+
+_JSONL_SCHEMA = {
+    "type": "string",
+    "description": "one JSON object a line: a request as for POST /v1/tasks plus a string "
+    "custom_id, unique within the batch",
+}
+_LINE_SCHEMA = {
+    "type": "object",
+    "required": ["custom_id"],
+    "properties": {"custom_id": {"type": "string", "minLength": 1, "maxLength": 512}},
+    "additionalProperties": True,
+    "description": "a request as for POST /v1/tasks plus custom_id",
+}
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            NDJSON: {"schema": _JSONL_SCHEMA},
+            "application/jsonl": {"schema": _JSONL_SCHEMA},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["requests"],
+                    "properties": {
+                        "requests": {"type": "array", "minItems": 1, "items": _LINE_SCHEMA}
+                    },
+                    "additionalProperties": False,
+                }
+            },
+        },
+    }
+}
+
+
+def _json_error(description: str, schema: str = "Problem") -> dict[str, Any]:
+    """An error answer spelled out: the route's own media type is NDJSON, its errors JSON."""
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+    return {"description": description, "content": content}
+
+
+_RESULTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "one JSON line per request, in input order: "
+        "custom_id, task_id, status, result, error",
+        "content": {NDJSON: {"schema": {"type": "string"}}},
+        "headers": {
+            TOTAL_HEADER: {
+                "description": "lines the complete answer holds",
+                "schema": {"type": "integer"},
+            }
+        },
+    },
+    401: _json_error("missing or invalid API key"),
+    404: _json_error("no such batch"),
+    422: _json_error("invalid input", "InvalidInput"),
+    503: _json_error("Redis cannot be reached"),
+}
+
+
+class NdjsonResponse(StreamingResponse):
+    media_type = NDJSON
+
+
+def get_batches(request: Request) -> BatchStore:
+    batches: BatchStore = request.app.state.genqueue_batches
+    return batches
+
+
+BatchesDep = Annotated[BatchStore, Depends(get_batches)]
+
+router = APIRouter(prefix=PATH, tags=["batches"], responses=_ANY_ROUTE)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchCreated,
+    responses=_CREATE,
+    openapi_extra=_CREATE_BODY,
+)
+async def create_batch(
+    request: Request,
+    response: Response,
+    state: StateDep,
+    batches: BatchesDep,
+    _caller: CallerDep,
+    charge: RateLimitDep,
+    counted: MetricsDep,
+) -> BatchCreated:
+    """Enqueue a JSONL file of requests (each with a ``custom_id``): all of them or none."""
+    settings = state.settings
+    rules = BatchRules(
+        max_requests=settings.batch_max_requests,
+        default_priority=settings.batch_default_priority,
+        templates=state.templates,
+    )
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    try:
+        # Tens of thousands of lines: parse off the event loop.
+        lines = await run_in_threadpool(parse_batch, body, content_type, rules)
+        await run_in_threadpool(check_webhooks, lines, settings)
+    except BatchRefused as err:
+        raise HTTPException(err.status_code, detail=str(err)) from None
+    await charge(len(lines))
+    accepted = await batches.create(lines)
+    counted.submitted.inc(len(lines))
+    response.headers["Location"] = f"{PATH}/{accepted.batch_id}"
+    return accepted
+
+
+@router.get("/{batch_id}", response_model=BatchStatus, responses=_ONE_BATCH)
+async def get_batch(batch_id: BatchId, batches: BatchesDep, _caller: CallerDep) -> BatchStatus:
+    """The batch's state and its tasks counted by state."""
+    return _found(batch_id, await batches.status(batch_id))
+
+
+@router.get("/{batch_id}/results", response_class=NdjsonResponse, responses=_RESULTS)
+async def get_batch_results(
+    batch_id: BatchId, batches: BatchesDep, _caller: CallerDep
+) -> NdjsonResponse:
+    """One JSON line per request, in input order, streamed (unfinished tasks included)."""
+    found = _found(batch_id, await batches.results(batch_id))
+    # The total lets a client tell a complete download from one cut short.
+    return NdjsonResponse(found.lines, media_type=NDJSON, headers={TOTAL_HEADER: str(found.total)})
+
+
+@router.delete("/{batch_id}", response_model=BatchStatus, responses=_ONE_BATCH)
+async def cancel_batch(batch_id: BatchId, batches: BatchesDep, _caller: CallerDep) -> BatchStatus:
+    """Cancel every task of the batch not final yet; queued ones never reach the endpoint."""
+    return _found(batch_id, await batches.cancel(batch_id))
+
+
+def _found(batch_id: str, value: _T | None) -> _T:
+    if value is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no batch {batch_id}")
+    return value

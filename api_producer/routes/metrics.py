@@ -1,0 +1,132 @@
+"""``GET /metrics``: Prometheus text, without a key (like ``/healthz``).
+
+The API's own counter (tasks it accepted) and, read from Redis at each scrape in one pipeline,
+the state every process shares: queue depth, endpoint calls in flight against
+``RUNPOD_MAX_CONCURRENCY``, the circuit breaker and the dead-letter list. The workers' own
+metrics are served by each worker process (``GENQUEUE_WORKER_METRICS_PORT``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from redis.exceptions import RedisError
+
+from worker import connections
+from worker.observe import Snapshot
+from worker.runtime import endpoint_id
+from worker.settings import Settings
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class ApiMetrics:
+    """The API process's own metrics, on a registry of its own (one per app)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.submitted = Counter(
+            "genqueue_api_tasks_submitted",
+            "Tasks this API process accepted (replayed idempotent submissions excluded).",
+            registry=self.registry,
+        )
+        url = settings.completions_url
+        #: The lease and breaker keys are named by the endpoint; unknown without its URL.
+        self.endpoint_id = endpoint_id(url) if url is not None else None
+        self.max_concurrency = settings.runpod_max_concurrency
+        self.redis = connections.async_client(settings.redis_url, max_connections=8)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = request.app.state.genqueue_metrics
+    return metrics
+
+
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+
+router = APIRouter(tags=["health"])
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def snapshot_families(snapshot: Snapshot) -> list[Metric]:
+    """The shared state as Prometheus gauges."""
+    families = [
+        _gauge("genqueue_redis_up", "1 when Redis answered this scrape.", 1),
+        _gauge(
+            "genqueue_queue_depth",
+            "Messages waiting in the queues genqueue and celery, all priorities.",
+            snapshot.queue_depth,
+        ),
+        _gauge("genqueue_dead_letters", "Tasks in the dead-letter list.", snapshot.dead_letters),
+    ]
+    if snapshot.endpoint_id is None:
+        return families
+    labels = {"endpoint": snapshot.endpoint_id}
+    families += [
+        _gauge(
+            "genqueue_endpoint_in_flight",
+            "Endpoint calls in flight across all workers.",
+            snapshot.in_flight or 0,
+            labels,
+        ),
+        _gauge(
+            "genqueue_endpoint_max_concurrency",
+            "RUNPOD_MAX_CONCURRENCY: the most calls in flight at once.",
+            snapshot.max_concurrency,
+            labels,
+        ),
+        _gauge(
+            "genqueue_breaker_consecutive_failures",
+            "Consecutive retryable failures counted by the circuit breaker.",
+            snapshot.breaker_failures,
+            labels,
+        ),
+    ]
+    state = GaugeMetricFamily(
+        "genqueue_breaker_state",
+        "The endpoint's circuit breaker: 1 for its current state.",
+        labels=["endpoint", "state"],
+    )
+    for name in BREAKER_STATES:
+        state.add_metric([snapshot.endpoint_id, name], float(snapshot.breaker_state == name))
+    families.append(state)
+    return families
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(own: MetricsDep) -> Response:
+    """Prometheus metrics of the API and of the shared state in Redis."""
+    families = list(own.registry.collect())
+    try:
+        pipe = own.redis.pipeline(transaction=False)
+        Snapshot.commands(pipe, own.endpoint_id)
+        results = await pipe.execute()
+        families += snapshot_families(Snapshot.parse(results, own.endpoint_id, own.max_concurrency))
+    except (RedisError, OSError):
+        families.append(_gauge("genqueue_redis_up", "1 when Redis answered this scrape.", 0))
+    return Response(generate_latest(_Families(families)), media_type=CONTENT_TYPE)
