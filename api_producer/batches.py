@@ -97,6 +97,8 @@ class BatchRules:
     default_priority: int
     #: Template names a request may use; ``None`` accepts any (the worker decides).
     templates: frozenset[str] | None = None
+    #: Endpoint names a request may use; ``None`` accepts any.
+    endpoints: frozenset[str] | None = None
 
 
 class BatchState(StrEnum):
@@ -243,6 +245,9 @@ def _check_request(request: GenerationRequest, rules: BatchRules) -> None:
     if rules.templates is not None and request.template not in rules.templates:
         known = ", ".join(sorted(rules.templates))
         raise BatchInvalid(f"unknown template {request.template!r} (known: {known})")
+    endpoints = rules.endpoints
+    if request.endpoint is not None and endpoints is not None and request.endpoint not in endpoints:
+        raise BatchInvalid(f"unknown endpoint {request.endpoint!r}")
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -21,6 +21,8 @@ class ApiState:
     keys: KeyChecker
     #: Template names a request may use; ``None`` accepts any (the worker decides).
     templates: frozenset[str] | None
+    #: Endpoint names a request may use; ``None`` when the API knows of none (no check).
+    endpoints: frozenset[str] | None = None
 
 
 def get_state(request: Request) -> ApiState:

@@ -20,6 +20,7 @@ from api_producer.ratelimit import RateLimiter
 from api_producer.routes import batches, health, metrics, tasks
 from api_producer.store import TaskStore
 from worker import connections
+from worker.endpoints import load_endpoints
 from worker.errors import TemplateError
 from worker.prompts import PromptRenderer
 from worker.settings import Settings
@@ -30,6 +31,11 @@ def _templates(settings: Settings) -> frozenset[str] | None:
         return frozenset(PromptRenderer(settings.templates_dir).names)
     except TemplateError:
         return None  # the directory lives on the workers only: let them judge
+
+
+def _endpoints(settings: Settings) -> frozenset[str] | None:
+    endpoints = load_endpoints(settings)  # an invalid file stops the API at start
+    return frozenset(endpoints.names) if endpoints is not None else None
 
 
 def build_state(settings: Settings) -> ApiState:
@@ -43,6 +49,7 @@ def build_state(settings: Settings) -> ApiState:
             [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
         ),
         templates=_templates(settings),
+        endpoints=_endpoints(settings),
     )
 
 

@@ -19,6 +19,7 @@ from celery import Celery
 
 from worker import connections, keys, records
 from worker.contract import PRIORITY_MAX, QUEUE_NAME, TASK_NAME, GenerationRequest
+from worker.endpoints import queue_for
 from worker.settings import Settings
 
 #: Characters of the prompt shown in Flower's argument summary.
@@ -145,7 +146,8 @@ class DirectProducer:
             TASK_NAME,
             kwargs={"request": payload},
             task_id=task_id,
-            queue=QUEUE_NAME,
+            # A named endpoint has a queue of its own, so workers can be dedicated to it.
+            queue=queue_for(request.endpoint) if request.endpoint else QUEUE_NAME,
             # Celery on Redis serves 0 first; genqueue's 9 is the most urgent.
             priority=PRIORITY_MAX - request.priority,
             argsrepr="()",

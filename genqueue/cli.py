@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         "on the GENQUEUE_WORKER_POOL pool with GENQUEUE_WORKER_CONCURRENCY slots each.",
     )
     worker.add_argument("--hostname", help="Celery node name (default genqueueN@host)")
+    worker.add_argument(
+        "--endpoint",
+        metavar="NAME",
+        help="serve only the tasks of this configured endpoint (default: all of them)",
+    )
     worker.set_defaults(handler=_run_worker)
 
     api = sub.add_parser("api", help="run the HTTP API", description="Serve the HTTP API.")
@@ -139,11 +144,16 @@ def _run_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from genqueue.workers import WorkerSupervisor
+    from genqueue.workers import WorkerSupervisor, worker_queues
+    from worker.endpoints import load_endpoints
 
-    if settings.completions_url is None:
-        raise SettingsError(f"{env_name('runpod_endpoint_url')} is not set: the worker needs it")
-    return WorkerSupervisor(settings, hostname=args.hostname).run()
+    endpoints = load_endpoints(settings)
+    if endpoints is None:
+        raise SettingsError(
+            f"no endpoint: set {env_name('runpod_endpoint_url')} or {env_name('endpoints_file')}"
+        )
+    queues = worker_queues(endpoints, only=args.endpoint)
+    return WorkerSupervisor(settings, queues, hostname=args.hostname).run()
 
 
 def _run_api(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,9 +16,9 @@ from typing import TextIO
 import redis
 
 from worker import connections
+from worker.endpoints import load_endpoints
 from worker.events import RecentEvents, recent
 from worker.observe import Snapshot
-from worker.runtime import endpoint_id
 from worker.settings import Settings
 
 REFRESH_S = 2.0
@@ -35,11 +35,12 @@ class View:
 
 def read_view(client: redis.Redis, settings: Settings) -> View:
     """Everything the view shows, read now (one pipeline, then the stream)."""
-    url = settings.completions_url
-    endpoint = endpoint_id(url) if url is not None else None
+    endpoints = load_endpoints(settings)
+    endpoint = endpoints.default if endpoints is not None else None
+    cap = endpoints.get(None).max_concurrency if endpoints is not None else 0
     pipe = client.pipeline(transaction=False)
     Snapshot.commands(pipe, endpoint)
-    snapshot = Snapshot.parse(pipe.execute(), endpoint, settings.runpod_max_concurrency)
+    snapshot = Snapshot.parse(pipe.execute(), endpoint, cap or settings.runpod_max_concurrency)
     return View(snapshot, recent(client, WINDOW_S), datetime.now(UTC))
 
 

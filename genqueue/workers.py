@@ -17,6 +17,8 @@ import time
 from types import FrameType
 
 from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME
+from worker.endpoints import Endpoints, queue_for
+from worker.errors import SettingsError
 from worker.settings import Settings
 
 RESTART_DELAY_S = 1.0
@@ -24,14 +26,31 @@ RESTART_DELAY_S = 1.0
 CONFIG_ERROR_EXIT = 2
 
 
-def worker_argv(settings: Settings, index: int, hostname: str | None = None) -> list[str]:
+def worker_queues(endpoints: Endpoints, only: str | None = None) -> list[str]:
+    """The queues a worker consumes: every endpoint's, or ``only`` that one's.
+
+    Tasks that name no endpoint wait in genqueue's queue (and Celery's default one, for plain
+    ``send_task``); a worker dedicated to the default endpoint takes those too.
+    """
+    general = [QUEUE_NAME, CELERY_DEFAULT_QUEUE]
+    if only is None:
+        return general + [queue_for(name) for name in endpoints.names]
+    if only not in endpoints:
+        known = ", ".join(endpoints.names)
+        raise SettingsError(f"--endpoint {only!r} is not a configured endpoint ({known})")
+    return [queue_for(only)] + (general if only == endpoints.default else [])
+
+
+def worker_argv(
+    settings: Settings, index: int, queues: list[str], hostname: str | None = None
+) -> list[str]:
     """The ``celery worker`` command line of child ``index``."""
     name = hostname or f"genqueue{index}@{socket.gethostname()}"
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "--pool", settings.worker_pool,
         "--concurrency", str(settings.worker_concurrency),
-        "--queues", f"{QUEUE_NAME},{CELERY_DEFAULT_QUEUE}",
+        "--queues", ",".join(queues),
         "--hostname", name,
         "--task-events",
         "--without-gossip", "--without-mingle",
@@ -46,8 +65,11 @@ def process_count(settings: Settings) -> int:
 class WorkerSupervisor:
     """Starts the worker processes, restarts any that die, stops them all on a signal."""
 
-    def __init__(self, settings: Settings, hostname: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, queues: list[str], hostname: str | None = None
+    ) -> None:
         self._settings = settings
+        self._queues = queues
         self._hostname = hostname
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
@@ -56,7 +78,8 @@ class WorkerSupervisor:
         name = None
         if self._hostname:
             name = self._hostname if index == 0 else f"{index}-{self._hostname}"
-        self._children[index] = subprocess.Popen(worker_argv(self._settings, index, name))
+        argv = worker_argv(self._settings, index, self._queues, name)
+        self._children[index] = subprocess.Popen(argv)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = True

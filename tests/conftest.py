@@ -142,7 +142,9 @@ def start_worker(tmp_path: Path) -> Iterator[Any]:
     started: list[WorkerProcess] = []
     counter = itertools.count()
 
-    def start(redis_url: str, endpoint_url: str, **settings: Any) -> WorkerProcess:
+    def start(
+        redis_url: str, endpoint_url: str, worker_args: tuple[str, ...] = (), **settings: Any
+    ) -> WorkerProcess:
         index = next(counter)
         log_path = tmp_path / f"worker{index}.log"
         with log_path.open("wb") as log_file:
@@ -154,6 +156,7 @@ def start_worker(tmp_path: Path) -> Iterator[Any]:
                     "worker",
                     "--hostname",
                     f"w{index}-{os.getpid()}@test",
+                    *worker_args,
                 ],
                 cwd=tmp_path,
                 env=worker_env(redis_url, endpoint_url, **settings),

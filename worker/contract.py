@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 TASK_NAME = "genqueue.generate"
+ENDPOINT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 #: The queue genqueue's own producers use. Workers also consume Celery's default queue
 #: ``celery`` so that a plain ``send_task("genqueue.generate", ...)`` is served.
 QUEUE_NAME = "genqueue"
@@ -88,9 +89,14 @@ class GenerationRequest(BaseModel):
     prompt: str | None = Field(default=None, max_length=PROMPT_MAX_CHARS)
     messages: list[Message] | None = Field(default=None, min_length=1, max_length=MESSAGES_MAX)
     system: str | None = Field(default=None, max_length=PROMPT_MAX_CHARS)
+    #: ``chatml`` unless the request, or else its endpoint, names another.
     template: str = Field(
         default="chatml", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
     )
+    #: A configured endpoint's name; the default endpoint when omitted.
+    endpoint: str | None = Field(default=None, pattern=ENDPOINT_NAME_PATTERN)
+    #: Send ``messages`` to the endpoint's chat route as they are (its own chat template).
+    chat: bool = False
     params: GenerationParams = Field(default_factory=GenerationParams)
     priority: int = Field(default=PRIORITY_DEFAULT, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     metadata: dict[str, JsonValue] | None = None
@@ -137,8 +143,9 @@ class GenerationRequest(BaseModel):
         return value
 
     def to_payload(self) -> dict[str, Any]:
-        """The ``request`` kwarg of a ``genqueue.generate`` message."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The ``request`` kwarg of a ``genqueue.generate`` message (fields left unset stay
+        unset, so the worker can tell a chosen template from the default)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude_unset=True)
 
 
 class Usage(BaseModel):
@@ -155,6 +162,9 @@ class GenerationResult(BaseModel):
     model: str | None
     usage: Usage
     latency_ms: int
+    #: The endpoint that served it, and every endpoint tried, in order (fallbacks).
+    endpoint: str | None = None
+    endpoints_tried: list[str] | None = None
 
 
 class ErrorInfo(BaseModel):

@@ -40,6 +40,8 @@ class EndpointConfig:
     """Where and how to call the endpoint. Built from the settings."""
 
     completions_url: str
+    #: Where ``messages`` go as they are (chat mode): ``/v1/chat/completions``.
+    chat_url: str | None = None
     api_key: str | None = None
     model: str | None = None
     connect_timeout_s: float = 5.0
@@ -47,8 +49,13 @@ class EndpointConfig:
     pool_size: int = 10
 
 
+class _Message(BaseModel):
+    content: str
+
+
 class _Choice(BaseModel):
-    text: str
+    text: str | None = None
+    message: _Message | None = None
     finish_reason: str | None = None
 
 
@@ -76,12 +83,6 @@ class CompletionClient:
     def close(self) -> None:
         self._session.close()
 
-    def build_body(self, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
-        body: dict[str, Any] = {**params, "prompt": prompt}
-        if self._config.model:
-            body["model"] = self._config.model
-        return body
-
     def complete(
         self, prompt: str, params: dict[str, Any], read_timeout_s: float | None = None
     ) -> GenerationResult:
@@ -89,14 +90,35 @@ class CompletionClient:
 
         ``read_timeout_s`` shortens the configured read timeout (a request's deadline).
         """
+        body: dict[str, Any] = {**params, "prompt": prompt}
+        return self._post(self._config.completions_url, body, read_timeout_s)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        read_timeout_s: float | None = None,
+    ) -> GenerationResult:
+        """POST ``messages`` as they are to the chat route: the server applies its template."""
+        url = self._config.chat_url
+        if url is None:
+            raise PermanentEndpointError("this endpoint has no chat route")
+        body: dict[str, Any] = {**params, "messages": messages}
+        return self._post(url, body, read_timeout_s)
+
+    def _post(
+        self, url: str, body: dict[str, Any], read_timeout_s: float | None
+    ) -> GenerationResult:
+        if self._config.model:
+            body["model"] = self._config.model
         read_s = self._config.read_timeout_s
         if read_timeout_s is not None:
             read_s = min(read_s, read_timeout_s)
         started = time.perf_counter()
         try:
             response = self._session.post(
-                self._config.completions_url,
-                data=json.dumps(self.build_body(prompt, params)),
+                url,
+                data=json.dumps(body),
                 timeout=(self._config.connect_timeout_s, read_s),
                 allow_redirects=False,
             )
@@ -196,9 +218,14 @@ def parse_completion(text: str, latency_ms: int) -> GenerationResult:
     if not completion.choices:
         raise InvalidEndpointResponse("endpoint answered 200 with no choices")
     choice = completion.choices[0]
+    output = choice.message.content if choice.message is not None else choice.text
+    if output is None:
+        raise InvalidEndpointResponse(
+            "endpoint answered 200 but the body is not a completion: a choice has no text"
+        )
     usage = completion.usage or Usage()
     return GenerationResult(
-        text=choice.text,
+        text=output,
         finish_reason=choice.finish_reason,
         model=completion.model,
         usage=usage,

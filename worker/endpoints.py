@@ -33,12 +33,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.settings import POD_PROXY_TIMEOUT_S, Settings, env_name
 
 DEFAULT_ENDPOINT = "default"
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+NAME_PATTERN = ENDPOINT_NAME_PATTERN
 
 EndpointKind = Literal["textgen", "openai", "runpod-serverless"]
 
@@ -88,9 +89,13 @@ class EndpointSpec(BaseModel):
 
     @property
     def completions_url(self) -> str:
-        """Where a completion (or chat completion) goes, for the textgen and openai kinds."""
+        """Where this endpoint's generations go (the chat route in chat mode)."""
+        return self.url_for(chat=self.chat)
+
+    def url_for(self, *, chat: bool) -> str:
+        """The completions or chat completions URL, for the textgen and openai kinds."""
         base = self.base_url
-        path = "chat/completions" if self.chat else "completions"
+        path = "chat/completions" if chat else "completions"
         if self.kind == "openai":
             return f"{base}/{path}"
         return f"{base.removesuffix('/v1')}/v1/{path}"

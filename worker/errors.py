@@ -10,7 +10,8 @@ The tree::
     │   ├── RetryableEndpointError     worth another attempt later
     │   │   ├── EndpointTimeout
     │   │   ├── EndpointUnreachable    connection refused, reset, DNS
-    │   │   └── CircuitOpenError       the breaker holds calls back (no attempt spent)
+    │   │   ├── CircuitOpenError       the breaker holds calls back (no attempt spent)
+    │   │   └── JobPending             a serverless job is still queued or running
     │   └── PermanentEndpointError     another attempt would get the same answer
     │       └── InvalidEndpointResponse  a 2xx whose body is not the expected JSON
     ├── RetriesExhausted               attempts or deadline spent on retryable errors
@@ -86,6 +87,12 @@ class EndpointUnreachable(RetryableEndpointError):
     """Raised when the connection to the endpoint failed or was reset."""
 
     error_type = "endpoint_unreachable"
+
+
+class JobPending(RetryableEndpointError):
+    """Raised while a serverless job waits in RunPod's queue or runs (polled, no attempt)."""
+
+    error_type = "job_pending"
 
 
 class CircuitOpenError(RetryableEndpointError):

@@ -23,34 +23,41 @@ from worker import events, keys, records
 from worker.backoff import RetryPolicy, compute_delay_s
 from worker.contract import GenerationRequest, GenerationResult
 from worker.deadletter import DeadLetters
-from worker.endpoint import CompletionClient
+from worker.endpoints import Endpoints, queue_for
 from worker.errors import (
     CircuitOpenError,
     DeadlineExpired,
     GenQueueError,
+    InvalidEndpointResponse,
     InvalidRequest,
+    JobPending,
     PermanentEndpointError,
     PoisonTask,
     RetriesExhausted,
     RetryableEndpointError,
     TaskCancelled,
 )
-from worker.guard import CircuitOpen, EndpointGuard, Outcome
+from worker.guard import CircuitOpen, Outcome
 from worker.liveness import RunningTasks
-from worker.observe import TaskObserver, seconds_since
-from worker.prompts import PromptRenderer
+from worker.observe import CURRENT_ENDPOINT, TaskObserver, seconds_since
+from worker.prompts import PromptRenderer, as_messages
+from worker.serverless import FAILED_STATES, PENDING_STATES, Job, job_input, result_from
+from worker.serverless import failure as job_failure
+from worker.targets import EndpointTarget
 
 log = logging.getLogger("genqueue.task")
 
 #: Returned when another live worker runs the same task: this copy is dropped.
 DUPLICATE = "duplicate"
 
-# KEYS: running claim, record. ARGV: token, claim ttl ms, now (s).
-# Claims the task and counts the attempt; 0 if another worker holds the claim.
+# KEYS: running claim, record. ARGV: token, claim ttl ms, now (s), endpoint.
+# Claims the task and counts the attempt, in all and on the endpoint: {all, on endpoint};
+# 0 if another worker holds the claim.
 _START_ATTEMPT = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('HSETNX', KEYS[2], 'first_attempt_at', ARGV[3])
-return redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+local all = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+return {all, redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[4], 1)}
 """
 
 
@@ -63,6 +70,8 @@ class RetryLater:
     attempt: int
     #: How long the failed endpoint call took (``None``: no call was made).
     latency_ms: int | None = None
+    #: The queue to go back to, when the task moves to a fallback endpoint.
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,41 @@ class _Progress:
     first_attempt_at: float | None
     cancel_requested: bool
     stored_result: GenerationResult | None
+    #: The endpoint the task moved to (fallback), and those it left, in order.
+    endpoint: str | None = None
+    tried: tuple[str, ...] = ()
+    #: A serverless job the task waits for, and how often it was polled.
+    job_id: str | None = None
+    polls: int = 0
+
+
+_PROGRESS_FIELDS = (
+    records.F_ATTEMPTS,
+    records.F_FIRST_ATTEMPT,
+    records.F_CANCEL,
+    records.F_ENDPOINT,
+    records.F_TRIED,
+    records.F_JOB,
+    records.F_POLLS,
+)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What goes to the endpoint: a rendered prompt, or messages as they are (chat)."""
+
+    prompt: str | None
+    messages: list[dict[str, str]] | None
+    params: dict[str, Any]
+
+
+def _poll_delay_s(polls: int) -> float:
+    """Polls of a serverless job: 0.5 s, then doubling, at most every 10 s."""
+    return float(min(10.0, 0.5 * 2 ** min(polls, 10)))
+
+
+def _message_dicts(request: GenerationRequest) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in as_messages(request)]
 
 
 @dataclass(frozen=True)
@@ -96,8 +140,8 @@ class Generation:
 
     :param redis_client: for task records (never the endpoint's secrets).
     :param renderer: prompt templates.
-    :param client: the endpoint client.
-    :param guard: the shared concurrency cap and circuit breaker of the endpoint.
+    :param endpoints: the configured endpoints (names, default, fallback chains).
+    :param targets: each endpoint's client and guard (its shared cap and circuit breaker).
     :param running: this process's running claims and cancellable calls.
     :param dead_letters: where poison tasks go.
     :param policy: attempts, backoff, deadline, retention, deliveries.
@@ -109,8 +153,8 @@ class Generation:
         *,
         redis_client: redis.Redis,
         renderer: PromptRenderer,
-        client: CompletionClient,
-        guard: EndpointGuard,
+        endpoints: Endpoints,
+        targets: dict[str, EndpointTarget],
         running: RunningTasks,
         dead_letters: DeadLetters,
         policy: GenerationPolicy,
@@ -118,8 +162,8 @@ class Generation:
     ) -> None:
         self._redis = redis_client
         self._renderer = renderer
-        self._client = client
-        self._guard = guard
+        self._endpoints = endpoints
+        self._targets = targets
         self._running = running
         self._dead_letters = dead_letters
         self._policy = policy
@@ -135,6 +179,7 @@ class Generation:
         ``delivery_round`` tells apart the messages of one task (Celery's retry count), so that
         the deliveries of each message are counted.
         """
+        CURRENT_ENDPOINT.set(None)
         with self._observe.running():
             return self._run(task_id, delivery_round, args, kwargs)
 
@@ -178,7 +223,14 @@ class Generation:
         if progress.stored_result is not None:
             log.info("task %s already has a result; not calling the endpoint again", task_id)
             return progress.stored_result
+        name = progress.endpoint or request.endpoint or self._endpoints.default
+        CURRENT_ENDPOINT.set(name)
+        target = self._targets.get(name)
+        if target is None:
+            known = ", ".join(self._endpoints.names)
+            raise InvalidRequest(f"unknown endpoint {name!r} (configured: {known})")
         if progress.cancel_requested:
+            self._cancel_job(target, progress)
             raise TaskCancelled("the task was cancelled before it ran")
         if progress.deliveries > self._policy.max_deliveries:
             raise PoisonTask(
@@ -186,45 +238,74 @@ class Generation:
                 "(killed or crashed each time); moved to the dead-letter list"
             )
         self._time_left(request)
-        prompt = self._renderer.render(request)
-        params = request.params.model_dump(mode="json", exclude_none=True)
         try:
-            with self._guard.slot() as slot:
-                return self._call(task_id, request, prompt, params, progress, slot)
+            outcome = self._on_endpoint(task_id, request, target, progress)
+        except RetriesExhausted as err:
+            moved = self._fall_back(task_id, request, name, progress, err)
+            if moved is None:
+                raise
+            return moved
+        if isinstance(outcome, GenerationResult):
+            tried = [*progress.tried, name]
+            return outcome.model_copy(update={"endpoint": name, "endpoints_tried": tried})
+        return outcome
+
+    def _on_endpoint(
+        self,
+        task_id: str,
+        request: GenerationRequest,
+        target: EndpointTarget,
+        progress: _Progress,
+    ) -> GenerationResult | RetryLater | str:
+        spec = target.spec
+        chat = request.chat or spec.chat
+        template = request.template if "template" in request.model_fields_set else spec.template
+        call = _Call(
+            prompt=None if chat else self._renderer.render(request, template),
+            messages=[dict(m) for m in _message_dicts(request)] if chat else None,
+            params=request.params.model_dump(mode="json", exclude_none=True),
+        )
+        if spec.kind == "runpod-serverless" and progress.job_id is not None:
+            return self._poll_job(task_id, request, target, progress)
+        try:
+            with target.guard.slot() as slot:
+                return self._call(task_id, request, target, call, progress, slot)
         except CircuitOpen as err:
             error = CircuitOpenError(str(err), retry_after_s=err.retry_in_s)
+            moved = self._fall_back(task_id, request, spec.name, progress, error)
+            if moved is not None:
+                return moved
             return self._later(request, error, progress.attempts, err.retry_in_s + 0.1)
 
     def _call(
         self,
         task_id: str,
         request: GenerationRequest,
-        prompt: str,
-        params: dict[str, Any],
+        target: EndpointTarget,
+        call: _Call,
         progress: _Progress,
         slot: Any,
     ) -> GenerationResult | RetryLater | str:
         read_timeout_s = self._time_left(request)  # the wait for a slot may have spent it
         token = uuid.uuid4().hex
-        attempt = int(
-            self._start_attempt(
-                keys=[keys.running(task_id), keys.task_record(task_id)],
-                args=[token, self._running.claim_ttl_ms, repr(time.time())],
-            )
+        claimed = self._start_attempt(
+            keys=[keys.running(task_id), keys.task_record(task_id)],
+            args=[token, self._running.claim_ttl_ms, repr(time.time()), target.spec.name],
         )
-        if attempt == 0:
+        if not claimed:
             return DUPLICATE
+        attempt, on_endpoint = (int(n) for n in claimed)
         self._running.hold(task_id, token)
-        self._observe.started(task_id, attempt, prompt)
+        self._observe.started(task_id, attempt, call.prompt or "")
         started = time.perf_counter()
         try:
             with self._running.cancellable(task_id):
-                result = self._client.complete(prompt, params, read_timeout_s=read_timeout_s)
+                result = self._send(task_id, target, call, read_timeout_s)
         except RetryableEndpointError as err:
             slot.outcome = Outcome.FAILURE
             latency_s = self._called(started)
-            later = self._retry_or_give_up(request, err, attempt, progress.first_attempt_at)
-            return replace(later, latency_ms=int(latency_s * 1000))
+            later = self._retry_or_give_up(request, err, on_endpoint, progress.first_attempt_at)
+            return replace(later, attempt=attempt, latency_ms=int(latency_s * 1000))
         except PermanentEndpointError:
             slot.outcome = Outcome.OK  # the endpoint is up; it refused this request
             self._called(started)
@@ -233,7 +314,98 @@ class Generation:
             self._running.release(task_id)
         self._called(started)
         slot.outcome = Outcome.OK
+        if isinstance(result, Job):
+            return self._job_outcome(task_id, request, target, result, polls=0, attempt=attempt)
         return result
+
+    def _send(
+        self, task_id: str, target: EndpointTarget, call: _Call, read_timeout_s: float | None
+    ) -> GenerationResult | Job:
+        if target.serverless is not None:
+            body = job_input(call.prompt, call.messages, call.params)
+            if target.spec.mode == "runsync":
+                job = target.serverless.run_sync(body)
+            else:
+                job = target.serverless.submit(body)
+            self._redis.hset(
+                keys.task_record(task_id),
+                mapping={records.F_JOB: job.job_id, records.F_JOB_AT: repr(time.time())},
+            )
+            return job
+        assert target.client is not None
+        if call.messages is not None:
+            return target.client.chat(call.messages, call.params, read_timeout_s)
+        return target.client.complete(call.prompt or "", call.params, read_timeout_s)
+
+    def _poll_job(
+        self, task_id: str, request: GenerationRequest, target: EndpointTarget, progress: _Progress
+    ) -> GenerationResult | RetryLater:
+        assert target.serverless is not None and progress.job_id is not None
+        try:
+            job = target.serverless.status(progress.job_id)
+        except RetryableEndpointError as err:
+            return self._later(request, err, progress.attempts, _poll_delay_s(progress.polls))
+        return self._job_outcome(
+            task_id, request, target, job, polls=progress.polls, attempt=progress.attempts
+        )
+
+    def _job_outcome(
+        self,
+        task_id: str,
+        request: GenerationRequest,
+        target: EndpointTarget,
+        job: Job,
+        polls: int,
+        attempt: int,
+    ) -> GenerationResult | RetryLater:
+        """A serverless job's state as a result, a poll later, or a final error."""
+        if job.state == "COMPLETED":
+            submitted = self._redis.hget(keys.task_record(task_id), records.F_JOB_AT)
+            latency_s = time.time() - float(submitted) if submitted else 0.0
+            return result_from(job, int(latency_s * 1000))
+        if job.state in PENDING_STATES:
+            self._redis.hincrby(keys.task_record(task_id), records.F_POLLS, 1)
+            pending = JobPending(f"serverless job {job.job_id} is {job.state}")
+            return self._later(request, pending, attempt, _poll_delay_s(polls))
+        if job.state == "CANCELLED":
+            raise TaskCancelled(f"serverless job {job.job_id} was cancelled")
+        if job.state in FAILED_STATES:
+            raise job_failure(job)
+        raise InvalidEndpointResponse(
+            f"serverless job {job.job_id} is in unknown state {job.state}"
+        )
+
+    def _cancel_job(self, target: EndpointTarget, progress: _Progress) -> None:
+        if target.serverless is None or progress.job_id is None:
+            return
+        try:
+            target.serverless.cancel(progress.job_id)
+        except GenQueueError as err:
+            log.warning("could not cancel serverless job %s: %s", progress.job_id, err)
+
+    def _fall_back(
+        self,
+        task_id: str,
+        request: GenerationRequest,
+        name: str,
+        progress: _Progress,
+        err: GenQueueError,
+    ) -> RetryLater | None:
+        """Move the task to the next endpoint of its chain, if one is left."""
+        tried = [*progress.tried, name]
+        chain = self._endpoints.chain(request.endpoint)
+        following = next((n for n in chain if n not in tried), None)
+        if following is None:
+            return None
+        self._redis.hset(
+            keys.task_record(task_id),
+            mapping={records.F_ENDPOINT: following, records.F_TRIED: ",".join(tried)},
+        )
+        log.info("task %s moves from endpoint %s to %s: %s", task_id, name, following, err)
+        error = RetryableEndpointError(f"endpoint {name} gave up ({err}); trying {following}")
+        return RetryLater(
+            delay_s=0.0, error=error, attempt=progress.attempts, queue=queue_for(following)
+        )
 
     def _called(self, started: float) -> float:
         latency_s = time.perf_counter() - started
@@ -284,16 +456,23 @@ class Generation:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hsetnx(key, records.F_CREATED, records.utcnow_iso())
         pipe.hincrby(key, f"{records.F_DELIVERIES}:{delivery_round}", 1)
-        pipe.hmget(key, records.F_ATTEMPTS, records.F_FIRST_ATTEMPT, records.F_CANCEL)
+        pipe.hmget(key, *_PROGRESS_FIELDS)
         pipe.expire(key, self._policy.record_ttl_s)
         pipe.get(keys.celery_result(task_id))
-        _, deliveries, (attempts, first, cancel), _, meta = pipe.execute()
+        _, deliveries, fields, _, meta = pipe.execute()
+        attempts, first, cancel, endpoint, tried, job_id, polls = (
+            value.decode() if value is not None else None for value in fields
+        )
         return _Progress(
             attempts=int(attempts or 0),
             deliveries=int(deliveries),
             first_attempt_at=float(first) if first else None,
             cancel_requested=bool(cancel),
             stored_result=_stored_result(meta),
+            endpoint=endpoint,
+            tried=tuple(tried.split(",")) if tried else (),
+            job_id=job_id,
+            polls=int(polls or 0),
         )
 
     def _finish(self, task_id: str, error: GenQueueError | None) -> _Finished:

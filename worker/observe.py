@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -139,6 +140,10 @@ def _logfmt(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+#: The endpoint the current task is being served by, for the log lines.
+CURRENT_ENDPOINT: ContextVar[str | None] = ContextVar("genqueue_endpoint", default=None)
+
+
 class TaskObserver:
     """Counts and logs the state changes of tasks.
 
@@ -175,7 +180,7 @@ class TaskObserver:
     def _line(self, event: str, outcome: str, task_id: str, attempt: int, **fields: Any) -> None:
         if log.isEnabledFor(logging.INFO):
             line = {"event": event, "task_id": task_id, "attempt": attempt}
-            line["endpoint"] = self._endpoint
+            line["endpoint"] = self._endpoint or CURRENT_ENDPOINT.get()
             line.update(fields)
             line["outcome"] = outcome
             log.info("%s", TaskLine(line), extra={"genqueue": line})

@@ -120,12 +120,16 @@ class PromptRenderer:
     def names(self) -> list[str]:
         return sorted(self._templates)
 
-    def render(self, request: GenerationRequest) -> str:
-        """The prompt text to send for ``request``; :class:`TemplateError` if it cannot be."""
-        template = self._templates.get(request.template)
+    def render(self, request: GenerationRequest, template_name: str | None = None) -> str:
+        """The prompt text to send for ``request``; :class:`TemplateError` if it cannot be.
+
+        ``template_name`` overrides the request's template (an endpoint's default).
+        """
+        name = template_name or request.template
+        template = self._templates.get(name)
         if template is None:
             known = ", ".join(self.names)
-            raise TemplateError(f"unknown template {request.template!r} (known: {known})")
+            raise TemplateError(f"unknown template {name!r} (known: {known})")
         messages = as_messages(request)
         system = next((m.content for m in messages if m.role == "system"), None)
         turns = [_as_dict(m) for m in messages if m.role != "system"]
@@ -137,9 +141,9 @@ class PromptRenderer:
                 prompt=request.prompt,
             )
         except jinja2.TemplateError as err:
-            raise TemplateError(f"template {request.template!r} failed: {err}") from err
+            raise TemplateError(f"template {name!r} failed: {err}") from err
         except (ArithmeticError, MemoryError, RecursionError, ValueError) as err:
-            raise TemplateError(f"template {request.template!r} failed: {err!r}") from err
+            raise TemplateError(f"template {name!r} failed: {err!r}") from err
 
 
 def as_messages(request: GenerationRequest) -> Sequence[Message]:

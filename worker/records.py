@@ -32,6 +32,13 @@ F_FIRST_ATTEMPT = "first_attempt_at"
 F_FINISHED = "finished_at"
 F_ERROR = "error"
 F_CANCEL = "cancel_requested"
+#: The endpoint a task moved to (fallback) and the ones it left, comma-separated.
+F_ENDPOINT = "endpoint"
+F_TRIED = "endpoints_tried"
+#: A serverless job: its id, when it was submitted, how often it was polled.
+F_JOB = "job_id"
+F_JOB_AT = "job_submitted_at"
+F_POLLS = "polls"
 #: Prefix of the per-message delivery counters (``deliveries:<retry round>``).
 F_DELIVERIES = "deliveries"
 
@@ -64,6 +71,8 @@ def status_from(
     state = CELERY_STATES.get(celery_state, TaskState.QUEUED)
     if state is TaskState.QUEUED and record.get(F_CANCEL):
         state = TaskState.CANCELLED
+    if state is TaskState.RETRYING and record.get(F_JOB) and not record.get(F_FINISHED):
+        state = TaskState.RUNNING  # polling its serverless job, not failing
     result = None
     error = None
     if state is TaskState.SUCCEEDED and isinstance(meta.get("result"), dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -12,14 +11,14 @@ import redis
 from worker import connections
 from worker.backoff import RetryPolicy
 from worker.deadletter import DeadLetters
-from worker.endpoint import CompletionClient, EndpointConfig
+from worker.endpoints import load_endpoints
 from worker.errors import SettingsError
 from worker.generation import Generation, GenerationPolicy
-from worker.guard import EndpointGuard, GuardPolicy
 from worker.liveness import RunningTasks
 from worker.observe import TaskObserver, process_metrics
 from worker.prompts import PromptRenderer
 from worker.settings import Settings, env_name
+from worker.targets import EndpointTarget, build_target
 from worker.webhooks import WebhookSender, policy_from
 
 #: Connections beyond the task concurrency, for the heartbeat and bookkeeping.
@@ -31,8 +30,7 @@ LEASE_TTL_S = 30.0
 @dataclass
 class WorkerRuntime:
     redis: redis.Redis
-    client: CompletionClient
-    guard: EndpointGuard
+    targets: dict[str, EndpointTarget]
     running: RunningTasks
     generation: Generation
     webhooks: WebhookSender | None = None
@@ -40,9 +38,9 @@ class WorkerRuntime:
     def close(self) -> None:
         if self.webhooks is not None:
             self.webhooks.close()
-        self.guard.close()
+        for target in self.targets.values():
+            target.close()
         self.running.close()
-        self.client.close()
         self.redis.close()
 
 
@@ -53,46 +51,26 @@ def redis_client(settings: Settings, max_connections: int) -> redis.Redis:
     )
 
 
-def endpoint_id(completions_url: str) -> str:
-    """A short, stable name for the endpoint: the lease key must not reveal its URL."""
-    return hashlib.sha256(completions_url.encode()).hexdigest()[:16]
-
-
 def build_runtime(settings: Settings) -> WorkerRuntime:
-    url = settings.completions_url
-    if url is None:
-        raise SettingsError(f"{env_name('runpod_endpoint_url')} is not set: the worker needs it")
+    endpoints = load_endpoints(settings)
+    if endpoints is None:
+        raise SettingsError(
+            f"no endpoint: set {env_name('runpod_endpoint_url')} or {env_name('endpoints_file')}"
+        )
     concurrency = settings.worker_concurrency
     client = redis_client(settings, concurrency + SPARE_CONNECTIONS)
-    api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
-    endpoint = CompletionClient(
-        EndpointConfig(
-            completions_url=url,
-            api_key=api_key,
-            model=settings.endpoint_model,
-            connect_timeout_s=settings.endpoint_connect_timeout_s,
-            read_timeout_s=settings.endpoint_read_timeout_s,
-            pool_size=concurrency,
-        )
-    )
-    guard = EndpointGuard(
-        client,
-        endpoint_id(url),
-        GuardPolicy(
-            limit=settings.runpod_max_concurrency,
-            lease_ttl_s=LEASE_TTL_S,
-            failure_threshold=settings.breaker_failure_threshold,
-            cooldown_s=settings.breaker_cooldown_s,
-        ),
-    )
+    targets = {
+        name: build_target(spec, settings, client, concurrency, LEASE_TTL_S)
+        for name, spec in endpoints.specs.items()
+    }
     # A claim outlives its worker by less than the visibility timeout, so a redelivered task
     # of a dead worker is never taken for a duplicate.
     running = RunningTasks(client, claim_ttl_s=settings.visibility_timeout_s * 2 / 3)
     generation = Generation(
         redis_client=client,
         renderer=PromptRenderer(settings.templates_dir),
-        client=endpoint,
-        guard=guard,
+        endpoints=endpoints,
+        targets=targets,
         running=running,
         dead_letters=DeadLetters(client, settings.dead_letter_max),
         policy=GenerationPolicy(
@@ -107,9 +85,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             max_deliveries=settings.max_deliveries,
             events_maxlen=settings.events_maxlen,
         ),
-        observer=TaskObserver(
-            process_metrics(), endpoint_id=endpoint_id(url), log_prompts=settings.log_prompts
-        ),
+        observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
     )
     webhooks = WebhookSender(
         client,
@@ -117,12 +93,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         on_outcome=lambda outcome: process_metrics().webhooks.labels(outcome).inc(),
     )
     return WorkerRuntime(
-        redis=client,
-        client=endpoint,
-        guard=guard,
-        running=running,
-        generation=generation,
-        webhooks=webhooks,
+        redis=client, targets=targets, running=running, generation=generation, webhooks=webhooks
     )
 
 

@@ -74,7 +74,11 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
         _enqueue_webhook(self, self.request.id, args, kwargs)
         raise Ignore() from err
     if isinstance(outcome, RetryLater):
-        raise self.retry(countdown=outcome.delay_s, exc=outcome.error, max_retries=None)
+        # A fallback goes to the next endpoint's queue; a plain retry to the same queue.
+        options = {"queue": outcome.queue} if outcome.queue else {}
+        raise self.retry(
+            countdown=outcome.delay_s, exc=outcome.error, max_retries=None, **options
+        )
     if outcome == DUPLICATE:
         raise Ignore()
     return outcome

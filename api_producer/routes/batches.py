@@ -155,6 +155,7 @@ async def create_batch(
         max_requests=settings.batch_max_requests,
         default_priority=settings.batch_default_priority,
         templates=state.templates,
+        endpoints=state.endpoints,
     )
     body = await request.body()
     content_type = request.headers.get("content-type", "")

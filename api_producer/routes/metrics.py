@@ -17,8 +17,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
 from worker import connections
+from worker.endpoints import load_endpoints
 from worker.observe import Snapshot
-from worker.runtime import endpoint_id
 from worker.settings import Settings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -35,10 +35,14 @@ class ApiMetrics:
             "Tasks this API process accepted (replayed idempotent submissions excluded).",
             registry=self.registry,
         )
-        url = settings.completions_url
-        #: The lease and breaker keys are named by the endpoint; unknown without its URL.
-        self.endpoint_id = endpoint_id(url) if url is not None else None
-        self.max_concurrency = settings.runpod_max_concurrency
+        endpoints = load_endpoints(settings)
+        #: The default endpoint's lease and breaker (unknown when no endpoint is configured).
+        self.endpoint_id = endpoints.default if endpoints is not None else None
+        self.max_concurrency = (
+            endpoints.get(None).max_concurrency
+            if endpoints is not None
+            else settings.runpod_max_concurrency
+        )
         self.redis = connections.async_client(settings.redis_url, max_connections=8)
 
     async def aclose(self) -> None:

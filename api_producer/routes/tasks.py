@@ -196,3 +196,10 @@ def _check_template(state: StateDep, request: GenerationRequest) -> None:
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"unknown template {request.template!r} (known: {', '.join(sorted(known))})",
         )
+    endpoints = state.endpoints
+    if request.endpoint is not None and endpoints is not None and request.endpoint not in endpoints:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"unknown endpoint {request.endpoint!r} "
+            f"(configured: {', '.join(sorted(endpoints))})",
+        )

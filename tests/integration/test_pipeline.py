@@ -39,7 +39,10 @@ def test_success_through_plain_celery(redis_url, simulator, start_worker, celery
     start_worker(redis_url, simulator.url)
     result = send(celery_client)
     value = result.get(timeout=30)
-    assert set(value) == {"text", "finish_reason", "model", "usage", "latency_ms"}
+    assert set(value) == {
+        "text", "finish_reason", "model", "usage", "latency_ms", "endpoint", "endpoints_tried"
+    }  # fmt: skip
+    assert value["endpoint"] == "default" and value["endpoints_tried"] == ["default"]
     assert value["model"] == "genqueue-simulated-model"
     assert value["usage"]["completion_tokens"] == 8
     assert value["finish_reason"] == "length"

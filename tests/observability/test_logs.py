@@ -45,7 +45,7 @@ def test_json_lines_per_state_change(redis_url, simulator, start_worker, celery_
     assert [line["attempt"] for line in events] == [1, 1, 2, 2]
     assert [line["outcome"] for line in events] == ["running", "retrying", "running", "succeeded"]
     endpoint = events[0]["endpoint"]
-    assert len(endpoint) == 16 and all(line["endpoint"] == endpoint for line in events)
+    assert endpoint == "default" and all(line["endpoint"] == endpoint for line in events)
     retry, done = events[1], events[3]
     assert retry["error_type"] == "endpoint_unavailable" and "503" in retry["error"]
     assert isinstance(retry["latency_ms"], int) and retry["retry_in_s"] >= 0

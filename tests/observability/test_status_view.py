@@ -11,8 +11,6 @@ import time
 import pytest
 
 from worker import keys
-from worker.runtime import endpoint_id
-from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,7 +44,7 @@ def test_status_once(redis_url, redis_client, simulator, start_worker, celery_cl
         celery_client.send_task(
             "genqueue.generate", kwargs={"request": REQUEST}, queue="genqueue", priority=priority
         )
-    endpoint = endpoint_id(Settings(runpod_endpoint_url=simulator.url).completions_url or "")
+    endpoint = "default"  # RUNPOD_ENDPOINT_URL alone defines the endpoint "default"
     now_ms = int(time.time() * 1000)
     redis_client.zadd(keys.lease(endpoint), {"a": now_ms + 60_000, "b": now_ms + 60_000})
     redis_client.hset(keys.breaker(endpoint), mapping={"open_until": now_ms + 60_000})

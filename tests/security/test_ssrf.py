@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from tests.security.helpers import TinyServer
 from worker.contract import GenerationParams, GenerationRequest, Message
@@ -23,10 +23,20 @@ URL_WORDS = ("url", "uri", "host", "endpoint", "base", "address", "proxy", "call
 #: The one field that takes a URL, refused for private, loopback and link-local addresses
 #: before anything is enqueued: tests/observability/test_webhooks.py.
 GUARDED_URL_FIELDS = {"webhook_url"}
+#: Chooses among the endpoints an operator configured, by name (never a URL).
+NAME_FIELDS = {"endpoint"}
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:
-    return [name for name in model.model_fields if name not in GUARDED_URL_FIELDS]
+    exempt = GUARDED_URL_FIELDS | NAME_FIELDS
+    return [name for name in model.model_fields if name not in exempt]
+
+
+def test_the_endpoint_field_takes_only_a_name() -> None:
+    for value in ("http://10.0.0.5/v1", "127.0.0.1:5000", "a/b", "A", "x" * 40):
+        with pytest.raises(ValidationError):
+            GenerationRequest(prompt="hi", endpoint=value)
+    assert GenerationRequest(prompt="hi", endpoint="small-2").endpoint == "small-2"
 
 
 @pytest.mark.parametrize("model", [GenerationRequest, GenerationParams, Message])
