@@ -59,7 +59,9 @@ class EndpointSpec(BaseModel):
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     model: str | None = None
     max_concurrency: int = Field(default=1, ge=1, le=100_000)
+    #: Shared by all workers; 0 for no limit. Tokens are counted after each call.
     requests_per_minute: int = Field(default=0, ge=0)
+    tokens_per_minute: int = Field(default=0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
     read_timeout_s: float = Field(default=95.0, gt=0, lt=POD_PROXY_TIMEOUT_S)
     template: str | None = None
@@ -164,6 +166,8 @@ def load_endpoints(settings: Settings) -> Endpoints | None:
             api_key_env=env_name("runpod_api_key"),
             model=settings.endpoint_model,
             max_concurrency=settings.runpod_max_concurrency,
+            requests_per_minute=settings.endpoint_requests_per_minute,
+            tokens_per_minute=settings.endpoint_tokens_per_minute,
             connect_timeout_s=settings.endpoint_connect_timeout_s,
             read_timeout_s=settings.endpoint_read_timeout_s,
         )

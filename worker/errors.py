@@ -11,6 +11,7 @@ The tree::
     │   │   ├── EndpointTimeout
     │   │   ├── EndpointUnreachable    connection refused, reset, DNS
     │   │   ├── CircuitOpenError       the breaker holds calls back (no attempt spent)
+    │   │   ├── RateLimitedError       the per-minute limit is spent (no attempt spent)
     │   │   └── JobPending             a serverless job is still queued or running
     │   └── PermanentEndpointError     another attempt would get the same answer
     │       └── InvalidEndpointResponse  a 2xx whose body is not the expected JSON
@@ -87,6 +88,12 @@ class EndpointUnreachable(RetryableEndpointError):
     """Raised when the connection to the endpoint failed or was reset."""
 
     error_type = "endpoint_unreachable"
+
+
+class RateLimitedError(RetryableEndpointError):
+    """Raised when the endpoint's shared per-minute limit is spent (no attempt spent)."""
+
+    error_type = "rate_limited"
 
 
 class JobPending(RetryableEndpointError):

@@ -33,11 +33,12 @@ from worker.errors import (
     JobPending,
     PermanentEndpointError,
     PoisonTask,
+    RateLimitedError,
     RetriesExhausted,
     RetryableEndpointError,
     TaskCancelled,
 )
-from worker.guard import CircuitOpen, Outcome
+from worker.guard import CircuitOpen, Outcome, RateLimited
 from worker.liveness import RunningTasks
 from worker.observe import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.prompts import PromptRenderer, as_messages
@@ -270,6 +271,9 @@ class Generation:
         try:
             with target.guard.slot() as slot:
                 return self._call(task_id, request, target, call, progress, slot)
+        except RateLimited as err:
+            limited = RateLimitedError(str(err), retry_after_s=err.retry_in_s)
+            return self._later(request, limited, progress.attempts, err.retry_in_s + 0.1)
         except CircuitOpen as err:
             error = CircuitOpenError(str(err), retry_after_s=err.retry_in_s)
             moved = self._fall_back(task_id, request, spec.name, progress, error)
@@ -314,6 +318,8 @@ class Generation:
             self._running.release(task_id)
         self._called(started)
         slot.outcome = Outcome.OK
+        if isinstance(result, GenerationResult):
+            slot.tokens = result.usage.total_tokens
         if isinstance(result, Job):
             return self._job_outcome(task_id, request, target, result, polls=0, attempt=attempt)
         return result

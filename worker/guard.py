@@ -37,39 +37,56 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: lease, breaker, probe. ARGV: limit, lease ttl ms, token, cooldown ms.
-# Returns 1 (slot taken), 0 (no free slot) or -N (breaker open: retry in N ms).
+# KEYS: lease, breaker, probe, rate. ARGV: limit, lease ttl ms, token, cooldown ms,
+# requests per minute, tokens per minute (0: no limit).
+# Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit.
 _ACQUIRE = (
     _NOW_MS
     + """
 local open_until = tonumber(redis.call('HGET', KEYS[2], 'open_until') or '0')
 if open_until > now then
-  return -(open_until - now)
+  return {2, open_until - now}
+end
+local rpm, tpm = tonumber(ARGV[5]), tonumber(ARGV[6])
+if rpm > 0 or tpm > 0 then
+  local window = math.floor(now / 60000)
+  if tonumber(redis.call('HGET', KEYS[4], 'w') or '-1') ~= window then
+    redis.call('HSET', KEYS[4], 'w', window, 'r', 0, 't', 0)
+    redis.call('PEXPIRE', KEYS[4], 120000)
+  end
+  local used = redis.call('HMGET', KEYS[4], 'r', 't')
+  if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
+    return {3, (window + 1) * 60000 - now}
+  end
 end
 local probing = false
 if open_until > 0 then
   if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
-    return -1000
+    return {2, 1000}
   end
   probing = true
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   if probing then redis.call('DEL', KEYS[3]) end
-  return 0
+  return {0, 0}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return 1
+if rpm > 0 or tpm > 0 then redis.call('HINCRBY', KEYS[4], 'r', 1) end
+return {1, 0}
 """
 )
 
-# KEYS: lease, breaker, probe. ARGV: token, outcome, threshold, cooldown ms.
+# KEYS: lease, breaker, probe, rate. ARGV: token, outcome, threshold, cooldown ms, tokens used.
 # Returns 1 when this call opened the breaker.
 _RELEASE = (
     _NOW_MS
     + """
 redis.call('ZREM', KEYS[1], ARGV[1])
+if tonumber(ARGV[5]) > 0 and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 't', ARGV[5])
+end
 if ARGV[2] == 'ok' then
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2], KEYS[3]) end
   return 0
@@ -107,6 +124,14 @@ class CircuitOpen(Exception):
         self.retry_in_s = retry_in_s
 
 
+class RateLimited(Exception):
+    """Raised by :meth:`EndpointGuard.slot` when the endpoint's rate limit is spent."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s")
+        self.retry_in_s = retry_in_s
+
+
 class Outcome(Enum):
     OK = "ok"  # the endpoint answered (a 4xx too: it is up)
     FAILURE = "failure"  # a retryable failure: counts towards opening the breaker
@@ -115,9 +140,10 @@ class Outcome(Enum):
 
 @dataclass
 class Slot:
-    """A held slot; set ``outcome`` before leaving the ``with`` block."""
+    """A held slot; set ``outcome`` (and ``tokens`` used) before leaving the ``with`` block."""
 
     outcome: Outcome = Outcome.NEUTRAL
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,9 @@ class GuardPolicy:
     failure_threshold: int = 5
     cooldown_s: float = 30.0
     poll_max_s: float = 0.25
+    #: Shared per-minute limits (0: none); tokens are counted after each call.
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
 
 
 class EndpointGuard:
@@ -143,6 +172,7 @@ class EndpointGuard:
             keys.lease(endpoint_id),
             keys.breaker(endpoint_id),
             keys.breaker_probe(endpoint_id),
+            keys.rate(endpoint_id),
         ]
         self._policy = policy
         self._ttl_ms = int(policy.lease_ttl_s * 1000)
@@ -165,34 +195,39 @@ class EndpointGuard:
                 yield slot
             finally:
                 self._held.discard(token)
-                self._release(token, slot.outcome)
+                self._release(token, slot)
 
     def _wait_for_slot(self) -> str:
         token = uuid.uuid4().hex
         delay_s = 0.005
+        policy = self._policy
+        args: list[int | str] = [
+            policy.limit, self._ttl_ms, token, self._cooldown_ms,
+            policy.requests_per_minute, policy.tokens_per_minute,
+        ]  # fmt: skip
         while True:
-            answer = int(
-                self._acquire(
-                    keys=self._keys,
-                    args=[self._policy.limit, self._ttl_ms, token, self._cooldown_ms],
-                )
-            )
-            if answer == 1:
+            code, wait_ms = (int(n) for n in self._acquire(keys=self._keys, args=args))
+            if code == 1:
                 break
-            if answer < 0:
-                raise CircuitOpen(-answer / 1000)
+            if code == 2:
+                raise CircuitOpen(wait_ms / 1000)
+            if code == 3:
+                raise RateLimited(wait_ms / 1000)
             time.sleep(random.uniform(delay_s / 2, delay_s))
             delay_s = min(delay_s * 2, self._policy.poll_max_s)
         self._held.add(token)
         self._ensure_heartbeat()
         return token
 
-    def _release(self, token: str, outcome: Outcome) -> None:
+    def _release(self, token: str, slot: Slot) -> None:
         try:
             opened = self._release_script(
                 keys=self._keys,
-                args=[token, outcome.value, self._policy.failure_threshold, self._cooldown_ms],
-            )
+                args=[
+                    token, slot.outcome.value, self._policy.failure_threshold,
+                    self._cooldown_ms, slot.tokens,
+                ],
+            )  # fmt: skip
         except redis.RedisError:
             # The token lapses by itself after the lease TTL; nothing is lost.
             log.warning("could not release a concurrency lease; it expires by itself")

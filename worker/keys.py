@@ -40,6 +40,11 @@ def breaker_probe(endpoint_id: str) -> str:
     return f"{PREFIX}:breaker-probe:{endpoint_id}"
 
 
+def rate(endpoint_id: str) -> str:
+    """Hash: this minute's window and the requests and tokens spent in it. TTL: 2 minutes."""
+    return f"{PREFIX}:rate-limit:{endpoint_id}"
+
+
 def dead_letters() -> str:
     """List of dead-lettered tasks, newest first. Bounded by ``dead_letter_max``."""
     return f"{PREFIX}:dead"

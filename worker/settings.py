@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     endpoints_file: Path | None = None
     #: Sent as ``model`` in every completion request when set.
     endpoint_model: str | None = None
+    #: Shared limits of the endpoint of RUNPOD_ENDPOINT_URL, per minute (0: no limit).
+    endpoint_requests_per_minute: int = Field(default=0, ge=0)
+    endpoint_tokens_per_minute: int = Field(default=0, ge=0)
     endpoint_connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
     #: Below the pod proxy's 100 s, so genqueue gives up (and retries) before the proxy does.
     endpoint_read_timeout_s: float = Field(default=95.0, gt=0, lt=POD_PROXY_TIMEOUT_S)

@@ -57,6 +57,8 @@ def build_target(
             lease_ttl_s=lease_ttl_s,
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s,
+            requests_per_minute=spec.requests_per_minute,
+            tokens_per_minute=spec.tokens_per_minute,
         ),
     )
     target = EndpointTarget(spec=spec, guard=guard)

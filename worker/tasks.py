@@ -76,9 +76,7 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
     if isinstance(outcome, RetryLater):
         # A fallback goes to the next endpoint's queue; a plain retry to the same queue.
         options = {"queue": outcome.queue} if outcome.queue else {}
-        raise self.retry(
-            countdown=outcome.delay_s, exc=outcome.error, max_retries=None, **options
-        )
+        raise self.retry(countdown=outcome.delay_s, exc=outcome.error, max_retries=None, **options)
     if outcome == DUPLICATE:
         raise Ignore()
     return outcome

@@ -173,3 +173,23 @@ def test_every_key_expires_or_is_bounded(
             continue
         unbounded.append(name)
     assert unbounded == []
+
+
+def test_requests_per_minute_are_shared_by_all_workers(
+    redis_url, redis_client, simulator, start_worker, celery_client
+) -> None:
+    """Three calls a minute, two workers: the fourth task waits for the next minute."""
+    limits = {"GENQUEUE_ENDPOINT_REQUESTS_PER_MINUTE": 3}
+    start_worker(redis_url, simulator.url, **limits)
+    start_worker(redis_url, simulator.url, **limits)
+    if time.time() % 60 > 45:  # keep the whole test inside one minute window
+        time.sleep(61 - time.time() % 60)
+    results = [send(celery_client, f"n{i}") for i in range(4)]
+    wait_for(lambda: sum(r.ready() for r in results) == 3, 20, "three tasks")
+    time.sleep(1.5)
+    assert sum(r.ready() for r in results) == 3
+    assert simulator.stats()["calls"] == 3
+    waiting = next(r for r in results if not r.ready())
+    record = redis_client.hgetall(f"genqueue:task:{waiting.id}")
+    assert record.get(b"attempts", b"0") == b"0"  # waiting spends no attempt
+    assert redis_client.hget("genqueue:rate-limit:default", "r") == b"3"
