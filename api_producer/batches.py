@@ -327,24 +327,6 @@ def result_line(
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def revoked_meta(task_id: str) -> str:
-    """Celery's REVOKED result, as :class:`~api_producer.store.TaskStore` writes it."""
-    return json.dumps(
-        {
-            "status": "REVOKED",
-            "result": {
-                "exc_type": "TaskRevokedError",
-                "exc_message": ["cancelled"],
-                "exc_module": "celery.exceptions",
-            },
-            "traceback": None,
-            "children": [],
-            "date_done": datetime.now(UTC).isoformat(),
-            "task_id": task_id,
-        }
-    )
-
-
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
@@ -531,7 +513,7 @@ class BatchStore:
 
 
 def _store_revoked(pipe: Any, task_id: str, ttl_s: int) -> None:
-    meta = revoked_meta(task_id)
+    meta = records.revoked_meta(task_id)
     result_key = keys.celery_result(task_id)
     pipe.set(result_key, meta, ex=ttl_s)
     pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())

@@ -23,7 +23,7 @@ from worker import connections
 from worker.endpoints import load_endpoints
 from worker.errors import TemplateError
 from worker.prompts import PromptRenderer
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 
 
 def _templates(settings: Settings) -> frozenset[str] | None:
@@ -51,6 +51,11 @@ def build_state(settings: Settings) -> ApiState:
         templates=_templates(settings),
         endpoints=_endpoints(settings),
     )
+
+
+def app_from_environment() -> FastAPI:
+    """The app for settings read from the environment (each ``genqueue api`` process)."""
+    return create_app(load_settings())
 
 
 def create_app(settings: Settings) -> FastAPI:

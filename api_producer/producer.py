@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ def producer_celery(settings: Settings) -> Celery:
     return app
 
 
+def queue_of(request: GenerationRequest) -> str:
+    """A named endpoint has a queue of its own, so workers can be dedicated to it."""
+    return queue_for(request.endpoint) if request.endpoint else QUEUE_NAME
+
+
+def celery_priority(request: GenerationRequest) -> int:
+    """Celery on Redis serves 0 first; genqueue's 9 is the most urgent."""
+    return PRIORITY_MAX - request.priority
+
+
 def request_digest(payload: Any) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -70,7 +81,11 @@ def summary(request: GenerationRequest) -> str:
     """A short, secret-free argument summary for Flower."""
     text = request.prompt if request.prompt is not None else (request.messages or [])[-1].content
     shown = text if len(text) <= SUMMARY_PROMPT_CHARS else text[:SUMMARY_PROMPT_CHARS] + "..."
-    parts = {"template": request.template, "prompt": shown}
+    parts = {
+        "template": request.template,
+        "endpoint": request.endpoint or "(default)",
+        "prompt": shown,
+    }
     if request.params.max_tokens is not None:
         parts["max_tokens"] = str(request.params.max_tokens)
     return json.dumps(parts, ensure_ascii=False)
@@ -146,10 +161,8 @@ class DirectProducer:
             TASK_NAME,
             kwargs={"request": payload},
             task_id=task_id,
-            # A named endpoint has a queue of its own, so workers can be dedicated to it.
-            queue=queue_for(request.endpoint) if request.endpoint else QUEUE_NAME,
-            # Celery on Redis serves 0 first; genqueue's 9 is the most urgent.
-            priority=PRIORITY_MAX - request.priority,
+            queue=queue_of(request),
+            priority=celery_priority(request),
             argsrepr="()",
             kwargsrepr=summary(request),
             producer=producer,
@@ -176,11 +189,19 @@ class DirectProducer:
         self._send_all([task_id], [request], [request.to_payload()], None)
 
     def _store_records(self, task_ids: list[str], requests: Sequence[GenerationRequest]) -> None:
+        """The records, with what a lost message needs to be sent again (worker/reaper.py)."""
         pipe = self._redis.pipeline(transaction=True)
+        now = time.time()
         for task_id, request in zip(task_ids, requests, strict=True):
             key = keys.task_record(task_id)
-            pipe.hset(key, mapping=records.new_record(request.metadata))  # type: ignore[arg-type]
+            record = records.new_record(request.metadata)
+            record[records.F_PAYLOAD] = json.dumps(request.to_payload(), separators=(",", ":"))
+            record[records.F_QUEUE] = queue_of(request)
+            record[records.F_PRIORITY] = str(celery_priority(request))
+            pipe.hset(key, mapping=record)  # type: ignore[arg-type]
             pipe.expire(key, self._settings.result_ttl_s)
+            pipe.zadd(keys.inbox(), {task_id: now})
+        pipe.expire(keys.inbox(), self._settings.result_ttl_s)
         pipe.execute()
 
     def _withdraw(self, task_ids: list[str], sent: list[str]) -> None:
@@ -192,6 +213,7 @@ class DirectProducer:
                     pipe.hset(keys.task_record(task_id), records.F_CANCEL, "1")
                 else:
                     pipe.delete(keys.task_record(task_id))
+            pipe.zrem(keys.inbox(), *task_ids)
             pipe.execute()
         except redis.RedisError:
             pass  # Redis is gone too: the records expire by themselves.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+from typing import Any
 
 import uvicorn
 
@@ -27,12 +29,19 @@ def serve(settings: Settings, host: str, port: int) -> int:
             f"refusing to serve on {host} without GENQUEUE_API_KEYS; set keys, or "
             "GENQUEUE_API_INSECURE_NO_AUTH=true to accept anyone who can reach the port"
         )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    processes = settings.api_processes or os.cpu_count() or 1
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+    }
+    if processes == 1:
+        uvicorn.run(create_app(settings), **options)
+    else:
+        # Each process builds the app from the same environment (and .env).
+        uvicorn.run(
+            "api_producer.main:app_from_environment", factory=True, workers=processes, **options
+        )
     return 0

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
@@ -76,20 +74,7 @@ class TaskStore:
 
     async def _store_revoked(self, task_id: str) -> None:
         """Write Celery's REVOKED state, so plain Celery clients see the cancellation too."""
-        meta = json.dumps(
-            {
-                "status": "REVOKED",
-                "result": {
-                    "exc_type": "TaskRevokedError",
-                    "exc_message": ["cancelled"],
-                    "exc_module": "celery.exceptions",
-                },
-                "traceback": None,
-                "children": [],
-                "date_done": datetime.now(UTC).isoformat(),
-                "task_id": task_id,
-            }
-        )
+        meta = records.revoked_meta(task_id)
         key = keys.celery_result(task_id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(key, meta, ex=self._result_ttl_s)

@@ -56,15 +56,18 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )
 
 
-def states(client: redis.Redis, task_ids: list[str]) -> dict[bytes, int]:
-    counts: dict[bytes, int] = {}
+def settle(client: redis.Redis, pending: set[str], final: dict[str, bytes]) -> None:
+    """Move the tasks of ``pending`` that reached a final state into ``final`` (remembered, so
+    a result that later expires still counts)."""
+    ordered = list(pending)
     pipe = client.pipeline(transaction=False)
-    for task_id in task_ids:
+    for task_id in ordered:
         pipe.get(f"celery-task-meta-{task_id}")
-    for raw in pipe.execute():
+    for task_id, raw in zip(ordered, pipe.execute(), strict=True):
         state = json.loads(raw)["status"].encode() if raw else b"PENDING"
-        counts[state] = counts.get(state, 0) + 1
-    return counts
+        if state in FINAL:
+            final[task_id] = state
+            pending.discard(task_id)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         GENQUEUE_RETRY_BASE_DELAY_S="0.2",
         GENQUEUE_RETRY_MAX_DELAY_S="2",
         GENQUEUE_LOG_LEVEL="WARNING",
+        GENQUEUE_RESULT_TTL_S=str(args.result_ttl_s),
     )
     genqueue = [sys.executable, "-m", "genqueue"]
     processes = [
@@ -119,24 +123,26 @@ def _drive(
     memory_start: int,
     work: Path,
 ) -> dict[str, Any]:
-    producer = DirectProducer(Settings(redis_url=server.url))
+    producer = DirectProducer(Settings(redis_url=server.url, result_ttl_s=args.result_ttl_s))
     task_ids: list[str] = []
     for start_at in range(0, args.tasks, 500):
         size = min(500, args.tasks - start_at)
         batch = [
-            GenerationRequest(prompt=f"soak {start_at + i}", params={"max_tokens": 8})
+            GenerationRequest.model_validate(
+                {"prompt": f"soak {start_at + i}", "params": {"max_tokens": 8}}
+            )
             for i in range(size)
         ]
         task_ids += producer.submit_many(batch).task_ids
     began = time.monotonic()
     kills = 0
     next_kill = began + args.kill_every
-    counts: dict[bytes, int] = {}
+    pending: set[str] = set(task_ids)
+    final_states: dict[str, bytes] = {}
     while time.monotonic() - began < args.timeout_s:
         time.sleep(1)
-        counts = states(client, task_ids)
-        done = sum(n for state, n in counts.items() if state in FINAL)
-        if done == len(task_ids):
+        settle(client, pending, final_states)
+        if not pending:
             break
         if time.monotonic() >= next_kill:
             victims = [pid for w in workers for pid in children_of(w.pid)]
@@ -146,10 +152,17 @@ def _drive(
             next_kill = time.monotonic() + args.kill_every
     elapsed_s = time.monotonic() - began
     stats = requests.get(f"{sim}/_sim/stats", timeout=5).json()
+    counts: dict[bytes, int] = {}
+    for state in final_states.values():
+        counts[state] = counts.get(state, 0) + 1
     succeeded = counts.get(b"SUCCESS", 0)
-    final = sum(n for state, n in counts.items() if state in FINAL)
+    final = len(final_states)
     # Every successful endpoint answer beyond one per succeeded task is an extra call.
     producer.close()
+    memory_end = int(client.info("memory")["used_memory"])
+    if args.wait_expiry:
+        # Past the retention, results and records are gone: memory is back near the start.
+        time.sleep(args.result_ttl_s + 5)
     return {
         "tasks": len(task_ids),
         "lost": len(task_ids) - final,
@@ -163,8 +176,12 @@ def _drive(
         "fail_rate": args.fail_rate,
         "elapsed_s": round(elapsed_s, 1),
         "redis_used_memory_start": memory_start,
-        "redis_used_memory_end": int(client.info("memory")["used_memory"]),
-        "redis_keys_end": int(client.dbsize()),
+        "redis_used_memory_end": memory_end,
+        "result_ttl_s": args.result_ttl_s,
+        "redis_used_memory_after_retention": (
+            int(client.info("memory")["used_memory"]) if args.wait_expiry else None
+        ),
+        "redis_keys_after": int(client.dbsize()),
         "logs": str(work),
     }
 
@@ -178,6 +195,10 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=64, help="RUNPOD_MAX_CONCURRENCY")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--result-ttl-s", type=int, default=60, help="GENQUEUE_RESULT_TTL_S")
+    parser.add_argument(
+        "--wait-expiry", action="store_true", help="measure memory again after the retention"
+    )
     report = run(parser.parse_args())
     print(json.dumps(report))
     return 0 if report["lost"] == 0 else 1

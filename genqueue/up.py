@@ -164,6 +164,7 @@ def _start(stack: Stack, settings: Settings, host: str, api_port: int, flower_po
         lines.append(f"  endpoint   {settings.completions_url} (RUNPOD_ENDPOINT_URL)")
 
     env.setdefault("GENQUEUE_WORKER_PROCESSES", "1")
+    env.setdefault("GENQUEUE_API_PROCESSES", "1")
     env.setdefault("GENQUEUE_WORKER_METRICS_PORT", str(free_port()))
     api_key = _credential(env, "GENQUEUE_API_KEYS", lambda: secrets.token_urlsafe(24))
     flower_auth = _credential(

@@ -14,11 +14,12 @@ from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, celeryd_init, worker_process_shutdown
 from kombu import Queue
 
-from worker import connections
+from worker import connections, keys
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 from worker.errors import SettingsError
 from worker.liveness import Heartbeat, restorer, unacked_renewer
 from worker.observe import configure_task_logging, serve_worker_metrics
+from worker.reaper import sender, sweep
 from worker.runtime import SPARE_CONNECTIONS, close_runtimes
 from worker.settings import Settings, load_settings
 
@@ -27,6 +28,10 @@ class GenQueueCelery(Celery):
     """A Celery app that carries the settings it was built from."""
 
     genqueue_settings: Settings
+
+
+#: The lost-message sweep runs every this many heartbeats, in one worker at a time.
+REAPER_EVERY_BEATS = 6
 
 
 class DeliveryHeartbeat(bootsteps.StartStopStep):
@@ -55,8 +60,33 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
         self._client = connections.sync_client(settings.redis_url, max_connections=4)
         channel = parent.task_consumer.channel
         renew = unacked_renewer(self._client, channel)
-        self._heartbeat = Heartbeat(settings.heartbeat_interval_s, [renew, restorer(channel)])
+        queues = [queue.name for queue in parent.task_consumer.queues]
+        reap = self._reaper(parent.app, settings, queues, channel.unacked_key)
+        beats = [renew, restorer(channel), reap]
+        self._heartbeat = Heartbeat(settings.heartbeat_interval_s, beats)
         self._heartbeat.start()
+
+    def _reaper(self, app: Any, settings: Settings, queues: list[str], unacked_key: str) -> Any:
+        """A beat that, in one worker at a time, sends again the tasks whose message was lost
+        (see :mod:`worker.reaper`)."""
+        assert self._client is not None
+        client = self._client
+        interval_ms = int(settings.heartbeat_interval_s * REAPER_EVERY_BEATS * 1000)
+        send = sender(app)
+
+        def reap_lost() -> None:
+            if not client.set(keys.reaper_lock(), "1", nx=True, px=interval_ms):
+                return
+            sweep(
+                client,
+                send,
+                queues,
+                unacked_key,
+                grace_s=settings.visibility_timeout_s * 2,
+                retention_s=settings.result_ttl_s,
+            )
+
+        return reap_lost
 
     def stop(self, parent: Any) -> None:
         if self._heartbeat is not None:

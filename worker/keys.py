@@ -45,6 +45,17 @@ def rate(endpoint_id: str) -> str:
     return f"{PREFIX}:rate-limit:{endpoint_id}"
 
 
+def inbox() -> str:
+    """Sorted set of accepted task ids scored by submission (or last resend) time. Trimmed to
+    the result retention by the reaper, which removes finished tasks as it meets them."""
+    return f"{PREFIX}:inbox"
+
+
+def reaper_lock() -> str:
+    """String: held by the one worker sweeping for lost messages. TTL: the sweep interval."""
+    return f"{PREFIX}:reaper-lock"
+
+
 def dead_letters() -> str:
     """List of dead-lettered tasks, newest first. Bounded by ``dead_letter_max``."""
     return f"{PREFIX}:dead"

@@ -39,6 +39,10 @@ F_TRIED = "endpoints_tried"
 F_JOB = "job_id"
 F_JOB_AT = "job_submitted_at"
 F_POLLS = "polls"
+#: What a lost message needs to be sent again: the request, its queue, its Celery priority.
+F_PAYLOAD = "payload"
+F_QUEUE = "queue"
+F_PRIORITY = "priority"
 #: Prefix of the per-message delivery counters (``deliveries:<retry round>``).
 F_DELIVERIES = "deliveries"
 
@@ -105,3 +109,21 @@ def _error_from(record: dict[str, str], meta: dict[str, Any]) -> ErrorInfo:
         message = " ".join(str(part) for part in message)
     exc_type = exc.get("exc_type", "error") if isinstance(exc, dict) else "error"
     return ErrorInfo(type=str(exc_type), message=str(message or "the task failed"))
+
+
+def revoked_meta(task_id: str) -> str:
+    """Celery's REVOKED result meta for a task cancelled before it ran (as Celery stores it)."""
+    return json.dumps(
+        {
+            "status": "REVOKED",
+            "result": {
+                "exc_type": "TaskRevokedError",
+                "exc_message": ["cancelled"],
+                "exc_module": "celery.exceptions",
+            },
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat(),
+            "task_id": task_id,
+        }
+    )

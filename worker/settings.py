@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- the HTTP API ---------------------------------------------------------------------
+    #: Processes of ``genqueue api``; 0 means one per CPU core.
+    api_processes: int = Field(default=0, ge=0, le=64)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     api_batch_max: int = Field(default=100, ge=1, le=10_000)
     api_wait_max_s: float = Field(default=60.0, ge=0, le=600)

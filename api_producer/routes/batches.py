@@ -21,7 +21,7 @@ from api_producer.batches import (
 from api_producer.deps import CallerDep, StateDep
 from api_producer.ratelimit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
-from api_producer.routes.tasks import InvalidInput, Problem
+from api_producer.routes.tasks import ANY_ROUTE, InvalidInput, problem
 
 _T = TypeVar("_T")
 PATH = "/v1/batches"
@@ -31,25 +31,16 @@ BATCH_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 BatchId = Annotated[str, Field(pattern=BATCH_ID_PATTERN)]
 
 
-def _problem(description: str, **extra: Any) -> dict[str, Any]:
-    return {"model": Problem, "description": description, **extra}
-
-
-_ANY_ROUTE: dict[int | str, dict[str, Any]] = {
-    401: _problem("missing or invalid API key"),
-    422: {"model": InvalidInput, "description": "invalid input"},
-    503: _problem("Redis cannot be reached"),
-}
 _CREATE: dict[int | str, dict[str, Any]] = {
-    400: _problem("the body is not UTF-8 text"),
-    413: _problem("the request body is larger than GENQUEUE_BATCH_MAX_BODY_BYTES"),
-    415: _problem("the Content-Type is neither JSONL nor JSON"),
+    400: problem("the body is not UTF-8 text"),
+    413: problem("the request body is larger than GENQUEUE_BATCH_MAX_BODY_BYTES"),
+    415: problem("the Content-Type is neither JSONL nor JSON"),
     422: {
         "model": InvalidInput,
         "description": "invalid lines (each named by its number), a duplicate custom_id, "
         "more than GENQUEUE_BATCH_MAX_REQUESTS requests; nothing was enqueued",
     },
-    429: _problem(
+    429: problem(
         "over this key's GENQUEUE_API_RATE_LIMIT_PER_MINUTE; nothing was enqueued",
         headers={
             "Retry-After": {
@@ -59,7 +50,7 @@ _CREATE: dict[int | str, dict[str, Any]] = {
         },
     ),
 }
-_ONE_BATCH: dict[int | str, dict[str, Any]] = {404: _problem("no such batch")}
+_ONE_BATCH: dict[int | str, dict[str, Any]] = {404: problem("no such batch")}
 
 _JSONL_SCHEMA = {
     "type": "string",
@@ -130,7 +121,7 @@ def get_batches(request: Request) -> BatchStore:
 
 BatchesDep = Annotated[BatchStore, Depends(get_batches)]
 
-router = APIRouter(prefix=PATH, tags=["batches"], responses=_ANY_ROUTE)
+router = APIRouter(prefix=PATH, tags=["batches"], responses=ANY_ROUTE)
 
 
 @router.post(

@@ -29,21 +29,21 @@ class InvalidInput(BaseModel):
     detail: str | list[dict[str, JsonValue]]
 
 
-def _problem(description: str, **extra: Any) -> dict[str, Any]:
+def problem(description: str, **extra: Any) -> dict[str, Any]:
     return {"model": Problem, "description": description, **extra}
 
 
 # The error statuses each route may answer, so the OpenAPI document lists every one.
-_ANY_ROUTE: dict[int | str, dict[str, Any]] = {
-    401: _problem("missing or invalid API key"),
+ANY_ROUTE: dict[int | str, dict[str, Any]] = {
+    401: problem("missing or invalid API key"),
     422: {"model": InvalidInput, "description": "invalid input (unknown fields included)"},
-    503: _problem("Redis cannot be reached"),
+    503: problem("Redis cannot be reached"),
 }
 _SUBMIT: dict[int | str, dict[str, Any]] = {
-    400: _problem("the body could not be read (not UTF-8 text)"),
-    409: _problem("this Idempotency-Key was used with a different body"),
-    413: _problem("the request body is larger than GENQUEUE_API_MAX_BODY_BYTES"),
-    429: _problem(
+    400: problem("the body could not be read (not UTF-8 text)"),
+    409: problem("this Idempotency-Key was used with a different body"),
+    413: problem("the request body is larger than GENQUEUE_API_MAX_BODY_BYTES"),
+    429: problem(
         "over this key's GENQUEUE_API_RATE_LIMIT_PER_MINUTE; nothing was enqueued",
         headers={
             "Retry-After": {
@@ -53,9 +53,9 @@ _SUBMIT: dict[int | str, dict[str, Any]] = {
         },
     ),
 }
-_ONE_TASK: dict[int | str, dict[str, Any]] = {404: _problem("no such task")}
+_ONE_TASK: dict[int | str, dict[str, Any]] = {404: problem("no such task")}
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=_ANY_ROUTE)
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ANY_ROUTE)
 
 IdempotencyKey = Annotated[
     str | None,
