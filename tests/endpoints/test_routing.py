@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from api_producer.client import GenQueueClient
 from api_producer.producer import DirectProducer
 from genqueue.embedded_redis import free_port
 from genqueue.simulator import SimulatorConfig, serve_in_thread
@@ -256,3 +257,73 @@ def test_the_api_refuses_unknown_endpoints(tmp_path, redis_url, simulator) -> No
     finally:
         api.stop()
     assert os.environ.get("GENQUEUE_ENDPOINTS_FILE") is None
+
+
+@pytest.mark.timeout(240)
+def test_a_mixed_run_over_three_endpoints(
+    tmp_path, redis_url, simulator, second_simulator, runpod_server, start_worker
+) -> None:
+    """Two simulators and runpod's development server as three named endpoints, one run:
+    routing by name, chat mode, a serverless job, a 1,000-line batch across all three, then
+    fallback once the first simulator is stopped."""
+    env = endpoints_file(
+        tmp_path,
+        f"""
+default = "pod"
+[endpoints.pod]
+url = "{simulator.url}"
+max_concurrency = 64
+fallbacks = ["vllm"]
+[endpoints.vllm]
+kind = "openai"
+url = "{second_simulator.url}/v1"
+max_concurrency = 64
+[endpoints.serverless]
+kind = "runpod-serverless"
+url = "{runpod_server}"
+max_concurrency = 8
+""",
+    )
+    start_worker(
+        redis_url, "", GENQUEUE_WORKER_CONCURRENCY=200, GENQUEUE_RETRY_MAX_ATTEMPTS=2, **FAST, **env
+    )
+    api = serve_api(Settings(redis_url=redis_url, api_keys=API_KEY, **_settings_fields(env)))
+    client = GenQueueClient(api.url, api_key=API_KEY)
+    try:
+        by_name = client.wait(client.submit({"prompt": "hi", "endpoint": "vllm"}), timeout_s=30)
+        assert by_name.result is not None and by_name.result.endpoint == "vllm"
+        chat = client.submit(
+            {"messages": [{"role": "user", "content": "hello"}], "endpoint": "vllm", "chat": True}
+        )
+        assert client.wait(chat, timeout_s=30).result.model == "second-model"
+        assert "messages" in second_simulator.stats()["last_bodies"][-1]
+        job = client.wait(
+            client.submit({"prompt": "q", "endpoint": "serverless", "params": {"max_tokens": 2}}),
+            timeout_s=60,
+        )
+        assert job.result is not None and job.result.text == "w0 w1"
+
+        names = ["pod", "vllm", "serverless"]
+        lines = [
+            {"custom_id": f"c{i}", "prompt": f"p{i}", "endpoint": names[i % 3],
+             "params": {"max_tokens": 3}}
+            for i in range(1000)
+        ]  # fmt: skip
+        batch_id = client.create_batch(lines)["batch_id"]
+        deadline = time.monotonic() + 150
+        while client.get_batch(batch_id)["status"] != "completed":
+            assert time.monotonic() < deadline, client.get_batch(batch_id)
+            time.sleep(1)
+        outcomes = list(client.batch_results(batch_id))
+        assert [o["custom_id"] for o in outcomes] == [f"c{i}" for i in range(1000)]
+        assert all(o["status"] == "succeeded" for o in outcomes)
+        assert [o["result"]["endpoint"] for o in outcomes] == [names[i % 3] for i in range(1000)]
+
+        simulator.running.stop()  # the pod goes away: its tasks fall back to vllm
+        moved = client.wait(client.submit({"prompt": "after the outage"}), timeout_s=60)
+        assert moved.result is not None
+        assert moved.result.endpoint == "vllm"
+        assert moved.result.endpoints_tried == ["pod", "vllm"]
+    finally:
+        client.close()
+        api.stop()
