@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from worker.errors import SettingsError
-from worker.settings import Settings, env_name, load_settings
+from worker.settings import Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -145,14 +145,9 @@ def _run_up(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from genqueue.workers import WorkerSupervisor, worker_queues
-    from worker.endpoints import load_endpoints
+    from worker.endpoints import require_endpoints
 
-    endpoints = load_endpoints(settings)
-    if endpoints is None:
-        raise SettingsError(
-            f"no endpoint: set {env_name('runpod_endpoint_url')} or {env_name('endpoints_file')}"
-        )
-    queues = worker_queues(endpoints, only=args.endpoint)
+    queues = worker_queues(require_endpoints(settings), only=args.endpoint)
     return WorkerSupervisor(settings, queues, hostname=args.hostname).run()
 
 

@@ -178,6 +178,16 @@ def load_endpoints(settings: Settings) -> Endpoints | None:
     return Endpoints(specs, default)
 
 
+def require_endpoints(settings: Settings) -> Endpoints:
+    """The endpoints, or a :class:`SettingsError` saying how to configure one."""
+    endpoints = load_endpoints(settings)
+    if endpoints is None:
+        raise SettingsError(
+            f"no endpoint: set {env_name('runpod_endpoint_url')} or {env_name('endpoints_file')}"
+        )
+    return endpoints
+
+
 def _parse_file(path: Path) -> EndpointsFile:
     where = env_name("endpoints_file")
     try:

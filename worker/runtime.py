@@ -11,13 +11,12 @@ import redis
 from worker import connections
 from worker.backoff import RetryPolicy
 from worker.deadletter import DeadLetters
-from worker.endpoints import load_endpoints
-from worker.errors import SettingsError
+from worker.endpoints import require_endpoints
 from worker.generation import Generation, GenerationPolicy
 from worker.liveness import RunningTasks
 from worker.observe import TaskObserver, process_metrics
 from worker.prompts import PromptRenderer
-from worker.settings import Settings, env_name
+from worker.settings import Settings
 from worker.targets import EndpointTarget, build_target
 from worker.webhooks import WebhookSender, policy_from
 
@@ -52,11 +51,7 @@ def redis_client(settings: Settings, max_connections: int) -> redis.Redis:
 
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
-    endpoints = load_endpoints(settings)
-    if endpoints is None:
-        raise SettingsError(
-            f"no endpoint: set {env_name('runpod_endpoint_url')} or {env_name('endpoints_file')}"
-        )
+    endpoints = require_endpoints(settings)
     concurrency = settings.worker_concurrency
     client = redis_client(settings, concurrency + SPARE_CONNECTIONS)
     targets = {

@@ -9,24 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
+from tests.reliability.conftest import send, wait_for
 from worker.errors import PermanentEndpointError
 
 pytestmark = pytest.mark.timeout(120)
 
 FAST_RETRIES = {"GENQUEUE_RETRY_BASE_DELAY_S": 0.1, "GENQUEUE_RETRY_MAX_DELAY_S": 0.2}
-
-
-def send(client, prompt="hi", **request):
-    return client.send_task("genqueue.generate", kwargs={"request": {"prompt": prompt, **request}})
-
-
-def wait_for(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_circuit_breaker_holds_calls_back_without_spending_attempts(

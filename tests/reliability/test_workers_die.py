@@ -9,22 +9,11 @@ import time
 
 import pytest
 
+from tests.reliability.conftest import send, wait_for
+
 pytestmark = pytest.mark.timeout(150)
 
 FAST_REDELIVERY = {"GENQUEUE_VISIBILITY_TIMEOUT_S": 5, "GENQUEUE_HEARTBEAT_INTERVAL_S": 1}
-
-
-def send(client, prompt, **request):
-    return client.send_task("genqueue.generate", kwargs={"request": {"prompt": prompt, **request}})
-
-
-def wait_for(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_mid_call_with_default_settings(
