@@ -142,15 +142,16 @@ def test_every_key_expires_or_is_bounded(
     api = api_factory(redis_url)
     headers = {**auth, "Idempotency-Key": "k1"}
     ok = requests.post(f"{api.url}/v1/tasks", json={"prompt": "a"}, headers=headers, timeout=10)
+    status = requests.get(
+        f"{api.url}/v1/tasks/{ok.json()['task_id']}?wait=20", headers=auth, timeout=30
+    ).json()
+    assert status["status"] == "succeeded"
+    # One task at a time from here, so each scripted answer goes to the task it is meant for.
     simulator.script({"status": 500}, "ok")
     send(celery_client, "b").get(timeout=30)
     simulator.script({"status": 400})
     with pytest.raises(PermanentEndpointError):
         send(celery_client, "c").get(timeout=30)
-    status = requests.get(
-        f"{api.url}/v1/tasks/{ok.json()['task_id']}?wait=20", headers=auth, timeout=30
-    ).json()
-    assert status["status"] == "succeeded"
     time.sleep(0.5)
     unbounded = []
     for key in redis_client.scan_iter(count=1000):
