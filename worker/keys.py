@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from worker.contract import PRIORITY_MAX
+
 PREFIX = "genqueue"
 
 
@@ -69,6 +73,19 @@ def batch(batch_id: str) -> str:
 def batch_tasks(batch_id: str) -> str:
     """List of ``<task_id> <custom_id>`` in input order. TTL: result retention."""
     return f"{PREFIX}:batch:{batch_id}:tasks"
+
+
+#: kombu's separator between a queue's name and its priority step in the Redis list's name.
+PRIORITY_SEP = "\x06\x16"
+
+
+def queue_lists(queues: Iterable[str]) -> list[str]:
+    """Every Redis list of ``queues``: the queue itself (step 0) and each priority step."""
+    return [
+        queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}"
+        for queue in queues
+        for step in range(PRIORITY_MAX + 1)
+    ]
 
 
 #: Pub/sub channel on which the API announces cancellations of running tasks.

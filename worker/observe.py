@@ -32,7 +32,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from worker import keys
-from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME, GenerationResult
+from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME, GenerationResult
 
 TASK_LOGGER = "genqueue.task"
 log = logging.getLogger(TASK_LOGGER)
@@ -338,11 +338,7 @@ def serve_worker_metrics(port: int, host: str, nodename: str) -> int | None:
 
 def queue_keys() -> list[str]:
     """Every Redis list the workers consume: both queues, each priority step."""
-    names = []
-    for queue in (QUEUE_NAME, CELERY_DEFAULT_QUEUE):
-        names.append(queue)
-        names += [f"{queue}\x06\x16{step}" for step in range(1, PRIORITY_MAX + 1)]
-    return names
+    return keys.queue_lists((QUEUE_NAME, CELERY_DEFAULT_QUEUE))
 
 
 @dataclass(frozen=True)

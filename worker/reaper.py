@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from worker import keys, records
-from worker.contract import PRIORITY_MAX, TASK_NAME
+from worker.contract import TASK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ log = logging.getLogger(__name__)
 BATCH = 200
 _FINAL = (b'"SUCCESS"', b'"FAILURE"', b'"REVOKED"')
 _RESEND_FIELDS = (records.F_PAYLOAD, records.F_QUEUE, records.F_PRIORITY)
-
-
-def queue_keys(queues: Iterable[str], sep: str = "\x06\x16") -> list[str]:
-    """Every Redis list of ``queues``, priority sub-queues included."""
-    return [q if p == 0 else f"{q}{sep}{p}" for q in queues for p in range(PRIORITY_MAX + 1)]
 
 
 def _unacked_task_ids(client: redis.Redis, unacked_key: str) -> set[str]:
@@ -58,7 +53,7 @@ def sweep(
     now = time.time()
     client.zremrangebyscore(keys.inbox(), "-inf", now - retention_s)
     pipe = client.pipeline(transaction=False)
-    for key in queue_keys(queues):
+    for key in keys.queue_lists(queues):
         pipe.llen(key)
     if sum(pipe.execute()):
         return []  # a backlog: a waiting task is not a lost one
