@@ -6,6 +6,7 @@ environment when this module is imported.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -14,9 +15,10 @@ from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, celeryd_init, worker_process_shutdown
 from kombu import Queue
 
-from worker import connections, keys
+from worker import broker, connections, keys
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 from worker.errors import SettingsError
+from worker.event_batches import BatchedTaskEvents
 from worker.liveness import Heartbeat, restorer, unacked_renewer
 from worker.observe import configure_task_logging, serve_worker_metrics
 from worker.reaper import sender, sweep
@@ -150,6 +152,7 @@ def create_celery_app(settings: Settings) -> GenQueueCelery:
     app.genqueue_settings = settings
     app.conf.update(celery_config(settings))
     app.steps["consumer"].add(DeliveryHeartbeat)
+    app.steps["consumer"].add(BatchedTaskEvents)
     return app
 
 
@@ -167,9 +170,18 @@ def _close_runtime(**_: Any) -> None:
     close_runtimes()
 
 
+#: Celery's lines for every task received and ended, which genqueue's task log replaces
+#: (kept at DEBUG; failures are still logged as errors).
+CELERY_PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
 @after_setup_logger.connect
 def _task_log_format(**_: Any) -> None:
-    configure_task_logging(app.genqueue_settings.log_format)
+    settings = app.genqueue_settings
+    configure_task_logging(settings.log_format)
+    if settings.log_level.upper() != "DEBUG":
+        for name in CELERY_PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @celeryd_init.connect
@@ -178,4 +190,5 @@ def _serve_metrics(sender: str, instance: Any, **_: Any) -> None:
     serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host, str(sender))
 
 
+broker.install()
 app = create_celery_app(_load())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 from worker.backoff import parse_retry_after
 from worker.contract import GenerationResult, Usage
@@ -65,20 +67,51 @@ class _Completion(BaseModel):
     usage: Usage | None = None
 
 
+def endpoint_session(url: str, pool_size: int) -> requests.Session:
+    """A session for the endpoint at ``url``, its connection pool ``pool_size`` large.
+
+    The proxy variables (``HTTPS_PROXY``, ``NO_PROXY``, ...) and CA bundle variables
+    (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) are read once, here: requests would read and
+    match them again on every request (5 % of a worker's CPU per task in the profile).
+    """
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.proxies = requests.utils.get_environ_proxies(url)
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if ca_bundle:
+        session.verify = ca_bundle
+    session.trust_env = False
+    return session
+
+
 class CompletionClient:
-    """One ``requests.Session`` with a connection pool as large as the worker's concurrency."""
+    """One ``requests.Session`` with a connection pool as large as the worker's concurrency.
+
+    Requests go straight to the session's transport adapter (urllib3's pool, requests' errors):
+    the session layer above it (cookies, redirects, hooks, merging settings) cost more CPU per
+    call than the HTTP exchange itself in the profile, and genqueue uses none of it.
+    """
 
     def __init__(self, config: EndpointConfig) -> None:
         self._config = config
-        self._session = requests.Session()
-        adapter = HTTPAdapter(
-            pool_connections=1, pool_maxsize=config.pool_size, max_retries=0, pool_block=False
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._session = endpoint_session(config.completions_url, config.pool_size)
         self._session.headers["Content-Type"] = "application/json"
         if config.api_key:
             self._session.headers["Authorization"] = f"Bearer {config.api_key}"
+        self._headers = {
+            name: value if isinstance(value, str) else value.decode()
+            for name, value in self._session.headers.items()
+        }
+        verify = self._session.verify
+        self._verify: bool | str = True if verify is None else verify
+        self._adapter = self._session.get_adapter(config.completions_url)
+        self._urls = {
+            url: requests.Request("POST", url).prepare().url
+            for url in (config.completions_url, config.chat_url)
+            if url is not None
+        }
 
     def close(self) -> None:
         self._session.close()
@@ -116,12 +149,7 @@ class CompletionClient:
             read_s = min(read_s, read_timeout_s)
         started = time.perf_counter()
         try:
-            response = self._session.post(
-                url,
-                data=json.dumps(body),
-                timeout=(self._config.connect_timeout_s, read_s),
-                allow_redirects=False,
-            )
+            response = self._send(url, json.dumps(body).encode(), read_s)
         except requests.RequestException as err:
             raise classify_transport_error(err) from err
         latency_ms = int((time.perf_counter() - started) * 1000)
@@ -129,6 +157,20 @@ class CompletionClient:
         if error is not None:
             raise error
         return parse_completion(response.text, latency_ms)
+
+    def _send(self, url: str, data: bytes, read_timeout_s: float) -> requests.Response:
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = self._urls[url]
+        request.headers = CaseInsensitiveDict(self._headers)
+        request.headers["Content-Length"] = str(len(data))
+        request.body = data
+        return self._adapter.send(
+            request,
+            timeout=(self._config.connect_timeout_s, read_timeout_s),
+            verify=self._verify,
+            proxies=self._session.proxies,
+        )
 
 
 def classify_transport_error(err: requests.RequestException) -> EndpointError:

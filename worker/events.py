@@ -6,9 +6,10 @@ when it succeeded), ``finished_at`` (ISO 8601, UTC) and ``attempts``: never a pr
 output. Consumers read it with a consumer group (``XREADGROUP`` then ``XACK``) and fetch what
 they need by task id.
 
-The worker writes the entry in the same script as its final record write (:data:`FINISH`), so
-a task's end costs one round trip, and a task gets one entry: a result replayed for a
-redelivered message, or one discarded because the task was cancelled meanwhile, adds none.
+The worker writes the entry in the same script as its final record write
+(:meth:`worker.lifecycle.Lifecycle.finish`), so a task's end costs one round trip, and a task
+gets one entry: a result replayed for a redelivered message, or one discarded because the task
+was cancelled meanwhile, adds none.
 """
 
 from __future__ import annotations
@@ -20,24 +21,6 @@ from typing import Any
 import redis
 
 EVENTS_STREAM = "genqueue:events"
-
-# KEYS: task record, events stream.
-# ARGV: record ttl s, stream maxlen, task id, status, error type, finished_at, [error json].
-# Returns {cancel_requested, attempts, created_at} of the record.
-FINISH = """
-local prior = redis.call('HGET', KEYS[1], 'finished_at')
-redis.call('HSET', KEYS[1], 'finished_at', ARGV[6])
-if ARGV[7] then redis.call('HSET', KEYS[1], 'error', ARGV[7]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local found = redis.call('HMGET', KEYS[1], 'cancel_requested', 'attempts', 'created_at')
-if ARGV[4] == 'succeeded' and (found[1] or prior) then
-  return found
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
-  'task_id', ARGV[3], 'status', ARGV[4], 'error_type', ARGV[5],
-  'finished_at', ARGV[6], 'attempts', found[2] or '0')
-return found
-"""
 
 
 @dataclass(frozen=True)

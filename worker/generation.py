@@ -8,7 +8,6 @@ and ``raise``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -19,7 +18,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from worker import events, keys, records
+from worker import keys, records
 from worker.backoff import RetryPolicy, compute_delay_s
 from worker.contract import GenerationRequest, GenerationResult
 from worker.deadletter import DeadLetters
@@ -38,7 +37,8 @@ from worker.errors import (
     RetryableEndpointError,
     TaskCancelled,
 )
-from worker.guard import CircuitOpen, Outcome, RateLimited
+from worker.guard import AlreadyRunning, CircuitOpen, Claim, Outcome, RateLimited, Slot
+from worker.lifecycle import Ending, Finished, Lifecycle, Progress
 from worker.liveness import RunningTasks
 from worker.observe import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.prompts import PromptRenderer, as_messages
@@ -50,16 +50,6 @@ log = logging.getLogger("genqueue.task")
 
 #: Returned when another live worker runs the same task: this copy is dropped.
 DUPLICATE = "duplicate"
-
-# KEYS: running claim, record. ARGV: token, claim ttl ms, now (s), endpoint.
-# Claims the task and counts the attempt, in all and on the endpoint: {all, on endpoint};
-# 0 if another worker holds the claim.
-_START_ATTEMPT = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('HSETNX', KEYS[2], 'first_attempt_at', ARGV[3])
-local all = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-return {all, redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[4], 1)}
-"""
 
 
 @dataclass(frozen=True)
@@ -73,40 +63,6 @@ class RetryLater:
     latency_ms: int | None = None
     #: The queue to go back to, when the task moves to a fallback endpoint.
     queue: str | None = None
-
-
-@dataclass(frozen=True)
-class _Finished:
-    cancel_requested: bool
-    attempts: int
-    #: Seconds from the task's creation to its end, when its record knows the creation.
-    total_s: float | None
-
-
-@dataclass(frozen=True)
-class _Progress:
-    attempts: int
-    deliveries: int
-    first_attempt_at: float | None
-    cancel_requested: bool
-    stored_result: GenerationResult | None
-    #: The endpoint the task moved to (fallback), and those it left, in order.
-    endpoint: str | None = None
-    tried: tuple[str, ...] = ()
-    #: A serverless job the task waits for, and how often it was polled.
-    job_id: str | None = None
-    polls: int = 0
-
-
-_PROGRESS_FIELDS = (
-    records.F_ATTEMPTS,
-    records.F_FIRST_ATTEMPT,
-    records.F_CANCEL,
-    records.F_ENDPOINT,
-    records.F_TRIED,
-    records.F_JOB,
-    records.F_POLLS,
-)
 
 
 @dataclass(frozen=True)
@@ -168,32 +124,48 @@ class Generation:
         self._running = running
         self._dead_letters = dead_letters
         self._policy = policy
-        self._start_attempt = redis_client.register_script(_START_ATTEMPT)
-        self._finish_script = redis_client.register_script(events.FINISH)
+        self._lifecycle = Lifecycle(redis_client, policy.record_ttl_s, policy.events_maxlen)
         self._observe = observer or TaskObserver()
 
     def run(
-        self, task_id: str, delivery_round: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task_id: str,
+        delivery_round: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        hostname: str = "",
     ) -> Any:
         """A result dict, :class:`RetryLater` or :data:`DUPLICATE`; raises when final.
 
-        ``delivery_round`` tells apart the messages of one task (Celery's retry count), so that
-        the deliveries of each message are counted.
+        A result is already stored in Celery's result key when this returns. ``delivery_round``
+        tells apart the messages of one task (Celery's retry count), so that the deliveries of
+        each message are counted; ``hostname`` is the worker's name, for the ``STARTED`` state.
         """
         CURRENT_ENDPOINT.set(None)
-        with self._observe.running():
-            return self._run(task_id, delivery_round, args, kwargs)
+        try:
+            with self._observe.running():
+                return self._run(task_id, delivery_round, args, kwargs, hostname)
+        finally:
+            # Once the end is recorded the claim is gone; otherwise (a retry) it goes now.
+            self._running.release(task_id)
 
     def _run(
-        self, task_id: str, delivery_round: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task_id: str,
+        delivery_round: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        hostname: str,
     ) -> Any:
         try:
-            outcome = self._attempt(task_id, delivery_round, args, kwargs)
+            outcome = self._attempt(task_id, delivery_round, args, kwargs, hostname)
         except GenQueueError as err:
             if isinstance(err, PoisonTask):
                 self._dead_letters.add(task_id, kwargs.get("request", args), err.message)
             end = self._finish(task_id, err)
-            self._observe.failed(task_id, end.attempts, err.error_type, err.message, end.total_s)
+            self._observe.failed(
+                task_id, end.attempts, err.error_type, err.message, seconds_since(end.created_at)
+            )
             raise
         if isinstance(outcome, RetryLater):
             error = outcome.error
@@ -205,22 +177,29 @@ class Generation:
         if not isinstance(outcome, GenerationResult):
             log.info("task %s is running on another worker; dropping this copy", task_id)
             return DUPLICATE
-        end = self._finish(task_id, None)
+        result = outcome.model_dump(mode="json")
+        end = self._finish(task_id, None, result)
         if end.cancel_requested:
             cancelled = TaskCancelled("the task was cancelled while it ran; result discarded")
             end = self._finish(task_id, cancelled)
             self._observe.failed(
-                task_id, end.attempts, cancelled.error_type, cancelled.message, end.total_s
-            )
+                task_id, end.attempts, cancelled.error_type, cancelled.message,
+                seconds_since(end.created_at),
+            )  # fmt: skip
             raise cancelled
-        self._observe.succeeded(task_id, end.attempts, outcome, end.total_s)
-        return outcome.model_dump(mode="json")
+        self._observe.succeeded(task_id, end.attempts, outcome, seconds_since(end.created_at))
+        return result
 
     def _attempt(
-        self, task_id: str, delivery_round: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task_id: str,
+        delivery_round: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        hostname: str,
     ) -> GenerationResult | RetryLater | str:
         request = parse_payload(args, kwargs)
-        progress = self._begin(task_id, delivery_round)
+        progress = self._lifecycle.begin(task_id, delivery_round, hostname)
         if progress.stored_result is not None:
             log.info("task %s already has a result; not calling the endpoint again", task_id)
             return progress.stored_result
@@ -256,7 +235,7 @@ class Generation:
         task_id: str,
         request: GenerationRequest,
         target: EndpointTarget,
-        progress: _Progress,
+        progress: Progress,
     ) -> GenerationResult | RetryLater | str:
         spec = target.spec
         chat = request.chat or spec.chat
@@ -268,9 +247,15 @@ class Generation:
         )
         if spec.kind == "runpod-serverless" and progress.job_id is not None:
             return self._poll_job(task_id, request, target, progress)
+        token = uuid.uuid4().hex
+        claim = Claim(task_id, token, self._running.claim_ttl_ms, spec.name)
         try:
-            with target.guard.slot() as slot:
+            # Granted together with the slot: the task's running claim and its attempt count.
+            with target.guard.slot(claim) as slot:
+                self._running.hold(task_id, token)
                 return self._call(task_id, request, target, call, progress, slot)
+        except AlreadyRunning:
+            return DUPLICATE
         except RateLimited as err:
             limited = RateLimitedError(str(err), retry_after_s=err.retry_in_s)
             return self._later(request, limited, progress.attempts, err.retry_in_s + 0.1)
@@ -287,19 +272,11 @@ class Generation:
         request: GenerationRequest,
         target: EndpointTarget,
         call: _Call,
-        progress: _Progress,
-        slot: Any,
+        progress: Progress,
+        slot: Slot,
     ) -> GenerationResult | RetryLater | str:
         read_timeout_s = self._time_left(request)  # the wait for a slot may have spent it
-        token = uuid.uuid4().hex
-        claimed = self._start_attempt(
-            keys=[keys.running(task_id), keys.task_record(task_id)],
-            args=[token, self._running.claim_ttl_ms, repr(time.time()), target.spec.name],
-        )
-        if not claimed:
-            return DUPLICATE
-        attempt, on_endpoint = (int(n) for n in claimed)
-        self._running.hold(task_id, token)
+        attempt, on_endpoint = slot.attempt, slot.attempt_on_endpoint
         self._observe.started(task_id, attempt, call.prompt or "")
         started = time.perf_counter()
         try:
@@ -314,8 +291,6 @@ class Generation:
             slot.outcome = Outcome.OK  # the endpoint is up; it refused this request
             self._called(started)
             raise
-        finally:
-            self._running.release(task_id)
         self._called(started)
         slot.outcome = Outcome.OK
         if isinstance(result, GenerationResult):
@@ -344,7 +319,7 @@ class Generation:
         return target.client.complete(call.prompt or "", call.params, read_timeout_s)
 
     def _poll_job(
-        self, task_id: str, request: GenerationRequest, target: EndpointTarget, progress: _Progress
+        self, task_id: str, request: GenerationRequest, target: EndpointTarget, progress: Progress
     ) -> GenerationResult | RetryLater:
         assert target.serverless is not None and progress.job_id is not None
         try:
@@ -381,7 +356,7 @@ class Generation:
             f"serverless job {job.job_id} is in unknown state {job.state}"
         )
 
-    def _cancel_job(self, target: EndpointTarget, progress: _Progress) -> None:
+    def _cancel_job(self, target: EndpointTarget, progress: Progress) -> None:
         if target.serverless is None or progress.job_id is None:
             return
         try:
@@ -394,7 +369,7 @@ class Generation:
         task_id: str,
         request: GenerationRequest,
         name: str,
-        progress: _Progress,
+        progress: Progress,
         err: GenQueueError,
     ) -> RetryLater | None:
         """Move the task to the next endpoint of its chain, if one is left."""
@@ -457,52 +432,21 @@ class Generation:
             ) from err
         return self._later(request, err, attempt, delay_s)
 
-    def _begin(self, task_id: str, delivery_round: int) -> _Progress:
-        key = keys.task_record(task_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hsetnx(key, records.F_CREATED, records.utcnow_iso())
-        pipe.hincrby(key, f"{records.F_DELIVERIES}:{delivery_round}", 1)
-        pipe.hmget(key, *_PROGRESS_FIELDS)
-        pipe.expire(key, self._policy.record_ttl_s)
-        pipe.get(keys.celery_result(task_id))
-        _, deliveries, fields, _, meta = pipe.execute()
-        attempts, first, cancel, endpoint, tried, job_id, polls = (
-            value.decode() if value is not None else None for value in fields
-        )
-        return _Progress(
-            attempts=int(attempts or 0),
-            deliveries=int(deliveries),
-            first_attempt_at=float(first) if first else None,
-            cancel_requested=bool(cancel),
-            stored_result=_stored_result(meta),
-            endpoint=endpoint,
-            tried=tuple(tried.split(",")) if tried else (),
-            job_id=job_id,
-            polls=int(polls or 0),
-        )
+    def _finish(
+        self, task_id: str, error: GenQueueError | None, result: dict[str, Any] | None = None
+    ) -> Finished:
+        """Record the end (and store ``result``), release the running claim, and add the end
+        to the completion stream, in one round trip.
 
-    def _finish(self, task_id: str, error: GenQueueError | None) -> _Finished:
-        """Record the end and add it to the completion stream, in one round trip.
-
-        Says whether a cancellation was asked for meanwhile (a success is then not announced:
-        the caller finishes the task again as cancelled).
+        Says whether a cancellation was asked for meanwhile (a success is then neither stored
+        nor announced: the caller finishes the task again as cancelled).
         """
-        status, error_type = "succeeded", ""
-        args: list[Any] = [self._policy.record_ttl_s, self._policy.events_maxlen, task_id]
-        if error is not None:
+        if error is None:
+            ending = Ending("succeeded", result=result)
+        else:
             status = "cancelled" if isinstance(error, TaskCancelled) else "failed"
-            error_type = error.error_type
-        args += [status, error_type, records.utcnow_iso()]
-        if error is not None:
-            args.append(json.dumps({"type": error.error_type, "message": error.message}))
-        cancel, attempts, created_at = self._finish_script(
-            keys=[keys.task_record(task_id), events.EVENTS_STREAM], args=args
-        )
-        return _Finished(
-            cancel_requested=bool(cancel),
-            attempts=int(attempts or 0),
-            total_s=seconds_since(created_at),
-        )
+            ending = Ending(status, error_type=error.error_type, error_message=error.message)
+        return self._lifecycle.finish(task_id, ending, self._running.take(task_id))
 
 
 def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRequest:
@@ -531,15 +475,3 @@ def describe_errors(err: ValidationError) -> str:
         where = ".".join(str(p) for p in problem["loc"]) or "request"
         parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
-
-
-def _stored_result(meta: bytes | None) -> GenerationResult | None:
-    if not meta:
-        return None
-    try:
-        stored = json.loads(meta)
-    except ValueError:
-        return None
-    if stored.get("status") != "SUCCESS" or not isinstance(stored.get("result"), dict):
-        return None
-    return GenerationResult.model_validate(stored["result"])

@@ -37,9 +37,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: lease, breaker, probe, rate. ARGV: limit, lease ttl ms, token, cooldown ms,
-# requests per minute, tokens per minute (0: no limit).
-# Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit.
+# KEYS: lease, breaker, probe, rate, [running claim, task record]. ARGV: limit, lease ttl ms,
+# token, cooldown ms, requests per minute, tokens per minute (0: no limit), [claim token,
+# claim ttl ms, endpoint name].
+# Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
+# 4 the task is claimed by another worker. With a claim, code 1 also returns the task's
+# attempt numbers, in all and on this endpoint.
 _ACQUIRE = (
     _NOW_MS
     + """
@@ -71,10 +74,20 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   if probing then redis.call('DEL', KEYS[3]) end
   return {0, 0}
 end
+local attempts = {}
+if KEYS[5] then
+  if not redis.call('SET', KEYS[5], ARGV[7], 'NX', 'PX', ARGV[8]) then
+    if probing then redis.call('DEL', KEYS[3]) end
+    return {4, 0}
+  end
+  redis.call('HSETNX', KEYS[6], 'first_attempt_at', string.format('%.3f', now / 1000))
+  attempts[1] = redis.call('HINCRBY', KEYS[6], 'attempts', 1)
+  attempts[2] = redis.call('HINCRBY', KEYS[6], 'attempts:' .. ARGV[9], 1)
+end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 if rpm > 0 or tpm > 0 then redis.call('HINCRBY', KEYS[4], 'r', 1) end
-return {1, 0}
+return {1, 0, attempts[1], attempts[2]}
 """
 )
 
@@ -132,6 +145,10 @@ class RateLimited(Exception):
         self.retry_in_s = retry_in_s
 
 
+class AlreadyRunning(Exception):
+    """Raised by :meth:`EndpointGuard.slot` when another worker holds the task's claim."""
+
+
 class Outcome(Enum):
     OK = "ok"  # the endpoint answered (a 4xx too: it is up)
     FAILURE = "failure"  # a retryable failure: counts towards opening the breaker
@@ -144,6 +161,20 @@ class Slot:
 
     outcome: Outcome = Outcome.NEUTRAL
     tokens: int = 0
+    #: With a :class:`Claim`: the task's attempt number, in all and on this endpoint.
+    attempt: int = 0
+    attempt_on_endpoint: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task to claim as running here and whose attempt to count, in the same round trip
+    that grants the slot (the claim is ``worker.liveness``'s; see ``worker.lifecycle``)."""
+
+    task_id: str
+    token: str
+    ttl_ms: int
+    endpoint: str
 
 
 @dataclass(frozen=True)
@@ -186,33 +217,44 @@ class EndpointGuard:
         self._stopped = threading.Event()
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[Slot]:
-        """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpen` if open."""
+    def slot(self, claim: Claim | None = None) -> Iterator[Slot]:
+        """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpen` if open,
+        :class:`RateLimited` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
+        is held by another worker."""
         with self._local:
-            token = self._wait_for_slot()
             slot = Slot()
+            token = self._wait_for_slot(claim, slot)
             try:
                 yield slot
             finally:
                 self._held.discard(token)
                 self._release(token, slot)
 
-    def _wait_for_slot(self) -> str:
+    def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
         token = uuid.uuid4().hex
         delay_s = 0.005
         policy = self._policy
+        script_keys = self._keys
         args: list[int | str] = [
             policy.limit, self._ttl_ms, token, self._cooldown_ms,
             policy.requests_per_minute, policy.tokens_per_minute,
         ]  # fmt: skip
+        if claim is not None:
+            task_keys = [keys.running(claim.task_id), keys.task_record(claim.task_id)]
+            script_keys = [*script_keys, *task_keys]
+            args += [claim.token, claim.ttl_ms, claim.endpoint]
         while True:
-            code, wait_ms = (int(n) for n in self._acquire(keys=self._keys, args=args))
+            code, wait_ms, *attempts = (int(n) for n in self._acquire(keys=script_keys, args=args))
             if code == 1:
+                if attempts:
+                    slot.attempt, slot.attempt_on_endpoint = attempts
                 break
             if code == 2:
                 raise CircuitOpen(wait_ms / 1000)
             if code == 3:
                 raise RateLimited(wait_ms / 1000)
+            if code == 4:
+                raise AlreadyRunning()
             time.sleep(random.uniform(delay_s / 2, delay_s))
             delay_s = min(delay_s * 2, self._policy.poll_max_s)
         self._held.add(token)

@@ -67,6 +67,11 @@ class RunningTasks:
             self._heartbeat = Heartbeat(self.claim_ttl_ms / 3000, [self.renew])
             self._heartbeat.start()
 
+    def take(self, task_id: str) -> str | None:
+        """Stop renewing the claim of ``task_id`` and return its token, for a script that
+        releases it in Redis (:meth:`worker.lifecycle.Lifecycle.finish`)."""
+        return self._claims.pop(task_id, None)
+
     def release(self, task_id: str) -> None:
         token = self._claims.pop(task_id, None)
         if token is not None:

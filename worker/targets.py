@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-import requests
-from requests.adapters import HTTPAdapter
 
-from worker.endpoint import CompletionClient, EndpointConfig
+from worker.endpoint import CompletionClient, EndpointConfig, endpoint_session
 from worker.endpoints import EndpointSpec
 from worker.guard import EndpointGuard, GuardPolicy
 from worker.serverless import ServerlessClient
@@ -65,10 +63,7 @@ def build_target(
     api_key = _api_key(spec, settings)
     timeouts = (spec.connect_timeout_s, spec.read_timeout_s)
     if spec.kind == "runpod-serverless":
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_maxsize=pool_size, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        session = endpoint_session(spec.base_url, pool_size)
         target.serverless = ServerlessClient(session, spec.base_url, api_key, timeouts)
         return target
     target.client = CompletionClient(

@@ -45,8 +45,47 @@ def _enqueue_webhook(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
         log.warning("could not enqueue the webhook of task %s", task_id, exc_info=True)
 
 
+class _SuccessStoredByGenqueue:
+    """Celery's result backend, except that a success is already stored.
+
+    genqueue writes a task's ``STARTED`` state and its ``SUCCESS`` result into Celery's result
+    key itself, in the scripts that record the task's start and end (:mod:`worker.lifecycle`):
+    one round trip each instead of Celery's read-then-write, and the result lands together with
+    the record. Celery's own write of the success is skipped here; a chord still hears of it.
+    Everything else (retries, failures, revocations) is Celery's.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def mark_as_done(
+        self,
+        task_id: str,
+        result: Any,
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.SUCCESS,
+    ) -> None:
+        self._backend.mark_as_done(task_id, result, request, store_result=False, state=state)
+
+
 class GenerateTask(Task):
-    """``genqueue.generate``'s class: announces a stored success or failure to the webhook."""
+    """``genqueue.generate``'s class: stores its own success (see
+    :class:`_SuccessStoredByGenqueue`) and announces a stored success or failure to the
+    webhook."""
+
+    _wrapped: _SuccessStoredByGenqueue | None = None
+
+    @property
+    def backend(self) -> Any:
+        backend = self.app.backend
+        wrapped = self._wrapped
+        if wrapped is None or wrapped._backend is not backend:
+            wrapped = self._wrapped = _SuccessStoredByGenqueue(backend)
+        return wrapped
 
     def after_return(
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -63,11 +102,15 @@ class GenerateTask(Task):
     acks_late=True,
     max_retries=None,
     throws=(GenQueueError,),
+    # Written by genqueue in the same round trip as the task's record: see worker.lifecycle.
+    track_started=False,
 )
 def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
     generation = runtime_for(self.app.genqueue_settings).generation
     try:
-        outcome = generation.run(self.request.id, self.request.retries or 0, args, kwargs)
+        outcome = generation.run(
+            self.request.id, self.request.retries or 0, args, kwargs, self.request.hostname or ""
+        )
     except TaskCancelled as err:
         # Celery's own word for it, so plain Celery clients see REVOKED too.
         self.backend.mark_as_revoked(self.request.id, err.message, request=self.request)

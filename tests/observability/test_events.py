@@ -12,7 +12,8 @@ import redis
 
 from tests.observability.conftest import wait_for
 from worker import keys
-from worker.events import EVENTS_STREAM, FINISH
+from worker.events import EVENTS_STREAM
+from worker.lifecycle import Ending, Finished, Lifecycle
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,25 +74,25 @@ def test_a_consumer_group_reads_every_task_once(
         assert prompt.encode() not in b"".join(fields.values())
 
 
-def _finish(script, task_id: str, status: str, maxlen: int = 1000) -> list:
+def _finish(lifecycle: Lifecycle, task_id: str, status: str) -> Finished:
+    result = {"text": "t"} if status == "succeeded" else None
     error = "" if status == "succeeded" else status
-    args = [60, maxlen, task_id, status, error, "2026-01-01T00:00:00.000Z"]
-    if error:
-        args.append(json.dumps({"type": error, "message": "m"}))
-    return script(keys=[keys.task_record(task_id), EVENTS_STREAM], args=args)
+    ending = Ending(status, result=result, error_type=error, error_message="m")
+    return lifecycle.finish(task_id, ending, claim_token=None)
 
 
 def test_one_entry_per_task_even_when_finished_twice(redis_client):
-    script = redis_client.register_script(FINISH)
+    lifecycle = Lifecycle(redis_client, record_ttl_s=60, events_maxlen=1000)
     redis_client.hset(keys.task_record("a"), mapping={"attempts": 2, "created_at": "x"})
-    cancel, attempts, created = _finish(script, "a", "succeeded")
-    assert (cancel, attempts, created) == (None, b"2", b"x")
+    assert _finish(lifecycle, "a", "succeeded") == Finished(False, 2, "x")
+    assert json.loads(redis_client.get(keys.celery_result("a")))["result"] == {"text": "t"}
     # The same result replayed for a redelivered message: no second entry.
-    _finish(script, "a", "succeeded")
-    # Cancelled while it ran: the success is not announced, the cancellation is.
+    _finish(lifecycle, "a", "succeeded")
+    # Cancelled while it ran: the success is neither stored nor announced; the cancellation is.
     redis_client.hset(keys.task_record("b"), "cancel_requested", "1")
-    assert _finish(script, "b", "succeeded")[0] == b"1"
-    _finish(script, "b", "cancelled")
+    assert _finish(lifecycle, "b", "succeeded").cancel_requested
+    assert redis_client.get(keys.celery_result("b")) is None
+    _finish(lifecycle, "b", "cancelled")
     entries = [fields for _, fields in redis_client.xrange(EVENTS_STREAM)]
     assert [(f[b"task_id"], f[b"status"], f[b"attempts"]) for f in entries] == [
         (b"a", b"succeeded", b"2"),
@@ -101,8 +102,8 @@ def test_one_entry_per_task_even_when_finished_twice(redis_client):
 
 
 def test_the_stream_is_capped(redis_client):
-    script = redis_client.register_script(FINISH)
+    lifecycle = Lifecycle(redis_client, record_ttl_s=60, events_maxlen=100)
     for i in range(1000):
-        _finish(script, f"t{i}", "failed", maxlen=100)
+        _finish(lifecycle, f"t{i}", "failed")
     # MAXLEN ~ trims whole nodes: about the cap, never the whole history.
     assert 100 <= redis_client.xlen(EVENTS_STREAM) < 300

@@ -1,0 +1,226 @@
+"""A task's state changes in Redis: one script, one round trip, each.
+
+- :meth:`Lifecycle.begin`: a message was taken. Counts the delivery, reads the task's progress
+  and any stored result, and writes Celery's ``STARTED`` state (what ``task_track_started``
+  would write: the task sets it off and this script does it, without Celery's extra read).
+- (A slot on the endpoint was granted: the same script claims the task as running here and
+  counts the attempt; see :class:`worker.guard.Claim`.)
+- :meth:`Lifecycle.finish`: the task ended. Records the end, releases the running claim, writes
+  Celery's ``SUCCESS`` result (Celery's own write of it is skipped: see
+  :mod:`worker.tasks`) and adds the entry of the completion stream (:mod:`worker.events`).
+
+Celery's result key stays in Celery's format, so ``AsyncResult`` and Flower read it as theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worker import events, keys, records
+from worker.contract import GenerationResult
+
+# KEYS: record, Celery result. ARGV: created_at, deliveries field, record ttl s, result ttl s,
+# STARTED meta. Returns {deliveries, progress fields, result meta}.
+BEGIN = """
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
+local deliveries = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+local fields = redis.call('HMGET', KEYS[1], 'attempts', 'first_attempt_at', 'cancel_requested',
+  'endpoint', 'endpoints_tried', 'job_id', 'polls')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local meta = redis.call('GET', KEYS[2])
+local succeeded = false
+if meta then
+  local ok, stored = pcall(cjson.decode, meta)
+  succeeded = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
+end
+if not succeeded and not fields[3] then
+  redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4])
+  redis.call('PUBLISH', KEYS[2], ARGV[5])
+end
+return {deliveries, fields, meta}
+"""
+
+# KEYS: record, events stream, Celery result, running claim.
+# ARGV: record ttl s, stream maxlen, task id, status, error type, finished_at, error json or '',
+# result ttl s, SUCCESS meta or '', claim token or ''.
+# Returns {cancel_requested, attempts, created_at} of the record. A success found cancelled
+# meanwhile is neither stored nor announced (the caller finishes the task again, cancelled); a
+# task that had already finished (a replayed result) gets no second stream entry.
+FINISH = """
+local prior = redis.call('HGET', KEYS[1], 'finished_at')
+redis.call('HSET', KEYS[1], 'finished_at', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[10] ~= '' and redis.call('GET', KEYS[4]) == ARGV[10] then
+  redis.call('DEL', KEYS[4])
+end
+local found = redis.call('HMGET', KEYS[1], 'cancel_requested', 'attempts', 'created_at')
+if ARGV[4] == 'succeeded' then
+  if found[1] then return found end
+  if ARGV[9] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[9], 'EX', ARGV[8])
+    redis.call('PUBLISH', KEYS[3], ARGV[9])
+  end
+  if prior then return found end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+  'task_id', ARGV[3], 'status', ARGV[4], 'error_type', ARGV[5],
+  'finished_at', ARGV[6], 'attempts', found[2] or '0')
+return found
+"""
+
+_PROGRESS_FIELDS = (
+    records.F_ATTEMPTS,
+    records.F_FIRST_ATTEMPT,
+    records.F_CANCEL,
+    records.F_ENDPOINT,
+    records.F_TRIED,
+    records.F_JOB,
+    records.F_POLLS,
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the task's record says when a message of it is taken."""
+
+    attempts: int
+    deliveries: int
+    first_attempt_at: float | None
+    cancel_requested: bool
+    stored_result: GenerationResult | None
+    #: The endpoint the task moved to (fallback), and those it left, in order.
+    endpoint: str | None = None
+    tried: tuple[str, ...] = ()
+    #: A serverless job the task waits for, and how often it was polled.
+    job_id: str | None = None
+    polls: int = 0
+
+
+@dataclass(frozen=True)
+class Finished:
+    cancel_requested: bool
+    attempts: int
+    #: When the task was created (the record's ``created_at``), if the record knows.
+    created_at: str | None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a task ended, as :meth:`Lifecycle.finish` records it."""
+
+    #: ``succeeded``, ``failed`` or ``cancelled``.
+    status: str
+    result: dict[str, Any] | None = None
+    error_type: str = ""
+    error_message: str = ""
+
+
+def celery_meta(task_id: str, status: str, result: Any, done: bool) -> str:
+    """Celery's result meta, as its Redis backend stores it (``result_extended`` off)."""
+    return json.dumps(
+        {
+            "status": status,
+            "result": result,
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat() if done else None,
+            "task_id": task_id,
+        }
+    )
+
+
+class Lifecycle:
+    """The scripts of a task's start and end, with their arguments and answers typed.
+
+    :param client: the Redis client of the task records (and Celery's results).
+    :param record_ttl_s: how long a record and a result are kept.
+    :param events_maxlen: the completion stream's approximate length cap.
+    """
+
+    def __init__(self, client: redis.Redis, record_ttl_s: int, events_maxlen: int) -> None:
+        self._record_ttl_s = record_ttl_s
+        self._events_maxlen = events_maxlen
+        self._begin = client.register_script(BEGIN)
+        self._finish = client.register_script(FINISH)
+
+    def begin(self, task_id: str, delivery_round: int, hostname: str) -> Progress:
+        """Count the delivery (of Celery's retry round ``delivery_round``), read the progress,
+        and write ``STARTED`` with ``hostname`` (the worker's name), as Celery does."""
+        started = {"pid": os.getpid(), "hostname": hostname}
+        deliveries, fields, meta = self._begin(
+            keys=[keys.task_record(task_id), keys.celery_result(task_id)],
+            args=[
+                records.utcnow_iso(),
+                f"{records.F_DELIVERIES}:{delivery_round}",
+                self._record_ttl_s,
+                self._record_ttl_s,
+                celery_meta(task_id, "STARTED", started, done=False),
+            ],
+        )
+        attempts, first, cancel, endpoint, tried, job_id, polls = (
+            value.decode() if value is not None else None for value in fields
+        )
+        return Progress(
+            attempts=int(attempts or 0),
+            deliveries=int(deliveries),
+            first_attempt_at=float(first) if first else None,
+            cancel_requested=bool(cancel),
+            stored_result=stored_result(meta),
+            endpoint=endpoint,
+            tried=tuple(tried.split(",")) if tried else (),
+            job_id=job_id,
+            polls=int(polls or 0),
+        )
+
+    def finish(self, task_id: str, ending: Ending, claim_token: str | None) -> Finished:
+        error = ""
+        if ending.status != "succeeded":
+            error = json.dumps({"type": ending.error_type, "message": ending.error_message})
+        meta = ""
+        if ending.result is not None:
+            meta = celery_meta(task_id, "SUCCESS", ending.result, done=True)
+        cancel, attempts, created_at = self._finish(
+            keys=[
+                keys.task_record(task_id),
+                events.EVENTS_STREAM,
+                keys.celery_result(task_id),
+                keys.running(task_id),
+            ],
+            args=[
+                self._record_ttl_s,
+                self._events_maxlen,
+                task_id,
+                ending.status,
+                ending.error_type,
+                records.utcnow_iso(),
+                error,
+                self._record_ttl_s,
+                meta,
+                claim_token or "",
+            ],
+        )
+        return Finished(
+            cancel_requested=bool(cancel),
+            attempts=int(attempts or 0),
+            created_at=created_at.decode() if created_at is not None else None,
+        )
+
+
+def stored_result(meta: bytes | None) -> GenerationResult | None:
+    """The result in Celery's result meta, if the task succeeded."""
+    if not meta:
+        return None
+    try:
+        stored = json.loads(meta)
+    except ValueError:
+        return None
+    if stored.get("status") != "SUCCESS" or not isinstance(stored.get("result"), dict):
+        return None
+    return GenerationResult.model_validate(stored["result"])
