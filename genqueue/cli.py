@@ -144,11 +144,11 @@ def _run_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from genqueue.workers import WorkerSupervisor, worker_queues
+    from genqueue.workers import exec_supervisor, worker_argvs, worker_queues
     from worker.endpoints import require_endpoints
 
     queues = worker_queues(require_endpoints(settings), only=args.endpoint)
-    return WorkerSupervisor(settings, queues, hostname=args.hostname).run()
+    exec_supervisor(worker_argvs(settings, queues, hostname=args.hostname))
 
 
 def _run_api(args: argparse.Namespace, settings: Settings) -> int:

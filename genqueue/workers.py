@@ -1,29 +1,23 @@
 """``genqueue worker``: Celery worker processes on the gevent pool, one per core by default.
 
 Each process holds ``GENQUEUE_WORKER_CONCURRENCY`` greenlets: the work is waiting on a GPU, so
-one process serves hundreds of in-flight calls, and several processes use every core. A child
-that dies is started again; SIGINT or SIGTERM is passed to every child (Celery's warm shutdown:
-tasks in flight finish, the rest go back to the queue) and the command waits for them.
+one process serves hundreds of in-flight calls, and several processes use every core. This
+module works out their command lines; :mod:`genqueue.supervise` runs them (restarts a child
+that dies, passes SIGINT or SIGTERM on and waits for the children).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
-from types import FrameType
+from typing import NoReturn
 
 from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME
 from worker.endpoints import Endpoints, queue_for
 from worker.errors import SettingsError
 from worker.settings import Settings
-
-RESTART_DELAY_S = 1.0
-#: The exit status of a worker whose settings are invalid.
-CONFIG_ERROR_EXIT = 2
 
 
 def worker_queues(endpoints: Endpoints, only: str | None = None) -> list[str]:
@@ -62,63 +56,23 @@ def process_count(settings: Settings) -> int:
     return settings.worker_processes or os.cpu_count() or 1
 
 
-class WorkerSupervisor:
-    """Starts the worker processes, restarts any that die, stops them all on a signal."""
-
-    def __init__(
-        self, settings: Settings, queues: list[str], hostname: str | None = None
-    ) -> None:
-        self._settings = settings
-        self._queues = queues
-        self._hostname = hostname
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._stopping = False
-
-    def _spawn(self, index: int) -> None:
+def worker_argvs(
+    settings: Settings, queues: list[str], hostname: str | None = None
+) -> list[list[str]]:
+    """The command lines of the worker processes: process 0 is ``hostname`` (when given),
+    process N is ``N-hostname``."""
+    argvs = []
+    for index in range(process_count(settings)):
         name = None
-        if self._hostname:
-            name = self._hostname if index == 0 else f"{index}-{self._hostname}"
-        argv = worker_argv(self._settings, index, self._queues, name)
-        self._children[index] = subprocess.Popen(argv)
+        if hostname:
+            name = hostname if index == 0 else f"{index}-{hostname}"
+        argvs.append(worker_argv(settings, index, queues, name))
+    return argvs
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._stopping = True
-        for child in self._children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
 
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        for index in range(process_count(self._settings)):
-            self._spawn(index)
-        while True:
-            time.sleep(0.2)
-            if self._stopping:
-                break
-            for index, child in list(self._children.items()):
-                if child.poll() == CONFIG_ERROR_EXIT:
-                    # Invalid settings: starting again would fail the same way.
-                    self._on_signal(signal.SIGTERM, None)
-                    return self._wait_all() or CONFIG_ERROR_EXIT
-                if child.returncode is not None:
-                    print(
-                        f"genqueue worker: process {index} exited with {child.returncode}; "
-                        "starting it again",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    time.sleep(RESTART_DELAY_S)
-                    self._spawn(index)
-        return self._wait_all()
-
-    def _wait_all(self) -> int:
-        status = 0
-        for child in self._children.values():
-            try:
-                child.wait()
-            except KeyboardInterrupt:
-                child.kill()
-                child.wait()
-            status = status or (child.returncode if child.returncode > 0 else 0)
-        return status
+def exec_supervisor(argvs: list[list[str]]) -> NoReturn:
+    """Replace this process with :mod:`genqueue.supervise` running ``argvs``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    python = sys.executable
+    os.execv(python, [python, "-m", "genqueue.supervise", json.dumps(argvs)])
