@@ -11,11 +11,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api_producer.async_producer import AsyncProducer
 from api_producer.auth import KeyChecker
 from api_producer.batches import BatchStore
 from api_producer.deps import ApiState
 from api_producer.limits import BodySizeLimit
-from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error
+from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error, make_plan
 from api_producer.ratelimit import RateLimiter
 from api_producer.routes import batches, health, metrics, tasks
 from api_producer.store import TaskStore
@@ -41,9 +42,11 @@ def _endpoints(settings: Settings) -> frozenset[str] | None:
 def build_state(settings: Settings) -> ApiState:
     sync_client = connections.sync_client(settings.redis_url, max_connections=256)
     async_client = connections.async_client(settings.redis_url, max_connections=1024)
+    plan = make_plan(settings, sync_client)
     return ApiState(
         settings=settings,
-        producer=DirectProducer(settings, sync_client),
+        producer=DirectProducer(settings, sync_client, plan),
+        enqueuer=AsyncProducer(settings, async_client, plan),
         store=TaskStore(async_client, settings.result_ttl_s),
         keys=KeyChecker(
             [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
