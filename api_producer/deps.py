@@ -28,13 +28,15 @@ class ApiState:
     endpoints: frozenset[str] | None = None
 
 
-def get_state(request: Request) -> ApiState:
+# The dependencies are coroutines, even those that never wait: FastAPI runs a plain ``def``
+# dependency in its thread pool, a hop to another thread and back on every request.
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.genqueue
     return state
 
 
 async def authenticated(request: Request) -> str:
-    return await get_state(request).keys(request)
+    return await (await get_state(request)).keys(request)
 
 
 StateDep = Annotated[ApiState, Depends(get_state)]
