@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api_producer.async_producer import AsyncProducer
 from api_producer.auth import KeyChecker
 from api_producer.producer import DirectProducer
 from api_producer.store import TaskStore
@@ -16,7 +17,9 @@ from worker.settings import Settings
 @dataclass
 class ApiState:
     settings: Settings
+    #: For threads (batches, the CLI's paths); requests use ``enqueuer`` on the event loop.
     producer: DirectProducer
+    enqueuer: AsyncProducer
     store: TaskStore
     keys: KeyChecker
     #: Template names a request may use; ``None`` accepts any (the worker decides).
@@ -25,13 +28,15 @@ class ApiState:
     endpoints: frozenset[str] | None = None
 
 
-def get_state(request: Request) -> ApiState:
+# The dependencies are coroutines, even those that never wait: FastAPI runs a plain ``def``
+# dependency in its thread pool, a hop to another thread and back on every request.
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.genqueue
     return state
 
 
 async def authenticated(request: Request) -> str:
-    return await get_state(request).keys(request)
+    return await (await get_state(request)).keys(request)
 
 
 StateDep = Annotated[ApiState, Depends(get_state)]

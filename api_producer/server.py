@@ -8,7 +8,7 @@ from typing import Any
 
 import uvicorn
 
-from api_producer.main import create_app
+from api_producer.main import create_app, settle_heap
 from worker.errors import SettingsError
 from worker.settings import Settings
 
@@ -38,7 +38,9 @@ def serve(settings: Settings, host: str, port: int) -> int:
         "timeout_graceful_shutdown": 5,
     }
     if processes == 1:
-        uvicorn.run(create_app(settings), **options)
+        app = create_app(settings)
+        settle_heap()
+        uvicorn.run(app, **options)
     else:
         # Each process builds the app from the same environment (and .env).
         uvicorn.run(

@@ -114,7 +114,8 @@ class NdjsonResponse(StreamingResponse):
     media_type = NDJSON
 
 
-def get_batches(request: Request) -> BatchStore:
+# A coroutine, though it never waits: FastAPI runs a plain ``def`` dependency in a thread.
+async def get_batches(request: Request) -> BatchStore:
     batches: BatchStore = request.app.state.genqueue_batches
     return batches
 

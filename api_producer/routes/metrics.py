@@ -49,7 +49,8 @@ class ApiMetrics:
         await self.redis.aclose()
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+# A coroutine, though it never waits: FastAPI runs a plain ``def`` dependency in a thread.
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.genqueue_metrics
     return metrics
 

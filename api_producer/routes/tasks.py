@@ -82,7 +82,7 @@ async def _enqueue(
 ) -> Accepted:
     scoped_key = f"{caller}:{key}" if key is not None else None
     try:
-        return await run_in_threadpool(state.producer.submit_many, requests, scoped_key)
+        return await state.enqueuer.submit_many(requests, scoped_key)
     except IdempotencyConflict as err:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
 
