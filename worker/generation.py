@@ -53,6 +53,20 @@ DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One message of a task, as Celery handed it over."""
+
+    task_id: str
+    #: Celery's retry count: tells apart the messages of one task, so that the deliveries of
+    #: each message are counted.
+    round: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    #: The worker's name, for the ``STARTED`` state.
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
 class RetryLater:
     """The attempt could not finish; try again in ``delay_s``."""
 
@@ -127,38 +141,23 @@ class Generation:
         self._lifecycle = Lifecycle(redis_client, policy.record_ttl_s, policy.events_maxlen)
         self._observe = observer or TaskObserver()
 
-    def run(
-        self,
-        task_id: str,
-        delivery_round: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        hostname: str = "",
-    ) -> Any:
+    def run(self, delivery: Delivery) -> Any:
         """A result dict, :class:`RetryLater` or :data:`DUPLICATE`; raises when final.
 
-        A result is already stored in Celery's result key when this returns. ``delivery_round``
-        tells apart the messages of one task (Celery's retry count), so that the deliveries of
-        each message are counted; ``hostname`` is the worker's name, for the ``STARTED`` state.
+        A result is already stored in Celery's result key when this returns.
         """
         CURRENT_ENDPOINT.set(None)
         try:
             with self._observe.running():
-                return self._run(task_id, delivery_round, args, kwargs, hostname)
+                return self._run(delivery)
         finally:
             # Once the end is recorded the claim is gone; otherwise (a retry) it goes now.
-            self._running.release(task_id)
+            self._running.release(delivery.task_id)
 
-    def _run(
-        self,
-        task_id: str,
-        delivery_round: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        hostname: str,
-    ) -> Any:
+    def _run(self, delivery: Delivery) -> Any:
+        task_id, args, kwargs = delivery.task_id, delivery.args, delivery.kwargs
         try:
-            outcome = self._attempt(task_id, delivery_round, args, kwargs, hostname)
+            outcome = self._attempt(delivery)
         except GenQueueError as err:
             if isinstance(err, PoisonTask):
                 self._dead_letters.add(task_id, kwargs.get("request", args), err.message)
@@ -190,16 +189,10 @@ class Generation:
         self._observe.succeeded(task_id, end.attempts, outcome, seconds_since(end.created_at))
         return result
 
-    def _attempt(
-        self,
-        task_id: str,
-        delivery_round: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        hostname: str,
-    ) -> GenerationResult | RetryLater | str:
-        request = parse_payload(args, kwargs)
-        progress = self._lifecycle.begin(task_id, delivery_round, hostname)
+    def _attempt(self, delivery: Delivery) -> GenerationResult | RetryLater | str:
+        task_id = delivery.task_id
+        request = parse_payload(delivery.args, delivery.kwargs)
+        progress = self._lifecycle.begin(task_id, delivery.round, delivery.hostname)
         if progress.stored_result is not None:
             log.info("task %s already has a result; not calling the endpoint again", task_id)
             return progress.stored_result

@@ -22,7 +22,7 @@ from celery.exceptions import Ignore
 
 from worker.contract import QUEUE_NAME, TASK_NAME
 from worker.errors import GenQueueError, TaskCancelled
-from worker.generation import DUPLICATE, RetryLater
+from worker.generation import DUPLICATE, Delivery, RetryLater
 from worker.runtime import runtime_for
 from worker.webhooks import WEBHOOK_TASK_NAME, webhook_url_of
 
@@ -108,9 +108,10 @@ class GenerateTask(Task):
 def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
     generation = runtime_for(self.app.genqueue_settings).generation
     try:
-        outcome = generation.run(
+        delivery = Delivery(
             self.request.id, self.request.retries or 0, args, kwargs, self.request.hostname or ""
         )
+        outcome = generation.run(delivery)
     except TaskCancelled as err:
         # Celery's own word for it, so plain Celery clients see REVOKED too.
         self.backend.mark_as_revoked(self.request.id, err.message, request=self.request)
