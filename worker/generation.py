@@ -37,7 +37,15 @@ from worker.errors import (
     RetryableEndpointError,
     TaskCancelled,
 )
-from worker.guard import AlreadyRunning, CircuitOpen, Claim, Outcome, RateLimited, Slot
+from worker.guard import (
+    AlreadyRunning,
+    CircuitOpen,
+    Claim,
+    Outcome,
+    RateLimited,
+    Slot,
+    SlotRelease,
+)
 from worker.lifecycle import Ending, Finished, Lifecycle, Progress
 from worker.liveness import RunningTasks
 from worker.observe import CURRENT_ENDPOINT, TaskObserver, seconds_since
@@ -140,6 +148,8 @@ class Generation:
         self._policy = policy
         self._lifecycle = Lifecycle(redis_client, policy.record_ttl_s, policy.events_maxlen)
         self._observe = observer or TaskObserver()
+        #: Slots of successful calls whose release rides on the task's end (:meth:`_finish`).
+        self._slot_releases: dict[str, SlotRelease] = {}
 
     def run(self, delivery: Delivery) -> Any:
         """A result dict, :class:`RetryLater` or :data:`DUPLICATE`; raises when final.
@@ -151,8 +161,11 @@ class Generation:
             with self._observe.running():
                 return self._run(delivery)
         finally:
-            # Once the end is recorded the claim is gone; otherwise (a retry) it goes now.
+            # Once the end is recorded the claim and the slot are gone; otherwise they go now.
             self._running.release(delivery.task_id)
+            slot_release = self._slot_releases.pop(delivery.task_id, None)
+            if slot_release is not None:
+                slot_release.guard.release(slot_release)
 
     def _run(self, delivery: Delivery) -> Any:
         task_id, args, kwargs = delivery.task_id, delivery.args, delivery.kwargs
@@ -288,6 +301,7 @@ class Generation:
         slot.outcome = Outcome.OK
         if isinstance(result, GenerationResult):
             slot.tokens = result.usage.total_tokens
+            self._slot_releases[task_id] = target.guard.hand_off(slot)
         if isinstance(result, Job):
             return self._job_outcome(task_id, request, target, result, polls=0, attempt=attempt)
         return result
@@ -439,7 +453,9 @@ class Generation:
         else:
             status = "cancelled" if isinstance(error, TaskCancelled) else "failed"
             ending = Ending(status, error_type=error.error_type, error_message=error.message)
-        return self._lifecycle.finish(task_id, ending, self._running.take(task_id))
+        return self._lifecycle.finish(
+            task_id, ending, self._running.take(task_id), self._slot_releases.pop(task_id, None)
+        )
 
 
 def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRequest:

@@ -32,7 +32,8 @@ from worker import keys
 
 log = logging.getLogger(__name__)
 
-_NOW_MS = """
+#: Redis server time in ms as ``now`` (Lua).
+NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
@@ -44,7 +45,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # 4 the task is claimed by another worker. With a claim, code 1 also returns the task's
 # attempt numbers, in all and on this endpoint.
 _ACQUIRE = (
-    _NOW_MS
+    NOW_MS
     + """
 local open_until = tonumber(redis.call('HGET', KEYS[2], 'open_until') or '0')
 if open_until > now then
@@ -91,34 +92,45 @@ return {1, 0, attempts[1], attempts[2]}
 """
 )
 
-# KEYS: lease, breaker, probe, rate. ARGV: token, outcome, threshold, cooldown ms, tokens used.
-# Returns 1 when this call opened the breaker.
-_RELEASE = (
-    _NOW_MS
-    + """
-redis.call('ZREM', KEYS[1], ARGV[1])
-if tonumber(ARGV[5]) > 0 and redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('HINCRBY', KEYS[4], 't', ARGV[5])
-end
-if ARGV[2] == 'ok' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2], KEYS[3]) end
+# The end of a call as a Lua function, shared with the end-of-task script that takes over the
+# release of a successful call's slot (worker.lifecycle). Returns 1 when this call opened the
+# breaker.
+RELEASE_FUNCTION = """
+local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
+                            tokens, now)
+  redis.call('ZREM', lease, token)
+  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
+    redis.call('HINCRBY', rate, 't', tokens)
+  end
+  if outcome == 'ok' then
+    if redis.call('EXISTS', breaker) == 1 then redis.call('DEL', breaker, probe) end
+    return 0
+  end
+  if outcome ~= 'failure' then return 0 end
+  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+  redis.call('PEXPIRE', breaker, tonumber(cooldown) * 10)
+  if failures >= tonumber(threshold) then
+    redis.call('HSET', breaker, 'open_until', now + tonumber(cooldown))
+    redis.call('DEL', probe)
+    return 1
+  end
   return 0
 end
-if ARGV[2] ~= 'failure' then return 0 end
-local failures = redis.call('HINCRBY', KEYS[2], 'failures', 1)
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 10)
-if failures >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[2], 'open_until', now + tonumber(ARGV[4]))
-  redis.call('DEL', KEYS[3])
-  return 1
-end
-return 0
+"""
+
+# KEYS: lease, breaker, probe, rate. ARGV: token, outcome, threshold, cooldown ms, tokens used.
+_RELEASE = (
+    NOW_MS
+    + RELEASE_FUNCTION
+    + """
+return release_slot(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5], now)
 """
 )
 
 # KEYS: lease. ARGV: tokens..., ttl ms.
 _RENEW = (
-    _NOW_MS
+    NOW_MS
     + """
 for i = 1, #ARGV - 1 do
   redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[#ARGV]), ARGV[i])
@@ -157,13 +169,30 @@ class Outcome(Enum):
 
 @dataclass
 class Slot:
-    """A held slot; set ``outcome`` (and ``tokens`` used) before leaving the ``with`` block."""
+    """A held slot; set ``outcome`` (and ``tokens`` used) before leaving the ``with`` block.
+
+    :meth:`EndpointGuard.hand_off` leaves its release to another script instead.
+    """
 
     outcome: Outcome = Outcome.NEUTRAL
     tokens: int = 0
     #: With a :class:`Claim`: the task's attempt number, in all and on this endpoint.
     attempt: int = 0
     attempt_on_endpoint: int = 0
+    token: str = ""
+    handed_off: bool = False
+
+
+@dataclass(frozen=True)
+class SlotRelease:
+    """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
+    ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
+    renews the slot until :meth:`EndpointGuard.settle` or :meth:`EndpointGuard.release`."""
+
+    guard: EndpointGuard
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+    token: str
 
 
 @dataclass(frozen=True)
@@ -221,14 +250,48 @@ class EndpointGuard:
         """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpen` if open,
         :class:`RateLimited` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
         is held by another worker."""
-        with self._local:
-            slot = Slot()
-            token = self._wait_for_slot(claim, slot)
-            try:
-                yield slot
-            finally:
+        self._local.acquire()
+        slot = Slot()
+        try:
+            slot.token = token = self._wait_for_slot(claim, slot)
+        except BaseException:
+            self._local.release()
+            raise
+        try:
+            yield slot
+        finally:
+            if not slot.handed_off:
                 self._held.discard(token)
-                self._release(token, slot)
+                try:
+                    self._release(token, slot)
+                finally:
+                    self._local.release()
+
+    def hand_off(self, slot: Slot) -> SlotRelease:
+        """Leave the release of ``slot`` (a successful call) to another script, so that it
+        costs no round trip of its own; the ``with`` block then ends without releasing it, and
+        :meth:`settle` (or :meth:`release`) must follow."""
+        slot.handed_off = True
+        args = (
+            slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldown_ms,
+            slot.tokens,
+        )  # fmt: skip
+        return SlotRelease(self, tuple(self._keys), args, slot.token)
+
+    def settle(self, release: SlotRelease) -> None:
+        """Another script released the slot of ``release``: stop renewing it, and let the
+        next caller of this process contend for a slot (once per handed-off slot)."""
+        self._held.discard(release.token)
+        self._local.release()
+
+    def release(self, release: SlotRelease) -> None:
+        """Release a handed-off slot after all (its script did not run); once per slot."""
+        self._held.discard(release.token)
+        outcome, tokens = Outcome(release.args[1]), int(release.args[4])
+        try:
+            self._release(release.token, Slot(outcome=outcome, tokens=tokens))
+        finally:
+            self._local.release()
 
     def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
         token = uuid.uuid4().hex

@@ -24,6 +24,7 @@ import redis
 
 from worker import events, keys, records
 from worker.contract import GenerationResult
+from worker.guard import NOW_MS, RELEASE_FUNCTION, SlotRelease
 
 # KEYS: record, Celery result. ARGV: created_at, deliveries field, record ttl s, result ttl s,
 # STARTED meta. Returns {deliveries, progress fields, result meta}.
@@ -46,13 +47,20 @@ end
 return {deliveries, fields, meta}
 """
 
-# KEYS: record, events stream, Celery result, running claim.
+# KEYS: record, events stream, Celery result, running claim, [lease, breaker, probe, rate].
 # ARGV: record ttl s, stream maxlen, task id, status, error type, finished_at, error json or '',
-# result ttl s, SUCCESS meta or '', claim token or ''.
+# result ttl s, SUCCESS meta or '', claim token or '', [the slot release's arguments].
 # Returns {cancel_requested, attempts, created_at} of the record. A success found cancelled
 # meanwhile is neither stored nor announced (the caller finishes the task again, cancelled); a
 # task that had already finished (a replayed result) gets no second stream entry.
-FINISH = """
+FINISH = (
+    NOW_MS
+    + RELEASE_FUNCTION
+    + """
+if KEYS[5] then
+  release_slot(KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[11], ARGV[12], ARGV[13], ARGV[14],
+    ARGV[15], now)
+end
 local prior = redis.call('HGET', KEYS[1], 'finished_at')
 redis.call('HSET', KEYS[1], 'finished_at', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]) end
@@ -74,6 +82,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
   'finished_at', ARGV[6], 'attempts', found[2] or '0')
 return found
 """
+)
 
 _PROGRESS_FIELDS = (
     records.F_ATTEMPTS,
@@ -179,33 +188,55 @@ class Lifecycle:
             polls=int(polls or 0),
         )
 
-    def finish(self, task_id: str, ending: Ending, claim_token: str | None) -> Finished:
+    def finish(
+        self,
+        task_id: str,
+        ending: Ending,
+        claim_token: str | None,
+        slot_release: SlotRelease | None = None,
+    ) -> Finished:
+        """Record the end; release the running claim ``claim_token`` and the endpoint slot
+        ``slot_release`` (handed off by the guard) in the same round trip."""
         error = ""
         if ending.status != "succeeded":
             error = json.dumps({"type": ending.error_type, "message": ending.error_message})
         meta = ""
         if ending.result is not None:
             meta = celery_meta(task_id, "SUCCESS", ending.result, done=True)
-        cancel, attempts, created_at = self._finish(
-            keys=[
-                keys.task_record(task_id),
-                events.EVENTS_STREAM,
-                keys.celery_result(task_id),
-                keys.running(task_id),
-            ],
-            args=[
-                self._record_ttl_s,
-                self._events_maxlen,
-                task_id,
-                ending.status,
-                ending.error_type,
-                records.utcnow_iso(),
-                error,
-                self._record_ttl_s,
-                meta,
-                claim_token or "",
-            ],
-        )
+        script_keys = [
+            keys.task_record(task_id),
+            events.EVENTS_STREAM,
+            keys.celery_result(task_id),
+            keys.running(task_id),
+        ]
+        release_args: tuple[str | int, ...] = ()
+        if slot_release is not None:
+            script_keys += slot_release.keys
+            release_args = slot_release.args
+        try:
+            answer = self._finish(
+                keys=script_keys,
+                args=[
+                    self._record_ttl_s,
+                    self._events_maxlen,
+                    task_id,
+                    ending.status,
+                    ending.error_type,
+                    records.utcnow_iso(),
+                    error,
+                    self._record_ttl_s,
+                    meta,
+                    claim_token or "",
+                    *release_args,
+                ],
+            )
+        except BaseException:
+            if slot_release is not None:
+                slot_release.guard.release(slot_release)  # it lapses if Redis is away
+            raise
+        cancel, attempts, created_at = answer
+        if slot_release is not None:
+            slot_release.guard.settle(slot_release)
         return Finished(
             cancel_requested=bool(cancel),
             attempts=int(attempts or 0),
