@@ -46,7 +46,7 @@ from worker.guard import (
     Slot,
     SlotRelease,
 )
-from worker.lifecycle import Ending, Finished, Lifecycle, Progress
+from worker.lifecycle import BrokerAcks, Ending, Finished, Lifecycle, Progress
 from worker.liveness import RunningTasks
 from worker.observe import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.prompts import PromptRenderer, as_messages
@@ -72,6 +72,8 @@ class Delivery:
     kwargs: dict[str, Any]
     #: The worker's name, for the ``STARTED`` state.
     hostname: str = ""
+    #: The broker's tag of the message, acknowledged by the task's end script.
+    message_tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Generation:
     :param dead_letters: where poison tasks go.
     :param policy: attempts, backoff, deadline, retention, deliveries.
     :param observer: counts and logs each state change (metrics and task log lines).
+    :param broker_acks: how a task's end acknowledges its message (``None``: Celery does).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Generation:
         dead_letters: DeadLetters,
         policy: GenerationPolicy,
         observer: TaskObserver | None = None,
+        broker_acks: BrokerAcks | None = None,
     ) -> None:
         self._redis = redis_client
         self._renderer = renderer
@@ -146,7 +150,9 @@ class Generation:
         self._running = running
         self._dead_letters = dead_letters
         self._policy = policy
-        self._lifecycle = Lifecycle(redis_client, policy.record_ttl_s, policy.events_maxlen)
+        self._lifecycle = Lifecycle(
+            redis_client, policy.record_ttl_s, policy.events_maxlen, broker_acks
+        )
         self._observe = observer or TaskObserver()
         #: Slots of successful calls whose release rides on the task's end (:meth:`_finish`).
         self._slot_releases: dict[str, SlotRelease] = {}
@@ -174,7 +180,7 @@ class Generation:
         except GenQueueError as err:
             if isinstance(err, PoisonTask):
                 self._dead_letters.add(task_id, kwargs.get("request", args), err.message)
-            end = self._finish(task_id, err)
+            end = self._finish(delivery, err)
             self._observe.failed(
                 task_id, end.attempts, err.error_type, err.message, seconds_since(end.created_at)
             )
@@ -190,10 +196,10 @@ class Generation:
             log.info("task %s is running on another worker; dropping this copy", task_id)
             return DUPLICATE
         result = outcome.model_dump(mode="json")
-        end = self._finish(task_id, None, result)
+        end = self._finish(delivery, None, result)
         if end.cancel_requested:
             cancelled = TaskCancelled("the task was cancelled while it ran; result discarded")
-            end = self._finish(task_id, cancelled)
+            end = self._finish(delivery, cancelled)
             self._observe.failed(
                 task_id, end.attempts, cancelled.error_type, cancelled.message,
                 seconds_since(end.created_at),
@@ -440,21 +446,27 @@ class Generation:
         return self._later(request, err, attempt, delay_s)
 
     def _finish(
-        self, task_id: str, error: GenQueueError | None, result: dict[str, Any] | None = None
+        self, delivery: Delivery, error: GenQueueError | None, result: dict[str, Any] | None = None
     ) -> Finished:
-        """Record the end (and store ``result``), release the running claim, and add the end
-        to the completion stream, in one round trip.
+        """Record the end (and store ``result``), release the running claim and the endpoint
+        slot, acknowledge the message, and add the end to the completion stream, in one round
+        trip.
 
         Says whether a cancellation was asked for meanwhile (a success is then neither stored
         nor announced: the caller finishes the task again as cancelled).
         """
+        task_id = delivery.task_id
         if error is None:
             ending = Ending("succeeded", result=result)
         else:
             status = "cancelled" if isinstance(error, TaskCancelled) else "failed"
             ending = Ending(status, error_type=error.error_type, error_message=error.message)
         return self._lifecycle.finish(
-            task_id, ending, self._running.take(task_id), self._slot_releases.pop(task_id, None)
+            task_id,
+            ending,
+            self._running.take(task_id),
+            self._slot_releases.pop(task_id, None),
+            delivery.message_tag,
         )
 
 

@@ -7,7 +7,9 @@
   counts the attempt; see :class:`worker.guard.Claim`.)
 - :meth:`Lifecycle.finish`: the task ended. Records the end, releases the running claim, writes
   Celery's ``SUCCESS`` result (Celery's own write of it is skipped: see
-  :mod:`worker.tasks`) and adds the entry of the completion stream (:mod:`worker.events`).
+  :mod:`worker.tasks`), adds the entry of the completion stream (:mod:`worker.events`), and
+  releases the endpoint slot of a successful call and the message's unacked entries (so that
+  neither costs a round trip of its own).
 
 Celery's result key stays in Celery's format, so ``AsyncResult`` and Flower read it as theirs.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,19 +50,28 @@ end
 return {deliveries, fields, meta}
 """
 
-# KEYS: record, events stream, Celery result, running claim, [lease, breaker, probe, rate].
+# KEYS: record, events stream, Celery result, running claim, kombu's unacked index and hash,
+# [lease, breaker, probe, rate].
 # ARGV: record ttl s, stream maxlen, task id, status, error type, finished_at, error json or '',
-# result ttl s, SUCCESS meta or '', claim token or '', [the slot release's arguments].
+# result ttl s, SUCCESS meta or '', claim token or '', message delivery tag or '',
+# [the slot release's arguments].
 # Returns {cancel_requested, attempts, created_at} of the record. A success found cancelled
-# meanwhile is neither stored nor announced (the caller finishes the task again, cancelled); a
-# task that had already finished (a replayed result) gets no second stream entry.
+# meanwhile is neither stored nor announced nor acknowledged (the caller finishes the task
+# again, cancelled); a task that had already finished (a replayed result) gets no second stream
+# entry. A final end removes the message's unacked entries (what kombu's ack does).
 FINISH = (
     NOW_MS
     + RELEASE_FUNCTION
     + """
-if KEYS[5] then
-  release_slot(KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[11], ARGV[12], ARGV[13], ARGV[14],
-    ARGV[15], now)
+if KEYS[7] then
+  release_slot(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
+    ARGV[16], now)
+end
+local function acknowledge()
+  if ARGV[11] ~= '' then
+    redis.call('ZREM', KEYS[5], ARGV[11])
+    redis.call('HDEL', KEYS[6], ARGV[11])
+  end
 end
 local prior = redis.call('HGET', KEYS[1], 'finished_at')
 redis.call('HSET', KEYS[1], 'finished_at', ARGV[6])
@@ -75,7 +87,10 @@ if ARGV[4] == 'succeeded' then
     redis.call('SET', KEYS[3], ARGV[9], 'EX', ARGV[8])
     redis.call('PUBLISH', KEYS[3], ARGV[9])
   end
+  acknowledge()
   if prior then return found end
+else
+  acknowledge()
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
   'task_id', ARGV[3], 'status', ARGV[4], 'error_type', ARGV[5],
@@ -121,6 +136,16 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class BrokerAcks:
+    """Where kombu keeps a message until its ack, and what to tell it once the end script
+    removed it (:func:`worker.broker.settle`)."""
+
+    unacked_key: str
+    unacked_index_key: str
+    settled: Callable[[str], None]
+
+
+@dataclass(frozen=True)
 class Ending:
     """How a task ended, as :meth:`Lifecycle.finish` records it."""
 
@@ -153,9 +178,16 @@ class Lifecycle:
     :param events_maxlen: the completion stream's approximate length cap.
     """
 
-    def __init__(self, client: redis.Redis, record_ttl_s: int, events_maxlen: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        record_ttl_s: int,
+        events_maxlen: int,
+        broker: BrokerAcks | None = None,
+    ) -> None:
         self._record_ttl_s = record_ttl_s
         self._events_maxlen = events_maxlen
+        self._broker = broker
         self._begin = client.register_script(BEGIN)
         self._finish = client.register_script(FINISH)
 
@@ -194,9 +226,11 @@ class Lifecycle:
         ending: Ending,
         claim_token: str | None,
         slot_release: SlotRelease | None = None,
+        message_tag: str | None = None,
     ) -> Finished:
         """Record the end; release the running claim ``claim_token`` and the endpoint slot
-        ``slot_release`` (handed off by the guard) in the same round trip."""
+        ``slot_release`` (handed off by the guard), and acknowledge the message
+        ``message_tag`` when the end is final, in the same round trip."""
         error = ""
         if ending.status != "succeeded":
             error = json.dumps({"type": ending.error_type, "message": ending.error_message})
@@ -208,7 +242,10 @@ class Lifecycle:
             events.EVENTS_STREAM,
             keys.celery_result(task_id),
             keys.running(task_id),
+            self._broker.unacked_index_key if self._broker else "unacked_index",
+            self._broker.unacked_key if self._broker else "unacked",
         ]
+        tag = message_tag if self._broker is not None and message_tag else ""
         release_args: tuple[str | int, ...] = ()
         if slot_release is not None:
             script_keys += slot_release.keys
@@ -227,6 +264,7 @@ class Lifecycle:
                     self._record_ttl_s,
                     meta,
                     claim_token or "",
+                    tag,
                     *release_args,
                 ],
             )
@@ -237,6 +275,8 @@ class Lifecycle:
         cancel, attempts, created_at = answer
         if slot_release is not None:
             slot_release.guard.settle(slot_release)
+        if tag and self._broker is not None and not (ending.status == "succeeded" and cancel):
+            self._broker.settled(tag)
         return Finished(
             cancel_requested=bool(cancel),
             attempts=int(attempts or 0),

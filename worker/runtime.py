@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import redis
 
-from worker import connections
+from worker import broker, connections
 from worker.backoff import RetryPolicy
 from worker.deadletter import DeadLetters
 from worker.endpoints import require_endpoints
 from worker.generation import Generation, GenerationPolicy
+from worker.lifecycle import BrokerAcks
 from worker.liveness import RunningTasks
 from worker.observe import TaskObserver, process_metrics
 from worker.prompts import PromptRenderer
@@ -81,6 +82,11 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             events_maxlen=settings.events_maxlen,
         ),
         observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
+        broker_acks=BrokerAcks(
+            unacked_key=broker.UNACKED_KEY,
+            unacked_index_key=broker.UNACKED_INDEX_KEY,
+            settled=broker.settle,
+        ),
     )
     webhooks = WebhookSender(
         client,

@@ -108,8 +108,14 @@ class GenerateTask(Task):
 def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
     generation = runtime_for(self.app.genqueue_settings).generation
     try:
+        properties = getattr(self.request, "properties", None) or {}
         delivery = Delivery(
-            self.request.id, self.request.retries or 0, args, kwargs, self.request.hostname or ""
+            self.request.id,
+            self.request.retries or 0,
+            args,
+            kwargs,
+            self.request.hostname or "",
+            properties.get("delivery_tag"),
         )
         outcome = generation.run(delivery)
     except TaskCancelled as err:
