@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 
 from api_producer.main import create_app, settle_heap
+from api_producer.processes import reuseport_supported, serve_processes
 from worker.errors import SettingsError
 from worker.settings import Settings
 
@@ -41,8 +42,12 @@ def serve(settings: Settings, host: str, port: int) -> int:
         app = create_app(settings)
         settle_heap()
         uvicorn.run(app, **options)
-    else:
+    elif reuseport_supported():
+        # One SO_REUSEPORT socket per process: the kernel spreads new connections evenly.
         # Each process builds the app from the same environment (and .env).
+        return serve_processes(host, port, processes, options["log_level"])
+    else:
+        # One socket shared by every process.
         uvicorn.run(
             "api_producer.main:app_from_environment", factory=True, workers=processes, **options
         )

@@ -109,11 +109,16 @@ class _FakeUvicorn:
     def run(self, app: Any, **options: Any) -> None:
         self.calls.append(options)
 
+    def serve_processes(self, host: str, port: int, count: int, log_level: str) -> int:
+        self.calls.append({"host": host, "port": port, "processes": count})
+        return 0
+
 
 @pytest.fixture
 def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> _FakeUvicorn:
     fake = _FakeUvicorn()
     monkeypatch.setattr(server.uvicorn, "run", fake.run)
+    monkeypatch.setattr(server, "serve_processes", fake.serve_processes)
     return fake
 
 
