@@ -41,9 +41,11 @@ from worker.guard import (
     AlreadyRunning,
     CircuitOpen,
     Claim,
+    GrantedSlot,
     Outcome,
     RateLimited,
     Slot,
+    SlotOffer,
     SlotRelease,
 )
 from worker.lifecycle import BrokerAcks, Ending, Finished, Lifecycle, Progress
@@ -156,6 +158,8 @@ class Generation:
         self._observe = observer or TaskObserver()
         #: Slots of successful calls whose release rides on the task's end (:meth:`_finish`).
         self._slot_releases: dict[str, SlotRelease] = {}
+        #: Slots granted by the task's start script, until the call takes them over.
+        self._granted: dict[str, GrantedSlot] = {}
 
     def run(self, delivery: Delivery) -> Any:
         """A result dict, :class:`RetryLater` or :data:`DUPLICATE`; raises when final.
@@ -172,6 +176,9 @@ class Generation:
             slot_release = self._slot_releases.pop(delivery.task_id, None)
             if slot_release is not None:
                 slot_release.guard.release(slot_release)
+            granted = self._granted.pop(delivery.task_id, None)
+            if granted is not None:  # the task ended before its call (an invalid prompt)
+                granted.offer.guard.release_granted(granted)
 
     def _run(self, delivery: Delivery) -> Any:
         task_id, args, kwargs = delivery.task_id, delivery.args, delivery.kwargs
@@ -211,7 +218,15 @@ class Generation:
     def _attempt(self, delivery: Delivery) -> GenerationResult | RetryLater | str:
         task_id = delivery.task_id
         request = parse_payload(delivery.args, delivery.kwargs)
-        progress = self._lifecycle.begin(task_id, delivery.round, delivery.hostname)
+        offer = self._offer(task_id, request)
+        progress = self._lifecycle.begin(
+            task_id, delivery.round, delivery.hostname, offer, self._policy.max_deliveries
+        )
+        if progress.granted is not None:
+            self._granted[task_id] = progress.granted
+            self._running.hold(task_id, progress.granted.offer.claim.token)
+        elif offer is not None:
+            offer.guard.withdraw(offer)
         if progress.stored_result is not None:
             log.info("task %s already has a result; not calling the endpoint again", task_id)
             return progress.stored_result
@@ -242,6 +257,18 @@ class Generation:
             return outcome.model_copy(update={"endpoint": name, "endpoints_tried": tried})
         return outcome
 
+    def _offer(self, task_id: str, request: GenerationRequest) -> SlotOffer | None:
+        """The slot the task's start script may take in passing: its expected endpoint's,
+        when this process has a permit free and the deadline has not passed."""
+        name = request.endpoint or self._endpoints.default
+        target = self._targets.get(name)
+        if target is None:
+            return None
+        if request.deadline is not None and request.deadline <= datetime.now(UTC):
+            return None
+        claim = Claim(task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, name)
+        return target.guard.offer(claim)
+
     def _on_endpoint(
         self,
         task_id: str,
@@ -259,12 +286,18 @@ class Generation:
         )
         if spec.kind == "runpod-serverless" and progress.job_id is not None:
             return self._poll_job(task_id, request, target, progress)
-        token = uuid.uuid4().hex
-        claim = Claim(task_id, token, self._running.claim_ttl_ms, spec.name)
+        granted = self._granted.pop(task_id, None)
+        if granted is not None and granted.offer.guard is not target.guard:
+            granted.offer.guard.release_granted(granted)  # not this endpoint's after all
+            granted = None
+        if granted is not None:
+            claim = granted.offer.claim
+        else:
+            claim = Claim(task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, spec.name)
         try:
             # Granted together with the slot: the task's running claim and its attempt count.
-            with target.guard.slot(claim) as slot:
-                self._running.hold(task_id, token)
+            with target.guard.slot(claim, granted) as slot:
+                self._running.hold(task_id, claim.token)
                 return self._call(task_id, request, target, call, progress, slot)
         except AlreadyRunning:
             return DUPLICATE

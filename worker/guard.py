@@ -38,57 +38,69 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# The start of a call as a Lua function, shared with the script that starts a task
+# (worker.lifecycle), which tries for a slot in passing. With a ``running`` claim key (and the
+# task ``record``), the task is claimed for this worker and its attempt counted in the same step.
+# Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
+# 4 the task is claimed by another worker. With a claim, code 1 also returns the task's attempt
+# numbers, in all and on this endpoint.
+ACQUIRE_FUNCTION = """
+local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
+                            cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now)
+  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+  if open_until > now then
+    return {2, open_until - now}
+  end
+  rpm, tpm = tonumber(rpm), tonumber(tpm)
+  if rpm > 0 or tpm > 0 then
+    local window = math.floor(now / 60000)
+    if tonumber(redis.call('HGET', rate, 'w') or '-1') ~= window then
+      redis.call('HSET', rate, 'w', window, 'r', 0, 't', 0)
+      redis.call('PEXPIRE', rate, 120000)
+    end
+    local used = redis.call('HMGET', rate, 'r', 't')
+    if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
+      return {3, (window + 1) * 60000 - now}
+    end
+  end
+  local probing = false
+  if open_until > 0 then
+    if not redis.call('SET', probe, token, 'NX', 'PX', cooldown) then
+      return {2, 1000}
+    end
+    probing = true
+  end
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
+  if redis.call('ZCARD', lease) >= tonumber(limit) then
+    if probing then redis.call('DEL', probe) end
+    return {0, 0}
+  end
+  local attempts = {}
+  if running then
+    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl) then
+      if probing then redis.call('DEL', probe) end
+      return {4, 0}
+    end
+    redis.call('HSETNX', record, 'first_attempt_at', string.format('%.3f', now / 1000))
+    attempts[1] = redis.call('HINCRBY', record, 'attempts', 1)
+    attempts[2] = redis.call('HINCRBY', record, 'attempts:' .. endpoint, 1)
+  end
+  redis.call('ZADD', lease, now + tonumber(ttl), token)
+  redis.call('PEXPIRE', lease, tonumber(ttl) * 2)
+  if rpm > 0 or tpm > 0 then redis.call('HINCRBY', rate, 'r', 1) end
+  return {1, 0, attempts[1], attempts[2]}
+end
+"""
+
 # KEYS: lease, breaker, probe, rate, [running claim, task record]. ARGV: limit, lease ttl ms,
 # token, cooldown ms, requests per minute, tokens per minute (0: no limit), [claim token,
-# claim ttl ms, endpoint name].
-# Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
-# 4 the task is claimed by another worker. With a claim, code 1 also returns the task's
-# attempt numbers, in all and on this endpoint.
+# claim ttl ms, endpoint name]. Answers as ``acquire_slot``.
 _ACQUIRE = (
     NOW_MS
+    + ACQUIRE_FUNCTION
     + """
-local open_until = tonumber(redis.call('HGET', KEYS[2], 'open_until') or '0')
-if open_until > now then
-  return {2, open_until - now}
-end
-local rpm, tpm = tonumber(ARGV[5]), tonumber(ARGV[6])
-if rpm > 0 or tpm > 0 then
-  local window = math.floor(now / 60000)
-  if tonumber(redis.call('HGET', KEYS[4], 'w') or '-1') ~= window then
-    redis.call('HSET', KEYS[4], 'w', window, 'r', 0, 't', 0)
-    redis.call('PEXPIRE', KEYS[4], 120000)
-  end
-  local used = redis.call('HMGET', KEYS[4], 'r', 't')
-  if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
-    return {3, (window + 1) * 60000 - now}
-  end
-end
-local probing = false
-if open_until > 0 then
-  if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
-    return {2, 1000}
-  end
-  probing = true
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  if probing then redis.call('DEL', KEYS[3]) end
-  return {0, 0}
-end
-local attempts = {}
-if KEYS[5] then
-  if not redis.call('SET', KEYS[5], ARGV[7], 'NX', 'PX', ARGV[8]) then
-    if probing then redis.call('DEL', KEYS[3]) end
-    return {4, 0}
-  end
-  redis.call('HSETNX', KEYS[6], 'first_attempt_at', string.format('%.3f', now / 1000))
-  attempts[1] = redis.call('HINCRBY', KEYS[6], 'attempts', 1)
-  attempts[2] = redis.call('HINCRBY', KEYS[6], 'attempts:' .. ARGV[9], 1)
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-if rpm > 0 or tpm > 0 then redis.call('HINCRBY', KEYS[4], 'r', 1) end
-return {1, 0, attempts[1], attempts[2]}
+return acquire_slot(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2],
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], now)
 """
 )
 
@@ -184,6 +196,29 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class SlotOffer:
+    """A slot to try for in passing, in another script that calls :data:`ACQUIRE_FUNCTION`
+    with ``keys`` and ``args`` (its ``acquire_slot(...)`` arguments, ``now`` aside). This
+    process's local permit is already held for it: :meth:`EndpointGuard.slot` takes it over
+    once granted, :meth:`EndpointGuard.withdraw` gives it back otherwise."""
+
+    guard: EndpointGuard
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+    token: str
+    claim: Claim
+
+
+@dataclass(frozen=True)
+class GrantedSlot:
+    """A :class:`SlotOffer` the script granted, with the task's attempt numbers."""
+
+    offer: SlotOffer
+    attempt: int
+    attempt_on_endpoint: int
+
+
+@dataclass(frozen=True)
 class SlotRelease:
     """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
     ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
@@ -245,18 +280,63 @@ class EndpointGuard:
         self._heartbeat: threading.Thread | None = None
         self._stopped = threading.Event()
 
+    def offer(self, claim: Claim) -> SlotOffer | None:
+        """A slot for ``claim`` to try for in passing, if this process's local permits are not
+        all taken (no waiting here)."""
+        if not self._local.acquire(blocking=False):
+            return None
+        token = uuid.uuid4().hex
+        policy = self._policy
+        return SlotOffer(
+            guard=self,
+            keys=(*self._keys, keys.running(claim.task_id), keys.task_record(claim.task_id)),
+            args=(
+                policy.limit,
+                self._ttl_ms,
+                token,
+                self._cooldown_ms,
+                policy.requests_per_minute,
+                policy.tokens_per_minute,
+                claim.token,
+                claim.ttl_ms,
+                claim.endpoint,
+            ),
+            token=token,
+            claim=claim,
+        )
+
+    def withdraw(self, offer: SlotOffer) -> None:
+        """The script did not grant ``offer``: give its local permit back."""
+        self._local.release()
+
+    def release_granted(self, granted: GrantedSlot) -> None:
+        """Release a granted slot that no call took over (the task ended before its call)."""
+        try:
+            self._release(granted.offer.token, Slot())
+        finally:
+            self._local.release()
+
     @contextlib.contextmanager
-    def slot(self, claim: Claim | None = None) -> Iterator[Slot]:
+    def slot(
+        self, claim: Claim | None = None, granted: GrantedSlot | None = None
+    ) -> Iterator[Slot]:
         """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpen` if open,
         :class:`RateLimited` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
-        is held by another worker."""
-        self._local.acquire()
+        is held by another worker. With ``granted``, the slot is already held: no wait."""
         slot = Slot()
-        try:
-            slot.token = token = self._wait_for_slot(claim, slot)
-        except BaseException:
-            self._local.release()
-            raise
+        if granted is not None:
+            slot.token = token = granted.offer.token
+            slot.attempt = granted.attempt
+            slot.attempt_on_endpoint = granted.attempt_on_endpoint
+            self._held.add(token)
+            self._ensure_heartbeat()
+        else:
+            self._local.acquire()
+            try:
+                slot.token = token = self._wait_for_slot(claim, slot)
+            except BaseException:
+                self._local.release()
+                raise
         try:
             yield slot
         finally:

@@ -27,11 +27,25 @@ import redis
 
 from worker import events, keys, records
 from worker.contract import GenerationResult
-from worker.guard import NOW_MS, RELEASE_FUNCTION, SlotRelease
+from worker.guard import (
+    ACQUIRE_FUNCTION,
+    NOW_MS,
+    RELEASE_FUNCTION,
+    GrantedSlot,
+    SlotOffer,
+    SlotRelease,
+)
 
-# KEYS: record, Celery result. ARGV: created_at, deliveries field, record ttl s, result ttl s,
-# STARTED meta. Returns {deliveries, progress fields, result meta}.
-BEGIN = """
+# KEYS: record, Celery result, [the slot offer's keys]. ARGV: created_at, deliveries field,
+# record ttl s, result ttl s, STARTED meta, [most deliveries, the slot offer's arguments].
+# Returns {deliveries, progress fields, result meta, slot answer}. With an offer, it tries for
+# the slot in passing (see worker.guard.SlotOffer) when the task is about to call its expected
+# endpoint: no stored success, no cancellation, no move to a fallback endpoint, no serverless
+# job to poll, not too many deliveries. The slot answer is acquire_slot's, or false.
+BEGIN = (
+    NOW_MS
+    + ACQUIRE_FUNCTION
+    + """
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
 local deliveries = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local fields = redis.call('HMGET', KEYS[1], 'attempts', 'first_attempt_at', 'cancel_requested',
@@ -47,8 +61,15 @@ if not succeeded and not fields[3] then
   redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4])
   redis.call('PUBLISH', KEYS[2], ARGV[5])
 end
-return {deliveries, fields, meta}
+local slot = false
+if KEYS[3] and not succeeded and not fields[3] and not fields[4] and not fields[6]
+    and deliveries <= tonumber(ARGV[6]) then
+  slot = acquire_slot(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[7], ARGV[8],
+    ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now)
+end
+return {deliveries, fields, meta, slot}
 """
+)
 
 # KEYS: record, events stream, Celery result, running claim, kombu's unacked index and hash,
 # [lease, breaker, probe, rate].
@@ -125,6 +146,8 @@ class Progress:
     #: A serverless job the task waits for, and how often it was polled.
     job_id: str | None = None
     polls: int = 0
+    #: The endpoint slot granted in passing (see :meth:`Lifecycle.begin`).
+    granted: GrantedSlot | None = None
 
 
 @dataclass(frozen=True)
@@ -191,20 +214,33 @@ class Lifecycle:
         self._begin = client.register_script(BEGIN)
         self._finish = client.register_script(FINISH)
 
-    def begin(self, task_id: str, delivery_round: int, hostname: str) -> Progress:
+    def begin(
+        self,
+        task_id: str,
+        delivery_round: int,
+        hostname: str,
+        offer: SlotOffer | None = None,
+        max_deliveries: int = 0,
+    ) -> Progress:
         """Count the delivery (of Celery's retry round ``delivery_round``), read the progress,
-        and write ``STARTED`` with ``hostname`` (the worker's name), as Celery does."""
+        and write ``STARTED`` with ``hostname`` (the worker's name), as Celery does; try for
+        the slot of ``offer`` in passing (see :data:`BEGIN`)."""
         started = {"pid": os.getpid(), "hostname": hostname}
-        deliveries, fields, meta = self._begin(
-            keys=[keys.task_record(task_id), keys.celery_result(task_id)],
-            args=[
-                records.utcnow_iso(),
-                f"{records.F_DELIVERIES}:{delivery_round}",
-                self._record_ttl_s,
-                self._record_ttl_s,
-                celery_meta(task_id, "STARTED", started, done=False),
-            ],
-        )
+        script_keys = [keys.task_record(task_id), keys.celery_result(task_id)]
+        args: list[str | int] = [
+            records.utcnow_iso(),
+            f"{records.F_DELIVERIES}:{delivery_round}",
+            self._record_ttl_s,
+            self._record_ttl_s,
+            celery_meta(task_id, "STARTED", started, done=False),
+        ]
+        if offer is not None:
+            script_keys += offer.keys
+            args += [max_deliveries, *offer.args]
+        deliveries, fields, meta, answer = self._begin(keys=script_keys, args=args)
+        granted = None
+        if offer is not None and answer and int(answer[0]) == 1:
+            granted = GrantedSlot(offer, int(answer[2]), int(answer[3]))
         attempts, first, cancel, endpoint, tried, job_id, polls = (
             value.decode() if value is not None else None for value in fields
         )
@@ -218,6 +254,7 @@ class Lifecycle:
             tried=tuple(tried.split(",")) if tried else (),
             job_id=job_id,
             polls=int(polls or 0),
+            granted=granted,
         )
 
     def finish(
