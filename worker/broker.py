@@ -1,4 +1,4 @@
-"""kombu's Redis transport, with two savings per message.
+"""kombu's Redis transport, with two savings per message and no idle slots.
 
 kombu's Redis channel builds a new ``redis.Redis`` for every publish, ack and restore
 (``Channel.conn_or_acquire``), and redis-py's constructor copies its whole table of response
@@ -9,6 +9,11 @@ channel keeps one per pool and builds it again when kombu replaces the pool.
 And a task's end script (:mod:`worker.lifecycle`) removes its message's unacked entries in the
 same round trip as the result; :func:`settle` records that, and the ack that Celery sends next
 then only does kombu's local bookkeeping instead of a round trip of its own.
+
+While every slot of the worker's prefetch window is taken, kombu's consumer stops fetching and
+waits up to 2 s (Celery's poll timeout) before it looks again: a task that ends meanwhile leaves
+its slot idle for a second on average, 17 % of the throughput when calls take 5 s. This poller
+looks again every ``FULL_WINDOW_POLL_S`` while the window is full.
 
 :func:`install` maps the ``redis://`` and ``rediss://`` schemes to this transport in the
 process that calls it (the worker); URLs, options and TLS handling are kombu's own.
@@ -48,6 +53,18 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         super().ack(delivery_tag)
 
 
+#: How often the consumer looks for a freed slot while its prefetch window is full.
+FULL_WINDOW_POLL_S = 0.05
+
+
+class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        consuming = [channel for channel in self._channels if channel.active_queues]
+        if consuming and not any(channel.qos.can_consume() for channel in consuming):
+            timeout = FULL_WINDOW_POLL_S if timeout is None else min(timeout, FULL_WINDOW_POLL_S)
+        return super().get(callback, timeout)
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
     _shared_client: Any = None
@@ -67,6 +84,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = MultiChannelPoller()  # type: ignore[assignment]
 
 
 #: kombu's unacked hash and index (genqueue sets no ``global_keyprefix``).
