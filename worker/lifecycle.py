@@ -72,23 +72,26 @@ return {deliveries, fields, meta, slot}
 )
 
 # KEYS: record, events stream, Celery result, running claim, kombu's unacked index and hash,
-# [lease, breaker, probe, rate].
+# the inbox of the lost-message sweep, [lease, breaker, probe, rate].
 # ARGV: record ttl s, stream maxlen, task id, status, error type, finished_at, error json or '',
 # result ttl s, SUCCESS meta or '', claim token or '', message delivery tag or '',
 # [the slot release's arguments].
 # Returns {cancel_requested, attempts, created_at} of the record. A success found cancelled
 # meanwhile is neither stored nor announced nor acknowledged (the caller finishes the task
 # again, cancelled); a task that had already finished (a replayed result) gets no second stream
-# entry. A final end removes the message's unacked entries (what kombu's ack does).
+# entry. A final end removes the message's unacked entries (what kombu's ack does) and the
+# task from the inbox of the lost-message sweep (worker.reaper), which then holds only the
+# tasks that have not ended.
 FINISH = (
     NOW_MS
     + RELEASE_FUNCTION
     + """
-if KEYS[7] then
-  release_slot(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
+if KEYS[8] then
+  release_slot(KEYS[8], KEYS[9], KEYS[10], KEYS[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
     ARGV[16], now)
 end
 local function acknowledge()
+  redis.call('ZREM', KEYS[7], ARGV[3])
   if ARGV[11] ~= '' then
     redis.call('ZREM', KEYS[5], ARGV[11])
     redis.call('HDEL', KEYS[6], ARGV[11])
@@ -281,6 +284,7 @@ class Lifecycle:
             keys.running(task_id),
             self._broker.unacked_index_key if self._broker else "unacked_index",
             self._broker.unacked_key if self._broker else "unacked",
+            keys.inbox(),
         ]
         tag = message_tag if self._broker is not None and message_tag else ""
         release_args: tuple[str | int, ...] = ()

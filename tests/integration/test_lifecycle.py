@@ -92,6 +92,7 @@ def test_no_slot_in_passing_for_a_task_with_a_stored_result(redis_client, lifecy
 def test_the_end_script_releases_slot_claim_and_message(redis_client, lifecycle, guard, settled):
     redis_client.zadd("unacked_index", {TAG: 1.0})
     redis_client.hset("unacked", TAG, "message")
+    redis_client.zadd(keys.inbox(), {"t1": 1.0, "t2": 1.0})
     granted = _begin(lifecycle, guard).granted
     with guard.slot(Claim("t1", "claim-t1", 20_000, "default"), granted) as slot:
         release = guard.hand_off(slot)
@@ -104,6 +105,7 @@ def test_the_end_script_releases_slot_claim_and_message(redis_client, lifecycle,
     assert redis_client.exists(keys.running("t1")) == 0
     assert redis_client.zcard("unacked_index") == 0 and redis_client.hlen("unacked") == 0
     assert settled == [TAG]
+    assert redis_client.zrange(keys.inbox(), 0, -1) == [b"t2"]  # the sweep looks at t2 only
     assert json.loads(redis_client.get(keys.celery_result("t1")))["result"] == {"text": "x"}
 
 
@@ -111,9 +113,12 @@ def test_a_success_cancelled_meanwhile_keeps_its_message_until_the_cancelled_end
     redis_client, lifecycle, settled
 ):
     redis_client.hset("unacked", TAG, "message")
+    redis_client.zadd(keys.inbox(), {"t1": 1.0})
     redis_client.hset(keys.task_record("t1"), "cancel_requested", "1")
     end = lifecycle.finish("t1", Ending("succeeded", result={"text": "x"}), None, None, TAG)
     assert end.cancel_requested
     assert redis_client.hlen("unacked") == 1 and settled == []
+    assert redis_client.zcard(keys.inbox()) == 1
     lifecycle.finish("t1", Ending("cancelled", error_type="cancelled"), None, None, TAG)
     assert redis_client.hlen("unacked") == 0 and settled == [TAG]
+    assert redis_client.zcard(keys.inbox()) == 0
