@@ -195,7 +195,9 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=64, help="RUNPOD_MAX_CONCURRENCY")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--timeout-s", type=float, default=900)
-    parser.add_argument("--result-ttl-s", type=int, default=60, help="GENQUEUE_RESULT_TTL_S")
+    parser.add_argument(
+        "--result-ttl-s", type=int, default=600, help="GENQUEUE_RESULT_TTL_S (>= 4 x 30 s)"
+    )
     parser.add_argument(
         "--wait-expiry", action="store_true", help="measure memory again after the retention"
     )

@@ -22,6 +22,11 @@ POD_PROXY_TIMEOUT_S = 100.0
 WorkerPool = Literal["gevent", "threads", "prefork", "solo"]
 
 
+#: How many visibility timeouts a task's record outlives at least (the lost-message sweep sends
+#: a task again after two, from its record: see worker.reaper).
+LOST_MESSAGE_MARGIN = 4
+
+
 class Settings(BaseSettings):
     """Every setting genqueue reads. Field docs are the README's configuration table."""
 
@@ -182,6 +187,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GENQUEUE_HEARTBEAT_INTERVAL_S must be at most half of "
                 "GENQUEUE_VISIBILITY_TIMEOUT_S, or live messages would be redelivered"
+            )
+        if self.result_ttl_s < self.visibility_timeout_s * LOST_MESSAGE_MARGIN:
+            raise ValueError(
+                f"GENQUEUE_RESULT_TTL_S must be at least {LOST_MESSAGE_MARGIN} x "
+                "GENQUEUE_VISIBILITY_TIMEOUT_S: a task whose message was lost is sent again "
+                "after twice the visibility timeout, from its record, which must still be there"
             )
         return self
 

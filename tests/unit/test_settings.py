@@ -91,6 +91,13 @@ def test_invalid_value_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in message
 
 
+def test_records_must_outlive_the_lost_message_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = settings_error(
+        monkeypatch, GENQUEUE_RESULT_TTL_S="60", GENQUEUE_VISIBILITY_TIMEOUT_S="30"
+    )
+    assert "GENQUEUE_RESULT_TTL_S must be at least 4 x GENQUEUE_VISIBILITY_TIMEOUT_S" in message
+
+
 def test_retry_base_must_not_exceed_max(monkeypatch: pytest.MonkeyPatch) -> None:
     message = settings_error(
         monkeypatch, GENQUEUE_RETRY_BASE_DELAY_S="50", GENQUEUE_RETRY_MAX_DELAY_S="10"
