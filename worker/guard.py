@@ -278,6 +278,7 @@ class EndpointGuard:
         self._release_script = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._heartbeat: threading.Thread | None = None
+        self._heartbeat_lock = threading.Lock()
         self._stopped = threading.Event()
 
     def offer(self, claim: Claim) -> SlotOffer | None:
@@ -426,11 +427,16 @@ class EndpointGuard:
             )
 
     def _ensure_heartbeat(self) -> None:
-        if self._heartbeat is None or not self._heartbeat.is_alive():
-            self._heartbeat = threading.Thread(
-                target=self._renew_forever, name="genqueue-lease-heartbeat", daemon=True
-            )
-            self._heartbeat.start()
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        # start() waits for the thread to run, and lets other tasks (greenlets) run meanwhile:
+        # without the lock, each of them would start a heartbeat of its own.
+        with self._heartbeat_lock:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat = threading.Thread(
+                    target=self._renew_forever, name="genqueue-lease-heartbeat", daemon=True
+                )
+                self._heartbeat.start()
 
     def _renew_forever(self) -> None:
         interval_s = self._ttl_ms / 3000

@@ -59,6 +59,7 @@ class RunningTasks:
         self._lock = threading.Lock()
         self._release_claim = client.register_script(_RELEASE_CLAIM)
         self._listener: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
 
     def hold(self, task_id: str, token: str) -> None:
@@ -127,11 +128,14 @@ class RunningTasks:
         return True
 
     def _ensure_listener(self) -> None:
-        if self._listener is None or not self._listener.is_alive():
-            self._listener = threading.Thread(
-                target=self._listen, name="genqueue-cancel-listener", daemon=True
-            )
-            self._listener.start()
+        if self._listener is not None and self._listener.is_alive():
+            return
+        with self._listener_lock:  # one listener, however many tasks start at once (guard.py)
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(
+                    target=self._listen, name="genqueue-cancel-listener", daemon=True
+                )
+                self._listener.start()
 
     def _listen(self) -> None:
         while True:
