@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
+from celery.app import backends
 from celery.signals import after_setup_logger, celeryd_init, worker_process_shutdown
 from kombu import Queue
 
@@ -22,14 +23,20 @@ from worker.event_batches import BatchedTaskEvents
 from worker.liveness import Heartbeat, restorer, unacked_renewer
 from worker.observe import configure_task_logging, serve_worker_metrics
 from worker.reaper import sender, sweep
+from worker.results import ResultBackend
 from worker.runtime import SPARE_CONNECTIONS, close_runtimes
 from worker.settings import Settings, load_settings
 
 
 class GenQueueCelery(Celery):
-    """A Celery app that carries the settings it was built from."""
+    """A Celery app that carries the settings it was built from, and stores task states with
+    :class:`worker.results.ResultBackend`."""
 
     genqueue_settings: Settings
+
+    def _get_backend(self) -> ResultBackend:
+        _, url = backends.by_url(self.conf.result_backend, self.loader)
+        return ResultBackend(app=self, url=url)
 
 
 #: The lost-message sweep runs every this many heartbeats, in one worker at a time.
