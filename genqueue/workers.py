@@ -38,16 +38,14 @@ def worker_queues(endpoints: Endpoints, only: str | None = None) -> list[str]:
 def worker_argv(
     settings: Settings, index: int, queues: list[str], hostname: str | None = None
 ) -> list[str]:
-    """The ``celery worker`` command line of child ``index``."""
+    """The command line of child ``index``: a Celery worker (:mod:`worker.process`)."""
     name = hostname or f"genqueue{index}@{socket.gethostname()}"
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "worker.process",
         "--pool", settings.worker_pool,
         "--concurrency", str(settings.worker_concurrency),
         "--queues", ",".join(queues),
         "--hostname", name,
-        "--task-events",
-        "--without-gossip", "--without-mingle",
         "--loglevel", settings.log_level,
     ]  # fmt: skip
 
