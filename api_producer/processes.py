@@ -8,8 +8,9 @@ connections across them by a hash of the client's address and port.
 
 The parent keeps every socket open and hands socket *i* to child *i* (``pass_fds``), so a
 child that dies is started again on the same socket and the connections queued on it meanwhile
-wait instead of being reset. SIGINT or SIGTERM is passed to every child (uvicorn's graceful
-shutdown) and the parent waits for them.
+wait instead of being reset. The parent is :class:`genqueue.supervise.Supervisor`, as for
+``genqueue worker``: SIGINT or SIGTERM is passed to every child (uvicorn's graceful shutdown)
+and the parent waits for them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ import errno
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
-from types import FrameType
 
-RESTART_DELAY_S = 1.0
-#: How long the parent waits for children after a signal before it kills them.
-STOP_TIMEOUT_S = 15.0
+from genqueue.supervise import Policy, Supervisor
+
 #: The exit status of a child whose app did not start (starting it again would fail alike).
 STARTUP_FAILURE = 3
+#: The parent waits up to ``stop_timeout_s`` for its children after a signal, then kills them.
+API_POLICY = Policy(
+    name="genqueue api", fatal_exit=STARTUP_FAILURE, fatal_status=1, stop_timeout_s=15.0
+)
 BACKLOG = 2048
-_POLL_S = 0.2
 
 
 class PortInUseError(OSError):
@@ -84,82 +84,6 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-class ApiProcesses:
-    """Starts one uvicorn child per socket, restarts any that die, stops them all on a signal."""
-
-    def __init__(self, sockets: list[socket.socket], host: str, port: int, log_level: str):
-        self._sockets = sockets
-        self._host = host
-        self._port = port
-        self._log_level = log_level
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._stopping = False
-
-    def _spawn(self, index: int) -> None:
-        fd = self._sockets[index].fileno()
-        argv = [
-            sys.executable,
-            "-m",
-            "api_producer.processes",
-            str(os.getpid()),
-            str(fd),
-            self._host,
-            str(self._port),
-            self._log_level,
-        ]
-        self._children[index] = subprocess.Popen(argv, pass_fds=(fd,))
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._stopping = True
-        for child in self._children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        for index in range(len(self._sockets)):
-            self._spawn(index)
-        try:
-            while not self._stopping:
-                time.sleep(_POLL_S)
-                for index, child in list(self._children.items()):
-                    if self._stopping or child.poll() is None:
-                        continue
-                    if child.returncode == STARTUP_FAILURE:
-                        print(
-                            f"genqueue api: process {index} could not start; stopping",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        self._on_signal(signal.SIGTERM, None)
-                        self._wait_all()
-                        return 1
-                    print(
-                        f"genqueue api: process {index} exited with {child.returncode}; "
-                        "starting it again",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    time.sleep(RESTART_DELAY_S)
-                    if not self._stopping:
-                        self._spawn(index)
-            return self._wait_all()
-        finally:
-            for sock in self._sockets:
-                sock.close()
-
-    def _wait_all(self) -> int:
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for child in self._children.values():
-            try:
-                child.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        return 0
-
-
 def serve_processes(host: str, port: int, count: int, log_level: str) -> int:
     """Serve the API from ``count`` processes on ``host:port``; the exit status."""
     try:
@@ -167,7 +91,17 @@ def serve_processes(host: str, port: int, count: int, log_level: str) -> int:
     except PortInUseError as err:
         print(f"genqueue api: {err.strerror}", file=sys.stderr)
         return 1
-    return ApiProcesses(sockets, host, sockets[0].getsockname()[1], log_level).run()
+    port = sockets[0].getsockname()[1]
+    argvs = [
+        [sys.executable, "-m", "api_producer.processes",
+         str(os.getpid()), str(sock.fileno()), host, str(port), log_level]
+        for sock in sockets
+    ]  # fmt: skip
+    try:
+        return Supervisor(argvs, API_POLICY, [(sock.fileno(),) for sock in sockets]).run()
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 _PR_SET_PDEATHSIG = 1

@@ -1,13 +1,16 @@
-"""The supervisor of ``genqueue worker``'s processes, on the standard library alone.
+"""The process supervisor of ``genqueue worker`` and ``genqueue api``, on the standard library.
 
-``genqueue worker`` works out each child's ``celery worker`` command line, then replaces itself
-(``exec``) with ``python -m genqueue.supervise '<JSON list of command lines>'``: the same
+``genqueue worker`` works out each child's command line (:mod:`worker.process`), then replaces
+itself (``exec``) with ``python -m genqueue.supervise '<JSON list of command lines>'``: the same
 process id, so signals reach it as before, but without the settings, pydantic and the rest in
 memory (about 10 MB instead of 60; BENCHMARKS.md counts the whole process tree).
+``genqueue api`` runs a :class:`Supervisor` over its uvicorn processes in the same way
+(:mod:`api_producer.processes`), each child with its own listening socket.
 
-A child that dies is started again; SIGINT or SIGTERM is passed to every child (Celery's warm
-shutdown: tasks in flight finish, the rest go back to the queue) and the supervisor waits for
-them. A child that exits with :data:`CONFIG_ERROR_EXIT` (invalid settings) stops them all.
+A child that dies is started again; SIGINT or SIGTERM is passed to every child (a warm
+shutdown: Celery lets tasks in flight finish, uvicorn the requests) and the supervisor waits
+for them. A child that exits with the fatal status (a worker's invalid settings, an app that
+cannot start: starting it again would fail the same way) stops them all.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 RESTART_DELAY_S = 1.0
@@ -25,16 +30,46 @@ CONFIG_ERROR_EXIT = 2
 _POLL_S = 0.2
 
 
-class Supervisor:
-    """Starts one child per command line, restarts any that die, stops them all on a signal."""
+@dataclass(frozen=True)
+class Policy:
+    """What a supervisor calls itself, and how it treats its children's ends."""
 
-    def __init__(self, argvs: list[list[str]]) -> None:
+    #: The command in messages ("genqueue worker").
+    name: str
+    #: A child exiting with this stops every child: starting it again would fail alike.
+    fatal_exit: int
+    #: The supervisor's own exit status then; None: the children's (or ``fatal_exit``).
+    fatal_status: int | None = None
+    #: How long to wait for the children after a signal before killing them; None: for ever.
+    stop_timeout_s: float | None = None
+
+
+WORKER_POLICY = Policy(name="genqueue worker", fatal_exit=CONFIG_ERROR_EXIT)
+
+
+class Supervisor:
+    """Starts one child per command line, restarts any that die, stops them all on a signal.
+
+    :param argvs: the children's command lines.
+    :param pass_fds: for each child, the file descriptors it inherits (a listening socket).
+    """
+
+    def __init__(
+        self,
+        argvs: Sequence[Sequence[str]],
+        policy: Policy = WORKER_POLICY,
+        pass_fds: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         self._argvs = argvs
+        self._policy = policy
+        self._pass_fds = pass_fds or [() for _ in argvs]
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
 
     def _spawn(self, index: int) -> None:
-        self._children[index] = subprocess.Popen(self._argvs[index])
+        self._children[index] = subprocess.Popen(
+            self._argvs[index], pass_fds=tuple(self._pass_fds[index])
+        )
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
@@ -42,40 +77,45 @@ class Supervisor:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
+    def _say(self, message: str) -> None:
+        print(f"{self._policy.name}: {message}", file=sys.stderr, flush=True)
+
     def run(self) -> int:
+        """Supervise until a signal or a fatal exit; the exit status."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         for index in range(len(self._argvs)):
             self._spawn(index)
-        while True:
+        while not self._stopping:
             time.sleep(_POLL_S)
-            if self._stopping:
-                break
             for index, child in list(self._children.items()):
-                if child.poll() == CONFIG_ERROR_EXIT:
-                    # Invalid settings: starting again would fail the same way.
+                if self._stopping or child.poll() is None:
+                    continue
+                if child.returncode == self._policy.fatal_exit:
+                    self._say(f"process {index} could not start; stopping")
                     self._on_signal(signal.SIGTERM, None)
-                    return self._wait_all() or CONFIG_ERROR_EXIT
-                if child.returncode is not None:
-                    print(
-                        f"genqueue worker: process {index} exited with {child.returncode}; "
-                        "starting it again",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    time.sleep(RESTART_DELAY_S)
+                    status = self._wait_all()
+                    fatal = self._policy.fatal_status
+                    return fatal if fatal is not None else status or self._policy.fatal_exit
+                self._say(f"process {index} exited with {child.returncode}; starting it again")
+                time.sleep(RESTART_DELAY_S)
+                if not self._stopping:
                     self._spawn(index)
         return self._wait_all()
 
     def _wait_all(self) -> int:
+        """Wait for every child (killing those still there after the stop timeout); the
+        first positive exit status among them, or 0."""
+        timeout_s = self._policy.stop_timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         status = 0
         for child in self._children.values():
             try:
-                child.wait()
-            except KeyboardInterrupt:
+                child.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 child.kill()
                 child.wait()
-            status = status or (child.returncode if child.returncode > 0 else 0)
+            status = status or max(child.returncode, 0)
         return status
 
 
