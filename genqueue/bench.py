@@ -1096,9 +1096,12 @@ def targets(cfg: BenchConfig, results: dict[str, Any], found: dict[str, Any]) ->
     if rss is None and in_flight:
         rss_note += f" (peak {_median(results, 'drain', 'peak_rss_mb')} MB): run --soak-littles"
     api = ("enqueue", "api")
+    # The throughput target is set at L = 500 ms (a soak at 5 s compares other figures).
+    at_500_ms = cfg.latency_s < 5
+    drain_ratio = _median(found, "drain_throughput") if at_500_ms else None
     return [
-        _target("I/O drain >= 2.5x bare Celery throughput", _median(found, "drain_throughput"),
-                2.5, True, drain_note),
+        _target("I/O drain >= 2.5x bare Celery throughput", drain_ratio, 2.5, True,
+                drain_note if at_500_ms else "set at L=500 ms: run without --soak-littles"),
         _target("worker CPU per task at 0 ms <= 0.5x bare", _median(found, "overhead_cpu_per_task"),
                 0.5, False),
         _target("L=5 s, 1000 in flight: steady rate >= 0.9 of Little's law", littles, 0.9, True,
