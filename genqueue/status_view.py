@@ -1,7 +1,7 @@
 """``genqueue status`` without a task id: a live view of the service, read from Redis.
 
-Queue depth, endpoint calls in flight against ``RUNPOD_MAX_CONCURRENCY``, the circuit breaker,
-dead letters, and what ended in the last minute (counted from the completion stream
+Queue depth, each endpoint's calls in flight against its ``max_concurrency`` and its circuit
+breaker, dead letters, and what ended in the last minute (counted from the completion stream
 ``genqueue:events``), refreshed every 2 s; ``--once`` prints it once.
 """
 
@@ -18,8 +18,8 @@ import redis
 from worker import connections
 from worker.endpoints import load_endpoints
 from worker.events import RecentEvents, recent
-from worker.observe import Snapshot
 from worker.settings import Settings
+from worker.snapshot import Snapshot, endpoint_caps
 
 REFRESH_S = 2.0
 WINDOW_S = 60.0
@@ -35,12 +35,10 @@ class View:
 
 def read_view(client: redis.Redis, settings: Settings) -> View:
     """Everything the view shows, read now (one pipeline, then the stream)."""
-    endpoints = load_endpoints(settings)
-    endpoint = endpoints.default if endpoints is not None else None
-    cap = endpoints.get(None).max_concurrency if endpoints is not None else 0
+    caps = endpoint_caps(load_endpoints(settings))
     pipe = client.pipeline(transaction=False)
-    Snapshot.commands(pipe, endpoint)
-    snapshot = Snapshot.parse(pipe.execute(), endpoint, cap or settings.runpod_max_concurrency)
+    Snapshot.commands(pipe, caps)
+    snapshot = Snapshot.parse(pipe.execute(), caps)
     return View(snapshot, recent(client, WINDOW_S), datetime.now(UTC))
 
 
@@ -56,19 +54,19 @@ def render(view: View) -> str:
         f"genqueue status  {view.at:%Y-%m-%d %H:%M:%S} UTC",
         f"queue depth      {snap.queue_depth}",
     ]
-    if snap.endpoint_id is None:
+    if not snap.endpoints:
         lines.append("in flight        unknown (set RUNPOD_ENDPOINT_URL to see the endpoint)")
         lines.append("breaker          unknown")
-    else:
+    for endpoint in snap.endpoints:
         lines.append(
-            f"in flight        {snap.in_flight} / {snap.max_concurrency}"
-            f"  (endpoint {snap.endpoint_id})"
+            f"in flight        {endpoint.in_flight} / {endpoint.max_concurrency}"
+            f"  (endpoint {endpoint.endpoint_id})"
         )
-        breaker = snap.breaker_state or "closed"
+        breaker = endpoint.breaker_state
         if breaker == "open":
-            breaker += f" (probe in {snap.breaker_retry_in_s:.0f}s)"
-        if snap.breaker_failures:
-            breaker += f", {snap.breaker_failures} consecutive failures"
+            breaker += f" (probe in {endpoint.breaker_retry_in_s:.0f}s)"
+        if endpoint.breaker_failures:
+            breaker += f", {endpoint.breaker_failures} consecutive failures"
         lines.append(f"breaker          {breaker}")
     lines.append(f"dead letters     {snap.dead_letters}")
     statuses = ("succeeded", "failed", "cancelled")

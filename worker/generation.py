@@ -266,8 +266,11 @@ class Generation:
             return None
         if request.deadline is not None and request.deadline <= datetime.now(UTC):
             return None
-        claim = Claim(task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, name)
-        return target.guard.offer(claim)
+        return target.guard.offer(self._claim(task_id, name))
+
+    def _claim(self, task_id: str, endpoint: str) -> Claim:
+        """A new running claim on ``task_id``, to take with a slot on ``endpoint``."""
+        return Claim(task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, endpoint)
 
     def _on_endpoint(
         self,
@@ -290,10 +293,7 @@ class Generation:
         if granted is not None and granted.offer.guard is not target.guard:
             granted.offer.guard.release_granted(granted)  # not this endpoint's after all
             granted = None
-        if granted is not None:
-            claim = granted.offer.claim
-        else:
-            claim = Claim(task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, spec.name)
+        claim = granted.offer.claim if granted is not None else self._claim(task_id, spec.name)
         try:
             # Granted together with the slot: the task's running claim and its attempt count.
             with target.guard.slot(claim, granted) as slot:

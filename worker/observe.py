@@ -8,9 +8,8 @@
   ``genqueue.task`` logger, with ``task_id``, ``attempt``, ``endpoint``, ``latency_ms`` and
   ``outcome``. :func:`configure_task_logging` makes those lines JSON objects when
   ``GENQUEUE_LOG_FORMAT=json``. Prompts and outputs appear only with ``GENQUEUE_LOG_PROMPTS``.
-- :class:`Snapshot`: the shared state in Redis (queue depth, calls in flight against the cap,
-  the circuit breaker, dead letters), read in one pipeline by the API's ``/metrics`` and by
-  ``genqueue status``.
+
+The shared state in Redis (queue depth, calls in flight, breakers) is :mod:`worker.snapshot`'s.
 """
 
 from __future__ import annotations
@@ -25,14 +24,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from worker import keys
-from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME, GenerationResult
+from worker.contract import GenerationResult
 
 TASK_LOGGER = "genqueue.task"
 log = logging.getLogger(TASK_LOGGER)
@@ -331,65 +328,3 @@ def serve_worker_metrics(port: int, host: str, nodename: str) -> int | None:
         return None
     logging.getLogger(__name__).info("worker metrics on http://%s:%d/metrics", host, actual)
     return actual
-
-
-# --------------------------------------------------------------------------- shared state
-
-
-def queue_keys() -> list[str]:
-    """Every Redis list the workers consume: both queues, each priority step."""
-    return keys.queue_lists((QUEUE_NAME, CELERY_DEFAULT_QUEUE))
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The shared state of the service, as Redis holds it now."""
-
-    queue_depth: int
-    dead_letters: int
-    max_concurrency: int
-    endpoint_id: str | None = None
-    in_flight: int | None = None
-    breaker_state: str | None = None  # closed, open, half_open
-    breaker_failures: int = 0
-    breaker_retry_in_s: float = 0.0
-
-    @classmethod
-    def commands(cls, pipe: Any, endpoint_id: str | None) -> None:
-        """Queue the reads of a snapshot on ``pipe`` (a sync or an asyncio pipeline)."""
-        for name in queue_keys():
-            pipe.llen(name)
-        pipe.llen(keys.dead_letters())
-        pipe.time()
-        if endpoint_id is not None:
-            pipe.zcount(keys.lease(endpoint_id), int(time.time() * 1000), "+inf")
-            pipe.hmget(keys.breaker(endpoint_id), "open_until", "failures")
-
-    @classmethod
-    def parse(cls, results: list[Any], endpoint_id: str | None, max_concurrency: int) -> Snapshot:
-        """The snapshot from the results of :meth:`commands`."""
-        queues = len(queue_keys())
-        depth = sum(int(n) for n in results[:queues])
-        dead = int(results[queues])
-        seconds, micros = results[queues + 1]
-        if endpoint_id is None:
-            return cls(depth, dead, max_concurrency)
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        in_flight = int(results[queues + 2])
-        open_until_raw, failures = results[queues + 3]
-        open_until = int(open_until_raw or 0)
-        state = "closed"
-        if open_until > now_ms:
-            state = "open"
-        elif open_until > 0:
-            state = "half_open"
-        return cls(
-            queue_depth=depth,
-            dead_letters=dead,
-            max_concurrency=max_concurrency,
-            endpoint_id=endpoint_id,
-            in_flight=in_flight,
-            breaker_state=state,
-            breaker_failures=int(failures or 0),
-            breaker_retry_in_s=max(0.0, (open_until - now_ms) / 1000),
-        )

@@ -1,8 +1,8 @@
 """``GET /metrics``: Prometheus text, without a key (like ``/healthz``).
 
 The API's own counter (tasks it accepted) and, read from Redis at each scrape in one pipeline,
-the state every process shares: queue depth, endpoint calls in flight against
-``RUNPOD_MAX_CONCURRENCY``, the circuit breaker and the dead-letter list. The workers' own
+the state every process shares: queue depth, each endpoint's calls in flight against its
+``max_concurrency`` and its circuit breaker, and the dead-letter list. The workers' own
 metrics are served by each worker process (``GENQUEUE_WORKER_METRICS_PORT``).
 """
 
@@ -18,8 +18,8 @@ from redis.exceptions import RedisError
 
 from worker import connections
 from worker.endpoints import load_endpoints
-from worker.observe import Snapshot
 from worker.settings import Settings
+from worker.snapshot import EndpointState, Snapshot, endpoint_caps
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -35,14 +35,8 @@ class ApiMetrics:
             "Tasks this API process accepted (replayed idempotent submissions excluded).",
             registry=self.registry,
         )
-        endpoints = load_endpoints(settings)
-        #: The default endpoint's lease and breaker (unknown when no endpoint is configured).
-        self.endpoint_id = endpoints.default if endpoints is not None else None
-        self.max_concurrency = (
-            endpoints.get(None).max_concurrency
-            if endpoints is not None
-            else settings.runpod_max_concurrency
-        )
+        #: The endpoints whose leases and breakers a scrape reads (none configured: none).
+        self.caps = endpoint_caps(load_endpoints(settings))
         self.redis = connections.async_client(settings.redis_url, max_connections=8)
 
     async def aclose(self) -> None:
@@ -75,48 +69,50 @@ def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = No
 
 
 def snapshot_families(snapshot: Snapshot) -> list[Metric]:
-    """The shared state as Prometheus gauges."""
-    families = [
+    """The shared state as Prometheus gauges, one series per endpoint."""
+    families: list[Metric] = [
         _gauge("genqueue_redis_up", "1 when Redis answered this scrape.", 1),
         _gauge(
             "genqueue_queue_depth",
-            "Messages waiting in the queues genqueue and celery, all priorities.",
+            "Messages waiting in the queues the workers consume, all priorities.",
             snapshot.queue_depth,
         ),
         _gauge("genqueue_dead_letters", "Tasks in the dead-letter list.", snapshot.dead_letters),
     ]
-    if snapshot.endpoint_id is None:
-        return families
-    labels = {"endpoint": snapshot.endpoint_id}
-    families += [
-        _gauge(
-            "genqueue_endpoint_in_flight",
-            "Endpoint calls in flight across all workers.",
-            snapshot.in_flight or 0,
-            labels,
-        ),
-        _gauge(
-            "genqueue_endpoint_max_concurrency",
-            "RUNPOD_MAX_CONCURRENCY: the most calls in flight at once.",
-            snapshot.max_concurrency,
-            labels,
-        ),
-        _gauge(
-            "genqueue_breaker_consecutive_failures",
-            "Consecutive retryable failures counted by the circuit breaker.",
-            snapshot.breaker_failures,
-            labels,
-        ),
-    ]
+    if snapshot.endpoints:
+        families += _endpoint_families(snapshot.endpoints)
+    return families
+
+
+def _endpoint_families(endpoints: tuple[EndpointState, ...]) -> list[Metric]:
+    in_flight = GaugeMetricFamily(
+        "genqueue_endpoint_in_flight",
+        "Endpoint calls in flight across all workers.",
+        labels=["endpoint"],
+    )
+    cap = GaugeMetricFamily(
+        "genqueue_endpoint_max_concurrency",
+        "The endpoint's max_concurrency (RUNPOD_MAX_CONCURRENCY): the most calls at once.",
+        labels=["endpoint"],
+    )
+    failures = GaugeMetricFamily(
+        "genqueue_breaker_consecutive_failures",
+        "Consecutive retryable failures counted by the circuit breaker.",
+        labels=["endpoint"],
+    )
     state = GaugeMetricFamily(
         "genqueue_breaker_state",
         "The endpoint's circuit breaker: 1 for its current state.",
         labels=["endpoint", "state"],
     )
-    for name in BREAKER_STATES:
-        state.add_metric([snapshot.endpoint_id, name], float(snapshot.breaker_state == name))
-    families.append(state)
-    return families
+    for endpoint in endpoints:
+        name = endpoint.endpoint_id
+        in_flight.add_metric([name], endpoint.in_flight)
+        cap.add_metric([name], endpoint.max_concurrency)
+        failures.add_metric([name], endpoint.breaker_failures)
+        for breaker in BREAKER_STATES:
+            state.add_metric([name, breaker], float(endpoint.breaker_state == breaker))
+    return [in_flight, cap, failures, state]
 
 
 @router.get(
@@ -129,9 +125,9 @@ async def metrics(own: MetricsDep) -> Response:
     families = list(own.registry.collect())
     try:
         pipe = own.redis.pipeline(transaction=False)
-        Snapshot.commands(pipe, own.endpoint_id)
+        Snapshot.commands(pipe, own.caps)
         results = await pipe.execute()
-        families += snapshot_families(Snapshot.parse(results, own.endpoint_id, own.max_concurrency))
+        families += snapshot_families(Snapshot.parse(results, own.caps))
     except (RedisError, OSError):
         families.append(_gauge("genqueue_redis_up", "1 when Redis answered this scrape.", 0))
     return Response(generate_latest(_Families(families)), media_type=CONTENT_TYPE)

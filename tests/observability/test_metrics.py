@@ -10,9 +10,11 @@ import pytest
 import requests
 
 from genqueue.embedded_redis import free_port
+from genqueue.status_view import read_view, render
 from tests.api.conftest import API_KEY, queued_messages
 from tests.observability.conftest import scrape, scrape_until, value, wait_for
 from worker import keys
+from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -127,3 +129,35 @@ def test_api_metrics_without_redis_still_answer(api_factory):
     samples = scrape(f"{api.url}/metrics")
     assert value(samples, "genqueue_redis_up") == 0
     assert ("genqueue_queue_depth", frozenset()) not in samples
+
+
+def test_api_metrics_and_status_show_every_endpoint(api_factory, redis_url, redis_client, tmp_path):
+    endpoints = tmp_path / "endpoints.toml"
+    endpoints.write_text(
+        'default = "pod"\n'
+        '[endpoints.pod]\nurl = "http://127.0.0.1:9/pod"\nmax_concurrency = 2\n'
+        '[endpoints.vllm]\nkind = "openai"\nurl = "http://127.0.0.1:9/v1"\nmax_concurrency = 8\n'
+    )
+    now_ms = int(time.time() * 1000)
+    redis_client.zadd(keys.lease("vllm"), {"a": now_ms + 60_000, "b": now_ms + 60_000})
+    redis_client.hset(keys.breaker("vllm"), mapping={"open_until": now_ms + 60_000, "failures": 5})
+    redis_client.lpush("genqueue.vllm", "message")  # a task waiting in vllm's own queue
+    api = api_factory(redis_url, endpoints_file=endpoints)
+
+    scraped = scrape(f"{api.url}/metrics")
+    assert value(scraped, "genqueue_queue_depth") == 1
+    assert value(scraped, "genqueue_endpoint_max_concurrency", endpoint="pod") == 2
+    assert value(scraped, "genqueue_endpoint_max_concurrency", endpoint="vllm") == 8
+    assert value(scraped, "genqueue_endpoint_in_flight", endpoint="pod") == 0
+    assert value(scraped, "genqueue_endpoint_in_flight", endpoint="vllm") == 2
+    assert value(scraped, "genqueue_breaker_state", endpoint="pod", state="closed") == 1
+    assert value(scraped, "genqueue_breaker_state", endpoint="vllm", state="open") == 1
+    assert value(scraped, "genqueue_breaker_consecutive_failures", endpoint="vllm") == 5
+
+    text = render(read_view(redis_client, Settings(redis_url=redis_url, endpoints_file=endpoints)))
+    labelled = ("in flight", "breaker")
+    lines = [line[17:] for line in text.splitlines() if line.startswith(labelled)]
+    assert lines[0] == "0 / 2  (endpoint pod)"
+    assert lines[1] == "closed"
+    assert lines[2] == "2 / 8  (endpoint vllm)"
+    assert lines[3].startswith("open (probe in ") and lines[3].endswith(", 5 consecutive failures")
