@@ -22,14 +22,22 @@ the free slots of the prefetch window) and records them as unacked in one script
 reject and ``restore_visible`` work on them unchanged. It goes back to ``BRPOP`` as soon as a
 fetch finds the queues empty.
 
+A message that is not kombu's (not JSON, or without its delivery tag and delivery info: pushed
+onto a queue by hand or by a broken producer) would stop the worker process, and take the
+messages fetched with it down too. The fetch script and the ``BRPOP`` path set it aside,
+untouched, in the list ``genqueue:unreadable`` (:func:`worker.keys.unreadable`) and log an
+error naming the queue; the worker goes on.
+
 :func:`install` maps the ``redis://`` and ``rediss://`` schemes to this transport in the
 process that calls it (the worker); URLs, options and TLS handling are kombu's own.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from queue import Empty
 from time import time
 from typing import Any
 
@@ -39,7 +47,13 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from worker import keys
+
 SCHEMES = ("redis", "rediss")
+#: The most unreadable messages kept aside (the oldest go first).
+UNREADABLE_MAX = 10_000
+
+log = logging.getLogger(__name__)
 
 
 #: The messages whose unacked entries a task's end script removed, until their ack.
@@ -92,17 +106,17 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
 #: The most messages one :data:`FETCH` takes.
 FETCH_BATCH_MAX = 64
 
-# KEYS: kombu's unacked hash, its index, then the queues' lists in BRPOP's order (priority
-# first, then the queue cycle). ARGV: the most messages to take, now (s, kombu's score).
-# Returns {list, message, delivery tag or false, ...}. Each message is recorded as unacked
-# before it leaves its list, so an error (a full Redis refusing writes) leaves it queued. A
-# message without a delivery tag and delivery info is taken unrecorded: kombu's append writes
-# its entries, or its Message fails on it as it would after a BRPOP.
+# KEYS: kombu's unacked hash, its index, the unreadable list, then the queues' lists in
+# BRPOP's order (priority first, then the queue cycle). ARGV: the most messages to take, now
+# (s, kombu's score), the unreadable list's bound. Returns {list, message, delivery tag, ...};
+# an unreadable message (not JSON, or no delivery tag and delivery info) is set aside and
+# comes back as {list, false, false}. Each message is recorded (or set aside) before it leaves
+# its list, so an error (a full Redis refusing writes) leaves it queued.
 FETCH = """
 local want = tonumber(ARGV[1])
 local out = {}
 local taken = 0
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   while taken < want do
     local item = redis.call('LINDEX', KEYS[i], -1)
     if not item then break end
@@ -111,12 +125,20 @@ for i = 3, #KEYS do
     if ok and type(message) == 'table' and type(message['properties']) == 'table' then
       local properties = message['properties']
       local info = properties['delivery_info']
-      if type(properties['delivery_tag']) == 'string' and type(info) == 'table' then
+      if type(properties['delivery_tag']) == 'string' and type(info) == 'table'
+          and type(info['exchange']) == 'string' and type(info['routing_key']) == 'string' then
         tag = properties['delivery_tag']
-        redis.call('ZADD', KEYS[2], ARGV[2], tag)
-        redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
-          .. ',' .. cjson.encode(info['routing_key']) .. ']')
       end
+    end
+    if tag then
+      redis.call('ZADD', KEYS[2], ARGV[2], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(message['properties']
+        ['delivery_info']['exchange']) .. ',' .. cjson.encode(message['properties']
+        ['delivery_info']['routing_key']) .. ']')
+    else
+      redis.call('LPUSH', KEYS[3], item)
+      redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+      item = false
     end
     redis.call('RPOP', KEYS[i])
     taken = taken + 1
@@ -129,6 +151,38 @@ return out
 """
 
 
+def envelope(item: bytes) -> dict[str, Any] | None:
+    """The kombu message in ``item``, or None if it is not one (what :data:`FETCH` checks)."""
+    try:
+        message = loads(bytes_to_str(item))
+    except ValueError:  # not UTF-8, not JSON
+        return None
+    if not isinstance(message, dict):
+        return None
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return None
+    info = properties.get("delivery_info")
+    if (
+        isinstance(info, dict)
+        and isinstance(properties.get("delivery_tag"), str)
+        and isinstance(info.get("exchange"), str)
+        and isinstance(info.get("routing_key"), str)
+    ):
+        return message
+    return None
+
+
+def _log_unreadable(queue: str, size: int | None = None) -> None:
+    log.error(
+        "a message in queue %s is not a kombu message (not JSON, or no delivery tag and "
+        "delivery info)%s: set aside in %s, untouched",
+        queue,
+        f", {size} bytes" if size is not None else "",
+        keys.unreadable(),
+    )
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
     _shared_client: Any = None
@@ -138,9 +192,38 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _backlog = True
 
     def _brpop_read(self, **options: Any) -> Any:
-        delivered = super()._brpop_read(**options)
-        self._backlog = bool(delivered)
-        return delivered
+        """kombu's, but a message that is not kombu's is set aside instead of raising."""
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                # The next poll reconnects.
+                self.client.connection.disconnect()
+                raise
+            if not reply:
+                raise Empty()
+            self._backlog = True
+            name, item = reply
+            queue = bytes_to_str(name).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            message = envelope(item)
+            if message is None:
+                self._set_aside(queue, item)
+            else:
+                self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu leaves it
+            flush_reauth = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7
+            if flush_reauth is not None:
+                flush_reauth()
+
+    def _set_aside(self, queue: str, item: bytes) -> None:
+        with self.conn_or_acquire() as client:
+            client.pipeline().lpush(keys.unreadable(), item).ltrim(
+                keys.unreadable(), 0, UNREADABLE_MAX - 1
+            ).execute()
+        _log_unreadable(queue, len(item))
 
     def fetch_backlog(self) -> int:
         """Take up to a free window's worth of messages in one round trip; how many came.
@@ -166,7 +249,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if self._fetch_script is None or self._fetch_script.registered_client is not client:
                 self._fetch_script = client.register_script(FETCH)
             reply: list[Any] = self._fetch_script(
-                keys=[self.unacked_key, self.unacked_index_key, *lists], args=[want, time()]
+                keys=[self.unacked_key, self.unacked_index_key, keys.unreadable(), *lists],
+                args=[want, time(), UNREADABLE_MAX],
             )
         return reply
 
@@ -174,9 +258,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         failure: BaseException | None = None
         for index in range(0, len(reply), 3):
             queue = bytes_to_str(reply[index]).rsplit(self.sep, 1)[0]
-            if reply[index + 2]:
-                self.qos.recorded.add(bytes_to_str(reply[index + 2]))
             self._queue_cycle.rotate(queue)
+            if not reply[index + 2]:
+                _log_unreadable(queue)
+                continue
+            self.qos.recorded.add(bytes_to_str(reply[index + 2]))
             try:
                 self.connection._deliver(loads(bytes_to_str(reply[index + 1])), queue)
             except Exception as exc:  # the rest are taken too: deliver them, then raise

@@ -65,6 +65,12 @@ def dead_letters() -> str:
     return f"{PREFIX}:dead"
 
 
+def unreadable() -> str:
+    """List of raw broker messages that are not kombu messages (set aside by a worker),
+    newest first. Bounded by ``worker.broker.UNREADABLE_MAX``."""
+    return f"{PREFIX}:unreadable"
+
+
 def batch(batch_id: str) -> str:
     """Hash: created_at, total, cancelled_at. TTL: result retention."""
     return f"{PREFIX}:batch:{batch_id}"

@@ -16,7 +16,7 @@ import kombu
 import pytest
 import redis
 
-from worker import broker
+from worker import broker, keys
 
 QUEUE = "fetch-test"
 TIMEOUT_S = 10
@@ -179,22 +179,50 @@ def test_restore_visible_puts_back_a_fetched_message_whose_worker_is_gone(
     assert redis_client.hlen(broker.UNACKED_KEY) == 0
 
 
-def test_a_message_without_delivery_tag_is_taken_unrecorded_and_left_to_kombu(
-    redis_client: redis.Redis,
-) -> None:
-    script = redis_client.register_script(broker.FETCH)
-    redis_client.lpush(QUEUE, b"not json", json.dumps({"properties": {"x": 1}}))
-    reply = script(keys=[broker.UNACKED_KEY, broker.UNACKED_INDEX_KEY, QUEUE], args=[10, 1.0])
+def _fetch(script, want: int = 10) -> list:
+    keys_ = [broker.UNACKED_KEY, broker.UNACKED_INDEX_KEY, keys.unreadable(), QUEUE]
+    return script(keys=keys_, args=[want, 1.0, broker.UNREADABLE_MAX])
 
-    assert reply == [
-        QUEUE.encode(),
+
+def test_a_message_that_is_not_kombus_is_set_aside_untouched(redis_client: redis.Redis) -> None:
+    script = redis_client.register_script(broker.FETCH)
+    no_tag = json.dumps({"properties": {"x": 1}}).encode()
+    no_info = json.dumps({"properties": {"delivery_tag": "t"}}).encode()
+    redis_client.lpush(QUEUE, b"not json", no_tag, no_info, b"[1, 2]")
+
+    assert _fetch(script) == [QUEUE.encode(), None, None] * 4
+    assert redis_client.lrange(keys.unreadable(), 0, -1) == [
+        b"[1, 2]",
+        no_info,
+        no_tag,
         b"not json",
-        None,
-        QUEUE.encode(),
-        json.dumps({"properties": {"x": 1}}).encode(),
-        None,
     ]
+    assert redis_client.llen(QUEUE) == 0
     assert redis_client.hlen(broker.UNACKED_KEY) == 0
+
+
+@pytest.mark.parametrize(
+    ("item", "readable"),
+    [
+        (b"not json", False),
+        (b"\xff\xfe", False),
+        (b"[]", False),
+        (json.dumps({"properties": {"delivery_tag": "t", "delivery_info": {}}}).encode(), False),
+        (
+            json.dumps(
+                {
+                    "properties": {
+                        "delivery_tag": "t",
+                        "delivery_info": {"exchange": "", "routing_key": "q"},
+                    }
+                }
+            ).encode(),
+            True,
+        ),
+    ],
+)
+def test_the_brpop_path_reads_envelopes_as_the_script_does(item: bytes, readable: bool) -> None:
+    assert (broker.envelope(item) is not None) is readable
 
 
 def test_a_refused_write_leaves_the_message_in_its_queue(redis_client: redis.Redis) -> None:
@@ -206,5 +234,5 @@ def test_a_refused_write_leaves_the_message_in_its_queue(redis_client: redis.Red
     redis_client.set(broker.UNACKED_KEY, "a string, not a hash")  # HSET fails: WRONGTYPE
 
     with pytest.raises(redis.ResponseError):
-        script(keys=[broker.UNACKED_KEY, broker.UNACKED_INDEX_KEY, QUEUE], args=[10, 1.0])
+        _fetch(script)
     assert redis_client.lrange(QUEUE, 0, -1) == [message.encode()]

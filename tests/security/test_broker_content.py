@@ -11,6 +11,7 @@ import redis
 from kombu import Connection
 
 from tests.security.helpers import redis_contents
+from worker import keys
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -101,3 +102,31 @@ def test_json_message_of_the_wrong_shape_fails_once(
     assert simulator.stats()["calls"] == 0
     record = redis_client.hgetall(f"genqueue:task:{result.id}")
     assert b'"type": "invalid_request"' in record[b"error"]
+
+
+GARBAGE = [b"not json at all", b'{"x": 1}', b"[1, 2]", b"\xff\xfe"]
+
+
+@pytest.mark.parametrize("when", ["before the worker starts", "while it waits"])
+def test_messages_that_are_not_kombus_are_set_aside_and_the_worker_goes_on(
+    redis_url, redis_client, simulator, start_worker, celery_client, when
+) -> None:
+    # Before the start, the worker finds a backlog (its fetch script); while it waits on an
+    # empty queue, BRPOP hands them over one by one.
+    if when == "before the worker starts":
+        redis_client.lpush("genqueue", *GARBAGE)
+    worker = start_worker(redis_url, simulator.url)
+    if when == "while it waits":
+        redis_client.lpush("genqueue", *GARBAGE)
+
+    deadline = time.monotonic() + 15
+    while redis_client.llen(keys.unreadable()) < len(GARBAGE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(redis_client.lrange(keys.unreadable(), 0, -1)) == sorted(GARBAGE)
+    assert redis_client.llen("genqueue") == 0
+    result = celery_client.send_task("genqueue.generate", kwargs={"request": REQUEST})
+    assert result.get(timeout=30)["usage"]["completion_tokens"] == 4
+    assert worker.process.poll() is None, "the worker died"
+    log = worker.log()
+    assert log.count("is not a kombu message") == len(GARBAGE)
+    assert "exited with" not in log and "Connection to broker lost" not in log
