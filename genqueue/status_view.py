@@ -69,6 +69,8 @@ def render(view: View) -> str:
             breaker += f", {endpoint.breaker_failures} consecutive failures"
         lines.append(f"breaker          {breaker}")
     lines.append(f"dead letters     {snap.dead_letters}")
+    if snap.unreadable:
+        lines.append(f"unreadable       {snap.unreadable} (set aside in genqueue:unreadable)")
     statuses = ("succeeded", "failed", "cancelled")
     rate = ended.total / ended.window_s
     lines.append(f"last minute      {_counts(ended.by_status, statuses)}  ({rate:.2f}/s)")

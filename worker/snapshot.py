@@ -1,6 +1,7 @@
 """The shared state of the service as Redis holds it now, read in one pipeline.
 
-Queue depth (every queue the workers consume, every priority step), dead letters, and for each
+Queue depth (every queue the workers consume, every priority step), dead letters, unreadable
+messages set aside (:mod:`worker.broker`), and for each
 configured endpoint: its calls in flight against its cap and its circuit breaker. Read by the
 API's ``/metrics`` and by ``genqueue status``.
 """
@@ -54,6 +55,7 @@ class EndpointState:
 class Snapshot:
     queue_depth: int
     dead_letters: int
+    unreadable: int = 0
     endpoints: tuple[EndpointState, ...] = ()
 
     @classmethod
@@ -62,6 +64,7 @@ class Snapshot:
         for name in queue_keys([cap.endpoint_id for cap in caps]):
             pipe.llen(name)
         pipe.llen(keys.dead_letters())
+        pipe.llen(keys.unreadable())
         pipe.time()
         now_ms = int(time.time() * 1000)
         for cap in caps:
@@ -73,13 +76,13 @@ class Snapshot:
         """The snapshot from the results of :meth:`commands` with the same ``caps``."""
         queues = len(queue_keys([cap.endpoint_id for cap in caps]))
         depth = sum(int(n) for n in results[:queues])
-        dead = int(results[queues])
-        seconds, micros = results[queues + 1]
+        dead, unreadable = int(results[queues]), int(results[queues + 1])
+        seconds, micros = results[queues + 2]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         states = []
         for index, cap in enumerate(caps):
             in_flight, (open_until_raw, failures) = results[
-                queues + 2 + 2 * index : queues + 4 + 2 * index
+                queues + 3 + 2 * index : queues + 5 + 2 * index
             ]
             open_until = int(open_until_raw or 0)
             state = "closed"
@@ -97,4 +100,6 @@ class Snapshot:
                     breaker_retry_in_s=max(0.0, (open_until - now_ms) / 1000),
                 )
             )
-        return cls(queue_depth=depth, dead_letters=dead, endpoints=tuple(states))
+        return cls(
+            queue_depth=depth, dead_letters=dead, unreadable=unreadable, endpoints=tuple(states)
+        )

@@ -78,6 +78,11 @@ def snapshot_families(snapshot: Snapshot) -> list[Metric]:
             snapshot.queue_depth,
         ),
         _gauge("genqueue_dead_letters", "Tasks in the dead-letter list.", snapshot.dead_letters),
+        _gauge(
+            "genqueue_unreadable_messages",
+            "Queue messages that were not kombu messages, set aside in genqueue:unreadable.",
+            snapshot.unreadable,
+        ),
     ]
     if snapshot.endpoints:
         families += _endpoint_families(snapshot.endpoints)

@@ -142,6 +142,7 @@ def test_api_metrics_and_status_show_every_endpoint(api_factory, redis_url, redi
     redis_client.zadd(keys.lease("vllm"), {"a": now_ms + 60_000, "b": now_ms + 60_000})
     redis_client.hset(keys.breaker("vllm"), mapping={"open_until": now_ms + 60_000, "failures": 5})
     redis_client.lpush("genqueue.vllm", "message")  # a task waiting in vllm's own queue
+    redis_client.lpush(keys.unreadable(), "not json", "[]")  # set aside by a worker
     api = api_factory(redis_url, endpoints_file=endpoints)
 
     scraped = scrape(f"{api.url}/metrics")
@@ -153,6 +154,7 @@ def test_api_metrics_and_status_show_every_endpoint(api_factory, redis_url, redi
     assert value(scraped, "genqueue_breaker_state", endpoint="pod", state="closed") == 1
     assert value(scraped, "genqueue_breaker_state", endpoint="vllm", state="open") == 1
     assert value(scraped, "genqueue_breaker_consecutive_failures", endpoint="vllm") == 5
+    assert value(scraped, "genqueue_unreadable_messages") == 2
 
     text = render(read_view(redis_client, Settings(redis_url=redis_url, endpoints_file=endpoints)))
     labelled = ("in flight", "breaker")
@@ -161,3 +163,4 @@ def test_api_metrics_and_status_show_every_endpoint(api_factory, redis_url, redi
     assert lines[1] == "closed"
     assert lines[2] == "2 / 8  (endpoint vllm)"
     assert lines[3].startswith("open (probe in ") and lines[3].endswith(", 5 consecutive failures")
+    assert "unreadable       2 (set aside in genqueue:unreadable)" in text.splitlines()
