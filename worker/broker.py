@@ -120,11 +120,11 @@ for i = 4, #KEYS do
   while taken < want do
     local item = redis.call('LINDEX', KEYS[i], -1)
     if not item then break end
-    local tag = false
+    local tag, info = false, nil
     local ok, message = pcall(cjson.decode, item)
     if ok and type(message) == 'table' and type(message['properties']) == 'table' then
       local properties = message['properties']
-      local info = properties['delivery_info']
+      info = properties['delivery_info']
       if type(properties['delivery_tag']) == 'string' and type(info) == 'table'
           and type(info['exchange']) == 'string' and type(info['routing_key']) == 'string' then
         tag = properties['delivery_tag']
@@ -132,9 +132,8 @@ for i = 4, #KEYS do
     end
     if tag then
       redis.call('ZADD', KEYS[2], ARGV[2], tag)
-      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(message['properties']
-        ['delivery_info']['exchange']) .. ',' .. cjson.encode(message['properties']
-        ['delivery_info']['routing_key']) .. ']')
+      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
+        .. ',' .. cjson.encode(info['routing_key']) .. ']')
     else
       redis.call('LPUSH', KEYS[3], item)
       redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
