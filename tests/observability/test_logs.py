@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,17 @@ def _json_lines(log: str) -> list[dict[str, Any]]:
 
 def _of(lines: list[dict[str, Any]], task_id: str) -> list[dict[str, Any]]:
     return [line for line in lines if line.get("task_id") == task_id]
+
+
+def _log_with(worker, text: str, timeout_s: float = 10) -> str:
+    """The worker's log once it holds ``text``: a task's result is stored (and seen by
+    ``get()``) by its end script, and its ``succeeded`` line is written just after."""
+    deadline = time.monotonic() + timeout_s
+    log = worker.log()
+    while text not in log and time.monotonic() < deadline:
+        time.sleep(0.05)
+        log = worker.log()
+    return log
 
 
 def _send(celery_client, prompt: str):
@@ -66,7 +78,7 @@ def test_text_lines_by_default(redis_url, simulator, start_worker, celery_client
     worker = start_worker(redis_url, simulator.url)
     result = _send(celery_client, "hello")
     result.get(timeout=30)
-    log = worker.log()
+    log = _log_with(worker, f"task {result.id} succeeded")
     assert f"task {result.id} started attempt=1 endpoint=" in log
     assert f"task {result.id} succeeded attempt=1 endpoint=" in log
     assert "outcome=succeeded" in log
@@ -80,6 +92,6 @@ def test_prompts_only_when_asked(redis_url, simulator, start_worker, celery_clie
     prompt = f"debug-prompt-{secrets.token_hex(6)}"
     result = _send(celery_client, prompt)
     output = result.get(timeout=30)["text"]
-    events = _of(_json_lines(worker.log()), result.id)
+    events = _of(_json_lines(_log_with(worker, '"event": "succeeded"')), result.id)
     assert prompt in events[0]["prompt"]  # the rendered prompt, template included
     assert events[-1]["output"] == output
