@@ -21,6 +21,7 @@ from api_producer.producer import DirectProducer, EnqueueError, describe_redis_e
 from api_producer.ratelimit import RateLimiter
 from api_producer.routes import batches, health, metrics, tasks
 from api_producer.store import TaskStore
+from api_producer.uploads import UploadSlots
 from worker import connections
 from worker.endpoints import load_endpoints
 from worker.errors import TemplateError
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.rate_limiter = limiter
     app.state.genqueue_metrics = own_metrics
     app.state.genqueue_batches = batch_store
+    app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
     app.include_router(batches.router)
     app.include_router(health.router)

@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     batch_max_body_bytes: int = Field(default=64 * 1_048_576, ge=1024, le=1024 * 1_048_576)
     #: Priority of a batch line that sets none: below the interactive default (5), 9 first.
     batch_default_priority: int = Field(default=2, ge=0, le=9)
+    #: Batch uploads one API process reads at once; more are answered 503 with Retry-After.
+    batch_max_concurrent_uploads: int = Field(default=2, ge=1, le=1024)
 
     # --- observability --------------------------------------------------------------------
     #: Prometheus metrics of each worker process: process i serves on this port + i (0: off).
