@@ -21,10 +21,12 @@ Refusals, each with the HTTP status it is answered with::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -148,42 +150,180 @@ class BatchResults:
 # --------------------------------------------------------------------------- parsing
 
 
+#: Requests of a JSON body validated between two rate-limit charges.
+JSON_GROUP = 1000
+_DECODER = json.JSONDecoder()
+_JSON_HEAD = re.compile(r'\s*\{\s*"requests"\s*:\s*\[\s*')
+_SPACE = re.compile(r"\s*")
+
+#: ``(where, value)``: a JSONL line still undecoded (bytes), or a decoded JSON element.
+Item = tuple[str, Any]
+
+
+class BatchParser:
+    """A batch body read a piece at a time; nothing of it is kept but the validated requests.
+
+    A JSONL body is split into lines as it arrives (:meth:`feed`); a line is decoded and
+    validated only when :meth:`check` is given it, so the caller can charge the rate limit in
+    between. The line past ``rules.max_requests`` refuses the batch before the rest is read.
+    A JSON body (``{"requests": [...]}``) is held until :meth:`end`, then decoded an element at
+    a time. Raises :class:`BatchRefused` subclasses.
+    """
+
+    def __init__(self, content_type: str, rules: BatchRules) -> None:
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type not in JSONL_TYPES and media_type != JSON_TYPE:
+            allowed = ", ".join(sorted(JSONL_TYPES | {JSON_TYPE}))
+            raise UnsupportedMediaType(f"send the batch as one of {allowed}")
+        self._rules = rules
+        self._jsonl = media_type != JSON_TYPE
+        self._pending = bytearray()
+        self._number = 0
+        self._count = 0
+        self.lines: list[BatchLine] = []
+        self._problems: list[str] = []
+        self._problem_count = 0
+        self._first_seen: dict[str, str] = {}
+
+    def feed(self, chunk: bytes) -> list[Item]:
+        """The complete, non-blank JSONL lines ``chunk`` ends; none for a JSON body."""
+        self._pending += chunk
+        if not self._jsonl:
+            return []
+        cut = self._pending.rfind(b"\n")
+        if cut < 0:
+            return []
+        # Split on "\n" only: JSON strings may hold U+2028 and others splitlines() cuts at.
+        complete = bytes(self._pending[:cut])
+        del self._pending[: cut + 1]
+        return self._jsonl_items(complete.split(b"\n"))
+
+    def end(self) -> Iterator[list[Item]]:
+        """What is left once the body is read: the last JSONL line, or the JSON body's requests."""
+        rest, self._pending = bytes(self._pending), bytearray()
+        if self._jsonl:
+            items = self._jsonl_items([rest])
+            if items:
+                yield items
+            return
+        elements = _json_elements(_utf8(rest))
+        while group := list(itertools.islice(elements, JSON_GROUP)):
+            self._count_requests(len(group), group[-1][0])
+            yield group
+
+    def check(self, items: list[Item]) -> None:
+        """Decode and validate ``items``: the valid join :attr:`lines`, the others are noted."""
+        for where, value in items:
+            try:
+                line = _line(where, _decoded(value), self._rules)
+            except BatchInvalid as err:
+                self._problem(f"{where}: {err}")
+                continue
+            earlier = self._first_seen.setdefault(line.custom_id, where)
+            if earlier != where:
+                self._problem(f"{where}: custom_id {line.custom_id!r} is already on {earlier}")
+                continue
+            if not self._problems:
+                self.lines.append(line)
+
+    def result(self) -> list[BatchLine]:
+        """Every request, validated; :class:`BatchInvalid` naming the bad lines."""
+        if self._problems:
+            shown = "; ".join(self._problems)
+            more = self._problem_count - len(self._problems)
+            raise BatchInvalid(shown + (f" (and {more} more invalid lines)" if more > 0 else ""))
+        if not self.lines:
+            raise BatchInvalid("the batch holds no requests")
+        return self.lines
+
+    def _jsonl_items(self, raw_lines: list[bytes]) -> list[Item]:
+        items: list[Item] = []
+        for raw in raw_lines:
+            self._number += 1
+            if raw.strip():
+                self._count_requests(1, f"line {self._number}")
+                items.append((f"line {self._number}", raw))
+        return items
+
+    def _count_requests(self, count: int, last: str) -> None:
+        self._count += count
+        limit = self._rules.max_requests
+        if self._count > limit:
+            raise BatchInvalid(
+                f"a batch holds at most {limit} requests, this one has more ({last} is past that)"
+            )
+
+    def _problem(self, text: str) -> None:
+        self._problem_count += 1
+        self.lines.clear()  # an invalid batch is refused whole: keep no requests
+        if len(self._problems) < PROBLEMS_SHOWN:
+            self._problems.append(text)
+
+
 def parse_batch(body: bytes, content_type: str, rules: BatchRules) -> list[BatchLine]:
     """Every request of the body, validated; :class:`BatchRefused` naming the bad lines."""
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type not in JSONL_TYPES and media_type != JSON_TYPE:
-        allowed = ", ".join(sorted(JSONL_TYPES | {JSON_TYPE}))
-        raise UnsupportedMediaType(f"send the batch as one of {allowed}")
+    parser = BatchParser(content_type, rules)
+    parser.check(parser.feed(body))
+    for items in parser.end():
+        parser.check(items)
+    return parser.result()
+
+
+def _utf8(raw: bytes) -> str:
     try:
-        text = body.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UnreadableBody("the body is not UTF-8 text") from None
-    items = _json_items(text) if media_type == JSON_TYPE else _jsonl_items(text)
-    if not items:
-        raise BatchInvalid("the batch holds no requests")
-    if len(items) > rules.max_requests:
-        raise BatchInvalid(
-            f"a batch holds at most {rules.max_requests} requests, this one has {len(items)}"
-        )
-    return _validate(items, rules)
 
 
-def _jsonl_items(text: str) -> list[tuple[str, Any]]:
-    """``(where, value)`` of each non-blank line; a line that is not JSON gives an exception."""
-    items: list[tuple[str, Any]] = []
-    # Split on "\n" only: JSON strings may hold U+2028 and other characters splitlines() cuts at.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+def _decoded(value: Any) -> Any:
+    """A JSONL line's JSON value (or the :class:`BatchInvalid` saying it is not JSON)."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return json.loads(_utf8(value))
+    except json.JSONDecodeError as err:
+        return BatchInvalid(f"not JSON ({err.msg} at column {err.colno})")
+
+
+def _json_elements(text: str) -> Iterator[Item]:
+    """``{"requests": [...]}``'s elements, decoded one at a time (never the whole tree)."""
+    head = _JSON_HEAD.match(text)
+    if head is None:
+        yield from _json_items(text)  # spelled another way, or not a batch: the slow, exact path
+        return
+    pos = head.end()
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        pos = yield from _json_array(text, pos)
+    if text[pos:].strip() != "}":
+        raise BatchInvalid('a JSON batch is an object {"requests": [...]} and nothing else')
+
+
+def _json_array(text: str, pos: int) -> Generator[Item, None, int]:
+    """The elements of the array at ``pos`` (just past its ``[``); returns the end's position."""
+    for number in itertools.count(1):
         try:
-            value: Any = json.loads(line)
+            value, pos = _DECODER.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            value = BatchInvalid(f"not JSON ({err.msg} at column {err.colno})")
-        items.append((f"line {number}", value))
-    return items
+            raise BatchInvalid(f"the body is not JSON ({err.msg} at line {err.lineno})") from None
+        yield f"request {number}", value
+        pos = _skip_space(text, pos)
+        if not text.startswith(",", pos):
+            break
+        pos = _skip_space(text, pos + 1)
+    if not text.startswith("]", pos):
+        raise BatchInvalid("the body is not JSON (expecting ',' or ']' after a request)")
+    return pos + 1
 
 
-def _json_items(text: str) -> list[tuple[str, Any]]:
+def _skip_space(text: str, pos: int) -> int:
+    match = _SPACE.match(text, pos)
+    return match.end() if match else pos
+
+
+def _json_items(text: str) -> list[Item]:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as err:
@@ -194,28 +334,6 @@ def _json_items(text: str) -> list[tuple[str, Any]]:
     if not isinstance(requests_, list):
         raise BatchInvalid("requests must be a list")
     return [(f"request {number}", value) for number, value in enumerate(requests_, start=1)]
-
-
-def _validate(items: list[tuple[str, Any]], rules: BatchRules) -> list[BatchLine]:
-    lines: list[BatchLine] = []
-    problems: list[str] = []
-    first_seen: dict[str, str] = {}
-    for where, value in items:
-        try:
-            line = _line(where, value, rules)
-        except BatchInvalid as err:
-            problems.append(f"{where}: {err}")
-            continue
-        earlier = first_seen.setdefault(line.custom_id, where)
-        if earlier != where:
-            problems.append(f"{where}: custom_id {line.custom_id!r} is already on {earlier}")
-            continue
-        lines.append(line)
-    if problems:
-        shown = "; ".join(problems[:PROBLEMS_SHOWN])
-        more = len(problems) - PROBLEMS_SHOWN
-        raise BatchInvalid(shown + (f" (and {more} more invalid lines)" if more > 0 else ""))
-    return lines
 
 
 def _line(where: str, value: Any, rules: BatchRules) -> BatchLine:

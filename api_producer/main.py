@@ -21,6 +21,8 @@ from api_producer.producer import DirectProducer, EnqueueError, describe_redis_e
 from api_producer.ratelimit import RateLimiter
 from api_producer.routes import batches, health, metrics, tasks
 from api_producer.store import TaskStore
+from api_producer.uploads import UploadSlots
+from api_producer.waiters import ResultListener
 from worker import connections
 from worker.endpoints import load_endpoints
 from worker.errors import TemplateError
@@ -40,6 +42,12 @@ def _endpoints(settings: Settings) -> frozenset[str] | None:
     return frozenset(endpoints.names) if endpoints is not None else None
 
 
+def listener(settings: Settings) -> ResultListener:
+    """The process's one pub/sub connection for ``?wait=`` (a client of its own)."""
+    client = connections.async_client(settings.redis_url, max_connections=2)
+    return ResultListener(client, settings.api_max_waiters)
+
+
 def build_state(settings: Settings) -> ApiState:
     sync_client = connections.sync_client(settings.redis_url, max_connections=256)
     async_client = connections.async_client(settings.redis_url, max_connections=1024)
@@ -48,7 +56,7 @@ def build_state(settings: Settings) -> ApiState:
         settings=settings,
         producer=DirectProducer(settings, sync_client, plan),
         enqueuer=AsyncProducer(settings, async_client, plan),
-        store=TaskStore(async_client, settings.result_ttl_s),
+        store=TaskStore(async_client, settings.result_ttl_s, listener(settings)),
         keys=KeyChecker(
             [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
         ),
@@ -96,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         await limiter.aclose()
         await own_metrics.aclose()
         await batch_store.aclose()
+        await state.store.aclose()
 
     app = FastAPI(
         title="genqueue",
@@ -107,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.rate_limiter = limiter
     app.state.genqueue_metrics = own_metrics
     app.state.genqueue_batches = batch_store
+    app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
     app.include_router(batches.router)
     app.include_router(health.router)

@@ -3,7 +3,8 @@
 A fixed one-minute window per caller: ``genqueue:rate:<caller id>:<window>`` holds the tasks
 the caller submitted in that minute and expires soon after it. The caller id is the key's
 digest prefix from :class:`~api_producer.auth.KeyChecker`, never the key. A batch counts as
-its length. A submission that would pass the limit is refused whole (429 with ``Retry-After``)
+its length, charged as its lines arrive, before they are parsed; a batch refused for any reason
+is refunded. A submission that would pass the limit is refused whole (429 with ``Retry-After``)
 and counts for nothing. A fixed window lets a caller reach twice the limit across a window
 edge at most; the point is to bound GPU work per key, not to shape traffic.
 """
@@ -38,6 +39,16 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return used + cost
 """
 
+# Give back what a refused batch was charged, never below zero (the window may have ended).
+_REFUND_LUA = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local back = math.min(used, tonumber(ARGV[1]))
+if back > 0 then
+  redis.call('DECRBY', KEYS[1], back)
+end
+return back
+"""
+
 
 def rate_key(caller: str, window: int) -> str:
     """String counter of one caller's submissions in one window. TTL: two windows."""
@@ -62,6 +73,7 @@ class RateLimiter:
         self._per_minute = per_minute
         self._clock = clock
         self._script = client.register_script(_CHARGE_LUA) if client is not None else None
+        self._refund = client.register_script(_REFUND_LUA) if client is not None else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -75,14 +87,19 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self._script is not None and self._per_minute > 0
 
-    async def charge(self, caller: str, cost: int) -> None:
-        """Count ``cost`` submissions for ``caller``; :class:`HTTPException` 429 if over."""
+    async def charge(self, caller: str, cost: int, before: int = 0) -> int | None:
+        """Count ``cost`` submissions for ``caller``; :class:`HTTPException` 429 if over.
+
+        ``before`` is what the same submission was charged already (a batch charged a piece
+        at a time). Returns the window charged, ``None`` when the limit is off.
+        """
         if not self.enabled or self._script is None:
-            return
-        if cost > self._per_minute:
+            return None
+        if before + cost > self._per_minute:
+            size = f"{before + cost} or more" if before else str(cost)
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=f"a batch of {cost} is more than the {self._per_minute} tasks per minute "
+                detail=f"a batch of {size} is more than the {self._per_minute} tasks per minute "
                 "this key may submit: split it",
             )
         now = self._clock()
@@ -98,6 +115,12 @@ class RateLimiter:
                 f"retry in {retry_after_s}s",
                 headers={"Retry-After": str(retry_after_s)},
             )
+        return window
+
+    async def refund(self, caller: str, window: int, cost: int) -> None:
+        """Give back ``cost`` charged to ``caller`` in ``window``."""
+        if self._refund is not None and cost > 0:
+            await self._refund(keys=[rate_key(caller, window)], args=[cost])
 
     async def aclose(self) -> None:
         if self._redis is not None:
@@ -105,14 +128,31 @@ class RateLimiter:
 
 
 class Charge:
-    """The current caller's limit: ``await charge(n)`` before enqueueing ``n`` tasks."""
+    """The current caller's limit: ``await charge(n)`` before enqueueing ``n`` tasks.
+
+    Several calls add up (a batch charged a piece at a time); :meth:`refund` gives all of it
+    back when the submission is refused after all.
+    """
 
     def __init__(self, limiter: RateLimiter, caller: str) -> None:
         self._limiter = limiter
         self._caller = caller
+        self._charged: dict[int, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self._charged.values())
 
     async def __call__(self, cost: int) -> None:
-        await self._limiter.charge(self._caller, cost)
+        window = await self._limiter.charge(self._caller, cost, before=self.total)
+        if window is not None:
+            self._charged[window] = self._charged.get(window, 0) + cost
+
+    async def refund(self) -> None:
+        """Give back everything this submission was charged."""
+        charged, self._charged = self._charged, {}
+        for window, cost in charged.items():
+            await self._limiter.refund(self._caller, window, cost)
 
 
 def get_rate_limiter(request: Request) -> RateLimiter:

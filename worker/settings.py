@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     api_batch_max: int = Field(default=100, ge=1, le=10_000)
     api_wait_max_s: float = Field(default=60.0, ge=0, le=600)
+    #: ``?wait=`` requests one API process holds at once; more are answered 429 at once.
+    api_max_waiters: int = Field(default=4096, ge=1, le=1_000_000)
     #: Serve beyond loopback without GENQUEUE_API_KEYS (anyone who reaches the port may submit).
     api_insecure_no_auth: bool = False
     #: Accepted keys given as SHA-256 hex digests, so the plain keys are not stored anywhere.
@@ -120,6 +122,8 @@ class Settings(BaseSettings):
     batch_max_body_bytes: int = Field(default=64 * 1_048_576, ge=1024, le=1024 * 1_048_576)
     #: Priority of a batch line that sets none: below the interactive default (5), 9 first.
     batch_default_priority: int = Field(default=2, ge=0, le=9)
+    #: Batch uploads one API process reads at once; more are answered 503 with Retry-After.
+    batch_max_concurrent_uploads: int = Field(default=2, ge=1, le=1024)
 
     # --- observability --------------------------------------------------------------------
     #: Prometheus metrics of each worker process: process i serves on this port + i (0: off).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -11,17 +12,20 @@ from pydantic import Field
 
 from api_producer.batches import (
     BatchCreated,
+    BatchLine,
+    BatchParser,
     BatchRefused,
     BatchRules,
     BatchStatus,
     BatchStore,
+    Item,
     check_webhooks,
-    parse_batch,
 )
 from api_producer.deps import CallerDep, StateDep
-from api_producer.ratelimit import RateLimitDep
+from api_producer.ratelimit import Charge, RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import ANY_ROUTE, InvalidInput, problem
+from api_producer.uploads import UploadSlots
 
 _T = TypeVar("_T")
 PATH = "/v1/batches"
@@ -50,6 +54,11 @@ _CREATE: dict[int | str, dict[str, Any]] = {
         },
     ),
 }
+_CREATE[503] = problem(
+    "Redis cannot be reached, or this API process is already reading "
+    "GENQUEUE_BATCH_MAX_CONCURRENT_UPLOADS uploads (then with Retry-After); nothing was enqueued",
+    headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+)
 _ONE_BATCH: dict[int | str, dict[str, Any]] = {404: problem("no such batch")}
 
 _JSONL_SCHEMA = {
@@ -122,6 +131,12 @@ async def get_batches(request: Request) -> BatchStore:
 
 BatchesDep = Annotated[BatchStore, Depends(get_batches)]
 
+
+def get_upload_slots(request: Request) -> UploadSlots:
+    slots: UploadSlots = request.app.state.genqueue_uploads
+    return slots
+
+
 router = APIRouter(prefix=PATH, tags=["batches"], responses=ANY_ROUTE)
 
 
@@ -149,19 +164,40 @@ async def create_batch(
         templates=state.templates,
         endpoints=state.endpoints,
     )
-    body = await request.body()
-    content_type = request.headers.get("content-type", "")
-    try:
-        # Tens of thousands of lines: parse off the event loop.
-        lines = await run_in_threadpool(parse_batch, body, content_type, rules)
-        await run_in_threadpool(check_webhooks, lines, settings)
-    except BatchRefused as err:
-        raise HTTPException(err.status_code, detail=str(err)) from None
-    await charge(len(lines))
-    accepted = await batches.create(lines)
+    async with get_upload_slots(request).slot():
+        try:
+            parser = BatchParser(request.headers.get("content-type", ""), rules)
+            lines = await _read(request, parser, charge)
+            await run_in_threadpool(check_webhooks, lines, settings)
+            accepted = await batches.create(lines)
+        except BaseException as err:
+            await asyncio.shield(charge.refund())  # refused: the batch counts for nothing
+            if isinstance(err, BatchRefused):
+                raise HTTPException(err.status_code, detail=str(err)) from None
+            raise
     counted.submitted.inc(len(lines))
     response.headers["Location"] = f"{PATH}/{accepted.batch_id}"
     return accepted
+
+
+async def _read(request: Request, parser: BatchParser, charge: Charge) -> list[BatchLine]:
+    """The body's requests, each charged to the rate limit before it is parsed.
+
+    Read as it arrives: a refusal (a line past the limit, the rate limit, not UTF-8) stops
+    reading there; the rest of the body is never parsed.
+    """
+    async for chunk in request.stream():
+        await _check(parser.feed(chunk), parser, charge)
+    for items in parser.end():
+        await _check(items, parser, charge)
+    return parser.result()
+
+
+async def _check(items: list[Item], parser: BatchParser, charge: Charge) -> None:
+    if items:
+        await charge(len(items))
+        # Thousands of lines a chunk at most: parse off the event loop.
+        await run_in_threadpool(parser.check, items)
 
 
 @router.get("/{batch_id}", response_model=BatchStatus, responses=_ONE_BATCH)

@@ -13,6 +13,7 @@ from api_producer.deps import CallerDep, StateDep
 from api_producer.producer import Accepted, IdempotencyConflict
 from api_producer.ratelimit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
+from api_producer.waiters import TooManyWaiters
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
 from worker.webhooks import WebhookRefused, check_webhook_url
 
@@ -54,6 +55,16 @@ _SUBMIT: dict[int | str, dict[str, Any]] = {
     ),
 }
 _ONE_TASK: dict[int | str, dict[str, Any]] = {404: problem("no such task")}
+_WAIT: dict[int | str, dict[str, Any]] = {
+    **_ONE_TASK,
+    429: problem(
+        "with ?wait=: this API process already holds GENQUEUE_API_MAX_WAITERS waits; "
+        "read the status without ?wait= or retry after Retry-After",
+        headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    ),
+}
+#: What a wait refused for too many waiters is told to wait, in seconds.
+WAIT_RETRY_AFTER_S = 1
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ANY_ROUTE)
 
@@ -161,7 +172,7 @@ async def submit_batch(
     return BatchAccepted(tasks=[TaskAccepted(task_id=task_id) for task_id in accepted.task_ids])
 
 
-@router.get("/{task_id}", response_model=TaskStatus, responses=_ONE_TASK)
+@router.get("/{task_id}", response_model=TaskStatus, responses=_WAIT)
 async def get_task(
     task_id: TaskId,
     state: StateDep,
@@ -170,7 +181,16 @@ async def get_task(
 ) -> TaskStatus:
     """A task's status; with ``?wait=S``, held up to S seconds for a final one."""
     timeout_s = min(wait, state.settings.api_wait_max_s)
-    found = await state.store.wait(task_id, timeout_s)
+    try:
+        found = await state.store.wait(task_id, timeout_s)
+    except TooManyWaiters:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"this API process already holds {state.settings.api_max_waiters} waits "
+            "(GENQUEUE_API_MAX_WAITERS): read the status without ?wait= or retry in "
+            f"{WAIT_RETRY_AFTER_S}s",
+            headers={"Retry-After": str(WAIT_RETRY_AFTER_S)},
+        ) from None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id}")
     return found

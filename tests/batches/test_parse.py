@@ -68,7 +68,7 @@ def test_json_form() -> None:
             "line 1: the deadline is already in the past",
         ),
         ([], "the batch holds no requests"),
-        ([line(i) for i in range(101)], "at most 100 requests, this one has 101"),
+        ([line(i) for i in range(101)], "at most 100 requests, this one has more"),
     ],
 )
 def test_invalid_batches(items: list[object], fragment: str) -> None:
