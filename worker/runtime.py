@@ -16,6 +16,7 @@ from worker.generation import Generation, GenerationPolicy
 from worker.lifecycle import BrokerAcks
 from worker.liveness import RunningTasks
 from worker.observe import TaskObserver, process_metrics
+from worker.outage import OutagePolicy
 from worker.prompts import PromptRenderer
 from worker.settings import Settings
 from worker.targets import EndpointTarget, build_target
@@ -80,6 +81,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             record_ttl_s=settings.result_ttl_s,
             max_deliveries=settings.max_deliveries,
             events_maxlen=settings.events_maxlen,
+            outage=OutagePolicy(budget_s=settings.redis_outage_s),
         ),
         observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
         broker_acks=BrokerAcks(
