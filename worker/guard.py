@@ -29,7 +29,7 @@ from enum import Enum
 import redis
 
 from worker import keys
-from worker.outage import OutagePolicy, ride_out
+from worker.outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger(__name__)
 
@@ -414,15 +414,18 @@ class EndpointGuard:
         return token
 
     def _release(self, token: str, slot: Slot) -> None:
+        args = [
+            token, slot.outcome.value, self._policy.failure_threshold, self._cooldown_ms,
+            slot.tokens,
+        ]  # fmt: skip
         try:
-            opened = self._release_script(
-                keys=self._keys,
-                args=[
-                    token, slot.outcome.value, self._policy.failure_threshold,
-                    self._cooldown_ms, slot.tokens,
-                ],
-            )  # fmt: skip
-        except redis.RedisError:
+            # Ridden out: a lease left behind holds a slot of the cap until it lapses.
+            opened = ride_out(
+                lambda: self._release_script(keys=self._keys, args=args),
+                "releasing its endpoint slot",
+                self._policy.outage,
+            )
+        except (RedisOutage, redis.RedisError):
             # The token lapses by itself after the lease TTL; nothing is lost.
             log.warning("could not release a concurrency lease; it expires by itself")
             return

@@ -24,7 +24,14 @@ import redis
 
 from worker import keys
 from worker.errors import TaskCancelled
-from worker.outage import REDIS_DOWN, note_failure, recently_down
+from worker.outage import (
+    REDIS_DOWN,
+    OutagePolicy,
+    RedisOutage,
+    note_failure,
+    recently_down,
+    ride_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +70,11 @@ class RunningTasks:
     :param claim_ttl_s: how long a claim outlives a worker that stopped renewing it.
     """
 
-    def __init__(self, client: redis.Redis, claim_ttl_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, claim_ttl_s: float, outage: OutagePolicy | None = None
+    ) -> None:
         self._redis = client
+        self._outage = outage or OutagePolicy()
         self.claim_ttl_ms = int(claim_ttl_s * 1000)
         self._claims: dict[str, str] = {}
         self._calls: dict[str, Any] = {}
@@ -94,8 +104,13 @@ class RunningTasks:
             token = self._claims.pop(task_id, None)
         if token is not None:
             try:
-                self._release_claim(keys=[keys.running(task_id)], args=[token])
-            except redis.RedisError:
+                # Ridden out: a claim left behind would drop the task's retry as a duplicate.
+                ride_out(
+                    lambda: self._release_claim(keys=[keys.running(task_id)], args=[token]),
+                    "releasing its running claim",
+                    self._outage,
+                )
+            except (RedisOutage, redis.RedisError):
                 log.warning("could not release the running claim of %s; it expires", task_id)
 
     def close(self) -> None:
