@@ -47,7 +47,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from worker import keys
+from worker import keys, outage
 
 SCHEMES = ("redis", "rediss")
 #: The most unreadable messages kept aside (the oldest go first).
@@ -101,6 +101,23 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
         if consuming and not any(channel.qos.can_consume() for channel in consuming):
             timeout = FULL_WINDOW_POLL_S if timeout is None else min(timeout, FULL_WINDOW_POLL_S)
         return super().get(callback, timeout)
+
+    def maybe_restore_messages(self) -> Any:
+        """kombu's sweep for abandoned messages, held back for a visibility timeout after this
+        process found Redis away (see :func:`worker.outage.recently_down`)."""
+        for channel in self._channels:
+            if not channel.active_queues:
+                continue
+            if outage.recently_down(channel.visibility_timeout):
+                return None
+            try:
+                return channel.qos.restore_visible(
+                    num=channel.unacked_restore_limit, interval=channel.unacked_restore_throttle
+                )
+            except channel.connection_errors:
+                outage.note_failure()  # the polling loop reconnects by itself
+                return None
+        return None
 
 
 #: The most messages one :data:`FETCH` takes.

@@ -71,7 +71,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
         renew = unacked_renewer(self._client, channel)
         queues = [queue.name for queue in parent.task_consumer.queues]
         reap = self._reaper(parent.app, settings, queues, channel.unacked_key)
-        beats = [renew, restorer(channel), reap]
+        beats = [renew, restorer(channel, settings.visibility_timeout_s), reap]
         self._heartbeat = Heartbeat(settings.heartbeat_interval_s, beats)
         self._heartbeat.start()
 
@@ -125,6 +125,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_connect_timeout": 5,
         "redis_socket_timeout": 30,
         "redis_retry_on_timeout": True,
+        # Celery's own state writes (RETRY, FAILURE) ride out a Redis outage too, about as long
+        # as genqueue's round trips do (worker.outage): a retry sleeps 1 s on average.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": int(settings.redis_outage_s) + 1,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": 2000,
         "broker_pool_limit": connections,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {

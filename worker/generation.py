@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,7 @@ from worker.guard import (
 from worker.lifecycle import BrokerAcks, Ending, Finished, Lifecycle, Progress
 from worker.liveness import RunningTasks
 from worker.observe import CURRENT_ENDPOINT, TaskObserver, seconds_since
+from worker.outage import OutagePolicy, RedisOutage, ride_out
 from worker.prompts import PromptRenderer, as_messages
 from worker.serverless import FAILED_STATES, PENDING_STATES, Job, job_input, result_from
 from worker.serverless import failure as job_failure
@@ -60,6 +62,11 @@ log = logging.getLogger("genqueue.task")
 
 #: Returned when another live worker runs the same task: this copy is dropped.
 DUPLICATE = "duplicate"
+#: Returned when Redis stayed away past the outage budget: nothing was written, and the
+#: message is left to come back (see :meth:`Generation._abandon`).
+ABANDONED = "abandoned"
+#: Finished results this process could not store, kept until their task's message comes back.
+UNSTORED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class GenerationPolicy:
     record_ttl_s: int
     max_deliveries: int
     events_maxlen: int = 100_000
+    outage: OutagePolicy = field(default_factory=OutagePolicy)
 
 
 class Generation:
@@ -160,6 +168,9 @@ class Generation:
         self._slot_releases: dict[str, SlotRelease] = {}
         #: Slots granted by the task's start script, until the call takes them over.
         self._granted: dict[str, GrantedSlot] = {}
+        #: Results whose end script did not get through, by task id (see :meth:`_abandon`).
+        self._unstored: OrderedDict[str, GenerationResult] = OrderedDict()
+        self._broker_acks = broker_acks
 
     def run(self, delivery: Delivery) -> Any:
         """A result dict, :class:`RetryLater` or :data:`DUPLICATE`; raises when final.
@@ -170,6 +181,8 @@ class Generation:
         try:
             with self._observe.running():
                 return self._run(delivery)
+        except RedisOutage as err:
+            return self._abandon(delivery, err)
         finally:
             # Once the end is recorded the claim and the slot are gone; otherwise they go now.
             self._running.release(delivery.task_id)
@@ -215,13 +228,57 @@ class Generation:
         self._observe.succeeded(task_id, end.attempts, outcome, seconds_since(end.created_at))
         return result
 
+    def _abandon(self, delivery: Delivery, err: RedisOutage) -> str:
+        """Give the task up for now, Redis being away past the outage budget.
+
+        Nothing was written (each script is all or nothing). The message's ack stays local, so
+        its unacknowledged entry stays in Redis and the message comes back after the visibility
+        timeout; a result this process finished is kept (:attr:`_unstored`) and stored when it
+        does, without a second endpoint call (by another process, the endpoint is called again).
+        """
+        kept = delivery.task_id in self._unstored
+        log.error(
+            "task %s: %s; %s",
+            delivery.task_id,
+            err,
+            "its result is kept in this worker process and stored when its message comes back"
+            if kept
+            else "its message comes back when Redis does",
+        )
+        if delivery.message_tag and self._broker_acks is not None:
+            self._broker_acks.settled(delivery.message_tag)
+        return ABANDONED
+
+    def _keep(self, task_id: str, result: GenerationResult) -> None:
+        self._unstored[task_id] = result
+        self._unstored.move_to_end(task_id)
+        while len(self._unstored) > UNSTORED_MAX:
+            self._unstored.popitem(last=False)
+
+    def _begin(self, delivery: Delivery, offer: SlotOffer | None) -> Progress:
+        """The task's start script, riding out an unreachable Redis."""
+        try:
+            return ride_out(
+                lambda: self._lifecycle.begin(
+                    delivery.task_id,
+                    delivery.round,
+                    delivery.hostname,
+                    offer,
+                    self._policy.max_deliveries,
+                ),
+                "its start",
+                self._policy.outage,
+            )
+        except RedisOutage:
+            if offer is not None:
+                offer.guard.withdraw(offer)
+            raise
+
     def _attempt(self, delivery: Delivery) -> GenerationResult | RetryLater | str:
         task_id = delivery.task_id
         request = parse_payload(delivery.args, delivery.kwargs)
         offer = self._offer(task_id, request)
-        progress = self._lifecycle.begin(
-            task_id, delivery.round, delivery.hostname, offer, self._policy.max_deliveries
-        )
+        progress = self._begin(delivery, offer)
         if progress.granted is not None:
             self._granted[task_id] = progress.granted
             self._running.hold(task_id, progress.granted.offer.claim.token)
@@ -230,6 +287,10 @@ class Generation:
         if progress.stored_result is not None:
             log.info("task %s already has a result; not calling the endpoint again", task_id)
             return progress.stored_result
+        kept = self._unstored.get(task_id)
+        if kept is not None and not progress.cancel_requested:
+            log.info("task %s: storing the result kept while Redis was away", task_id)
+            return kept  # no call: run() gives a granted slot back at once
         name = progress.endpoint or request.endpoint or self._endpoints.default
         CURRENT_ENDPOINT.set(name)
         target = self._targets.get(name)
@@ -494,13 +555,24 @@ class Generation:
         else:
             status = "cancelled" if isinstance(error, TaskCancelled) else "failed"
             ending = Ending(status, error_type=error.error_type, error_message=error.message)
-        return self._lifecycle.finish(
-            task_id,
-            ending,
-            self._running.take(task_id),
-            self._slot_releases.pop(task_id, None),
-            delivery.message_tag,
-        )
+        if result is not None:
+            self._keep(task_id, GenerationResult.model_validate(result))
+        claim_token = self._running.take(task_id)
+        slot_release = self._slot_releases.pop(task_id, None)
+        try:
+            finished = ride_out(
+                lambda: self._lifecycle.finish(
+                    task_id, ending, claim_token, slot_release, delivery.message_tag
+                ),
+                "storing its end",
+                self._policy.outage,
+            )
+        except RedisOutage:
+            if slot_release is not None:
+                slot_release.guard.release(slot_release)  # it lapses if Redis is still away
+            raise
+        self._unstored.pop(task_id, None)
+        return finished
 
 
 def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRequest:

@@ -23,12 +23,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import redis
 
 from worker import keys
+from worker.outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
   end
   local attempts = {}
   if running then
-    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl) then
+    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl)
+        and redis.call('GET', running) ~= claim_token then
       if probing then redis.call('DEL', probe) end
       return {4, 0}
     end
@@ -251,6 +253,8 @@ class GuardPolicy:
     #: Shared per-minute limits (0: none); tokens are counted after each call.
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
+    #: How long the wait for a slot rides out an unreachable Redis.
+    outage: OutagePolicy = field(default_factory=OutagePolicy)
 
 
 class EndpointGuard:
@@ -387,8 +391,12 @@ class EndpointGuard:
             task_keys = [keys.running(claim.task_id), keys.task_record(claim.task_id)]
             script_keys = [*script_keys, *task_keys]
             args += [claim.token, claim.ttl_ms, claim.endpoint]
+
+        def acquire() -> list[int]:
+            return [int(n) for n in self._acquire(keys=script_keys, args=args)]
+
         while True:
-            code, wait_ms, *attempts = (int(n) for n in self._acquire(keys=script_keys, args=args))
+            code, wait_ms, *attempts = ride_out(acquire, "its endpoint slot", policy.outage)
             if code == 1:
                 if attempts:
                     slot.attempt, slot.attempt_on_endpoint = attempts
@@ -406,15 +414,18 @@ class EndpointGuard:
         return token
 
     def _release(self, token: str, slot: Slot) -> None:
+        args = [
+            token, slot.outcome.value, self._policy.failure_threshold, self._cooldown_ms,
+            slot.tokens,
+        ]  # fmt: skip
         try:
-            opened = self._release_script(
-                keys=self._keys,
-                args=[
-                    token, slot.outcome.value, self._policy.failure_threshold,
-                    self._cooldown_ms, slot.tokens,
-                ],
-            )  # fmt: skip
-        except redis.RedisError:
+            # Ridden out: a lease left behind holds a slot of the cap until it lapses.
+            opened = ride_out(
+                lambda: self._release_script(keys=self._keys, args=args),
+                "releasing its endpoint slot",
+                self._policy.outage,
+            )
+        except (RedisOutage, redis.RedisError):
             # The token lapses by itself after the lease TTL; nothing is lost.
             log.warning("could not release a concurrency lease; it expires by itself")
             return

@@ -35,6 +35,7 @@ from worker.guard import (
     SlotOffer,
     SlotRelease,
 )
+from worker.outage import REDIS_DOWN
 
 # KEYS: record, Celery result, [the slot offer's keys]. ARGV: created_at, deliveries field,
 # record ttl s, result ttl s, STARTED meta, [most deliveries, the slot offer's arguments].
@@ -309,6 +310,8 @@ class Lifecycle:
                     *release_args,
                 ],
             )
+        except REDIS_DOWN:
+            raise  # the caller rides the outage out, and asks again with the same release
         except BaseException:
             if slot_release is not None:
                 slot_release.guard.release(slot_release)  # it lapses if Redis is away

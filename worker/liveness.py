@@ -24,8 +24,27 @@ import redis
 
 from worker import keys
 from worker.errors import TaskCancelled
+from worker.outage import (
+    REDIS_DOWN,
+    OutagePolicy,
+    RedisOutage,
+    note_failure,
+    recently_down,
+    ride_out,
+)
 
 log = logging.getLogger(__name__)
+
+# KEYS: the running claims. ARGV: ttl ms, then each claim's token. A claim that lapsed while
+# Redis was away (its holder could not renew it) is taken again, unless another worker has it.
+_RENEW_CLAIMS = """
+for i, key in ipairs(KEYS) do
+  if redis.call('PEXPIRE', key, ARGV[1]) == 0 then
+    redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1])
+  end
+end
+return 1
+"""
 
 _RELEASE_CLAIM = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -51,13 +70,19 @@ class RunningTasks:
     :param claim_ttl_s: how long a claim outlives a worker that stopped renewing it.
     """
 
-    def __init__(self, client: redis.Redis, claim_ttl_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, claim_ttl_s: float, outage: OutagePolicy | None = None
+    ) -> None:
         self._redis = client
+        self._outage = outage or OutagePolicy()
         self.claim_ttl_ms = int(claim_ttl_s * 1000)
         self._claims: dict[str, str] = {}
         self._calls: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._release_claim = client.register_script(_RELEASE_CLAIM)
+        self._renew_claims = client.register_script(_RENEW_CLAIMS)
+        #: Held by a renewal while it runs: a claim given up meanwhile is not taken again.
+        self._renewing = threading.Lock()
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
@@ -71,14 +96,21 @@ class RunningTasks:
     def take(self, task_id: str) -> str | None:
         """Stop renewing the claim of ``task_id`` and return its token, for a script that
         releases it in Redis (:meth:`worker.lifecycle.Lifecycle.finish`)."""
-        return self._claims.pop(task_id, None)
+        with self._renewing:
+            return self._claims.pop(task_id, None)
 
     def release(self, task_id: str) -> None:
-        token = self._claims.pop(task_id, None)
+        with self._renewing:
+            token = self._claims.pop(task_id, None)
         if token is not None:
             try:
-                self._release_claim(keys=[keys.running(task_id)], args=[token])
-            except redis.RedisError:
+                # Ridden out: a claim left behind would drop the task's retry as a duplicate.
+                ride_out(
+                    lambda: self._release_claim(keys=[keys.running(task_id)], args=[token]),
+                    "releasing its running claim",
+                    self._outage,
+                )
+            except (RedisOutage, redis.RedisError):
                 log.warning("could not release the running claim of %s; it expires", task_id)
 
     def close(self) -> None:
@@ -86,14 +118,16 @@ class RunningTasks:
             self._heartbeat.stop()
 
     def renew(self) -> None:
-        """Push the expiry of every claim this process holds."""
-        held = list(self._claims)
-        if not held:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for task_id in held:
-            pipe.pexpire(keys.running(task_id), self.claim_ttl_ms)
-        pipe.execute()
+        """Push the expiry of every claim this process holds (taking again one that lapsed
+        while Redis was away)."""
+        with self._renewing:
+            held = dict(self._claims)
+            if not held:
+                return
+            self._renew_claims(
+                keys=[keys.running(task_id) for task_id in held],
+                args=[self.claim_ttl_ms, *held.values()],
+            )
 
     @contextlib.contextmanager
     def cancellable(self, task_id: str) -> Iterator[None]:
@@ -153,6 +187,11 @@ class RunningTasks:
                     pubsub.close()
 
 
+#: After a failed beat (Redis away), the next comes this soon: the claims and messages held
+#: here are renewed as soon as Redis is back, before other workers take them for abandoned.
+RETRY_BEAT_S = 0.25
+
+
 class Heartbeat:
     """Calls ``beats`` every ``interval_s`` in a daemon thread (a greenlet under gevent)."""
 
@@ -169,14 +208,23 @@ class Heartbeat:
         self._stopped.set()
 
     def _run(self) -> None:
-        while not self._stopped.wait(self._interval_s):
+        wait_s = self._interval_s
+        while not self._stopped.wait(wait_s):
+            wait_s = self._interval_s
             for beat in self._beats:
                 try:
                     beat()
+                except REDIS_DOWN as err:  # retried soon, and every beat after it at once
+                    note_failure()
+                    wait_s = min(self._interval_s, RETRY_BEAT_S)
+                    log.warning("heartbeat %s: Redis is unreachable: %s", _name(beat), err)
+                    break
                 except Exception:  # a missed beat is retried at the next one
-                    log.warning(
-                        "heartbeat %s failed", getattr(beat, "__name__", beat), exc_info=True
-                    )
+                    log.warning("heartbeat %s failed", _name(beat), exc_info=True)
+
+
+def _name(beat: Callable[[], None]) -> str:
+    return str(getattr(beat, "__name__", beat))
 
 
 def unacked_renewer(client: redis.Redis, channel: Any) -> Callable[[], None]:
@@ -192,10 +240,13 @@ def unacked_renewer(client: redis.Redis, channel: Any) -> Callable[[], None]:
     return renew_unacked
 
 
-def restorer(channel: Any) -> Callable[[], None]:
-    """A beat that hands the messages of dead workers back to the queue (kombu's sweep)."""
+def restorer(channel: Any, grace_s: float) -> Callable[[], None]:
+    """A beat that hands the messages of dead workers back to the queue (kombu's sweep);
+    not within ``grace_s`` of finding Redis away, while live workers renew theirs again."""
 
     def restore_stale() -> None:
+        if recently_down(grace_s):
+            return
         channel.qos.restore_visible(num=channel.unacked_restore_limit, interval=1)
 
     return restore_stale

@@ -16,6 +16,7 @@ from worker.generation import Generation, GenerationPolicy
 from worker.lifecycle import BrokerAcks
 from worker.liveness import RunningTasks
 from worker.observe import TaskObserver, process_metrics
+from worker.outage import OutagePolicy
 from worker.prompts import PromptRenderer
 from worker.settings import Settings
 from worker.targets import EndpointTarget, build_target
@@ -61,7 +62,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     }
     # A claim outlives its worker by less than the visibility timeout, so a redelivered task
     # of a dead worker is never taken for a duplicate.
-    running = RunningTasks(client, claim_ttl_s=settings.visibility_timeout_s * 2 / 3)
+    outage = OutagePolicy(budget_s=settings.redis_outage_s)
+    running = RunningTasks(client, settings.visibility_timeout_s * 2 / 3, outage)
     generation = Generation(
         redis_client=client,
         renderer=PromptRenderer(settings.templates_dir),
@@ -80,6 +82,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             record_ttl_s=settings.result_ttl_s,
             max_deliveries=settings.max_deliveries,
             events_maxlen=settings.events_maxlen,
+            outage=outage,
         ),
         observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
         broker_acks=BrokerAcks(

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = Field(default=5, ge=1, le=10_000)
     #: How long an open breaker holds tasks back before one probe may try.
     breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3_600)
+    #: How long a task's Redis round trip (start, slot, end, retry) is retried while Redis is
+    #: unreachable before the task gives up; a finished result is kept in memory meanwhile.
+    redis_outage_s: float = Field(default=120.0, ge=0, le=86_400)
 
     # --- results and records ---------------------------------------------------------------
     result_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)

@@ -9,6 +9,7 @@ import redis
 from worker.endpoint import CompletionClient, EndpointConfig, endpoint_session
 from worker.endpoints import EndpointSpec
 from worker.guard import EndpointGuard, GuardPolicy
+from worker.outage import OutagePolicy
 from worker.serverless import ServerlessClient
 from worker.settings import Settings, env_name
 
@@ -57,6 +58,7 @@ def build_target(
             cooldown_s=settings.breaker_cooldown_s,
             requests_per_minute=spec.requests_per_minute,
             tokens_per_minute=spec.tokens_per_minute,
+            outage=OutagePolicy(budget_s=settings.redis_outage_s),
         ),
     )
     target = EndpointTarget(spec=spec, guard=guard)

@@ -18,11 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Task, shared_task, states
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
+from kombu.exceptions import OperationalError
 
 from worker.contract import QUEUE_NAME, TASK_NAME
 from worker.errors import GenQueueError, TaskCancelled
-from worker.generation import DUPLICATE, Delivery, RetryLater
+from worker.generation import ABANDONED, DUPLICATE, Delivery, RetryLater
+from worker.outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.runtime import runtime_for
 from worker.webhooks import WEBHOOK_TASK_NAME, webhook_url_of
 
@@ -124,12 +126,36 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
         _enqueue_webhook(self, self.request.id, args, kwargs)
         raise Ignore() from err
     if isinstance(outcome, RetryLater):
-        # A fallback goes to the next endpoint's queue; a plain retry to the same queue.
-        options = {"queue": outcome.queue} if outcome.queue else {}
-        raise self.retry(countdown=outcome.delay_s, exc=outcome.error, max_retries=None, **options)
-    if outcome == DUPLICATE:
+        budget_s = self.app.genqueue_settings.redis_outage_s
+        raise _schedule_retry(self, outcome, OutagePolicy(budget_s=budget_s))
+    if outcome in (DUPLICATE, ABANDONED):
         raise Ignore()
     return outcome
+
+
+def _schedule_retry(task: Task, later: RetryLater, policy: OutagePolicy) -> BaseException:
+    """Send the retry's message (Celery's ``retry``), riding out an unreachable Redis; the
+    exception to raise. Redis still away past the budget: Celery's ``Reject`` (the message
+    is dropped, and the lost-message sweep sends the task again from its record)."""
+    # A fallback goes to the next endpoint's queue; a plain retry to the same queue.
+    options = {"queue": later.queue} if later.queue else {}
+
+    def send() -> BaseException:
+        try:
+            sent: BaseException = task.retry(
+                countdown=later.delay_s, exc=later.error, max_retries=None, throw=False, **options
+            )
+        except Reject as rejected:
+            if isinstance(rejected.reason, (OperationalError, *REDIS_DOWN)):
+                raise REDIS_DOWN[0](str(rejected.reason)) from rejected
+            raise
+        return sent
+
+    try:
+        return ride_out(send, f"scheduling the retry of task {task.request.id}", policy)
+    except RedisOutage as err:
+        logging.getLogger("genqueue.task").error("%s", err)
+        return Reject(err, requeue=False)
 
 
 @shared_task(
