@@ -41,8 +41,8 @@ def _endpoints(settings: Settings) -> frozenset[str] | None:
 
 
 def build_state(settings: Settings) -> ApiState:
-    sync_client = connections.sync_client(settings.redis_url, max_connections=256)
-    async_client = connections.async_client(settings.redis_url, max_connections=1024)
+    sync_client = connections.sync_client(settings, max_connections=256)
+    async_client = connections.async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
     return ApiState(
         settings=settings,
