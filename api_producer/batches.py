@@ -472,7 +472,7 @@ class BatchStore:
 
     @classmethod
     def from_settings(cls, settings: Settings, producer: DirectProducer) -> BatchStore:
-        client = connections.async_client(settings.redis_url, max_connections=64)
+        client = connections.async_client(settings, max_connections=64)
         return cls(producer, client, settings.result_ttl_s)
 
     async def aclose(self) -> None:

@@ -44,13 +44,13 @@ def _endpoints(settings: Settings) -> frozenset[str] | None:
 
 def listener(settings: Settings) -> ResultListener:
     """The process's one pub/sub connection for ``?wait=`` (a client of its own)."""
-    client = connections.async_client(settings.redis_url, max_connections=2)
+    client = connections.async_client(settings, max_connections=2)
     return ResultListener(client, settings.api_max_waiters)
 
 
 def build_state(settings: Settings) -> ApiState:
-    sync_client = connections.sync_client(settings.redis_url, max_connections=256)
-    async_client = connections.async_client(settings.redis_url, max_connections=1024)
+    sync_client = connections.sync_client(settings, max_connections=256)
+    async_client = connections.async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
     return ApiState(
         settings=settings,

@@ -55,6 +55,7 @@ def producer_celery(settings: Settings) -> Celery:
     """
     app = Celery("genqueue-producer", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
+        connections.celery_tls_config(settings),
         task_serializer="json",
         accept_content=["json"],
         task_send_sent_event=True,
@@ -93,7 +94,7 @@ class DirectProducer:
         plan: EnqueuePlan | None = None,
     ) -> None:
         self._settings = settings
-        self._redis = redis_client or connections.sync_client(settings.redis_url)
+        self._redis = redis_client or connections.sync_client(settings)
         self.plan = plan or make_plan(settings, self._redis)
 
     def close(self) -> None:
@@ -187,6 +188,13 @@ def describe_redis_error(err: BaseException) -> str:
     text = str(err)
     if isinstance(err, redis.exceptions.OutOfMemoryError) or "maxmemory" in text:
         return "Redis is out of memory (maxmemory reached)"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        # ssl's reason ("unable to get local issuer certificate", a host name mismatch) only.
+        reason = text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip()
+        return (
+            f"Redis's TLS certificate was refused ({reason or 'verify failed'}): is it signed "
+            "by the CA of GENQUEUE_REDIS_CA_FILE, for the host of REDIS_URL?"
+        )
     if isinstance(err, redis.ConnectionError | ConnectionError | OSError | TimeoutError):
         return "Redis is unreachable"
     return type(err).__name__

@@ -80,7 +80,7 @@ class RateLimiter:
         limit = settings.api_rate_limit_per_minute
         if limit <= 0:
             return cls(None, 0)
-        client = connections.async_client(settings.redis_url, max_connections=256)
+        client = connections.async_client(settings, max_connections=256)
         return cls(client, limit)
 
     @property

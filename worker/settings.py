@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
@@ -49,6 +56,14 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), validation_alias="GENQUEUE_API_KEYS"
     )
+
+    # --- TLS to Redis (``rediss://``; the server's certificate and host name are verified) ---
+    #: CA certificates (PEM) that Redis's certificate must chain to; unset: the system's.
+    redis_ca_file: FilePath | None = None
+    #: A client certificate (PEM), for a Redis that asks for one; its key in the same file or in
+    #: ``redis_key_file``.
+    redis_cert_file: FilePath | None = None
+    redis_key_file: FilePath | None = None
 
     # --- the endpoint call ----------------------------------------------------------------
     #: A TOML file of named endpoints (see the README); RUNPOD_ENDPOINT_URL adds ``default``.
@@ -170,6 +185,12 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _check_redis_tls(self) -> Settings:
+        if self.redis_key_file is not None and self.redis_cert_file is None:
+            raise ValueError("GENQUEUE_REDIS_KEY_FILE needs GENQUEUE_REDIS_CERT_FILE")
+        return self
 
     @model_validator(mode="after")
     def _check_retry_policy(self) -> Settings:

@@ -178,7 +178,7 @@ def test_a_failure_midway_withdraws_the_sent_chunks(redis_url, redis_client, mon
     lines = parse_batch(jsonl(line(i) for i in range(10)), "application/x-ndjson", rules)
 
     async def create() -> None:
-        store = BatchStore(producer, connections.async_client(redis_url), settings.result_ttl_s)
+        store = BatchStore(producer, connections.async_client(settings), settings.result_ttl_s)
         try:
             await store.create(lines)
         finally:

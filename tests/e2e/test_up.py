@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shelve
 import signal
 import subprocess
 import sys
@@ -12,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from celery import Celery
 
 from api_producer import GenQueueClient
-from genqueue.embedded_redis import free_port
+from genqueue.embedded_redis import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -62,16 +65,19 @@ def _wait_for_line(
     raise AssertionError(f"no {pattern!r} in the output:\n{log.read_text(errors='replace')}")
 
 
-def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
-    env = {
+def _up_env() -> dict[str, str]:
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("GENQUEUE_", "RUNPOD_", "FLOWER_", "REDIS_"))
     }
-    api_port, flower_port = free_port(), free_port()
-    log = tmp_path / "up.log"
+
+
+def _start_up(
+    cwd: Path, log: Path, env: dict[str, str], api_port: int, flower_port: int
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -82,16 +88,35 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
                 "--flower-port",
                 str(flower_port),
             ],
-            cwd=tmp_path,
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def _stop_up(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+
+
+def _embedded_redis_url(text: str, data_dir: Path) -> str:
+    """The embedded Redis's URL: the printed address, with the password from its file."""
+    address = re.search(r"redis\s+redis://\*\*\*@(\S+) \(embedded", text).group(1)
+    password = (data_dir / "redis" / "password").read_text().strip()
+    return f"redis://:{password}@{address}"
+
+
+def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
+    env = _up_env()
+    api_port, flower_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    process = _start_up(tmp_path, log, env, api_port, flower_port)
     try:
         text = _wait_for_line(log, r"Ctrl-C stops everything", process, 90)
         api_key = re.search(r"api key\s+(\S+)", text).group(1)
         user, password = re.search(r"flower\s+user (\S+), password (\S+)", text).groups()
-        redis_url = re.search(r"redis\s+(redis://\S+) \(embedded", text).group(1)
+        redis_url = _embedded_redis_url(text, tmp_path / ".genqueue")
         assert (tmp_path / ".genqueue" / "redis" / "redis.log").exists()
         curl = re.search(
             r"curl -s -X POST (\S+) -H 'Authorization: Bearer (\S+)' -H '(.+?)' -d '(.+)'", text
@@ -189,8 +214,7 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
         children = _descendants(process.pid)
         assert len(children) >= 5  # redis, simulator, worker (+ its process), api, flower
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        _stop_up(process)
     assert process.returncode == 0, log.read_text()
     time.sleep(0.5)
     assert [pid for pid in children if _alive(pid)] == []
@@ -223,3 +247,67 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"the API port {port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _modes(data_dir: Path) -> dict[str, str]:
+    """Every path under ``data_dir`` (itself included) and its permission bits, in octal."""
+    paths = [data_dir, *data_dir.rglob("*")]
+    return {str(path.relative_to(data_dir)): oct(path.stat().st_mode & 0o777) for path in paths}
+
+
+def _older_data_dir(data_dir: Path) -> None:
+    """A data folder as genqueue up left it before its Redis had a password: world-readable."""
+    with EmbeddedRedis(data_dir / "redis") as old:
+        client = redis.Redis.from_url(old.url)
+        client.set("kept", "from before")
+        client.close()
+    with shelve.open(str(data_dir / "flower.db")):
+        pass
+    for path in [data_dir, *data_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _cmdlines(pids: set[int]) -> str:
+    lines = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return "\n".join(lines)
+
+
+def test_genqueue_up_redis_is_private_and_kept_across_restarts(tmp_path: Path) -> None:
+    """The embedded Redis wants a password that is printed nowhere, its data folder is the
+    user's alone (older folders too), and a restart reuses the password and the data."""
+    data_dir = tmp_path / ".genqueue"
+    _older_data_dir(data_dir)
+    env = _up_env()
+    for run in range(2):
+        log = tmp_path / f"up{run}.log"
+        process = _start_up(tmp_path, log, env, free_port(), free_port())
+        try:
+            text = _wait_for_line(log, r"Ctrl-C stops everything", process, 90)
+            password = (data_dir / "redis" / "password").read_text().strip()
+            assert len(password) >= 32
+            url = _embedded_redis_url(text, data_dir)
+            address = url.split("@", 1)[1]
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis.from_url(f"redis://{address}").get("kept")
+            client = redis.Redis.from_url(url)
+            assert client.get("kept") == b"from before"
+            client.close()
+            if run == 0:
+                first_password = password
+            else:
+                assert password == first_password
+            commands = _cmdlines(_descendants(process.pid))
+            assert "redis-server" in commands and "celery" in commands
+            assert password not in commands
+            modes = _modes(data_dir)
+            assert {p: m for p, m in modes.items() if m not in ("0o700", "0o600")} == {}
+            dirs = {str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_dir()}
+            assert all(modes[d] == "0o700" for d in dirs | {"."}), modes
+        finally:
+            _stop_up(process)
+        assert process.returncode == 0, log.read_text()
+        for written in [log, *(data_dir / "redis").glob("*.log")]:
+            assert password not in written.read_text(errors="replace"), written
