@@ -243,7 +243,7 @@ def test_a_backslash_url_is_never_posted_to_loopback(
 
 
 def test_the_post_goes_to_the_address_checked_with_the_host_named(
-    redis_client, finished_task, receiver
+    redis_client, finished_task, receiver, monkeypatch
 ) -> None:
     # hooks.test exists only in this resolver: reaching the receiver proves it was used.
     seen: list[str] = []
@@ -255,10 +255,16 @@ def test_the_post_goes_to_the_address_checked_with_the_host_named(
     receiver.respond = respond
     sender = _sender(redis_client, lambda h, p: {"hooks.test": ["127.0.0.1"]}[h], ("hooks.test",))
     url = f"http://hooks.test:{_port(receiver)}/in?token=abc"
-    delivery = sender.deliver(finished_task, url, time.time(), 0)
+    with TinyServer(_ok) as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)  # the environment's proxy is not used
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        delivery = sender.deliver(finished_task, url, time.time(), 0)
     assert (delivery.outcome, delivery.status_code) == ("delivered", 204)
     assert receiver.hits == ["POST /in?token=abc"]
     assert seen == [f"hooks.test:{_port(receiver)}"]
+    assert proxy.hits == []
 
 
 def test_a_name_rebound_to_loopback_after_the_check_is_not_posted_to(
