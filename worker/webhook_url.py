@@ -229,6 +229,24 @@ def _matches(target: WebhookTarget, entry: str) -> bool:
     return not path or target.path == path or target.path.startswith(path + "/")
 
 
+def check_allowlist_entry(entry: str) -> None:
+    """Raise :class:`WebhookRefused` unless ``entry`` is a host name, an IP address or a URL
+    prefix that reads one way only (an entry that cannot match anything is a mistake)."""
+    entry = entry.strip()
+    if "://" in entry:
+        parse_webhook_url(entry)
+        return
+    host = f"[{entry}]" if ":" in entry and not entry.startswith("[") else entry
+    try:
+        parsed = parse_webhook_url(f"http://{host}/").host
+    except WebhookRefused:
+        parsed = None
+    if parsed != entry.lower().strip("[]"):
+        raise WebhookRefused(
+            "an allowlist entry must be a host name, an IP address or an http(s) URL prefix"
+        )
+
+
 def check_webhook_url(
     url: str, allowlist: Sequence[str] = (), resolve: Resolver = resolve_host
 ) -> CheckedWebhook:

@@ -31,6 +31,8 @@ from pydantic import SecretStr
 
 from tests.security.helpers import TinyServer
 from worker import keys, records
+from worker.errors import SettingsError
+from worker.settings import load_settings
 from worker.webhooks import (
     WebhookPolicy,
     WebhookRefused,
@@ -109,6 +111,20 @@ def test_the_allowlist_cannot_be_passed_with_a_url_read_two_ways(
 ) -> None:
     with pytest.raises(WebhookRefused):
         check_webhook_url(url, allowlist, resolve=_no_lookup)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["hooks.example.com:8443", "http://x\\@hooks.example.com/", "https://user:pw@hooks.example.com/",
+     "hooks example.com", "ftp://hooks.example.com/", "https://hooks.example.com/in/../x",
+     "127.1"],
+)  # fmt: skip
+def test_an_allowlist_entry_that_cannot_match_as_written_is_refused_at_start(entry: str) -> None:
+    with pytest.raises(SettingsError, match=r"GENQUEUE_WEBHOOK_ALLOWLIST: .*entry 2: ") as info:
+        load_settings(webhook_allowlist=f"hooks.internal,{entry}")
+    assert entry not in str(info.value)  # a URL prefix may hold a token: not repeated
+    allowed = "hooks.internal,127.0.0.1,::1,[::1],https://svc.example.com:8443/in,Hooks.Internal."
+    assert len(load_settings(webhook_allowlist=allowed).webhook_allowlist) == 6
 
 
 @pytest.mark.parametrize(
