@@ -11,7 +11,6 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AwareDatetime,
@@ -22,6 +21,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from worker.webhook_url import parse_webhook_url
 
 TASK_NAME = "genqueue.generate"
 ENDPOINT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -116,11 +117,7 @@ class GenerationRequest(BaseModel):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if any(char.isspace() or ord(char) < 32 for char in value):
-            raise ValueError("must not contain spaces or control characters")
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
+        parse_webhook_url(value)  # read the one way it is sent; raises a ValueError
         return value
 
     @model_validator(mode="after")

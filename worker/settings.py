@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
+from worker.webhook_url import WebhookRefused, check_allowlist_entry
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: RunPod's pod proxy answers 524 to any request still open after 100 s.
@@ -167,6 +168,16 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for number, entry in enumerate(value, start=1):
+            try:
+                check_allowlist_entry(entry)
+            except WebhookRefused as err:  # the entry is not repeated: a URL may hold a token
+                raise ValueError(f"entry {number}: {err}") from None
         return value
 
     @field_validator("runpod_endpoint_url")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from celery import Task, shared_task, states
 from celery.exceptions import Ignore, Reject
@@ -26,6 +25,7 @@ from worker.errors import GenQueueError, TaskCancelled
 from worker.generation import ABANDONED, DUPLICATE, Delivery, RetryLater
 from worker.outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.runtime import runtime_for
+from worker.webhook_url import webhook_host
 from worker.webhooks import WEBHOOK_TASK_NAME, webhook_url_of
 
 log = logging.getLogger("genqueue.webhook")
@@ -41,7 +41,7 @@ def _enqueue_webhook(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
             kwargs={"task_id": task_id, "url": url, "first_at": time.time()},
             queue=QUEUE_NAME,
             # Flower shows this: the URL's path and query may hold the receiver's token.
-            kwargsrepr=f"{{'task_id': {task_id!r}, 'host': {urlsplit(url).hostname!r}}}",
+            kwargsrepr=f"{{'task_id': {task_id!r}, 'host': {webhook_host(url)!r}}}",
         )
     except Exception:  # the task's own outcome stands whatever happens to its webhook
         log.warning("could not enqueue the webhook of task %s", task_id, exc_info=True)

@@ -1,14 +1,17 @@
 """Webhooks: where a task's final status may be posted, how it is signed, how it is delivered.
 
-- :func:`check_webhook_url` decides whether a URL may receive webhooks: http or https, and
-  either on the operator's allowlist (``GENQUEUE_WEBHOOK_ALLOWLIST``) or, with no allowlist,
-  resolving only to public addresses (never loopback, private, link-local such as
-  169.254.169.254, or otherwise reserved ranges). It decides before any connection is made.
+- :func:`check_webhook_url` (:mod:`worker.webhook_url`) decides whether a URL may receive
+  webhooks: read one way only, http or https, and either on the operator's allowlist
+  (``GENQUEUE_WEBHOOK_ALLOWLIST``) or, with no allowlist, resolving only to public addresses
+  (never loopback, private, link-local such as 169.254.169.254, or otherwise reserved ranges,
+  nor an IPv6 address embedding one). It decides before any connection is made.
 - :func:`sign` and :func:`verify_webhook`: ``Genqueue-Signature: v1=<hex>`` is the HMAC-SHA256
   of ``"<timestamp>.<body>"`` with ``GENQUEUE_WEBHOOK_SECRET``; ``Genqueue-Timestamp`` is the
   Unix time in seconds.
-- :class:`WebhookSender` posts the status of one task once (no redirects followed, a short
-  timeout) and says whether to try again later; the Celery task ``genqueue.webhook`` in
+- :class:`WebhookSender` posts the status of one task once, to exactly the URL checked and to
+  the very addresses checked (no second DNS lookup; the Host header, TLS server name and
+  certificate check name the host), with no redirects followed and a short timeout, and says
+  whether to try again later; the Celery task ``genqueue.webhook`` in
   :mod:`worker.tasks` turns that into retries with backoff, so delivery never holds a
   generation slot. Knows nothing of Celery.
 """
@@ -17,23 +20,47 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
-import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
-import requests
+import urllib3
 from pydantic import SecretStr
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from worker import keys, records
 from worker.backoff import RetryPolicy, compute_delay_s
 from worker.contract import TaskStatus
 from worker.settings import Settings
+from worker.webhook_transport import PostTimeouts, post_pinned
+from worker.webhook_url import (
+    CheckedWebhook,
+    Resolver,
+    WebhookRefused,
+    check_webhook_url,
+    is_public_address,
+    resolve_host,
+    webhook_host,
+)
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "WEBHOOK_TASK_NAME",
+    "Delivery",
+    "WebhookPolicy",
+    "WebhookRefused",
+    "WebhookSender",
+    "check_webhook_url",
+    "is_public_address",
+    "policy_from",
+    "sign",
+    "verify_webhook",
+    "webhook_url_of",
+]
 
 log = logging.getLogger("genqueue.webhook")
 
@@ -48,81 +75,6 @@ DEFAULT_TOLERANCE_S = 300.0
 _FINAL_REFUSALS = frozenset(range(400, 500)) - {408, 425, 429}
 #: The wait before looking again when the task's result is not stored yet.
 _NOT_FINAL_DELAY_S = 0.5
-
-Resolver = Callable[[str, int], Sequence[str]]
-
-
-class WebhookRefused(ValueError):
-    """Raised when a URL may not receive webhooks; the message says why, without the URL."""
-
-
-def _resolve(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-def _default_port(scheme: str) -> int:
-    return 443 if scheme == "https" else 80
-
-
-def _matches(url: str, entry: str) -> bool:
-    """Whether ``url`` is covered by one allowlist entry: a host name, or a URL prefix.
-
-    A prefix matches on scheme, host and port exactly and on whole path segments, so
-    ``https://hooks.example.com/in`` covers ``.../in`` and ``.../in/x``, not ``.../inbox`` or
-    ``https://hooks.example.com.evil.net/``.
-    """
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if "://" not in entry:
-        return host.rstrip(".") == entry.strip().lower().rstrip(".")
-    prefix = urlsplit(entry.strip())
-    if (prefix.scheme, (prefix.hostname or "").lower()) != (parts.scheme, host):
-        return False
-    if (prefix.port or _default_port(prefix.scheme)) != (parts.port or _default_port(parts.scheme)):
-        return False
-    path = prefix.path.rstrip("/")
-    return not path or parts.path == path or parts.path.startswith(path + "/")
-
-
-def check_webhook_url(
-    url: str, allowlist: Sequence[str] = (), resolve: Resolver = _resolve
-) -> None:
-    """Raise :class:`WebhookRefused` unless ``url`` may receive webhooks.
-
-    With an allowlist, the URL must match one of its entries (and then its address is not
-    checked: the operator vouched for it). Without one, every address the host resolves to must
-    be public. Literal IP addresses are judged without a lookup; nothing is ever connected to.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port or _default_port(parts.scheme)
-    except ValueError as err:
-        raise WebhookRefused(f"the webhook URL is not valid: {err}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookRefused("the webhook URL must be http:// or https:// with a host")
-    if allowlist:
-        if any(_matches(url, entry) for entry in allowlist):
-            return
-        raise WebhookRefused("the webhook URL is not on this server's GENQUEUE_WEBHOOK_ALLOWLIST")
-    try:
-        addresses = resolve(parts.hostname, port)
-    except (OSError, UnicodeError):
-        raise WebhookRefused("the webhook host could not be resolved") from None
-    if not addresses:
-        raise WebhookRefused("the webhook host could not be resolved")
-    if not all(_is_public(address) for address in addresses):
-        raise WebhookRefused(
-            "the webhook host is a loopback, private, link-local or reserved address; "
-            "the operator may allow it in GENQUEUE_WEBHOOK_ALLOWLIST"
-        )
 
 
 def _secret_bytes(secret: str | bytes | SecretStr) -> bytes:
@@ -198,6 +150,9 @@ class WebhookSender:
     :param client: the Redis client the task records are read from.
     :param policy: the secret, allowlist, timeout and retry bounds.
     :param on_outcome: called with each delivery's outcome (for metrics).
+    :param resolve: looks host names up (the system's resolver; tests give their own).
+    :param ca_certs: the CA bundle HTTPS receivers' certificates are checked against (the
+        ``certifi`` bundle ``requests`` uses, by default).
     """
 
     def __init__(
@@ -205,28 +160,22 @@ class WebhookSender:
         client: redis.Redis,
         policy: WebhookPolicy,
         on_outcome: Callable[[str], None] | None = None,
+        resolve: Resolver = resolve_host,
+        ca_certs: str | None = None,
     ) -> None:
         self._redis = client
         self._policy = policy
         self._on_outcome = on_outcome
-        self._session: requests.Session | None = None
+        self._resolve = resolve
+        self._ca_certs = ca_certs or DEFAULT_CA_BUNDLE_PATH
         self._backoff = RetryPolicy(
             max_attempts=1_000_000,
             base_delay_s=min(1.0, policy.retry_max_delay_s),
             max_delay_s=policy.retry_max_delay_s,
         )
 
-    def _http(self) -> requests.Session:
-        if self._session is None:
-            session = requests.Session()
-            # No proxy from the environment: the address checked is the address connected to.
-            session.trust_env = False
-            self._session = session
-        return self._session
-
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
+        """Nothing to release: each delivery opens and closes its own connection."""
 
     def deliver(self, task_id: str, url: str, first_at: float, attempt: int) -> Delivery:
         """One attempt (``attempt`` counts from 0); never raises for a receiver's failure."""
@@ -235,7 +184,7 @@ class WebhookSender:
         if delivery.retry_in_s is not None and retry_at - first_at > self._policy.retry_for_s:
             log.warning(
                 "webhook of task %s given up after %d attempts in %.0fs (host %s)",
-                task_id, attempt + 1, time.time() - first_at, _host(url),
+                task_id, attempt + 1, time.time() - first_at, webhook_host(url),
             )  # fmt: skip
             delivery = Delivery("given_up", status_code=delivery.status_code)
         if self._on_outcome is not None:
@@ -248,7 +197,7 @@ class WebhookSender:
             log.warning("webhook of task %s not sent: GENQUEUE_WEBHOOK_SECRET is not set", task_id)
             return Delivery("given_up")
         try:
-            check_webhook_url(url, self._policy.allowlist)
+            checked = self._checked(url)
         except WebhookRefused as err:
             log.warning("webhook of task %s not sent: %s", task_id, err)
             return Delivery("given_up")
@@ -258,9 +207,26 @@ class WebhookSender:
             return Delivery("given_up")
         if not status.status.is_final:  # Celery stores the result a moment after the end
             return Delivery("retry", retry_in_s=_NOT_FINAL_DELAY_S)
-        return self._post(task_id, url, status.model_dump_json().encode(), attempt)
+        return self._post(task_id, checked, status.model_dump_json().encode(), attempt)
 
-    def _post(self, task_id: str, url: str, body: bytes, attempt: int) -> Delivery:
+    def _checked(self, url: str) -> CheckedWebhook:
+        """The check, with the addresses to connect to: those judged, or (for an allowlisted
+        URL) those of one lookup made now."""
+        checked = check_webhook_url(url, self._policy.allowlist, self._resolve)
+        if checked.addresses is not None:
+            return checked
+        target = checked.target
+        if target.is_ip_literal:
+            return CheckedWebhook(target, (target.host,))
+        try:
+            addresses = tuple(self._resolve(target.host, target.port))
+        except (OSError, UnicodeError):
+            raise WebhookRefused("the webhook host could not be resolved") from None
+        if not addresses:
+            raise WebhookRefused("the webhook host could not be resolved")
+        return CheckedWebhook(target, addresses)
+
+    def _post(self, task_id: str, checked: CheckedWebhook, body: bytes, attempt: int) -> Delivery:
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
@@ -268,34 +234,32 @@ class WebhookSender:
             TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: sign(self._policy.secret or "", body, timestamp),
         }
-        timeout = (min(self._policy.timeout_s, 5.0), self._policy.timeout_s)
+        timeouts = PostTimeouts(min(self._policy.timeout_s, 5.0), self._policy.timeout_s)
+        host = checked.target.host
         try:
-            response = self._http().post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            code = post_pinned(
+                checked.target, checked.addresses or (), body, headers, timeouts, self._ca_certs
             )
-            response.close()
-        except requests.RequestException as err:
-            reason = type(err).__name__
-            return self._later(task_id, url, attempt, reason, None)
-        code = response.status_code
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            return self._later(task_id, host, attempt, type(err).__name__, None)
         if 200 <= code < 300:
-            log.info("webhook of task %s delivered (host %s, %d)", task_id, _host(url), code)
+            log.info("webhook of task %s delivered (host %s, %d)", task_id, host, code)
             return Delivery("delivered", status_code=code)
         if 300 <= code < 400 or code in _FINAL_REFUSALS:
             log.warning(
                 "webhook of task %s given up: the receiver answered %d (redirects are not "
-                "followed) (host %s)", task_id, code, _host(url),
+                "followed) (host %s)", task_id, code, host,
             )  # fmt: skip
             return Delivery("given_up", status_code=code)
-        return self._later(task_id, url, attempt, f"HTTP {code}", code)
+        return self._later(task_id, host, attempt, f"HTTP {code}", code)
 
     def _later(
-        self, task_id: str, url: str, attempt: int, reason: str, code: int | None
+        self, task_id: str, host: str, attempt: int, reason: str, code: int | None
     ) -> Delivery:
         delay_s = compute_delay_s(attempt + 1, None, self._backoff)
         log.info(
             "webhook of task %s attempt %d failed (%s, host %s); retrying in %.1fs",
-            task_id, attempt + 1, reason, _host(url), delay_s,
+            task_id, attempt + 1, reason, host, delay_s,
         )  # fmt: skip
         return Delivery("retry", retry_in_s=delay_s, status_code=code)
 
@@ -307,14 +271,6 @@ class WebhookSender:
         if not record and meta is None:
             return None
         return records.status_from(task_id, record, meta)
-
-
-def _host(url: str) -> str:
-    """The host of a webhook URL, for log lines: its path and query may hold a token."""
-    try:
-        return urlsplit(url).hostname or "?"
-    except ValueError:
-        return "?"
 
 
 def policy_from(settings: Settings) -> WebhookPolicy:

@@ -68,7 +68,7 @@ def api_process(redis_url: str, tmp_path: Path, **env: str) -> Iterator[str]:
 
 def enqueue(redis_url: str, count: int) -> list[str]:
     settings = Settings(redis_url=redis_url)
-    client = connections.sync_client(redis_url)
+    client = connections.sync_client(settings)
     producer = DirectProducer(settings, client, make_plan(settings, client))
     try:
         request = GenerationRequest(prompt="question", template="raw", params={"max_tokens": 4})

@@ -135,6 +135,13 @@ def test_only_http_urls(url: str) -> None:
         ("http://169.254.169.254/latest/meta-data/", {}),
         ("http://[::ffff:169.254.169.254]/", {}),
         ("http://127.0.0.1:6379/", {}),
+        ("http://127.0.0.1:6379\\@8.8.8.8/", {}),  # urllib3 would connect to 127.0.0.1:6379
+        (
+            "http://169.254.169.254\\@hooks.example.com/x",
+            {"webhook_allowlist": "hooks.example.com"},
+        ),
+        ("http://[64:ff9b::a9fe:a9fe]/", {}),  # NAT64 of 169.254.169.254
+        ("http://[2002:a9fe:a9fe::1]/", {}),  # 6to4 of 169.254.169.254
         ("http://10.0.0.5/hook", {"webhook_allowlist": "hooks.example.com"}),
         ("https://elsewhere.example.com/", {"webhook_allowlist": "hooks.example.com"}),
         ("http://10.0.0.5/hook", {"webhook_secret": None}),  # webhooks off
@@ -232,3 +239,22 @@ def test_a_receiver_that_is_down_is_retried_then_given_up(
     assert result.get(timeout=30)["text"]
     wait_for(lambda: f"webhook of task {result.id} not sent" in worker.log(), 20, "a refusal")
     assert "169.254.169.254" not in worker.log()  # nor its address in a log line
+
+
+def test_a_url_read_two_ways_does_not_reach_the_worker_s_loopback(
+    redis_url, simulator, start_worker, receiver, celery_client
+) -> None:
+    # Python's urlsplit reads the host after the backslash (allowlisted); urllib3 connects to
+    # what comes before it.
+    worker = start_worker(
+        redis_url,
+        simulator.url,
+        GENQUEUE_WEBHOOK_SECRET=SECRET,
+        GENQUEUE_WEBHOOK_ALLOWLIST="hooks.example.com",
+    )
+    port = receiver.url.rsplit(":", 1)[1]
+    sneaky = {**REQUEST, "webhook_url": f"http://127.0.0.1:{port}\\@hooks.example.com/x"}
+    result = celery_client.send_task("genqueue.generate", kwargs={"request": sneaky})
+    wait_for(lambda: f"webhook of task {result.id} not sent" in worker.log(), 30, "a refusal")
+    assert receiver.received == []
+    assert "delivered" not in worker.log()

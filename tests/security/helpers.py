@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -90,11 +91,15 @@ def run_flower(redis_url: str, workdir: Path, **env: str) -> Iterator[FlowerProc
 
 @dataclass
 class TinyServer:
-    """An ``http.server`` in a thread that answers every request with ``respond``."""
+    """An ``http.server`` in a thread that answers every request with ``respond``.
+
+    With ``tls``, it speaks HTTPS with that server context.
+    """
 
     respond: Callable[[BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
     hits: list[str] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    tls: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
@@ -124,6 +129,8 @@ class TinyServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

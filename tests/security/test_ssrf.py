@@ -21,7 +21,8 @@ pytestmark = pytest.mark.timeout(90)
 
 URL_WORDS = ("url", "uri", "host", "endpoint", "base", "address", "proxy", "callback", "webhook")
 #: The one field that takes a URL, refused for private, loopback and link-local addresses
-#: before anything is enqueued: tests/observability/test_webhooks.py.
+#: before anything is enqueued: tests/observability/test_webhooks.py; read one way only and sent
+#: to the address checked: tests/security/test_webhook_ssrf.py.
 GUARDED_URL_FIELDS = {"webhook_url"}
 #: Chooses among the endpoints an operator configured, by name (never a URL).
 NAME_FIELDS = {"endpoint"}
