@@ -270,8 +270,9 @@ class WebhookSender:
         }
         timeout = (min(self._policy.timeout_s, 5.0), self._policy.timeout_s)
         try:
+            # stream: only the status matters; the receiver's body is never read.
             response = self._http().post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
             )
             response.close()
         except requests.RequestException as err:
