@@ -17,7 +17,11 @@ next action; with an empty queue it behaves normally (subject to ``fail_rate``).
   ``{"action": "hang", "delay_s": 1}``;
 * ``{"status": 500, "body": "...", "content_type": "text/plain", "retry_after": "2",
   "error": "message", "delay_s": 1}`` (every key but ``status`` optional);
-* ``{"delay_s": 3}``: a normal answer after 3 s instead of ``latency_s``.
+* ``{"delay_s": 3}``: a normal answer after 3 s instead of ``latency_s``;
+* ``"size_bytes": N`` on a normal answer pads its text so the body is about N bytes (a serverless
+  job's output too); on a status action without ``body``, the body is N bytes of text;
+* ``"gzip": true`` sends the body gzip-compressed with ``Content-Encoding: gzip`` (with
+  ``size_bytes``, a small download that inflates to N bytes: a gzip bomb).
 
 ``POST /_sim/config`` updates :class:`SimulatorConfig` fields live (``GET`` returns them),
 ``GET /_sim/stats`` returns :class:`SimulatorStats` as JSON, ``POST /_sim/reset`` clears the stats
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gzip
 import itertools
 import json
 import logging
@@ -72,8 +77,11 @@ WORDS = (
 
 _SIMPLE_ACTIONS = frozenset({"ok", "hang", "reset", "bad_json", "bad_shape"})
 _ACTION_KEYS = frozenset(
-    {"action", "status", "body", "content_type", "retry_after", "error", "delay_s"}
-)
+    {"action", "status", "body", "content_type", "retry_after", "error", "delay_s", "size_bytes",
+     "gzip"}
+)  # fmt: skip
+#: The largest body ``size_bytes`` may ask for.
+MAX_SCRIPTED_BODY_BYTES = 256 * 1024 * 1024
 _EXTRA_REASONS = {520: "Unknown Error", 522: "Connection Timed Out", 524: "A Timeout Occurred"}
 _TEXT_PLAIN = "text/plain; charset=utf-8"
 
@@ -353,9 +361,25 @@ class _Action:
     content_type: str | None = None
     retry_after: str | None = None
     error: str | None = None
+    size_bytes: int | None = None
+    gzip: bool = False
 
 
 _OK = _Action("ok")
+
+
+def _action_shape(raw: dict[str, Any]) -> dict[str, Any]:
+    """The ``size_bytes`` and ``gzip`` of a scripted action, checked."""
+    size, compress = raw.get("size_bytes"), raw.get("gzip", False)
+    if size is not None and (
+        isinstance(size, bool)
+        or not isinstance(size, int)
+        or not 0 <= size <= MAX_SCRIPTED_BODY_BYTES
+    ):
+        raise ValueError(f"size_bytes: must be an integer from 0 to {MAX_SCRIPTED_BODY_BYTES}")
+    if not isinstance(compress, bool):
+        raise ValueError("gzip: must be true or false")
+    return {"size_bytes": size, "gzip": compress}
 
 
 def _header_value(raw: Any, name: str) -> str:
@@ -395,7 +419,8 @@ def _status_action(raw: dict[str, Any], delay: float | None) -> _Action:
     if retry_after is not None:
         retry_after = _header_value(retry_after, "retry_after")
     body, content_type = _action_body(raw)
-    return _Action("status", delay, status, body, content_type, retry_after, error)
+    shape = _action_shape(raw)
+    return _Action("status", delay, status, body, content_type, retry_after, error, **shape)
 
 
 def _parse_action(raw: Any) -> _Action:
@@ -415,7 +440,7 @@ def _parse_action(raw: Any) -> _Action:
     kind = raw.get("action", "ok")
     if kind not in _SIMPLE_ACTIONS:
         raise ValueError(f"unknown action {kind!r}; expected one of {sorted(_SIMPLE_ACTIONS)}")
-    return _Action(kind, delay)
+    return _Action(kind, delay, **_action_shape(raw))
 
 
 def _action_response(action: _Action, default_retry_after: str | None) -> _Response:
@@ -426,11 +451,22 @@ def _action_response(action: _Action, default_retry_after: str | None) -> _Respo
     retry_after = action.retry_after
     if retry_after is None and action.status in (429, 503):
         retry_after = default_retry_after
+    if action.body is None and action.size_bytes is not None:
+        filler = _Response(action.status, b"x" * action.size_bytes, _TEXT_PLAIN)
+        return _shaped(filler, action)
     if action.body is None:
-        return _error_response(action.status, action.error, retry_after)
+        return _shaped(_error_response(action.status, action.error, retry_after), action)
     headers = (("Retry-After", retry_after),) if retry_after else ()
     content_type = action.content_type or _TEXT_PLAIN
-    return _Response(action.status, action.body.encode(), content_type, headers)
+    return _shaped(_Response(action.status, action.body.encode(), content_type, headers), action)
+
+
+def _shaped(response: _Response, action: _Action) -> _Response:
+    """``response`` gzip-compressed when the action asks for it."""
+    if not action.gzip:
+        return response
+    headers = (*response.headers, ("Content-Encoding", "gzip"))
+    return replace(response, body=gzip.compress(response.body, compresslevel=9), headers=headers)
 
 
 # --------------------------------------------------------------------------- generation
@@ -762,7 +798,7 @@ class Simulator:
             if not isinstance(params, _GenParams):
                 return _json_response(422, {"detail": params})
             await self._generate_delay(action.delay_s)
-            return self._answer(params, chat)
+            return _shaped(self._answer(params, chat, action.size_bytes), action)
 
     def _next_action(self) -> _Action:
         if self._script:
@@ -793,11 +829,13 @@ class Simulator:
         else:
             await _sleep(delay)
 
-    def _answer(self, params: _GenParams, chat: bool) -> _Response:
+    def _answer(self, params: _GenParams, chat: bool, size_bytes: int | None = None) -> _Response:
         rng = self._text_rng
         if params.seed != -1:
             rng = random.Random(f"{params.seed}:{params.prompt}")
         text, finish_reason = _generate_text(rng, params.max_tokens, params.stop)
+        if size_bytes is not None:  # scripted: a text that makes the body about this large
+            text += "x" * max(0, size_bytes - len(text) - 400)
         prompt_tokens = max(1, len(params.prompt.split()))
         completion_tokens = len(text.split())
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
@@ -891,7 +929,7 @@ class Simulator:
         if action.kind != "ok":
             job.state, job.error = "FAILED", f"injected failure: {action.kind} {action.status}"
             return
-        answer = json.loads(self._answer(params, chat=False).body)
+        answer = json.loads(self._answer(params, chat=False, size_bytes=action.size_bytes).body)
         choice = answer["choices"][0]
         job.state = "COMPLETED"
         job.output = [{

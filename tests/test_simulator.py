@@ -241,6 +241,31 @@ def test_script_bad_json_and_bad_shape(sim: RunningSimulator) -> None:
     assert complete(sim, prompt="a").json() == {"unexpected": True}
 
 
+def test_script_sized_and_gzipped_bodies(sim: RunningSimulator) -> None:
+    size = 2 * 1024 * 1024
+    script(
+        sim,
+        {"size_bytes": size},
+        {"size_bytes": size, "gzip": True},
+        {"status": 500, "size_bytes": 1000},
+    )
+    plain = complete(sim, prompt="a", max_tokens=4)
+    assert plain.status_code == 200
+    assert size - 500 <= len(plain.content) <= size
+    assert plain.json()["choices"][0]["text"].endswith("xxx")
+    raw = requests.post(
+        f"{sim.url}/v1/completions", json={"prompt": "a"}, timeout=TIMEOUT, stream=True
+    )
+    assert raw.headers["Content-Encoding"] == "gzip"
+    assert int(raw.headers["Content-Length"]) < 20_000  # a small download...
+    assert len(raw.content) >= size - 500  # ...that inflates to the size asked for
+    error = complete(sim, prompt="a")
+    assert error.status_code == 500 and error.text == "x" * 1000
+    for bad in ({"size_bytes": -1}, {"size_bytes": "big"}, {"gzip": "yes"}):
+        response = requests.post(f"{sim.url}/_sim/script", json={"actions": [bad]}, timeout=5)
+        assert response.status_code == 400, bad
+
+
 def test_script_reset_raises_connection_error(sim: RunningSimulator) -> None:
     script(sim, "reset")
     with pytest.raises(requests.ConnectionError):

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -18,8 +18,20 @@ from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from worker.answers import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ERROR_BODY_MAX_BYTES,
+    read_body,
+    response_limit_bytes,
+)
 from worker.backoff import parse_retry_after
 from worker.contract import GenerationResult, Usage
+from worker.disclosure import (
+    EndpointVoice,
+    connection_failure,
+    is_read_timeout,
+    looks_like_html,
+)
 from worker.errors import (
     EndpointError,
     EndpointTimeout,
@@ -49,6 +61,15 @@ class EndpointConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 95.0
     pool_size: int = 10
+    #: The endpoint's configured name: the only way errors callers see speak of it.
+    name: str = "default"
+    #: The ceiling of an answer's size (``GENQUEUE_ENDPOINT_MAX_RESPONSE_BYTES``).
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    voice: EndpointVoice = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        voice = EndpointVoice.of(self.name, self.completions_url, self.api_key)
+        object.__setattr__(self, "voice", voice)
 
 
 class _Message(BaseModel):
@@ -144,21 +165,24 @@ class CompletionClient:
     ) -> GenerationResult:
         if self._config.model:
             body["model"] = self._config.model
-        read_s = self._config.read_timeout_s
+        config = self._config
+        read_s = config.read_timeout_s
         if read_timeout_s is not None:
             read_s = min(read_s, read_timeout_s)
+        timeouts = (config.connect_timeout_s, read_s)
+        limit = response_limit_bytes(body.get("max_tokens"), config.max_response_bytes)
         started = time.perf_counter()
         try:
-            response = self._send(url, json.dumps(body).encode(), read_s)
+            response = self._send(url, json.dumps(body).encode(), timeouts)
+            answer = read_answer(response, limit, time.monotonic() + read_s, config.voice)
         except requests.RequestException as err:
-            raise classify_transport_error(err) from err
+            # From None: the chained error's text (host, port, path) would reach Celery's
+            # stored traceback; classify_transport_error logs it for the operator.
+            raise classify_transport_error(err, config.voice, timeouts) from None
         latency_ms = int((time.perf_counter() - started) * 1000)
-        error = classify_response(response.status_code, response.headers, response.text)
-        if error is not None:
-            raise error
-        return parse_completion(response.text, latency_ms)
+        return parse_completion(answer, latency_ms, config.voice)
 
-    def _send(self, url: str, data: bytes, read_timeout_s: float) -> requests.Response:
+    def _send(self, url: str, data: bytes, timeouts: tuple[float, float]) -> requests.Response:
         request = requests.PreparedRequest()
         request.method = "POST"
         request.url = self._urls[url]
@@ -167,43 +191,83 @@ class CompletionClient:
         request.body = data
         return self._adapter.send(
             request,
-            timeout=(self._config.connect_timeout_s, read_timeout_s),
+            stream=True,
+            timeout=timeouts,
             verify=self._verify,
             proxies=self._session.proxies,
         )
 
 
-def classify_transport_error(err: requests.RequestException) -> EndpointError:
-    """Map a ``requests`` failure to a retryable or permanent error."""
-    if isinstance(err, requests.Timeout):
-        kind = "connect" if isinstance(err, requests.ConnectTimeout) else "read"
-        log.debug("endpoint %s timeout: retryable", kind)
-        return EndpointTimeout(f"endpoint {kind} timeout")
+def read_answer(
+    response: requests.Response, limit_bytes: int, deadline: float, voice: EndpointVoice
+) -> str:
+    """A 2xx answer's text, read up to ``limit_bytes``; a classified error for anything else.
+
+    :raises EndpointError: for a non-2xx status or a 2xx body over ``limit_bytes``.
+    :raises requests.RequestException: when the body could not be read.
+    """
+    if not 200 <= response.status_code < 300:
+        body = read_body(response, ERROR_BODY_MAX_BYTES, deadline)
+        error = classify_response(
+            response.status_code, response.headers, body.text(response.encoding), voice
+        )
+        assert error is not None
+        raise error
+    answer = read_body(response, limit_bytes, deadline)
+    if not answer.complete:
+        raise InvalidEndpointResponse(too_large(voice, response.status_code, limit_bytes))
+    return answer.text()
+
+
+def too_large(voice: EndpointVoice, status: int, limit_bytes: int) -> str:
+    """The error of an answer over its cap."""
+    return voice.says(
+        f" answered {status} with a body over {limit_bytes} bytes, the most genqueue reads "
+        "for this request (GENQUEUE_ENDPOINT_MAX_RESPONSE_BYTES and max_tokens set it)"
+    )
+
+
+def classify_transport_error(
+    err: requests.RequestException, voice: EndpointVoice, timeouts: tuple[float, float]
+) -> EndpointError:
+    """Map a ``requests`` failure to a retryable or permanent error.
+
+    The message names the endpoint and the class of failure; the failure's own text (host,
+    port, path) is logged for the operator, never stored for callers.
+    """
+    connect_s, read_s = timeouts
+    log.warning("endpoint %s call failed: %s: %s", voice.name, type(err).__name__, err)
+    if isinstance(err, requests.ConnectTimeout):
+        return EndpointTimeout(voice.says(f": connect timed out after {connect_s:g} s"))
+    if isinstance(err, requests.Timeout) or is_read_timeout(err):
+        return EndpointTimeout(voice.says(f": read timed out after {read_s:g} s"))
+    if isinstance(err, requests.exceptions.ContentDecodingError):
+        return InvalidEndpointResponse(voice.says(": the body could not be decompressed"))
     if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-        log.debug("endpoint connection failed: retryable (%s)", type(err).__name__)
-        return EndpointUnreachable(f"endpoint connection failed: {_transport_reason(err)}")
-    log.debug("endpoint request failed: permanent (%s)", type(err).__name__)
-    return PermanentEndpointError(f"endpoint request failed: {type(err).__name__}")
+        return EndpointUnreachable(voice.says(f": {connection_failure(err)}"))
+    return PermanentEndpointError(voice.says(f": request failed ({type(err).__name__})"))
 
 
-def _transport_reason(err: requests.RequestException) -> str:
-    # The text of a urllib3 error names the host and port, never headers: safe to keep.
-    text = str(err.args[0]) if err.args else type(err).__name__
-    return _truncate(text)
+def classify_response(
+    status: int, headers: Any, text: str, voice: EndpointVoice
+) -> EndpointError | None:
+    """``None`` for a 2xx; otherwise the error, keeping the endpoint's own words.
 
-
-def classify_response(status: int, headers: Any, text: str) -> EndpointError | None:
-    """``None`` for a 2xx; otherwise the error, keeping the endpoint's own words."""
+    Its words lose the endpoint's address and key; an HTML page is not kept at all.
+    """
     if 200 <= status < 300:
         return None
-    detail = extract_error_text(text)
-    message = f"endpoint answered {status}: {detail}" if detail else f"endpoint answered {status}"
+    if looks_like_html(text):
+        message = voice.says(f" answered {status} (an HTML page, not kept)")
+    else:
+        detail = voice.scrub(extract_error_text(text))
+        message = voice.says(f" answered {status}: {detail}" if detail else f" answered {status}")
     if status in RETRYABLE_STATUSES:
         retry_after_s = _retry_after(headers)
         log.debug("endpoint status %d: retryable (retry-after %s)", status, retry_after_s)
         return RetryableEndpointError(message, status_code=status, retry_after_s=retry_after_s)
     if 300 <= status < 400:
-        message = f"endpoint answered a redirect ({status}); genqueue does not follow redirects"
+        message = voice.says(f" answered a redirect ({status}); genqueue does not follow redirects")
     log.debug("endpoint status %d: permanent", status)
     return PermanentEndpointError(message, status_code=status)
 
@@ -247,23 +311,26 @@ def _describe_detail(detail: Any) -> str:
     return str(detail)
 
 
-def parse_completion(text: str, latency_ms: int) -> GenerationResult:
-    """The result from a 2xx body; :class:`InvalidEndpointResponse` if it is not one."""
+def parse_completion(text: str, latency_ms: int, voice: EndpointVoice) -> GenerationResult:
+    """The result from a 2xx body; :class:`InvalidEndpointResponse` if it is not one.
+
+    The body is not quoted in the error: it may echo a prompt, or be anything at all.
+    """
     try:
         completion = _Completion.model_validate_json(text)
-    except ValidationError as err:
-        snippet = _truncate(text.strip(), 120)
+    except ValidationError:
         reason = "not JSON" if _is_not_json(text) else "not a completion"
+        log.warning("endpoint %s answered %d characters that are %s", voice.name, len(text), reason)
         raise InvalidEndpointResponse(
-            f"endpoint answered 200 but the body is {reason}: {snippet!r}"
-        ) from err
+            voice.says(f" answered 200 but the body is {reason}")
+        ) from None
     if not completion.choices:
-        raise InvalidEndpointResponse("endpoint answered 200 with no choices")
+        raise InvalidEndpointResponse(voice.says(" answered 200 with no choices"))
     choice = completion.choices[0]
     output = choice.message.content if choice.message is not None else choice.text
     if output is None:
         raise InvalidEndpointResponse(
-            "endpoint answered 200 but the body is not a completion: a choice has no text"
+            voice.says(" answered 200 but the body is not a completion: a choice has no text")
         )
     usage = completion.usage or Usage()
     return GenerationResult(
@@ -290,9 +357,11 @@ def _truncate(text: str, limit: int = ERROR_TEXT_MAX_CHARS) -> str:
 __all__ = [
     "CompletionClient",
     "EndpointConfig",
+    "EndpointVoice",
     "RetryableEndpointError",
     "classify_response",
     "classify_transport_error",
     "extract_error_text",
     "parse_completion",
+    "read_answer",
 ]

@@ -430,7 +430,7 @@ class Generation:
     ) -> GenerationResult | RetryLater:
         assert target.serverless is not None and progress.job_id is not None
         try:
-            job = target.serverless.status(progress.job_id)
+            job = target.serverless.status(progress.job_id, request.params.max_tokens)
         except RetryableEndpointError as err:
             return self._later(request, err, progress.attempts, _poll_delay_s(progress.polls))
         return self._job_outcome(

@@ -8,13 +8,16 @@ task polls from a retry countdown, so a job waiting in RunPod's queue holds no w
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
+from worker.answers import DEFAULT_MAX_RESPONSE_BYTES, ERROR_BODY_MAX_BYTES, response_limit_bytes
 from worker.contract import GenerationResult, Usage
-from worker.endpoint import classify_response, classify_transport_error
+from worker.disclosure import EndpointVoice
+from worker.endpoint import classify_transport_error, read_answer
 from worker.errors import InvalidEndpointResponse, PermanentEndpointError
 
 #: RunPod's job states, as genqueue sees them.
@@ -34,6 +37,10 @@ class Job:
     error: str | None = None
 
 
+#: How much of a failed job's error is kept.
+JOB_ERROR_MAX_CHARS = 300
+
+
 def job_input(
     prompt: str | None, messages: list[dict[str, str]] | None, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -47,7 +54,11 @@ def job_input(
 
 
 class ServerlessClient:
-    """Calls one serverless endpoint through ``session`` (shared, pooled)."""
+    """Calls one serverless endpoint through ``session`` (shared, pooled).
+
+    Answers are read with a byte cap (see :mod:`worker.answers`): a job's output as a completion
+    of its ``max_tokens``, anything else as an error body.
+    """
 
     def __init__(
         self,
@@ -55,6 +66,9 @@ class ServerlessClient:
         base_url: str,
         api_key: str | None,
         timeout_s: tuple[float, float],
+        *,
+        name: str = "default",
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -62,26 +76,34 @@ class ServerlessClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout_s = timeout_s
+        self._voice = EndpointVoice.of(name, self._base, api_key)
+        self._max_response_bytes = max_response_bytes
 
     def submit(self, body: dict[str, Any]) -> Job:
-        return self._job(self._call("POST", "/run", body))
+        return self._job(self._call("POST", "/run", body, self._limit(_max_tokens(body))))
 
     def run_sync(self, body: dict[str, Any]) -> Job:
-        return self._job(self._call("POST", "/runsync", body))
+        return self._job(self._call("POST", "/runsync", body, self._limit(_max_tokens(body))))
 
-    def status(self, job_id: str) -> Job:
+    def status(self, job_id: str, max_tokens: int | None = None) -> Job:
+        """The job's state (and output, its answer read as a completion of ``max_tokens``)."""
+        limit = self._limit(max_tokens)
         try:
-            return self._job(self._call("GET", f"/status/{job_id}"), job_id)
+            return self._job(self._call("GET", f"/status/{job_id}", None, limit), job_id)
         except PermanentEndpointError as err:
             if err.status_code != 405:
                 raise
         # The runpod package's local development server answers /status to POST only.
-        return self._job(self._call("POST", f"/status/{job_id}"), job_id)
+        return self._job(self._call("POST", f"/status/{job_id}", None, limit), job_id)
 
     def cancel(self, job_id: str) -> None:
-        self._call("POST", f"/cancel/{job_id}")
+        self._call("POST", f"/cancel/{job_id}", None, ERROR_BODY_MAX_BYTES)
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _limit(self, max_tokens: int | None) -> int:
+        return response_limit_bytes(max_tokens, self._max_response_bytes)
+
+    def _call(self, method: str, path: str, body: Any, limit_bytes: int) -> Any:
+        read_s = self._timeout_s[1]
         try:
             response = self._session.request(
                 method,
@@ -90,30 +112,33 @@ class ServerlessClient:
                 headers=self._headers,
                 timeout=self._timeout_s,
                 allow_redirects=False,
+                stream=True,
             )
+            text = read_answer(response, limit_bytes, time.monotonic() + read_s, self._voice)
         except requests.RequestException as err:
-            raise classify_transport_error(err) from err
-        error = classify_response(response.status_code, response.headers, response.text)
-        if error is not None:
-            raise error
+            raise classify_transport_error(err, self._voice, self._timeout_s) from None
         try:
-            return response.json()
-        except ValueError as err:
+            return json.loads(text)
+        except ValueError:
             raise InvalidEndpointResponse(
-                f"serverless endpoint answered {response.status_code} with a body that is not JSON"
-            ) from err
+                self._voice.says(f" answered {response.status_code} but the body is not JSON")
+            ) from None
 
-    @staticmethod
-    def _job(answer: Any, job_id: str | None = None) -> Job:
+    def _job(self, answer: Any, job_id: str | None = None) -> Job:
         if not isinstance(answer, dict) or "status" not in answer:
-            raise InvalidEndpointResponse("serverless endpoint answered without a job status")
+            raise InvalidEndpointResponse(self._voice.says(" answered without a job status"))
         error = answer.get("error")
         return Job(
             job_id=str(answer.get("id") or job_id or ""),
             state=str(answer["status"]).upper(),
             output=answer.get("output"),
-            error=str(error)[:300] if error else None,
+            error=self._voice.scrub(str(error))[:JOB_ERROR_MAX_CHARS] if error else None,
         )
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    value = body.get("input", {}).get("sampling_params", {}).get("max_tokens")
+    return value if isinstance(value, int) else None
 
 
 def result_from(job: Job, latency_ms: int) -> GenerationResult:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     endpoint_connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
     #: Below the pod proxy's 100 s, so genqueue gives up (and retries) before the proxy does.
     endpoint_read_timeout_s: float = Field(default=95.0, gt=0, lt=POD_PROXY_TIMEOUT_S)
+    #: The most of one answer a worker reads (decompressed); a completion's own cap follows its
+    #: ``max_tokens`` below this (see worker.answers). A larger answer is ``invalid_response``.
+    endpoint_max_response_bytes: int = Field(default=16 * 1_048_576, ge=65_536, le=1_073_741_824)
 
     # --- retries --------------------------------------------------------------------------
     retry_max_attempts: int = Field(default=5, ge=1, le=100)

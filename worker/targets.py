@@ -66,7 +66,14 @@ def build_target(
     timeouts = (spec.connect_timeout_s, spec.read_timeout_s)
     if spec.kind == "runpod-serverless":
         session = endpoint_session(spec.base_url, pool_size)
-        target.serverless = ServerlessClient(session, spec.base_url, api_key, timeouts)
+        target.serverless = ServerlessClient(
+            session,
+            spec.base_url,
+            api_key,
+            timeouts,
+            name=spec.name,
+            max_response_bytes=settings.endpoint_max_response_bytes,
+        )
         return target
     target.client = CompletionClient(
         EndpointConfig(
@@ -77,6 +84,8 @@ def build_target(
             connect_timeout_s=spec.connect_timeout_s,
             read_timeout_s=spec.read_timeout_s,
             pool_size=pool_size,
+            name=spec.name,
+            max_response_bytes=settings.endpoint_max_response_bytes,
         )
     )
     return target

@@ -92,7 +92,7 @@ def test_plain_text_500_keeps_the_endpoint_words(
     stored = record(redis_client, result.id)
     assert stored["attempts"] == "2"
     assert '"type": "retries_exhausted"' in stored["error"]
-    assert "endpoint answered 500: No model is loaded" in stored["error"]
+    assert "endpoint 'default' answered 500: No model is loaded" in stored["error"]
 
 
 def test_400_fails_after_exactly_one_call(
@@ -112,7 +112,7 @@ def test_422_detail_is_kept(redis_url, simulator, start_worker, celery_client) -
     start_worker(redis_url, simulator.url)
     simulator.script({"status": 422})
     error = failure(send(celery_client))
-    assert "endpoint answered 422" in str(error) and "body" in str(error)
+    assert "endpoint 'default' answered 422" in str(error) and "body" in str(error)
     assert simulator.stats()["calls"] == 1
 
 

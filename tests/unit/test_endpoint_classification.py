@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import requests
@@ -10,6 +11,7 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from worker.contract import GenerationResult, Usage
+from worker.disclosure import EndpointVoice
 from worker.endpoint import (
     ERROR_TEXT_MAX_CHARS,
     RETRYABLE_STATUSES,
@@ -34,6 +36,10 @@ def headers(**values: str) -> CaseInsensitiveDict[str]:
 
 
 NO_HEADERS = headers()
+VOICE = EndpointVoice.of(
+    "default", "https://pod-7f3a9c2e1b-5000.proxy.example/v2/ep7f3a9c2e1b/openai/v1", "sk-key-123"
+)
+TIMEOUTS = (5.0, 95.0)
 
 
 # --- statuses --------------------------------------------------------------------------------
@@ -45,40 +51,40 @@ def test_retryable_statuses_are_exactly_these() -> None:
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 524])
 def test_retryable_statuses(status: int) -> None:
-    error = classify_response(status, NO_HEADERS, "")
+    error = classify_response(status, NO_HEADERS, "", VOICE)
     assert isinstance(error, RetryableEndpointError)
     assert not isinstance(error, PermanentEndpointError)
     assert type(error) is RetryableEndpointError
     assert error.status_code == status
     assert error.retry_after_s is None
-    assert error.message == f"endpoint answered {status}"
+    assert error.message == f"endpoint 'default' answered {status}"
     assert error.error_type == "endpoint_unavailable"
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 413, 422, 501, 505])
 def test_permanent_statuses(status: int) -> None:
-    error = classify_response(status, headers(Retry_After="5"), "")
+    error = classify_response(status, headers(Retry_After="5"), "", VOICE)
     assert isinstance(error, PermanentEndpointError)
     assert not isinstance(error, RetryableEndpointError)
     assert error.status_code == status
     assert error.retry_after_s is None
-    assert error.message == f"endpoint answered {status}"
+    assert error.message == f"endpoint 'default' answered {status}"
     assert error.error_type == "endpoint_rejected"
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
 def test_success_statuses(status: int) -> None:
-    assert classify_response(status, NO_HEADERS, "anything") is None
+    assert classify_response(status, NO_HEADERS, "anything", VOICE) is None
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirects_are_permanent_and_not_followed(status: int) -> None:
-    error = classify_response(status, headers(Location="https://elsewhere/"), "Moved")
+    error = classify_response(status, headers(Location="https://elsewhere/"), "Moved", VOICE)
     assert isinstance(error, PermanentEndpointError)
     assert not isinstance(error, RetryableEndpointError)
     assert error.status_code == status
     assert error.message == (
-        f"endpoint answered a redirect ({status}); genqueue does not follow redirects"
+        f"endpoint 'default' answered a redirect ({status}); genqueue does not follow redirects"
     )
 
 
@@ -108,7 +114,7 @@ def test_redirects_are_permanent_and_not_followed(status: int) -> None:
 def test_retry_after_is_honoured(
     status: int, hdrs: CaseInsensitiveDict[str], expected: float | None
 ) -> None:
-    error = classify_response(status, hdrs, "")
+    error = classify_response(status, hdrs, "", VOICE)
     assert isinstance(error, RetryableEndpointError)
     assert error.retry_after_s == expected
 
@@ -150,7 +156,6 @@ LONG = "x" * 299 + "END" + "y" * 100
         ),
         (404, json.dumps({"detail": "Not Found"}), "Not Found"),
         (503, "  Service Unavailable\n", "Service Unavailable"),
-        (502, "<html><body>Bad gateway</body></html>", "<html><body>Bad gateway</body></html>"),
         (500, "a" * ERROR_TEXT_MAX_CHARS, "a" * ERROR_TEXT_MAX_CHARS),
         (500, LONG, LONG[:300] + "..."),
         (500, json.dumps([1, 2]), "[1, 2]"),
@@ -162,16 +167,15 @@ LONG = "x" * 299 + "END" + "y" * 100
         "fastapi-422",
         "fastapi-detail-str",
         "plain-text",
-        "html",
         "exactly-300",
         "truncated",
         "json-list",
     ],
 )
 def test_message_keeps_the_endpoints_words(status: int, body: str, detail: str) -> None:
-    error = classify_response(status, NO_HEADERS, body)
+    error = classify_response(status, NO_HEADERS, body, VOICE)
     assert error is not None
-    assert error.message == f"endpoint answered {status}: {detail}"
+    assert error.message == f"endpoint 'default' answered {status}: {detail}"
     assert str(error) == error.message
 
 
@@ -196,61 +200,127 @@ def test_extract_error_text(body: str, expected: str) -> None:
     assert extract_error_text(body) == expected
 
 
+# --- what callers read of an endpoint ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (
+            json.dumps(
+                {"error": {"message": "no model at https://pod-7f3a9c2e1b-5000.proxy.example/v1"}}
+            ),
+            "no model at https://[endpoint]/v1",
+        ),
+        (
+            "bad key sk-key-123 for POD-7F3A9C2E1B-5000.PROXY.EXAMPLE",
+            "bad key [redacted] for [endpoint]",
+        ),
+        ("endpoint ep7f3a9c2e1b is starting", "endpoint [endpoint] is starting"),
+    ],
+)
+def test_the_endpoints_words_lose_its_address_and_key(body: str, detail: str) -> None:
+    error = classify_response(503, NO_HEADERS, body, VOICE)
+    assert error is not None
+    assert error.message == f"endpoint 'default' answered 503: {detail}"
+
+
+@pytest.mark.parametrize(
+    "page", ["<html><body>Bad gateway</body></html>", "  <!DOCTYPE html><title>x</title>"]
+)
+def test_an_html_page_is_not_kept(page: str) -> None:
+    error = classify_response(502, NO_HEADERS, page, VOICE)
+    assert error is not None
+    assert error.message == "endpoint 'default' answered 502 (an HTML page, not kept)"
+
+
 # --- transport errors ------------------------------------------------------------------------
+
+POOL_TEXT = (
+    "HTTPSConnectionPool(host='pod-7f3a9c2e1b-5000.proxy.example', port=443): Max retries "
+    "exceeded with url: /v1/completions"
+)
+
+
+def _wrapped(cause: BaseException) -> urllib3.exceptions.MaxRetryError:
+    reason = urllib3.exceptions.NewConnectionError(None, f"{POOL_TEXT}: {cause}")  # type: ignore[arg-type]
+    reason.__cause__ = cause
+    return urllib3.exceptions.MaxRetryError(None, "/v1/completions", reason)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("err", "kind", "message"),
     [
-        (requests.ConnectTimeout("timed out"), EndpointTimeout, "endpoint connect timeout"),
-        (requests.ReadTimeout("read timed out"), EndpointTimeout, "endpoint read timeout"),
-        (requests.Timeout("timed out"), EndpointTimeout, "endpoint read timeout"),
+        (requests.ConnectTimeout(POOL_TEXT), EndpointTimeout, "connect timed out after 5 s"),
+        (requests.ReadTimeout(POOL_TEXT), EndpointTimeout, "read timed out after 95 s"),
+        (requests.Timeout("timed out"), EndpointTimeout, "read timed out after 95 s"),
         (
-            requests.ConnectionError("Connection refused"),
-            EndpointUnreachable,
-            "endpoint connection failed: Connection refused",
-        ),
-        (requests.ConnectionError(), EndpointUnreachable, "endpoint connection failed: "),
-        (
-            requests.exceptions.ProxyError("proxy down"),
-            EndpointUnreachable,
-            "endpoint connection failed: proxy down",
+            requests.ConnectionError(urllib3.exceptions.ReadTimeoutError(None, "/v1", "x")),  # type: ignore[arg-type]
+            EndpointTimeout,
+            "read timed out after 95 s",
         ),
         (
-            requests.RequestException("weird"),
+            requests.ConnectionError(_wrapped(ConnectionRefusedError(111, "Connection refused"))),
+            EndpointUnreachable,
+            "connection refused",
+        ),
+        (
+            requests.ConnectionError(_wrapped(socket.gaierror(-2, "Name or service not known"))),
+            EndpointUnreachable,
+            "host name not resolved",
+        ),
+        (
+            requests.ConnectionError(_wrapped(ConnectionResetError(104, "reset by peer"))),
+            EndpointUnreachable,
+            "connection reset",
+        ),
+        (
+            requests.ConnectionError(
+                urllib3.exceptions.ProtocolError("Connection aborted.", Exception("closed"))
+            ),
+            EndpointUnreachable,
+            "connection closed without an answer",
+        ),
+        (requests.exceptions.SSLError(POOL_TEXT), EndpointUnreachable, "TLS failed"),
+        (requests.exceptions.ProxyError(POOL_TEXT), EndpointUnreachable, "proxy failed"),
+        (requests.ConnectionError(POOL_TEXT), EndpointUnreachable, "connection failed"),
+        (requests.ConnectionError(), EndpointUnreachable, "connection failed"),
+        (
+            requests.exceptions.ContentDecodingError(POOL_TEXT),
+            InvalidEndpointResponse,
+            "the body could not be decompressed",
+        ),
+        (
+            requests.RequestException(POOL_TEXT),
             PermanentEndpointError,
-            "endpoint request failed: RequestException",
+            "request failed (RequestException)",
         ),
         (
             requests.exceptions.InvalidURL("bad url"),
             PermanentEndpointError,
-            "endpoint request failed: InvalidURL",
-        ),
-        (
-            requests.exceptions.MissingSchema("no schema"),
-            PermanentEndpointError,
-            "endpoint request failed: MissingSchema",
+            "request failed (InvalidURL)",
         ),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
 )
 def test_classify_transport_error(
-    err: requests.RequestException, kind: type[EndpointError], message: str
+    err: requests.RequestException,
+    kind: type[EndpointError],
+    message: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    error = classify_transport_error(err)
+    error = classify_transport_error(err, VOICE, TIMEOUTS)
     assert type(error) is kind
     assert error.status_code is None
     assert error.retry_after_s is None
-    assert error.message.startswith(message)
-    if kind is PermanentEndpointError:
+    assert error.message == f"endpoint 'default': {message}"
+    if kind in (PermanentEndpointError, InvalidEndpointResponse):
         assert not isinstance(error, RetryableEndpointError)
     else:
         assert isinstance(error, RetryableEndpointError)
-
-
-def test_transport_reason_is_truncated() -> None:
-    error = classify_transport_error(requests.ConnectionError("z" * 1000))
-    assert error.message == "endpoint connection failed: " + "z" * 300 + "..."
+    # The operator reads the rest in the log.
+    if POOL_TEXT in str(err):
+        assert POOL_TEXT in caplog.text
 
 
 # --- parse_completion ------------------------------------------------------------------------
@@ -269,7 +339,7 @@ VALID = {
 
 
 def test_parse_completion_valid() -> None:
-    result = parse_completion(json.dumps(VALID), 123)
+    result = parse_completion(json.dumps(VALID), 123, VOICE)
     assert result == GenerationResult(
         text=" 4",
         finish_reason="stop",
@@ -298,7 +368,7 @@ def test_parse_completion_valid() -> None:
     ids=["minimal", "empty-text-null-usage"],
 )
 def test_parse_completion_minimal(body: dict[str, object], expected: GenerationResult) -> None:
-    assert parse_completion(json.dumps(body), 7) == expected
+    assert parse_completion(json.dumps(body), 7, VOICE) == expected
 
 
 @pytest.mark.parametrize(
@@ -316,28 +386,33 @@ def test_parse_completion_minimal(body: dict[str, object], expected: GenerationR
 )
 def test_parse_completion_rejects_bodies(body: str, reason: str) -> None:
     with pytest.raises(InvalidEndpointResponse) as info:
-        parse_completion(body, 1)
-    assert f"endpoint answered 200 but the body is {reason}" in info.value.message
+        parse_completion(body, 1, VOICE)
+    assert info.value.message.startswith(
+        f"endpoint 'default' answered 200 but the body is {reason}"
+    )
     assert info.value.error_type == "invalid_response"
     assert isinstance(info.value, PermanentEndpointError)
 
 
-def test_parse_completion_snippet_is_truncated() -> None:
-    body = "<html>" + "x" * 1000
+def test_parse_completion_does_not_echo_the_body() -> None:
+    body = json.dumps({"echo": "a prompt of someone else"})
     with pytest.raises(InvalidEndpointResponse) as info:
-        parse_completion(body, 1)
-    assert repr(body[:120] + "...") in info.value.message
+        parse_completion(body, 1, VOICE)
+    assert "someone else" not in info.value.message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
 def test_parse_completion_no_choices() -> None:
     with pytest.raises(InvalidEndpointResponse) as info:
-        parse_completion('{"choices": []}', 1)
-    assert info.value.message == "endpoint answered 200 with no choices"
+        parse_completion('{"choices": []}', 1, VOICE)
+    assert info.value.message == "endpoint 'default' answered 200 with no choices"
 
 
 def test_connection_broken_mid_body_is_retryable() -> None:
     protocol_error = urllib3.exceptions.ProtocolError(
         "Connection broken: IncompleteRead(13 bytes read, 487 more expected)"
     )
-    error = classify_transport_error(requests.exceptions.ChunkedEncodingError(protocol_error))
+    chunked = requests.exceptions.ChunkedEncodingError(protocol_error)
+    error = classify_transport_error(chunked, VOICE, TIMEOUTS)
     assert isinstance(error, EndpointUnreachable)
+    assert error.message == "endpoint 'default': connection broken mid-answer"
