@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 TASK_NAME = "genqueue.generate"
 ENDPOINT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -110,6 +111,16 @@ class GenerationRequest(BaseModel):
         max_length=WEBHOOK_URL_MAX_CHARS,
         description="POSTed the final status, signed (Genqueue-Signature); http(s) only",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # Before any field: pydantic lets a lone surrogate through in some fields (JsonValue,
+        # unions), and Redis and JSON answers cannot encode it later.
+        problem = unicode_problem(data)
+        if problem is not None:
+            raise PydanticCustomError("string_unicode", problem)
+        return data
 
     @field_validator("webhook_url")
     @classmethod
@@ -204,6 +215,45 @@ class TaskStatus(BaseModel):
     metadata: dict[str, JsonValue] | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+def unicode_problem(value: Any, where: str = "") -> str | None:
+    """Why ``value`` (a string, or JSON-like lists and dicts of them) cannot be UTF-8 encoded.
+
+    ``None`` when every string and key in it can be. JSON lets an escape such as ``"\\udfff"``
+    spell a lone surrogate, which Python decodes to a ``str`` that no UTF-8 encoder accepts:
+    the request would be stored and then break every read of it. The answer names the place
+    (``metadata.tags.0``) and the code point, never the string itself.
+    """
+    pending: list[tuple[str, Any]] = [(where, value)]
+    while pending:  # a loop, not recursion: nesting depth is the sender's choice
+        path, item = pending.pop()
+        if isinstance(item, str):
+            problem = _surrogate(item)
+            if problem is not None:
+                return f"{path or 'value'}: not valid Unicode ({problem})"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _surrogate(key) is not None:
+                    return f"{path or 'value'}: a key is not valid Unicode ({_surrogate(key)})"
+                pending.append((_join(path, key), child))
+        elif isinstance(item, list | tuple):
+            pending.extend((_join(path, index), child) for index, child in enumerate(item))
+    return None
+
+
+def _surrogate(text: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"a lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+    return None
+
+
+def _join(path: str, part: object) -> str:
+    return f"{path}.{part}" if path else str(part)
 
 
 def _compact_json(value: Any) -> str:
