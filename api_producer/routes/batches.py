@@ -18,7 +18,7 @@ from api_producer.batches import (
     check_webhooks,
     parse_batch,
 )
-from api_producer.deps import CallerDep, StateDep
+from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
 from api_producer.ratelimit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import ANY_ROUTE, InvalidInput, problem
@@ -122,7 +122,7 @@ async def get_batches(request: Request) -> BatchStore:
 
 BatchesDep = Annotated[BatchStore, Depends(get_batches)]
 
-router = APIRouter(prefix=PATH, tags=["batches"], responses=ANY_ROUTE)
+router = APIRouter(prefix=PATH, tags=["batches"], responses=ANY_ROUTE, route_class=KeyFirstRoute)
 
 
 @router.post(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from api_producer.deps import CallerDep, StateDep
+from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
 from api_producer.producer import Accepted, IdempotencyConflict
 from api_producer.ratelimit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
@@ -55,7 +55,9 @@ _SUBMIT: dict[int | str, dict[str, Any]] = {
 }
 _ONE_TASK: dict[int | str, dict[str, Any]] = {404: problem("no such task")}
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ANY_ROUTE)
+router = APIRouter(
+    prefix="/v1/tasks", tags=["tasks"], responses=ANY_ROUTE, route_class=KeyFirstRoute
+)
 
 IdempotencyKey = Annotated[
     str | None,
