@@ -8,6 +8,7 @@ that only has pydantic can share it. Producers enqueue by ``TASK_NAME`` with
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -168,6 +169,11 @@ class Usage(BaseModel):
 class GenerationResult(BaseModel):
     """What a successful task returns (and what ``AsyncResult.get()`` gives back)."""
 
+    @field_validator("text", "finish_reason", "model", "endpoint")
+    @classmethod
+    def _valid_unicode(cls, value: str | None) -> str | None:
+        return _repaired(value)
+
     text: str
     finish_reason: str | None
     model: str | None
@@ -183,6 +189,11 @@ class ErrorInfo(BaseModel):
 
     type: str
     message: str
+
+    @field_validator("type", "message")
+    @classmethod
+    def _valid_unicode(cls, value: str) -> str:
+        return replace_lone_surrogates(value)
 
 
 class TaskState(StrEnum):
@@ -240,6 +251,22 @@ def unicode_problem(value: Any, where: str = "") -> str | None:
         elif isinstance(item, list | tuple):
             pending.extend((_join(path, index), child) for index, child in enumerate(item))
     return None
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD.
+
+    For what genqueue passes on rather than judges (an endpoint's output and error words):
+    refusing them would throw away a finished generation, keeping them would break every read.
+    """
+    return text if _surrogate(text) is None else _LONE_SURROGATE.sub("\ufffd", text)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _repaired(value: str | None) -> str | None:
+    return replace_lone_surrogates(value) if value is not None else None
 
 
 def _surrogate(text: str) -> str | None:

@@ -19,9 +19,18 @@ from pydantic import ValidationError
 
 from api_producer.producer import DirectProducer
 from tests.api.conftest import queued_messages
-from worker.contract import GenerationRequest, unicode_problem
-from worker.errors import InvalidRequest
+from worker.contract import (
+    ErrorInfo,
+    GenerationRequest,
+    GenerationResult,
+    TaskStatus,
+    Usage,
+    unicode_problem,
+)
+from worker.errors import InvalidRequest, PermanentEndpointError
 from worker.generation import parse_payload
+from worker.records import status_from
+from worker.serverless import Job, result_from
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -174,3 +183,43 @@ def test_a_header_cannot_carry_one(api, auth, redis_client) -> None:
     assert first.json()["task_id"] == again.json()["task_id"]
     read = requests.get(f"{api.url}/v1/tasks/{first.json()['task_id']}", headers=auth, timeout=10)
     assert read.status_code == 200 and read.json()["status"] == "queued"
+
+
+# --------------------------------------------------------------------------- from the endpoint
+
+
+def test_an_endpoint_answer_with_one_leaves_the_task_readable(
+    api, auth, redis_url, simulator, start_worker
+) -> None:
+    """The endpoint's words come back as JSON too: a lone surrogate in them is replaced (U+FFFD),
+    so the failed task's status still reads (it broke every read with a 500)."""
+    worker = start_worker(redis_url, simulator.url)
+    words = json.dumps({"error": {"message": f"no {BAD} such model"}})
+    simulator.script({"status": 400, "body": words, "content_type": "application/json"})
+    sent = requests.post(f"{api.url}/v1/tasks", json={"prompt": "hi"}, headers=auth, timeout=10)
+    task_id = sent.json()["task_id"]
+    read = requests.get(f"{api.url}/v1/tasks/{task_id}?wait=20", headers=auth, timeout=30)
+    assert read.status_code == 200, read.text
+    assert read.json()["status"] == "failed"
+    assert read.json()["error"]["message"].endswith("no \ufffd such model")
+    assert worker.process.poll() is None
+    assert "Logging error" not in worker.log()
+
+
+def test_results_and_errors_replace_lone_surrogates() -> None:
+    result = GenerationResult(
+        text=f"a{BAD}b", finish_reason=BAD, model=f"m{BAD}", usage=Usage(), latency_ms=1
+    )
+    assert (result.text, result.finish_reason, result.model) == ("a\ufffdb", "\ufffd", "m\ufffd")
+    error = ErrorInfo(type="endpoint_rejected", message=f"x{BAD}")
+    assert error.message == "x\ufffd"
+    status = TaskStatus(task_id="t", status="failed", attempts=1, result=result, error=error)
+    assert json.loads(status.model_dump_json())["error"]["message"] == "x\ufffd"
+    assert str(PermanentEndpointError(f"endpoint said {BAD}")) == "endpoint said \ufffd"
+    # A serverless job's output is JSON read by requests: the same repair.
+    job = Job(job_id="j", state="COMPLETED", output=[f"out{BAD}"], error=None)
+    assert result_from(job, latency_ms=1).text == "out\ufffd"
+    # A record stored with the escape (json.dumps writes "\\udfff") still reads.
+    stored = {b"error": json.dumps({"type": "endpoint_rejected", "message": BAD}).encode()}
+    read = status_from("t", stored, json.dumps({"status": "FAILURE"}))
+    assert read.error == ErrorInfo(type="endpoint_rejected", message="\ufffd")
