@@ -192,14 +192,22 @@ def test_a_malformed_megabyte_without_a_key_is_401(
     if authorization is not None:
         headers["Authorization"] = authorization
     body = b"{" * (MIB - 1)
-    for method, path in PROTECTED:
-        if method != "POST":
-            continue
-        response = requests.request(
-            method, f"{api.url}{path}", data=body, headers=headers, timeout=10
-        )
-        assert response.status_code == 401, f"{method} {path}: {response.text[:300]}"
-        assert response.headers["WWW-Authenticate"] == "Bearer"
+    with requests.Session() as session:
+        for method, path in PROTECTED:
+            if method != "POST":
+                continue
+            response = session.request(
+                method, f"{api.url}{path}", data=body, headers=headers, timeout=10
+            )
+            assert response.status_code == 401, f"{method} {path}: {response.text[:300]}"
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            # The unread body does not spill into the next request on the same connection.
+            after = session.get(
+                f"{api.url}/v1/tasks/no-such-task",
+                headers={"Authorization": f"Bearer {PLAIN}"},
+                timeout=10,
+            )
+            assert after.status_code == 404, after.text
     assert list(redis_client.scan_iter()) == []
 
 
