@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error
 from worker import connections, keys, records
-from worker.contract import ErrorInfo, GenerationRequest, TaskState
+from worker.contract import ErrorInfo, GenerationRequest, TaskState, unicode_problem
 from worker.settings import Settings
 from worker.webhooks import WebhookRefused, check_webhook_url
 
@@ -346,6 +346,9 @@ def _line(where: str, value: Any, rules: BatchRules) -> BatchLine:
         raise BatchInvalid("custom_id: a non-empty string is required")
     if len(custom_id) > CUSTOM_ID_MAX_CHARS:
         raise BatchInvalid(f"custom_id: longer than {CUSTOM_ID_MAX_CHARS} characters")
+    unreadable = unicode_problem(custom_id, "custom_id")
+    if unreadable is not None:
+        raise BatchInvalid(unreadable)
     fields = {k: v for k, v in value.items() if k != "custom_id"}
     fields.setdefault("priority", rules.default_priority)
     try:

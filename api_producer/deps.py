@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 
 from api_producer.async_producer import AsyncProducer
 from api_producer.auth import KeyChecker
@@ -36,7 +38,30 @@ async def get_state(request: Request) -> ApiState:
 
 
 async def authenticated(request: Request) -> str:
-    return await (await get_state(request)).keys(request)
+    """The caller's id: checked already by :class:`KeyFirstRoute`, or checked now."""
+    caller: str | None = getattr(request.state, "caller", None)
+    if caller is None:
+        caller = await (await get_state(request)).keys(request)
+    return caller
+
+
+class KeyFirstRoute(APIRoute):
+    """A route that checks the caller's key, from the headers alone, before anything else.
+
+    FastAPI reads and parses a request's body before it solves the route's dependencies, so a
+    key checked only by a dependency would come after a body of up to the size limit had been
+    read, parsed and answered 422. Here a request without a valid key is 401 with its body
+    unread (and unmeasured: :class:`~api_producer.limits.BodySizeLimit` refuses at the first read).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def key_first(request: Request) -> Response:
+            request.state.caller = await (await get_state(request)).keys(request)
+            return await handler(request)
+
+        return key_first
 
 
 StateDep = Annotated[ApiState, Depends(get_state)]

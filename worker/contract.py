@@ -8,6 +8,7 @@ that only has pydantic can share it. Producers enqueue by ``TASK_NAME`` with
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from worker.webhook_url import parse_webhook_url
 
@@ -112,6 +114,16 @@ class GenerationRequest(BaseModel):
         description="POSTed the final status, signed (Genqueue-Signature); http(s) only",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # Before any field: pydantic lets a lone surrogate through in some fields (JsonValue,
+        # unions), and Redis and JSON answers cannot encode it later.
+        problem = unicode_problem(data)
+        if problem is not None:
+            raise PydanticCustomError("string_unicode", problem)
+        return data
+
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -154,6 +166,11 @@ class Usage(BaseModel):
 class GenerationResult(BaseModel):
     """What a successful task returns (and what ``AsyncResult.get()`` gives back)."""
 
+    @field_validator("text", "finish_reason", "model", "endpoint")
+    @classmethod
+    def _valid_unicode(cls, value: str | None) -> str | None:
+        return _repaired(value)
+
     text: str
     finish_reason: str | None
     model: str | None
@@ -169,6 +186,11 @@ class ErrorInfo(BaseModel):
 
     type: str
     message: str
+
+    @field_validator("type", "message")
+    @classmethod
+    def _valid_unicode(cls, value: str) -> str:
+        return replace_lone_surrogates(value)
 
 
 class TaskState(StrEnum):
@@ -201,6 +223,61 @@ class TaskStatus(BaseModel):
     metadata: dict[str, JsonValue] | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+def unicode_problem(value: Any, where: str = "") -> str | None:
+    """Why ``value`` (a string, or JSON-like lists and dicts of them) cannot be UTF-8 encoded.
+
+    ``None`` when every string and key in it can be. JSON lets an escape such as ``"\\udfff"``
+    spell a lone surrogate, which Python decodes to a ``str`` that no UTF-8 encoder accepts:
+    the request would be stored and then break every read of it. The answer names the place
+    (``metadata.tags.0``) and the code point, never the string itself.
+    """
+    pending: list[tuple[str, Any]] = [(where, value)]
+    while pending:  # a loop, not recursion: nesting depth is the sender's choice
+        path, item = pending.pop()
+        if isinstance(item, str):
+            problem = _surrogate(item)
+            if problem is not None:
+                return f"{path or 'value'}: not valid Unicode ({problem})"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _surrogate(key) is not None:
+                    return f"{path or 'value'}: a key is not valid Unicode ({_surrogate(key)})"
+                pending.append((_join(path, key), child))
+        elif isinstance(item, list | tuple):
+            pending.extend((_join(path, index), child) for index, child in enumerate(item))
+    return None
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD.
+
+    For what genqueue passes on rather than judges (an endpoint's output and error words):
+    refusing them would throw away a finished generation, keeping them would break every read.
+    """
+    return text if _surrogate(text) is None else _LONE_SURROGATE.sub("\ufffd", text)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _repaired(value: str | None) -> str | None:
+    return replace_lone_surrogates(value) if value is not None else None
+
+
+def _surrogate(text: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"a lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+    return None
+
+
+def _join(path: str, part: object) -> str:
+    return f"{path}.{part}" if path else str(part)
 
 
 def _compact_json(value: Any) -> str:

@@ -27,6 +27,8 @@ endpoint's own error text, never from request headers.
 
 from __future__ import annotations
 
+from worker.contract import replace_lone_surrogates
+
 
 class GenQueueError(Exception):
     """Base class of every error genqueue raises on purpose."""
@@ -34,6 +36,9 @@ class GenQueueError(Exception):
     error_type = "internal_error"
 
     def __init__(self, message: str) -> None:
+        # An endpoint's words may hold a lone surrogate (a JSON escape): it could not be
+        # logged, stored or answered as UTF-8.
+        message = replace_lone_surrogates(message)
         super().__init__(message)
         self.message = message
 

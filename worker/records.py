@@ -102,7 +102,9 @@ def status_from(
 
 def _error_from(record: dict[str, str], meta: dict[str, Any]) -> ErrorInfo:
     if F_ERROR in record:
-        return ErrorInfo.model_validate_json(record[F_ERROR])
+        # json.loads, not pydantic's parser: that refuses an escaped lone surrogate outright,
+        # where ErrorInfo replaces it (a record written before genqueue did so itself).
+        return ErrorInfo.model_validate(json.loads(record[F_ERROR]))
     exc = meta.get("result") or {}
     message = exc.get("exc_message") if isinstance(exc, dict) else None
     if isinstance(message, list | tuple):

@@ -21,7 +21,7 @@ from api_producer.batches import (
     Item,
     check_webhooks,
 )
-from api_producer.deps import CallerDep, StateDep
+from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
 from api_producer.ratelimit import Charge, RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import ANY_ROUTE, InvalidInput, problem
@@ -137,7 +137,7 @@ def get_upload_slots(request: Request) -> UploadSlots:
     return slots
 
 
-router = APIRouter(prefix=PATH, tags=["batches"], responses=ANY_ROUTE)
+router = APIRouter(prefix=PATH, tags=["batches"], responses=ANY_ROUTE, route_class=KeyFirstRoute)
 
 
 @router.post(

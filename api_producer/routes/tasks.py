@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from api_producer.deps import CallerDep, StateDep
+from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
 from api_producer.producer import Accepted, IdempotencyConflict
 from api_producer.ratelimit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
@@ -66,7 +66,9 @@ _WAIT: dict[int | str, dict[str, Any]] = {
 #: What a wait refused for too many waiters is told to wait, in seconds.
 WAIT_RETRY_AFTER_S = 1
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=ANY_ROUTE)
+router = APIRouter(
+    prefix="/v1/tasks", tags=["tasks"], responses=ANY_ROUTE, route_class=KeyFirstRoute
+)
 
 IdempotencyKey = Annotated[
     str | None,

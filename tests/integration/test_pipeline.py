@@ -155,6 +155,18 @@ def test_non_json_200_fails_clearly(
         ((1, 2), {}, "takes one keyword argument 'request'"),
         ((), {"prompt": "hi"}, "takes one keyword argument 'request'"),
         ((), {"request": {"prompt": "hi", "template": "nope"}}, "unknown template 'nope'"),
+        # A lone surrogate (JSON "\\udfff"): refused by the contract, not stored to break reads.
+        (
+            (),
+            {"request": {"prompt": "hi", "metadata": {"note": ["\udfff"]}}},
+            "metadata.note.0: not valid Unicode",
+        ),
+        ((), {"request": {"prompt": "\ud800"}}, "prompt: not valid Unicode"),
+        (
+            (),
+            {"request": {"prompt": "hi", "params": {"stop": ["ok", "\udc80"]}}},
+            "params.stop.1: not valid Unicode",
+        ),
     ],
 )
 def test_malformed_payload_fails_once_and_worker_lives(

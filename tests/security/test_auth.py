@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -97,6 +99,116 @@ def test_hashed_key_over_http(api_factory, redis_url) -> None:
         )  # fmt: skip
         assert bad.status_code == 401
         assert bad.headers["WWW-Authenticate"] == "Bearer"
+
+
+# --------------------------------------------------------------------------- key before body
+
+MIB = 1_048_576
+
+
+def _protected_operations() -> list[tuple[str, str]]:
+    """Every operation of the OpenAPI document that needs a key (all but the public ones)."""
+    public = {"/healthz", "/readyz", "/metrics"}
+    document = create_app(_settings(api_keys=(PLAIN,))).openapi()
+    return sorted(
+        (method.upper(), path.replace("{task_id}", "some-task").replace("{batch_id}", "some-batch"))
+        for path, item in document["paths"].items()
+        if path not in public
+        for method in item
+    )
+
+
+PROTECTED = _protected_operations()
+assert len(PROTECTED) >= 8, PROTECTED  # the task and batch routes, at least
+
+
+def _answer_to_partial_body(
+    url: str, method: str, path: str, authorization: str | None, declared: int, sent: int
+) -> tuple[int, bytes]:
+    """Send the head of a request declaring ``declared`` body bytes, then only ``sent`` of them.
+
+    The rest never comes: an answer within the socket's timeout shows the server did not wait
+    for the body (it has not read it).
+    """
+    parts = urlsplit(url)
+    head = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Content-Type: application/json",
+        f"Content-Length: {declared}",
+    ]
+    if authorization is not None:
+        head.append(f"Authorization: {authorization}")
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b"{" * sent)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            try:
+                chunk = sock.recv(65_536)
+            except TimeoutError:
+                raise AssertionError(f"{method} {path}: no answer while the body is owed") from None
+            if not chunk:
+                break
+            received += chunk
+    status_line = received.split(b"\r\n", 1)[0]
+    return int(status_line.split()[1]), received
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer not-the-key", f"Basic {PLAIN}"])
+@pytest.mark.parametrize("declared", [MIB, 2 * MIB, 200 * MIB], ids=["1MiB", "2MiB", "200MiB"])
+def test_the_key_is_checked_before_the_body_is_read(
+    api_factory, redis_url, redis_client, authorization: str | None, declared: int
+) -> None:
+    """401 from the headers alone: no body is parsed, waited for, or measured (413) first."""
+    api = api_factory(redis_url, api_keys=PLAIN)
+    for method, path in PROTECTED:
+        status, answer = _answer_to_partial_body(
+            api.url, method, path, authorization, declared, sent=1024
+        )
+        assert status == 401, f"{method} {path}: {answer[:300]!r}"
+        assert b"\r\nwww-authenticate: bearer\r\n" in answer.lower()
+    assert list(redis_client.scan_iter()) == []
+
+
+def test_with_a_key_a_declared_oversize_body_is_413_unread(api_factory, redis_url) -> None:
+    api = api_factory(redis_url, api_keys=PLAIN)
+    for path, declared in (
+        ("/v1/tasks", 2 * MIB),
+        ("/v1/tasks/batch", 2 * MIB),
+        ("/v1/batches", 65 * MIB),
+    ):
+        status, answer = _answer_to_partial_body(
+            api.url, "POST", path, f"Bearer {PLAIN}", declared, sent=1024
+        )
+        assert status == 413, f"{path}: {answer[:300]!r}"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer not-the-key"])
+def test_a_malformed_megabyte_without_a_key_is_401(
+    api_factory, redis_url, redis_client, authorization: str | None
+) -> None:
+    api = api_factory(redis_url, api_keys=PLAIN)
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    body = b"{" * (MIB - 1)
+    with requests.Session() as session:
+        for method, path in PROTECTED:
+            if method != "POST":
+                continue
+            response = session.request(
+                method, f"{api.url}{path}", data=body, headers=headers, timeout=10
+            )
+            assert response.status_code == 401, f"{method} {path}: {response.text[:300]}"
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            # The unread body does not spill into the next request on the same connection.
+            after = session.get(
+                f"{api.url}/v1/tasks/no-such-task",
+                headers={"Authorization": f"Bearer {PLAIN}"},
+                timeout=10,
+            )
+            assert after.status_code == 404, after.text
+    assert list(redis_client.scan_iter()) == []
 
 
 # --------------------------------------------------------------------------- genqueue api
