@@ -8,6 +8,10 @@ a task that runs elsewhere is dropped, and a final error is raised and stored.
 A task whose request carries a ``webhook_url`` enqueues ``genqueue.webhook`` when it ends (once
 Celery has stored the outcome); that task posts the status and retries on its own, so delivery
 never holds a generation slot nor changes the task's outcome.
+
+Both tasks send again only summaries of their arguments (:class:`SummarizedTask`), and a
+success's event carries a summary of the result (:class:`GenerateTask`): see
+:mod:`worker.summaries`.
 """
 
 from __future__ import annotations
@@ -126,7 +130,9 @@ class GenerateTask(SummarizedTask):
 
     _wrapped: _SuccessStoredByGenqueue | None = None
     _tracer: Tracer | None = None
-    #: Celery's own repr of a result, in its debug log line; the event gets the summary.
+    #: Celery's own repr of a result, cut to nothing (``", ..."``): it shows in Celery's DEBUG
+    #: line and in the event of a success whose prefork child died before reporting it. The
+    #: task-succeeded event gets :func:`_summarizing`'s summary.
     resultrepr_maxsize = 0
 
     summarize = staticmethod(request_summary)

@@ -92,8 +92,19 @@ def _leaks(secrets_by_name: dict[str, str], where: str, text: str | bytes) -> li
     ]
 
 
+#: The success's summary is made where the task runs: a prefork child, or the worker's process.
+POOLS = {"gevent": {}, "prefork": {"GENQUEUE_WORKER_CONCURRENCY": "2"}}
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
 def test_flower_shows_no_arguments_nor_output_after_retries(
-    redis_url, redis_client, simulator, start_worker, celery_client: Celery, tmp_path: Path
+    redis_url,
+    redis_client,
+    simulator,
+    start_worker,
+    celery_client: Celery,
+    tmp_path: Path,
+    pool: str,
 ) -> None:
     canaries = _canaries()
     with (
@@ -107,6 +118,8 @@ def test_flower_shows_no_arguments_nor_output_after_retries(
             GENQUEUE_WEBHOOK_SECRET="whsec-flower-test",
             GENQUEUE_WEBHOOK_ALLOWLIST="127.0.0.1",
             GENQUEUE_WEBHOOK_RETRY_MAX_DELAY_S="0.3",
+            GENQUEUE_WORKER_POOL=pool,
+            **POOLS[pool],
         )
         _wait(
             lambda: requests.get(
