@@ -22,9 +22,7 @@ from worker import keys, records
 from worker.contract import PRIORITY_MAX, QUEUE_NAME, TASK_NAME, GenerationRequest
 from worker.endpoints import queue_for
 from worker.settings import Settings
-
-#: Characters of the prompt shown in Flower's argument summary.
-SUMMARY_PROMPT_CHARS = 60
+from worker.summaries import payload_summary
 
 #: A Redis command and its arguments, as ``execute_command`` takes them.
 Command = tuple[Any, ...]
@@ -55,17 +53,8 @@ def celery_priority(request: GenerationRequest) -> int:
 
 
 def summary(request: GenerationRequest) -> str:
-    """A short, secret-free argument summary for Flower."""
-    text = request.prompt if request.prompt is not None else (request.messages or [])[-1].content
-    shown = text if len(text) <= SUMMARY_PROMPT_CHARS else text[:SUMMARY_PROMPT_CHARS] + "..."
-    parts = {
-        "template": request.template,
-        "endpoint": request.endpoint or "(default)",
-        "prompt": shown,
-    }
-    if request.params.max_tokens is not None:
-        parts["max_tokens"] = str(request.params.max_tokens)
-    return json.dumps(parts, ensure_ascii=False)
+    """The argument summary Flower shows for ``request`` (see :mod:`worker.summaries`)."""
+    return payload_summary(request.to_payload())
 
 
 def request_digest(payload: Any) -> str:
@@ -153,7 +142,7 @@ class EnqueuePlan:
             {"request": payload},
             queue,
             celery_priority(request),
-            summary(request),
+            payload_summary(payload),
         )
         commands += [("LPUSH", out.list_key, out.message), ("PUBLISH", out.topic, out.event)]
         return commands

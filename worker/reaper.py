@@ -22,6 +22,7 @@ import redis
 
 from worker import keys, records
 from worker.contract import TASK_NAME
+from worker.summaries import NO_ARGS, payload_summary
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ def sender(app: Any) -> Callable[[str, dict[str, Any], str, int], None]:
             task_id=task_id,
             queue=queue,
             priority=priority,
-            argsrepr="()",
-            kwargsrepr="{'request': '(sent again after its message was lost)'}",
+            argsrepr=NO_ARGS,
+            kwargsrepr=payload_summary(payload),
         )
 
     return send

@@ -8,15 +8,21 @@ a task that runs elsewhere is dropped, and a final error is raised and stored.
 A task whose request carries a ``webhook_url`` enqueues ``genqueue.webhook`` when it ends (once
 Celery has stored the outcome); that task posts the status and retries on its own, so delivery
 never holds a generation slot nor changes the task's outcome.
+
+Both tasks send again only summaries of their arguments (:class:`SummarizedTask`), and a
+success's event carries a summary of the result (:class:`GenerateTask`): see
+:mod:`worker.summaries`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery import Task, shared_task, states
+from celery.app.trace import trace_ok_t
 from celery.exceptions import Ignore, Reject
 from kombu.exceptions import OperationalError
 
@@ -25,7 +31,7 @@ from worker.errors import GenQueueError, TaskCancelled
 from worker.generation import ABANDONED, DUPLICATE, Delivery, RetryLater
 from worker.outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.runtime import runtime_for
-from worker.webhook_url import webhook_host
+from worker.summaries import NO_ARGS, request_summary, result_summary, webhook_summary
 from worker.webhooks import WEBHOOK_TASK_NAME, webhook_url_of
 
 log = logging.getLogger("genqueue.webhook")
@@ -41,7 +47,8 @@ def _enqueue_webhook(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
             kwargs={"task_id": task_id, "url": url, "first_at": time.time()},
             queue=QUEUE_NAME,
             # Flower shows this: the URL's path and query may hold the receiver's token.
-            kwargsrepr=f"{{'task_id': {task_id!r}, 'host': {webhook_host(url)!r}}}",
+            argsrepr=NO_ARGS,
+            kwargsrepr=webhook_summary(task_id, url),
         )
     except Exception:  # the task's own outcome stands whatever happens to its webhook
         log.warning("could not enqueue the webhook of task %s", task_id, exc_info=True)
@@ -74,12 +81,72 @@ class _SuccessStoredByGenqueue:
         self._backend.mark_as_done(task_id, result, request, store_result=False, state=state)
 
 
-class GenerateTask(Task):
+class SummarizedTask(Task):
+    """A task whose messages sent again from a running one (``self.retry``, Celery's
+    autoretry and ``retry_on_worker_lost``) carry :meth:`summarize` as their ``kwargsrepr``.
+
+    Celery would otherwise write a ``repr`` of the full arguments into the new message, and
+    Flower would show it (:mod:`worker.summaries`).
+    """
+
+    @staticmethod
+    def summarize(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        raise NotImplementedError
+
+    def signature_from_request(
+        self,
+        request: Any = None,
+        args: Any = None,
+        kwargs: Any = None,
+        queue: str | None = None,
+        **extra_options: Any,
+    ) -> Any:
+        request = self.request if request is None else request
+        sent_args = request.args if args is None else args
+        sent_kwargs = request.kwargs if kwargs is None else kwargs
+        extra_options["argsrepr"] = NO_ARGS
+        extra_options["kwargsrepr"] = self.summarize(sent_args or (), sent_kwargs or {})
+        return super().signature_from_request(request, args, kwargs, queue, **extra_options)
+
+
+Tracer = Callable[..., Any]
+
+
+def _summarizing(tracer: Tracer) -> Tracer:
+    """``tracer`` with a success's text representation replaced by :func:`result_summary`:
+    the worker sends that string in the task-succeeded event (Flower's ``result``)."""
+
+    def trace(uuid: str, args: Any, kwargs: Any, request: Any = None) -> Any:
+        retval, info, runtime, _ = traced = tracer(uuid, args, kwargs, request)
+        if info is not None or retval is None:  # a failure, or a success traced before
+            return traced
+        return trace_ok_t(retval, info, runtime, result_summary(retval))
+
+    return trace
+
+
+class GenerateTask(SummarizedTask):
     """``genqueue.generate``'s class: stores its own success (see
-    :class:`_SuccessStoredByGenqueue`) and announces a stored success or failure to the
-    webhook."""
+    :class:`_SuccessStoredByGenqueue`), announces a stored success or failure to the
+    webhook, and shows Flower summaries of its request and result, never their text."""
 
     _wrapped: _SuccessStoredByGenqueue | None = None
+    _tracer: Tracer | None = None
+    #: Celery's own repr of a result, cut to nothing (``", ..."``): it shows in Celery's DEBUG
+    #: line and in the event of a success whose prefork child died before reporting it. The
+    #: task-succeeded event gets :func:`_summarizing`'s summary.
+    resultrepr_maxsize = 0
+
+    summarize = staticmethod(request_summary)
+
+    @property
+    def __trace__(self) -> Tracer | None:
+        """The worker's tracer of this task (Celery sets it when the worker starts)."""
+        return self._tracer
+
+    @__trace__.setter
+    def __trace__(self, tracer: Tracer | None) -> None:
+        self._tracer = None if tracer is None else _summarizing(tracer)
 
     @property
     def backend(self) -> Any:
@@ -158,7 +225,16 @@ def _schedule_retry(task: Task, later: RetryLater, policy: OutagePolicy) -> Base
         return Reject(err, requeue=False)
 
 
+class WebhookTask(SummarizedTask):
+    """``genqueue.webhook``'s class: its retries show the receiving host, not the URL."""
+
+    @staticmethod
+    def summarize(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        return webhook_summary(kwargs.get("task_id"), kwargs.get("url"))
+
+
 @shared_task(
+    base=WebhookTask,
     name=WEBHOOK_TASK_NAME,
     bind=True,
     typing=False,
