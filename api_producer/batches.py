@@ -36,11 +36,12 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field, ValidationError
 
-from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error
-from worker import connections, keys, records
+from api_producer.producers.direct import DirectProducer, EnqueueError, describe_redis_error
+from worker import connections, keys
 from worker.contract import ErrorInfo, GenerationRequest, TaskState, unicode_problem
+from worker.delivery import records
 from worker.settings import Settings
-from worker.webhooks import WebhookRefused, check_webhook_url
+from worker.webhooks.sender import WebhookRefused, check_webhook_url
 
 #: Media types of a JSONL body; ``application/json`` is ``{"requests": [...]}``.
 JSONL_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
@@ -407,7 +408,7 @@ def check_webhooks(lines: Sequence[BatchLine], settings: Settings) -> None:
 
 
 def task_state(raw_record: dict[Any, Any], raw_meta: bytes | str | None) -> TaskState:
-    """The state :func:`worker.records.status_from` reports, without building the status.
+    """The state :func:`worker.delivery.records.status_from` reports, without building the status.
 
     A task whose record and result have both expired counts as failed (``missing``).
     """

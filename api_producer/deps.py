@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 
-from api_producer.async_producer import AsyncProducer
 from api_producer.auth import KeyChecker
-from api_producer.producer import DirectProducer
+from api_producer.producers.async_direct import AsyncProducer
+from api_producer.producers.direct import DirectProducer
 from api_producer.store import TaskStore
 from worker.settings import Settings
 
@@ -51,7 +51,8 @@ class KeyFirstRoute(APIRoute):
     FastAPI reads and parses a request's body before it solves the route's dependencies, so a
     key checked only by a dependency would come after a body of up to the size limit had been
     read, parsed and answered 422. Here a request without a valid key is 401 with its body
-    unread (and unmeasured: :class:`~api_producer.limits.BodySizeLimit` refuses at the first read).
+    unread (and unmeasured: :class:`~api_producer.body_limit.BodySizeLimit` refuses at the first
+    read).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

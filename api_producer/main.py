@@ -12,21 +12,26 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api_producer.async_producer import AsyncProducer
 from api_producer.auth import KeyChecker
 from api_producer.batches import BatchStore
+from api_producer.body_limit import BodySizeLimit
 from api_producer.deps import ApiState
-from api_producer.limits import BodySizeLimit
-from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error, make_plan
-from api_producer.ratelimit import RateLimiter
+from api_producer.producers.async_direct import AsyncProducer
+from api_producer.producers.direct import (
+    DirectProducer,
+    EnqueueError,
+    describe_redis_error,
+    make_plan,
+)
+from api_producer.rate_limit import RateLimiter
 from api_producer.routes import batches, health, metrics, tasks
 from api_producer.store import TaskStore
 from api_producer.uploads import UploadSlots
 from api_producer.waiters import ResultListener
 from worker import connections
-from worker.endpoints import load_endpoints
+from worker.endpoints.config import load_endpoints
 from worker.errors import TemplateError
-from worker.prompts import PromptRenderer
+from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings, load_settings
 
 

@@ -8,8 +8,9 @@ import contextlib
 import redis.asyncio as aioredis
 
 from api_producer.waiters import ResultListener, TooManyWaiters
-from worker import keys, records
+from worker import keys
 from worker.contract import TaskState, TaskStatus
+from worker.delivery import records
 
 #: How long ``DELETE`` waits for a running task to acknowledge its cancellation.
 CANCEL_WAIT_S = 5.0

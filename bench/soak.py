@@ -28,7 +28,7 @@ from typing import Any
 import redis
 import requests
 
-from api_producer.producer import DirectProducer
+from api_producer.producers.direct import DirectProducer
 from genqueue.embedded_redis import EmbeddedRedis, free_port
 from worker.contract import GenerationRequest
 from worker.settings import Settings

@@ -1,3 +1,3 @@
-from genqueue.cli import main
+from genqueue.cli.main import main
 
 raise SystemExit(main())

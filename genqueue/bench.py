@@ -12,7 +12,7 @@ Phases (``--only`` picks some, all run by default):
     the same drains with bare Celery (:mod:`genqueue.bench_bare`, one gevent process of 500).
 ``enqueue``
     ``POST /v1/tasks`` from ``--clients`` keep-alive connections against ``genqueue api``, and
-    :class:`~api_producer.producer.DirectProducer` (``submit`` and ``submit_many`` of 100).
+    :class:`~api_producer.producers.direct.DirectProducer` (``submit`` and ``submit_many`` of 100).
 ``latency``
     submit to result visible, one task at a time, 0 ms simulator: genqueue, bare Celery and a
     direct call to the simulator.
@@ -52,10 +52,10 @@ import redis
 import requests
 from celery import Celery
 
+from genqueue.cli.worker import process_count
 from genqueue.embedded_redis import EmbeddedRedis, free_port, redis_answers
-from genqueue.workers import process_count
 from worker.contract import QUEUE_NAME, GenerationRequest
-from worker.prompts import PromptRenderer
+from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings
 
 PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
@@ -465,7 +465,7 @@ class GenqueueKind:
         }
 
     def enqueue(self, count: int) -> list[str]:
-        from api_producer.producer import DirectProducer
+        from api_producer.producers.direct import DirectProducer
 
         producer = DirectProducer(self._settings)
         task_ids: list[str] = []
@@ -479,7 +479,7 @@ class GenqueueKind:
 
     @contextlib.contextmanager
     def submitter(self) -> Iterator[Callable[[], str]]:
-        from api_producer.producer import DirectProducer
+        from api_producer.producers.direct import DirectProducer
 
         producer = DirectProducer(self._settings)
         try:
@@ -830,7 +830,7 @@ class Bench:
             time.sleep(0.1)
 
     def _direct_runs(self, batch: int) -> list[float | None]:
-        from api_producer.producer import DirectProducer
+        from api_producer.producers.direct import DirectProducer
 
         request = GenerationRequest.model_validate(REQUEST)
         rates: list[float | None] = []

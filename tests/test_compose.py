@@ -115,7 +115,7 @@ def test_each_service_runs_its_genqueue_subcommand(services: dict) -> None:
 
 
 def test_service_commands_parse_with_the_cli_parser(services: dict) -> None:
-    from genqueue.cli import build_parser  # lazy: the CLI module is developed separately
+    from genqueue.cli.main import build_parser  # lazy: the CLI module is developed separately
 
     rejected = {}
     for name, svc in _genqueue_services(services).items():

@@ -16,21 +16,22 @@ from celery.app import backends
 from celery.signals import after_setup_logger, celeryd_init, worker_process_shutdown
 from kombu import Queue
 
-from worker import broker, connections, keys
+from worker import connections, keys
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
+from worker.delivery import broker
+from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
+from worker.delivery.lost_message_sweep import sender, sweep
+from worker.delivery.result_backend import ResultBackend
 from worker.errors import SettingsError
-from worker.event_batches import BatchedTaskEvents
-from worker.liveness import Heartbeat, restorer, unacked_renewer
-from worker.observe import configure_task_logging, serve_worker_metrics
-from worker.reaper import sender, sweep
-from worker.results import ResultBackend
-from worker.runtime import SPARE_CONNECTIONS, close_runtimes
+from worker.observability.flower_events import BatchedTaskEvents
+from worker.observability.metrics import configure_task_logging, serve_worker_metrics
+from worker.resources import SPARE_CONNECTIONS, close_runtimes
 from worker.settings import Settings, load_settings
 
 
 class GenQueueCelery(Celery):
     """A Celery app that carries the settings it was built from, and stores task states with
-    :class:`worker.results.ResultBackend`."""
+    :class:`worker.delivery.result_backend.ResultBackend`."""
 
     genqueue_settings: Settings
 
@@ -77,7 +78,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
 
     def _reaper(self, app: Any, settings: Settings, queues: list[str], unacked_key: str) -> Any:
         """A beat that, in one worker at a time, sends again the tasks whose message was lost
-        (see :mod:`worker.reaper`)."""
+        (see :mod:`worker.delivery.lost_message_sweep`)."""
         assert self._client is not None
         client = self._client
         interval_ms = int(settings.heartbeat_interval_s * REAPER_EVERY_BEATS * 1000)
@@ -127,7 +128,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_timeout": 30,
         "redis_retry_on_timeout": True,
         # Celery's own state writes (RETRY, FAILURE) ride out a Redis outage too, about as long
-        # as genqueue's round trips do (worker.outage): a retry sleeps 1 s on average.
+        # as genqueue's round trips do (worker.redis_outage): a retry sleeps 1 s on average.
         "result_backend_always_retry": True,
         "result_backend_max_retries": int(settings.redis_outage_s) + 1,
         "result_backend_base_sleep_between_retries_ms": 100,

@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from worker.webhook_url import parse_webhook_url
+from worker.webhooks.url_check import parse_webhook_url
 
 TASK_NAME = "genqueue.generate"
 ENDPOINT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"

@@ -67,7 +67,7 @@ def dead_letters() -> str:
 
 def unreadable() -> str:
     """List of raw broker messages that are not kombu messages (set aside by a worker),
-    newest first. Bounded by ``worker.broker.UNREADABLE_MAX``."""
+    newest first. Bounded by ``worker.delivery.broker.UNREADABLE_MAX``."""
     return f"{PREFIX}:unreadable"
 
 

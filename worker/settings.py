@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
-from worker.webhook_url import WebhookRefused, check_allowlist_entry
+from worker.webhooks.url_check import WebhookRefused, check_allowlist_entry
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: RunPod's pod proxy answers 524 to any request still open after 100 s.
@@ -31,7 +31,7 @@ WorkerPool = Literal["gevent", "threads", "prefork", "solo"]
 
 
 #: How many visibility timeouts a task's record outlives at least (the lost-message sweep sends
-#: a task again after two, from its record: see worker.reaper).
+#: a task again after two, from its record: see worker.delivery.lost_message_sweep).
 LOST_MESSAGE_MARGIN = 4
 
 
@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     #: Below the pod proxy's 100 s, so genqueue gives up (and retries) before the proxy does.
     endpoint_read_timeout_s: float = Field(default=95.0, gt=0, lt=POD_PROXY_TIMEOUT_S)
     #: The most of one answer a worker reads (decompressed); a completion's own cap follows its
-    #: ``max_tokens`` below this (see worker.answers). A larger answer is ``invalid_response``.
+    #: ``max_tokens`` below this (see worker.endpoints.answers). A larger answer is
+    # ``invalid_response``.
     endpoint_max_response_bytes: int = Field(default=16 * 1_048_576, ge=65_536, le=1_073_741_824)
 
     # --- retries --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The Celery task ``genqueue.generate``: as thin as a web view.
 
-It hands the message to :class:`worker.generation.Generation` and maps the outcome onto
+It hands the message to :class:`worker.pipeline.generation.Generation` and maps the outcome onto
 Celery: a result is returned, a :class:`RetryLater` becomes ``self.retry(countdown=...)`` (the
 wait goes back to the queue and frees the slot), a cancellation is stored as REVOKED, a copy of
 a task that runs elsewhere is dropped, and a final error is raised and stored.
@@ -11,7 +11,7 @@ never holds a generation slot nor changes the task's outcome.
 
 Both tasks send again only summaries of their arguments (:class:`SummarizedTask`), and a
 success's event carries a summary of the result (:class:`GenerateTask`): see
-:mod:`worker.summaries`.
+:mod:`worker.observability.flower_summaries`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,16 @@ from kombu.exceptions import OperationalError
 
 from worker.contract import QUEUE_NAME, TASK_NAME
 from worker.errors import GenQueueError, TaskCancelled
-from worker.generation import ABANDONED, DUPLICATE, Delivery, RetryLater
-from worker.outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
-from worker.runtime import runtime_for
-from worker.summaries import NO_ARGS, request_summary, result_summary, webhook_summary
-from worker.webhooks import WEBHOOK_TASK_NAME, webhook_url_of
+from worker.observability.flower_summaries import (
+    NO_ARGS,
+    request_summary,
+    result_summary,
+    webhook_summary,
+)
+from worker.pipeline.generation import ABANDONED, DUPLICATE, Delivery, RetryLater
+from worker.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
+from worker.resources import runtime_for
+from worker.webhooks.sender import WEBHOOK_TASK_NAME, webhook_url_of
 
 log = logging.getLogger("genqueue.webhook")
 
@@ -58,7 +63,8 @@ class _SuccessStoredByGenqueue:
     """Celery's result backend, except that a success is already stored.
 
     genqueue writes a task's ``STARTED`` state and its ``SUCCESS`` result into Celery's result
-    key itself, in the scripts that record the task's start and end (:mod:`worker.lifecycle`):
+    key itself, in the scripts that record the task's start and end
+    (:mod:`worker.delivery.task_scripts`):
     one round trip each instead of Celery's read-then-write, and the result lands together with
     the record. Celery's own write of the success is skipped here; a chord still hears of it.
     Everything else (retries, failures, revocations) is Celery's.
@@ -86,7 +92,7 @@ class SummarizedTask(Task):
     autoretry and ``retry_on_worker_lost``) carry :meth:`summarize` as their ``kwargsrepr``.
 
     Celery would otherwise write a ``repr`` of the full arguments into the new message, and
-    Flower would show it (:mod:`worker.summaries`).
+    Flower would show it (:mod:`worker.observability.flower_summaries`).
     """
 
     @staticmethod
@@ -171,7 +177,8 @@ class GenerateTask(SummarizedTask):
     acks_late=True,
     max_retries=None,
     throws=(GenQueueError,),
-    # Written by genqueue in the same round trip as the task's record: see worker.lifecycle.
+    # Written by genqueue in the same round trip as the task's record: see
+    # worker.delivery.task_scripts.
     track_started=False,
 )
 def generate(self: Task, *args: Any, **kwargs: Any) -> Any:

@@ -22,7 +22,7 @@ from api_producer.batches import (
     check_webhooks,
 )
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
-from api_producer.ratelimit import Charge, RateLimitDep
+from api_producer.rate_limit import Charge, RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import ANY_ROUTE, InvalidInput, problem
 from api_producer.uploads import UploadSlots

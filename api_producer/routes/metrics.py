@@ -17,9 +17,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
 from worker import connections
-from worker.endpoints import load_endpoints
+from worker.endpoints.config import load_endpoints
+from worker.observability.snapshot import EndpointState, Snapshot, endpoint_caps
 from worker.settings import Settings
-from worker.snapshot import EndpointState, Snapshot, endpoint_caps
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BREAKER_STATES = ("closed", "open", "half_open")

@@ -10,12 +10,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
-from api_producer.producer import Accepted, IdempotencyConflict
-from api_producer.ratelimit import RateLimitDep
+from api_producer.producers.direct import Accepted, IdempotencyConflict
+from api_producer.rate_limit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.waiters import TooManyWaiters
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
-from worker.webhooks import WebhookRefused, check_webhook_url
+from worker.webhooks.sender import WebhookRefused, check_webhook_url
 
 
 class Problem(BaseModel):

@@ -18,12 +18,13 @@ import pytest
 import redis
 import requests
 
-from api_producer.producer import DirectProducer, make_plan
+from api_producer.producers.direct import DirectProducer, make_plan
 from api_producer.store import WAIT_READS
 from genqueue.embedded_redis import free_port
 from tests.api.conftest import API_KEY
-from worker import connections, keys, records
+from worker import connections, keys
 from worker.contract import GenerationRequest
+from worker.delivery import records
 from worker.settings import Settings
 
 WAITERS = 2000

@@ -10,9 +10,9 @@ import time
 import pytest
 import redis
 
-from api_producer.enqueue import celery_priority, queue_of, summary
-from api_producer.producer import DirectProducer, producer_celery
-from api_producer.wire import MessageBuilder, bindings, event_topic, queue_list
+from api_producer.producers.celery_message import MessageBuilder, bindings, event_topic, queue_list
+from api_producer.producers.direct import DirectProducer, producer_celery
+from api_producer.producers.enqueue import celery_priority, queue_of, summary
 from worker import keys
 from worker.contract import TASK_NAME, GenerationRequest
 from worker.settings import Settings

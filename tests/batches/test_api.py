@@ -11,9 +11,10 @@ import requests
 
 from api_producer import batches as batches_module
 from api_producer.batches import BatchRules, BatchStore, parse_batch
-from api_producer.producer import DirectProducer, EnqueueError
+from api_producer.producers.direct import DirectProducer, EnqueueError
 from tests.batches.conftest import get_json, jsonl, line, post_batch, queue_depth, results
-from worker import connections, keys, records
+from worker import connections, keys
+from worker.delivery import records
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)

@@ -20,7 +20,7 @@ from api_producer.batches import (
     task_state,
 )
 from tests.batches.conftest import jsonl, line
-from worker import records
+from worker.delivery import records
 from worker.settings import Settings
 
 RULES = BatchRules(max_requests=100, default_priority=2, templates=frozenset({"chatml", "raw"}))

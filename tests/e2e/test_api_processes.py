@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from api_producer.processes import reuseport_supported
+from genqueue.cli.api_processes import reuseport_supported
 from genqueue.embedded_redis import free_port
 
 pytestmark = [

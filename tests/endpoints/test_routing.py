@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from api_producer.client import GenQueueClient
-from api_producer.producer import DirectProducer
+from api_producer.producers.direct import DirectProducer
 from genqueue.embedded_redis import free_port
 from genqueue.simulator import SimulatorConfig, serve_in_thread
 from tests.api.conftest import API_KEY, serve_api

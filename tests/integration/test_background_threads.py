@@ -18,7 +18,7 @@ HEARTBEATS = textwrap.dedent(
     """
     from gevent import monkey; monkey.patch_all()
     import sys, threading, gevent, redis
-    from worker.guard import EndpointGuard, GuardPolicy
+    from worker.limits.guard import EndpointGuard, GuardPolicy
 
     guard = EndpointGuard(redis.Redis.from_url(sys.argv[1]), "ep", GuardPolicy(limit=50))
     def task():
@@ -48,7 +48,7 @@ LISTENERS = textwrap.dedent(
     """
     from gevent import monkey; monkey.patch_all()
     import sys, threading, gevent, redis
-    from worker.liveness import RunningTasks
+    from worker.delivery.heartbeat import RunningTasks
 
     running = RunningTasks(redis.Redis.from_url(sys.argv[1]), claim_ttl_s=20)
     def task(n):

@@ -1,4 +1,4 @@
-"""worker.broker's batched fetch against a real Redis, through kombu's own consumer.
+"""worker.delivery.broker's batched fetch against a real Redis, through kombu's own consumer.
 
 The fetch script must leave exactly what kombu's BRPOP + ``QoS.append`` leave (so that acks,
 rejects and ``restore_visible`` work unchanged), respect the prefetch window, and never take a
@@ -16,7 +16,8 @@ import kombu
 import pytest
 import redis
 
-from worker import broker, keys
+from worker import keys
+from worker.delivery import broker
 
 QUEUE = "fetch-test"
 TIMEOUT_S = 10

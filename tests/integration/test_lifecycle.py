@@ -1,4 +1,5 @@
-"""worker.lifecycle against a real Redis: the start script's slot in passing, and the end
+"""worker.delivery.task_scripts against a real Redis: the start script's slot in passing, and the
+end
 script that releases the slot, the running claim and the message's unacked entries."""
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ import json
 import pytest
 
 from worker import keys
-from worker.guard import Claim, EndpointGuard, GuardPolicy
-from worker.lifecycle import BrokerAcks, Ending, Lifecycle
+from worker.delivery.task_scripts import BrokerAcks, Ending, Lifecycle
+from worker.limits.guard import Claim, EndpointGuard, GuardPolicy
 
 MAX_DELIVERIES = 3
 TAG = "tag-1"

@@ -1,4 +1,5 @@
-"""worker.results.ResultBackend against a real Redis: Celery's state writes, made atomic."""
+"""worker.delivery.result_backend.ResultBackend against a real Redis: Celery's state writes, made
+atomic."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import redis
 from celery import Celery, states
 
-from worker.results import ResultBackend
+from worker.delivery.result_backend import ResultBackend
 
 TASK_ID = "t-1"
 KEY = f"celery-task-meta-{TASK_ID}"

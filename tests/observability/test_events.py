@@ -12,8 +12,8 @@ import redis
 
 from tests.observability.conftest import wait_for
 from worker import keys
-from worker.events import EVENTS_STREAM
-from worker.lifecycle import Ending, Finished, Lifecycle
+from worker.delivery.task_scripts import Ending, Finished, Lifecycle
+from worker.observability.completion_stream import EVENTS_STREAM
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
+from genqueue.cli.status_view import read_view, render
 from genqueue.embedded_redis import free_port
-from genqueue.status_view import read_view, render
 from tests.api.conftest import API_KEY, queued_messages
 from tests.observability.conftest import scrape, scrape_until, value, wait_for
 from worker import keys

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.observability.conftest import API_KEY, queued_messages, wait_for
-from worker.webhooks import (
+from worker.webhooks.sender import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookRefused,

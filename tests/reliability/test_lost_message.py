@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from api_producer.producer import DirectProducer
+from api_producer.producers.direct import DirectProducer
 from worker.contract import GenerationRequest
 from worker.settings import Settings
 

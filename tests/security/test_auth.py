@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from api_producer import server
 from api_producer.auth import KeyChecker, hash_key, parse_key_hash
 from api_producer.main import create_app
-from genqueue import flower
+from genqueue.cli import api as server
+from genqueue.cli import flower
 from tests.security.helpers import run_flower
 from worker.errors import SettingsError
 from worker.settings import Settings

@@ -27,11 +27,11 @@ from pydantic import SecretStr
 from genqueue.embedded_redis import free_port
 from tests.conftest import SimulatorControl
 from tests.security.helpers import wait_http
-from worker.answers import RESPONSE_BYTES_PER_TOKEN, RESPONSE_OVERHEAD_BYTES
-from worker.endpoint import CompletionClient, EndpointConfig, endpoint_session
+from worker.endpoints.answers import RESPONSE_BYTES_PER_TOKEN, RESPONSE_OVERHEAD_BYTES
+from worker.endpoints.completions import CompletionClient, EndpointConfig, endpoint_session
+from worker.endpoints.serverless import ServerlessClient, job_input
 from worker.errors import InvalidEndpointResponse, RetryableEndpointError
-from worker.serverless import ServerlessClient, job_input
-from worker.webhooks import WebhookPolicy, WebhookSender
+from worker.webhooks.sender import WebhookPolicy, WebhookSender
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,12 +23,12 @@ import redis
 import requests
 from celery import Celery
 
-from api_producer.producer import DirectProducer, producer_celery
+from api_producer.producers.direct import DirectProducer, producer_celery
 from tests.security.helpers import TinyServer, run_flower
 from worker.contract import GenerationRequest
-from worker.reaper import sender
+from worker.delivery.lost_message_sweep import sender
+from worker.observability.flower_summaries import payload_summary
 from worker.settings import Settings
-from worker.summaries import payload_summary
 
 pytestmark = pytest.mark.timeout(120)
 

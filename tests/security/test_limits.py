@@ -14,7 +14,7 @@ import requests
 from fastapi import HTTPException
 
 from api_producer.auth import hash_key
-from api_producer.ratelimit import KEY_TTL_S, WINDOW_S, RateLimiter, rate_key
+from api_producer.rate_limit import KEY_TTL_S, WINDOW_S, RateLimiter, rate_key
 from tests.security.conftest import API_KEY, queued_messages
 
 pytestmark = pytest.mark.timeout(60)

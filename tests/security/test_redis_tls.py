@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from api_producer.producer import DirectProducer, describe_redis_error, producer_celery
+from api_producer.producers.direct import DirectProducer, describe_redis_error, producer_celery
 from tests.conftest import worker_env
 from tests.security.tls_proxy import Authority, Issued, TlsProxy, server_context
 from worker import connections

@@ -16,7 +16,7 @@ import pytest
 
 from worker.contract import BUILTIN_TEMPLATES, GenerationRequest
 from worker.errors import TemplateError
-from worker.prompts import PromptRenderer
+from worker.pipeline.render import PromptRenderer
 
 SSTI_PAYLOADS = (
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",

@@ -17,7 +17,7 @@ import redis
 import requests
 from pydantic import ValidationError
 
-from api_producer.producer import DirectProducer
+from api_producer.producers.direct import DirectProducer
 from tests.api.conftest import queued_messages
 from worker.contract import (
     ErrorInfo,
@@ -27,10 +27,10 @@ from worker.contract import (
     Usage,
     unicode_problem,
 )
+from worker.delivery.records import status_from
+from worker.endpoints.serverless import Job, result_from
 from worker.errors import InvalidRequest, PermanentEndpointError
-from worker.generation import parse_payload
-from worker.records import status_from
-from worker.serverless import Job, result_from
+from worker.pipeline.generation import parse_payload
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)

@@ -30,10 +30,11 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from tests.security.helpers import TinyServer
-from worker import keys, records
+from worker import keys
+from worker.delivery import records
 from worker.errors import SettingsError
 from worker.settings import load_settings
-from worker.webhooks import (
+from worker.webhooks.sender import (
     WebhookPolicy,
     WebhookRefused,
     WebhookSender,

@@ -1,4 +1,4 @@
-"""Table tests for worker.backoff: Retry-After parsing and the retry delay."""
+"""Table tests for worker.pipeline.backoff: Retry-After parsing and the retry delay."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from worker.backoff import RetryPolicy, compute_delay_s, parse_retry_after
+from worker.pipeline.backoff import RetryPolicy, compute_delay_s, parse_retry_after
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 

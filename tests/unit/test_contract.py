@@ -1,4 +1,5 @@
-"""Table tests for worker.contract.GenerationRequest and worker.generation.parse_payload."""
+"""Table tests for worker.contract.GenerationRequest and
+worker.pipeline.generation.parse_payload."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from worker.contract import (
     _compact_json,
 )
 from worker.errors import InvalidRequest
-from worker.generation import describe_errors, parse_payload
+from worker.pipeline.generation import describe_errors, parse_payload
 
 USER = {"role": "user", "content": "hi"}
 

@@ -1,4 +1,5 @@
-"""Table tests for worker.endpoint: which failures are retryable, and what the message keeps."""
+"""Table tests for worker.endpoints.completions: which failures are retryable, and what the message
+keeps."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from worker.contract import GenerationResult, Usage
-from worker.disclosure import EndpointVoice
-from worker.endpoint import (
+from worker.endpoints.completions import (
     ERROR_TEXT_MAX_CHARS,
     RETRYABLE_STATUSES,
     classify_response,
@@ -20,6 +20,7 @@ from worker.endpoint import (
     extract_error_text,
     parse_completion,
 )
+from worker.endpoints.disclosure import EndpointVoice
 from worker.errors import (
     EndpointError,
     EndpointTimeout,

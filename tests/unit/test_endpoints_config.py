@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.endpoints import load_endpoints, queue_for
+from worker.endpoints.config import load_endpoints, queue_for
 from worker.errors import SettingsError
 from worker.settings import Settings
 

@@ -1,4 +1,5 @@
-"""Table tests for worker.prompts: exact output of every built-in template, and the sandbox."""
+"""Table tests for worker.pipeline.render: exact output of every built-in template, and the
+sandbox."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from jinja2.exceptions import SecurityError
 
 from worker.contract import BUILTIN_TEMPLATES, GenerationRequest
 from worker.errors import TemplateError
-from worker.prompts import BUILTIN_SOURCES, PromptRenderer
+from worker.pipeline.render import BUILTIN_SOURCES, PromptRenderer
 
 P = "What is 2+2?"
 S = "You are terse."

@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from worker.summaries import payload_summary, request_summary, result_summary, webhook_summary
+from worker.observability.flower_summaries import (
+    payload_summary,
+    request_summary,
+    result_summary,
+    webhook_summary,
+)
 
 SECRET = "s3cret-value"
 

@@ -1,4 +1,5 @@
-"""genqueue.supervise: the process supervisor of ``genqueue worker``, with real child processes."""
+"""genqueue.cli.supervise: the process supervisor of ``genqueue worker``, with real child
+processes."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from genqueue.supervise import CONFIG_ERROR_EXIT, parse_argvs
+from genqueue.cli.supervise import CONFIG_ERROR_EXIT, parse_argvs
 
 TIMEOUT_S = 20
 
 
 def _supervise(argvs: list[list[str]]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "genqueue.supervise", json.dumps(argvs)],
+        [sys.executable, "-m", "genqueue.cli.supervise", json.dumps(argvs)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -6,7 +6,7 @@ from typing import get_args
 
 import pytest
 
-from genqueue.workers import worker_argv
+from genqueue.cli.worker import worker_argv
 from worker import process
 from worker.settings import Settings, WorkerPool
 

@@ -1,0 +1,1 @@
+"""Producers: how an accepted task is written to Redis, with or without the HTTP API."""

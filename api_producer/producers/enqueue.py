@@ -1,0 +1,155 @@
+"""What accepting a task writes to Redis, for the direct producer and the API alike.
+
+One transaction (``MULTI``/``EXEC``) holds all of a submission: each task's record (what
+``GET /v1/tasks/{id}`` and the lost-message sweep read), its inbox entry, its Celery message and
+its task-sent event. Redis applies all of them or none, so nothing is ever half-enqueued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from api_producer.producers.celery_message import MessageBuilder, bindings
+from worker import keys
+from worker.contract import PRIORITY_MAX, QUEUE_NAME, TASK_NAME, GenerationRequest
+from worker.delivery import records
+from worker.endpoints.config import queue_for
+from worker.observability.flower_summaries import payload_summary
+from worker.settings import Settings
+
+#: A Redis command and its arguments, as ``execute_command`` takes them.
+Command = tuple[Any, ...]
+
+
+class EnqueueError(Exception):
+    """Raised when a task could not be stored and sent; nothing of it was left behind."""
+
+
+class IdempotencyConflict(Exception):
+    """Raised when an idempotency key was used before with a different body."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    task_ids: list[str]
+    replayed: bool = False
+
+
+def queue_of(request: GenerationRequest) -> str:
+    """A named endpoint has a queue of its own, so workers can be dedicated to it."""
+    return queue_for(request.endpoint) if request.endpoint else QUEUE_NAME
+
+
+def celery_priority(request: GenerationRequest) -> int:
+    """Celery on Redis serves 0 first; genqueue's 9 is the most urgent."""
+    return PRIORITY_MAX - request.priority
+
+
+def summary(request: GenerationRequest) -> str:
+    """The argument summary Flower shows for ``request`` (see
+    :mod:`worker.observability.flower_summaries`)."""
+    return payload_summary(request.to_payload())
+
+
+def request_digest(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim_key(idempotency_key: str) -> str:
+    """The Redis key of an idempotency key (its digest: the key may be a secret of the caller)."""
+    return keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())
+
+
+def claim_value(digest: str, task_ids: list[str]) -> str:
+    return json.dumps({"digest": digest, "task_ids": task_ids})
+
+
+def earlier_answer(stored: bytes | str, digest: str) -> Accepted:
+    """The first call's answer to a repeated key; :class:`IdempotencyConflict` for a new body."""
+    earlier = json.loads(stored)
+    if earlier["digest"] != digest:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different body")
+    return Accepted(task_ids=list(earlier["task_ids"]), replayed=True)
+
+
+def db_of(client: redis.Redis | aioredis.Redis) -> int:
+    """The database number a client talks to."""
+    return int(client.connection_pool.connection_kwargs.get("db") or 0)
+
+
+class EnqueuePlan:
+    """The commands of a submission; the caller runs them in one transaction.
+
+    :param settings: genqueue's settings (``result_ttl_s``).
+    :param builder: makes each task's Celery message and event.
+    """
+
+    def __init__(self, settings: Settings, builder: MessageBuilder) -> None:
+        self._ttl_s = settings.result_ttl_s
+        self._builder = builder
+        self._declared: set[str] = set()
+
+    def accept(
+        self,
+        task_ids: Sequence[str],
+        requests: Sequence[GenerationRequest],
+        payloads: Sequence[dict[str, Any]],
+    ) -> list[Command]:
+        """Records, inbox entries, messages and events of new tasks."""
+        now = time.time()
+        commands: list[Command] = []
+        for task_id, request, payload in zip(task_ids, requests, payloads, strict=True):
+            commands += self._record(task_id, request, payload, now)
+        commands.append(("EXPIRE", keys.inbox(), self._ttl_s))
+        for task_id, request, payload in zip(task_ids, requests, payloads, strict=True):
+            commands += self.send(task_id, request, payload)
+        return commands
+
+    def _record(
+        self, task_id: str, request: GenerationRequest, payload: dict[str, Any], now: float
+    ) -> list[Command]:
+        """The record, with what a lost message needs to be sent again
+        (worker/delivery/lost_message_sweep.py)."""
+        key = keys.task_record(task_id)
+        record = records.new_record(request.metadata)
+        record[records.F_PAYLOAD] = json.dumps(payload, separators=(",", ":"))
+        record[records.F_QUEUE] = queue_of(request)
+        record[records.F_PRIORITY] = str(celery_priority(request))
+        fields = [item for pair in record.items() for item in pair]
+        return [
+            ("HSET", key, *fields),
+            ("EXPIRE", key, self._ttl_s),
+            ("ZADD", keys.inbox(), now, task_id),
+        ]
+
+    def send(
+        self, task_id: str, request: GenerationRequest, payload: dict[str, Any]
+    ) -> list[Command]:
+        """The Celery message and task-sent event of one task (and its queue's binding, once)."""
+        queue = queue_of(request)
+        commands: list[Command] = []
+        if queue not in self._declared:
+            commands += [("SADD", key, member) for key, member in bindings(queue)]
+        out = self._builder.build(
+            task_id,
+            TASK_NAME,
+            {"request": payload},
+            queue,
+            celery_priority(request),
+            payload_summary(payload),
+        )
+        commands += [("LPUSH", out.list_key, out.message), ("PUBLISH", out.topic, out.event)]
+        return commands
+
+    def sent(self, requests: Sequence[GenerationRequest]) -> None:
+        """Note that the transaction ran: the queues' bindings exist."""
+        self._declared.update(queue_of(request) for request in requests)

@@ -1,0 +1,1 @@
+"""The ``genqueue`` command line: one module per subcommand."""

@@ -1,0 +1,54 @@
+"""``genqueue api``: the HTTP API under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any
+
+import uvicorn
+
+from api_producer.main import create_app, settle_heap
+from genqueue.cli.api_processes import reuseport_supported, serve_processes
+from worker.errors import SettingsError
+from worker.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    has_keys = bool(settings.api_keys or settings.api_key_hashes)
+    if not has_keys and not is_loopback(host) and not settings.api_insecure_no_auth:
+        raise SettingsError(
+            f"refusing to serve on {host} without GENQUEUE_API_KEYS; set keys, or "
+            "GENQUEUE_API_INSECURE_NO_AUTH=true to accept anyone who can reach the port"
+        )
+    processes = settings.api_processes or os.cpu_count() or 1
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+    }
+    if processes == 1:
+        app = create_app(settings)
+        settle_heap()
+        uvicorn.run(app, **options)
+    elif reuseport_supported():
+        # One SO_REUSEPORT socket per process: the kernel spreads new connections evenly.
+        # Each process builds the app from the same environment (and .env).
+        return serve_processes(host, port, processes, options["log_level"])
+    else:
+        # One socket shared by every process.
+        uvicorn.run(
+            "api_producer.main:app_from_environment", factory=True, workers=processes, **options
+        )
+    return 0

@@ -1,0 +1,1 @@
+"""Getting each message run once: the broker transport, task scripts, heartbeat, sweep, results."""

@@ -1,0 +1,322 @@
+"""kombu's Redis transport, with fewer round trips per message and no idle slots.
+
+kombu's Redis channel builds a new ``redis.Redis`` for every publish, ack and restore
+(``Channel.conn_or_acquire``), and redis-py's constructor copies its whole table of response
+callbacks each time: 9 % of a worker's CPU per task in the profile (BENCHMARKS.md). A client is
+only a handle on the channel's connection pool and is safe to share between greenlets, so this
+channel keeps one per pool and builds it again when kombu replaces the pool.
+
+And a task's end script (:mod:`worker.delivery.task_scripts`) removes its message's unacked entries
+in the
+same round trip as the result; :func:`settle` records that, and the ack that Celery sends next
+then only does kombu's local bookkeeping instead of a round trip of its own.
+
+While every slot of the worker's prefetch window is taken, kombu's consumer stops fetching and
+waits up to 2 s (Celery's poll timeout) before it looks again: a task that ends meanwhile leaves
+its slot idle for a second on average, 17 % of the throughput when calls take 5 s. This poller
+looks again every ``FULL_WINDOW_POLL_S`` while the window is full.
+
+kombu takes one message per ``BRPOP`` and records it as unacked in a second round trip. While
+the queues hold a backlog, this channel takes up to ``FETCH_BATCH_MAX`` messages (no more than
+the free slots of the prefetch window) and records them as unacked in one script
+(:data:`FETCH`): the same entries, in kombu's format, as its ``QoS.append`` writes, so its ack,
+reject and ``restore_visible`` work on them unchanged. It goes back to ``BRPOP`` as soon as a
+fetch finds the queues empty.
+
+A message that is not kombu's (not JSON, or without its delivery tag and delivery info: pushed
+onto a queue by hand or by a broken producer) would stop the worker process, and take the
+messages fetched with it down too. The fetch script and the ``BRPOP`` path set it aside,
+untouched, in the list ``genqueue:unreadable`` (:func:`worker.keys.unreadable`) and log an
+error naming the queue; the worker goes on.
+
+:func:`install` maps the ``redis://`` and ``rediss://`` schemes to this transport in the
+process that calls it (the worker); URLs, options and TLS handling are kombu's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from queue import Empty
+from time import time
+from typing import Any
+
+import kombu.transport
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+from worker import keys
+from worker import redis_outage as outage
+
+SCHEMES = ("redis", "rediss")
+#: The most unreadable messages kept aside (the oldest go first).
+UNREADABLE_MAX = 10_000
+
+log = logging.getLogger(__name__)
+
+
+#: The messages whose unacked entries a task's end script removed, until their ack.
+_settled: dict[str, None] = {}
+#: A bound on :data:`_settled`, should acks never come (the oldest entries go first).
+SETTLED_MAX = 100_000
+
+
+def settle(delivery_tag: str) -> None:
+    """The unacked entries of ``delivery_tag`` are gone from Redis: its ack needs no trip."""
+    _settled[delivery_tag] = None
+    if len(_settled) > SETTLED_MAX:
+        del _settled[next(iter(_settled))]
+
+
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Tags whose unacked entries :data:`FETCH` wrote, until kombu appends them here.
+        self.recorded: set[str] = set()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self.recorded:
+            self.recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if _settled.pop(delivery_tag, 0) is None:
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().ack(delivery_tag)
+
+
+#: How often the consumer looks for a freed slot while its prefetch window is full.
+FULL_WINDOW_POLL_S = 0.05
+
+
+class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        consuming = [channel for channel in self._channels if channel.active_queues]
+        if sum(channel.fetch_backlog() for channel in consuming):
+            return None
+        if consuming and not any(channel.qos.can_consume() for channel in consuming):
+            timeout = FULL_WINDOW_POLL_S if timeout is None else min(timeout, FULL_WINDOW_POLL_S)
+        return super().get(callback, timeout)
+
+    def maybe_restore_messages(self) -> Any:
+        """kombu's sweep for abandoned messages, held back for a visibility timeout after this
+        process found Redis away (see :func:`worker.redis_outage.recently_down`)."""
+        for channel in self._channels:
+            if not channel.active_queues:
+                continue
+            if outage.recently_down(channel.visibility_timeout):
+                return None
+            try:
+                return channel.qos.restore_visible(
+                    num=channel.unacked_restore_limit, interval=channel.unacked_restore_throttle
+                )
+            except channel.connection_errors:
+                outage.note_failure()  # the polling loop reconnects by itself
+                return None
+        return None
+
+
+#: The most messages one :data:`FETCH` takes.
+FETCH_BATCH_MAX = 64
+
+# KEYS: kombu's unacked hash, its index, the unreadable list, then the queues' lists in
+# BRPOP's order (priority first, then the queue cycle). ARGV: the most messages to take, now
+# (s, kombu's score), the unreadable list's bound. Returns {list, message, delivery tag, ...};
+# an unreadable message (not JSON, or no delivery tag and delivery info) is set aside and
+# comes back as {list, false, false}. Each message is recorded (or set aside) before it leaves
+# its list, so an error (a full Redis refusing writes) leaves it queued.
+FETCH = """
+local want = tonumber(ARGV[1])
+local out = {}
+local taken = 0
+for i = 4, #KEYS do
+  while taken < want do
+    local item = redis.call('LINDEX', KEYS[i], -1)
+    if not item then break end
+    local tag, info = false, nil
+    local ok, message = pcall(cjson.decode, item)
+    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
+      local properties = message['properties']
+      info = properties['delivery_info']
+      if type(properties['delivery_tag']) == 'string' and type(info) == 'table'
+          and type(info['exchange']) == 'string' and type(info['routing_key']) == 'string' then
+        tag = properties['delivery_tag']
+      end
+    end
+    if tag then
+      redis.call('ZADD', KEYS[2], ARGV[2], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
+        .. ',' .. cjson.encode(info['routing_key']) .. ']')
+    else
+      redis.call('LPUSH', KEYS[3], item)
+      redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+      item = false
+    end
+    redis.call('RPOP', KEYS[i])
+    taken = taken + 1
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = item
+    out[#out + 1] = tag
+  end
+end
+return out
+"""
+
+
+def envelope(item: bytes) -> dict[str, Any] | None:
+    """The kombu message in ``item``, or None if it is not one (what :data:`FETCH` checks)."""
+    try:
+        message = loads(bytes_to_str(item))
+    except ValueError:  # not UTF-8, not JSON
+        return None
+    if not isinstance(message, dict):
+        return None
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return None
+    info = properties.get("delivery_info")
+    if (
+        isinstance(info, dict)
+        and isinstance(properties.get("delivery_tag"), str)
+        and isinstance(info.get("exchange"), str)
+        and isinstance(info.get("routing_key"), str)
+    ):
+        return message
+    return None
+
+
+def _log_unreadable(queue: str, size: int | None = None) -> None:
+    log.error(
+        "a message in queue %s is not a kombu message (not JSON, or no delivery tag and "
+        "delivery info)%s: set aside in %s, untouched",
+        queue,
+        f", {size} bytes" if size is not None else "",
+        keys.unreadable(),
+    )
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    QoS = QoS
+    _shared_client: Any = None
+    _shared_pool: Any = None
+    _fetch_script: Any = None
+    #: The last BRPOP or fetch found a message: the queues may hold more.
+    _backlog = True
+
+    def _brpop_read(self, **options: Any) -> Any:
+        """kombu's, but a message that is not kombu's is set aside instead of raising."""
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                # The next poll reconnects.
+                self.client.connection.disconnect()
+                raise
+            if not reply:
+                raise Empty()
+            self._backlog = True
+            name, item = reply
+            queue = bytes_to_str(name).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            message = envelope(item)
+            if message is None:
+                self._set_aside(queue, item)
+            else:
+                self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu leaves it
+            flush_reauth = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7
+            if flush_reauth is not None:
+                flush_reauth()
+
+    def _set_aside(self, queue: str, item: bytes) -> None:
+        with self.conn_or_acquire() as client:
+            client.pipeline().lpush(keys.unreadable(), item).ltrim(
+                keys.unreadable(), 0, UNREADABLE_MAX - 1
+            ).execute()
+        _log_unreadable(queue, len(item))
+
+    def fetch_backlog(self) -> int:
+        """Take up to a free window's worth of messages in one round trip; how many came.
+
+        Only while the last look found a message, no BRPOP is waiting for its answer on
+        this channel, and the window has room; every message taken is delivered before
+        this returns.
+        """
+        if not self._backlog or self._in_poll or self.global_keyprefix:
+            return 0
+        room = self.qos.can_consume_max_estimate()
+        if room is not None and room <= 0:
+            return 0
+        want = FETCH_BATCH_MAX if room is None else min(room, FETCH_BATCH_MAX)
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        reply = self._fetch(lists, want)
+        self._backlog = len(reply) // 3 >= want
+        return self._deliver_fetched(reply)
+
+    def _fetch(self, lists: list[str], want: int) -> list[Any]:
+        with self.conn_or_acquire() as client:
+            if self._fetch_script is None or self._fetch_script.registered_client is not client:
+                self._fetch_script = client.register_script(FETCH)
+            reply: list[Any] = self._fetch_script(
+                keys=[self.unacked_key, self.unacked_index_key, keys.unreadable(), *lists],
+                args=[want, time(), UNREADABLE_MAX],
+            )
+        return reply
+
+    def _deliver_fetched(self, reply: list[Any]) -> int:
+        failure: BaseException | None = None
+        for index in range(0, len(reply), 3):
+            queue = bytes_to_str(reply[index]).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            if not reply[index + 2]:
+                _log_unreadable(queue)
+                continue
+            self.qos.recorded.add(bytes_to_str(reply[index + 2]))
+            try:
+                self.connection._deliver(loads(bytes_to_str(reply[index + 1])), queue)
+            except Exception as exc:  # the rest are taken too: deliver them, then raise
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return len(reply) // 3
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        pool = self.pool
+        if self._shared_pool is not pool:
+            self._shared_client = self._create_client()
+            self._shared_pool = pool
+        yield self._shared_client
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = MultiChannelPoller()  # type: ignore[assignment]
+
+
+#: kombu's unacked hash and index (genqueue sets no ``global_keyprefix``).
+UNACKED_KEY: str = Channel.unacked_key
+UNACKED_INDEX_KEY: str = Channel.unacked_index_key
+
+
+def install() -> None:
+    """Use :class:`Transport` for Redis broker URLs in this process."""
+    name = f"{__name__}:Transport"
+    for scheme in SCHEMES:
+        kombu.transport.TRANSPORT_ALIASES[scheme] = name
+        kombu.transport._transport_cache.pop(scheme, None)

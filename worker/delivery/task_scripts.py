@@ -1,0 +1,346 @@
+"""A task's state changes in Redis: one script, one round trip, each.
+
+- :meth:`Lifecycle.begin`: a message was taken. Counts the delivery, reads the task's progress
+  and any stored result, and writes Celery's ``STARTED`` state (what ``task_track_started``
+  would write: the task sets it off and this script does it, without Celery's extra read).
+- (A slot on the endpoint was granted: the same script claims the task as running here and
+  counts the attempt; see :class:`worker.limits.guard.Claim`.)
+- :meth:`Lifecycle.finish`: the task ended. Records the end, releases the running claim, writes
+  Celery's ``SUCCESS`` result (Celery's own write of it is skipped: see
+  :mod:`worker.tasks`), adds the entry of the completion stream
+  (:mod:`worker.observability.completion_stream`), and
+  releases the endpoint slot of a successful call and the message's unacked entries (so that
+  neither costs a round trip of its own).
+
+Celery's result key stays in Celery's format, so ``AsyncResult`` and Flower read it as theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worker import keys
+from worker.contract import GenerationResult
+from worker.delivery import records
+from worker.limits.guard import (
+    ACQUIRE_FUNCTION,
+    NOW_MS,
+    RELEASE_FUNCTION,
+    GrantedSlot,
+    SlotOffer,
+    SlotRelease,
+)
+from worker.observability import completion_stream as events
+from worker.redis_outage import REDIS_DOWN
+
+# KEYS: record, Celery result, [the slot offer's keys]. ARGV: created_at, deliveries field,
+# record ttl s, result ttl s, STARTED meta, [most deliveries, the slot offer's arguments].
+# Returns {deliveries, progress fields, result meta, slot answer}. With an offer, it tries for
+# the slot in passing (see worker.limits.guard.SlotOffer) when the task is about to call its
+# expected
+# endpoint: no stored success, no cancellation, no move to a fallback endpoint, no serverless
+# job to poll, not too many deliveries. The slot answer is acquire_slot's, or false.
+BEGIN = (
+    NOW_MS
+    + ACQUIRE_FUNCTION
+    + """
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
+local deliveries = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+local fields = redis.call('HMGET', KEYS[1], 'attempts', 'first_attempt_at', 'cancel_requested',
+  'endpoint', 'endpoints_tried', 'job_id', 'polls')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local meta = redis.call('GET', KEYS[2])
+local succeeded = false
+if meta then
+  local ok, stored = pcall(cjson.decode, meta)
+  succeeded = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
+end
+if not succeeded and not fields[3] then
+  redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4])
+  redis.call('PUBLISH', KEYS[2], ARGV[5])
+end
+local slot = false
+if KEYS[3] and not succeeded and not fields[3] and not fields[4] and not fields[6]
+    and deliveries <= tonumber(ARGV[6]) then
+  slot = acquire_slot(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[7], ARGV[8],
+    ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now)
+end
+return {deliveries, fields, meta, slot}
+"""
+)
+
+# KEYS: record, events stream, Celery result, running claim, kombu's unacked index and hash,
+# the inbox of the lost-message sweep, [lease, breaker, probe, rate].
+# ARGV: record ttl s, stream maxlen, task id, status, error type, finished_at, error json or '',
+# result ttl s, SUCCESS meta or '', claim token or '', message delivery tag or '',
+# [the slot release's arguments].
+# Returns {cancel_requested, attempts, created_at} of the record. A success found cancelled
+# meanwhile is neither stored nor announced nor acknowledged (the caller finishes the task
+# again, cancelled); a task that had already finished (a replayed result) gets no second stream
+# entry. A final end removes the message's unacked entries (what kombu's ack does) and the
+# task from the inbox of the lost-message sweep (worker.delivery.lost_message_sweep), which then
+# holds only the
+# tasks that have not ended.
+FINISH = (
+    NOW_MS
+    + RELEASE_FUNCTION
+    + """
+if KEYS[8] then
+  release_slot(KEYS[8], KEYS[9], KEYS[10], KEYS[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
+    ARGV[16], now)
+end
+local function acknowledge()
+  redis.call('ZREM', KEYS[7], ARGV[3])
+  if ARGV[11] ~= '' then
+    redis.call('ZREM', KEYS[5], ARGV[11])
+    redis.call('HDEL', KEYS[6], ARGV[11])
+  end
+end
+local prior = redis.call('HGET', KEYS[1], 'finished_at')
+redis.call('HSET', KEYS[1], 'finished_at', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[10] ~= '' and redis.call('GET', KEYS[4]) == ARGV[10] then
+  redis.call('DEL', KEYS[4])
+end
+local found = redis.call('HMGET', KEYS[1], 'cancel_requested', 'attempts', 'created_at')
+if ARGV[4] == 'succeeded' then
+  if found[1] then return found end
+  if ARGV[9] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[9], 'EX', ARGV[8])
+    redis.call('PUBLISH', KEYS[3], ARGV[9])
+  end
+  acknowledge()
+  if prior then return found end
+else
+  acknowledge()
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+  'task_id', ARGV[3], 'status', ARGV[4], 'error_type', ARGV[5],
+  'finished_at', ARGV[6], 'attempts', found[2] or '0')
+return found
+"""
+)
+
+_PROGRESS_FIELDS = (
+    records.F_ATTEMPTS,
+    records.F_FIRST_ATTEMPT,
+    records.F_CANCEL,
+    records.F_ENDPOINT,
+    records.F_TRIED,
+    records.F_JOB,
+    records.F_POLLS,
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the task's record says when a message of it is taken."""
+
+    attempts: int
+    deliveries: int
+    first_attempt_at: float | None
+    cancel_requested: bool
+    stored_result: GenerationResult | None
+    #: The endpoint the task moved to (fallback), and those it left, in order.
+    endpoint: str | None = None
+    tried: tuple[str, ...] = ()
+    #: A serverless job the task waits for, and how often it was polled.
+    job_id: str | None = None
+    polls: int = 0
+    #: The endpoint slot granted in passing (see :meth:`Lifecycle.begin`).
+    granted: GrantedSlot | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    cancel_requested: bool
+    attempts: int
+    #: When the task was created (the record's ``created_at``), if the record knows.
+    created_at: str | None
+
+
+@dataclass(frozen=True)
+class BrokerAcks:
+    """Where kombu keeps a message until its ack, and what to tell it once the end script
+    removed it (:func:`worker.delivery.broker.settle`)."""
+
+    unacked_key: str
+    unacked_index_key: str
+    settled: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a task ended, as :meth:`Lifecycle.finish` records it."""
+
+    #: ``succeeded``, ``failed`` or ``cancelled``.
+    status: str
+    result: dict[str, Any] | None = None
+    error_type: str = ""
+    error_message: str = ""
+
+
+def celery_meta(task_id: str, status: str, result: Any, done: bool) -> str:
+    """Celery's result meta, as its Redis backend stores it (``result_extended`` off)."""
+    return json.dumps(
+        {
+            "status": status,
+            "result": result,
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat() if done else None,
+            "task_id": task_id,
+        }
+    )
+
+
+class Lifecycle:
+    """The scripts of a task's start and end, with their arguments and answers typed.
+
+    :param client: the Redis client of the task records (and Celery's results).
+    :param record_ttl_s: how long a record and a result are kept.
+    :param events_maxlen: the completion stream's approximate length cap.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        record_ttl_s: int,
+        events_maxlen: int,
+        broker: BrokerAcks | None = None,
+    ) -> None:
+        self._record_ttl_s = record_ttl_s
+        self._events_maxlen = events_maxlen
+        self._broker = broker
+        self._begin = client.register_script(BEGIN)
+        self._finish = client.register_script(FINISH)
+
+    def begin(
+        self,
+        task_id: str,
+        delivery_round: int,
+        hostname: str,
+        offer: SlotOffer | None = None,
+        max_deliveries: int = 0,
+    ) -> Progress:
+        """Count the delivery (of Celery's retry round ``delivery_round``), read the progress,
+        and write ``STARTED`` with ``hostname`` (the worker's name), as Celery does; try for
+        the slot of ``offer`` in passing (see :data:`BEGIN`)."""
+        started = {"pid": os.getpid(), "hostname": hostname}
+        script_keys = [keys.task_record(task_id), keys.celery_result(task_id)]
+        args: list[str | int] = [
+            records.utcnow_iso(),
+            f"{records.F_DELIVERIES}:{delivery_round}",
+            self._record_ttl_s,
+            self._record_ttl_s,
+            celery_meta(task_id, "STARTED", started, done=False),
+        ]
+        if offer is not None:
+            script_keys += offer.keys
+            args += [max_deliveries, *offer.args]
+        deliveries, fields, meta, answer = self._begin(keys=script_keys, args=args)
+        granted = None
+        if offer is not None and answer and int(answer[0]) == 1:
+            granted = GrantedSlot(offer, int(answer[2]), int(answer[3]))
+        attempts, first, cancel, endpoint, tried, job_id, polls = (
+            value.decode() if value is not None else None for value in fields
+        )
+        return Progress(
+            attempts=int(attempts or 0),
+            deliveries=int(deliveries),
+            first_attempt_at=float(first) if first else None,
+            cancel_requested=bool(cancel),
+            stored_result=stored_result(meta),
+            endpoint=endpoint,
+            tried=tuple(tried.split(",")) if tried else (),
+            job_id=job_id,
+            polls=int(polls or 0),
+            granted=granted,
+        )
+
+    def finish(
+        self,
+        task_id: str,
+        ending: Ending,
+        claim_token: str | None,
+        slot_release: SlotRelease | None = None,
+        message_tag: str | None = None,
+    ) -> Finished:
+        """Record the end; release the running claim ``claim_token`` and the endpoint slot
+        ``slot_release`` (handed off by the guard), and acknowledge the message
+        ``message_tag`` when the end is final, in the same round trip."""
+        error = ""
+        if ending.status != "succeeded":
+            error = json.dumps({"type": ending.error_type, "message": ending.error_message})
+        meta = ""
+        if ending.result is not None:
+            meta = celery_meta(task_id, "SUCCESS", ending.result, done=True)
+        script_keys = [
+            keys.task_record(task_id),
+            events.EVENTS_STREAM,
+            keys.celery_result(task_id),
+            keys.running(task_id),
+            self._broker.unacked_index_key if self._broker else "unacked_index",
+            self._broker.unacked_key if self._broker else "unacked",
+            keys.inbox(),
+        ]
+        tag = message_tag if self._broker is not None and message_tag else ""
+        release_args: tuple[str | int, ...] = ()
+        if slot_release is not None:
+            script_keys += slot_release.keys
+            release_args = slot_release.args
+        try:
+            answer = self._finish(
+                keys=script_keys,
+                args=[
+                    self._record_ttl_s,
+                    self._events_maxlen,
+                    task_id,
+                    ending.status,
+                    ending.error_type,
+                    records.utcnow_iso(),
+                    error,
+                    self._record_ttl_s,
+                    meta,
+                    claim_token or "",
+                    tag,
+                    *release_args,
+                ],
+            )
+        except REDIS_DOWN:
+            raise  # the caller rides the outage out, and asks again with the same release
+        except BaseException:
+            if slot_release is not None:
+                slot_release.guard.release(slot_release)  # it lapses if Redis is away
+            raise
+        cancel, attempts, created_at = answer
+        if slot_release is not None:
+            slot_release.guard.settle(slot_release)
+        if tag and self._broker is not None and not (ending.status == "succeeded" and cancel):
+            self._broker.settled(tag)
+        return Finished(
+            cancel_requested=bool(cancel),
+            attempts=int(attempts or 0),
+            created_at=created_at.decode() if created_at is not None else None,
+        )
+
+
+def stored_result(meta: bytes | None) -> GenerationResult | None:
+    """The result in Celery's result meta, if the task succeeded."""
+    if not meta:
+        return None
+    try:
+        stored = json.loads(meta)
+    except ValueError:
+        return None
+    if stored.get("status") != "SUCCESS" or not isinstance(stored.get("result"), dict):
+        return None
+    return GenerationResult.model_validate(stored["result"])

@@ -1,0 +1,367 @@
+"""The completions endpoint client: one POST to ``/v1/completions``, every failure classified.
+
+Knows nothing of Celery. :func:`classify_response` and :func:`classify_transport_error` are the
+one place that decides whether a failure is worth another attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ValidationError
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+
+from worker.contract import GenerationResult, Usage
+from worker.endpoints.answers import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ERROR_BODY_MAX_BYTES,
+    read_body,
+    response_limit_bytes,
+)
+from worker.endpoints.disclosure import (
+    EndpointVoice,
+    connection_failure,
+    is_read_timeout,
+    looks_like_html,
+)
+from worker.errors import (
+    EndpointError,
+    EndpointTimeout,
+    EndpointUnreachable,
+    InvalidEndpointResponse,
+    PermanentEndpointError,
+    RetryableEndpointError,
+)
+from worker.pipeline.backoff import parse_retry_after
+
+log = logging.getLogger(__name__)
+
+#: Statuses another attempt may get past: timeouts, rate limits, overload, the pod proxy's 524.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
+#: How much of an endpoint's own error text an error message keeps.
+ERROR_TEXT_MAX_CHARS = 300
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where and how to call the endpoint. Built from the settings."""
+
+    completions_url: str
+    #: Where ``messages`` go as they are (chat mode): ``/v1/chat/completions``.
+    chat_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 95.0
+    pool_size: int = 10
+    #: The endpoint's configured name: the only way errors callers see speak of it.
+    name: str = "default"
+    #: The ceiling of an answer's size (``GENQUEUE_ENDPOINT_MAX_RESPONSE_BYTES``).
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    voice: EndpointVoice = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        voice = EndpointVoice.of(self.name, self.completions_url, self.api_key)
+        object.__setattr__(self, "voice", voice)
+
+
+class _Message(BaseModel):
+    content: str
+
+
+class _Choice(BaseModel):
+    text: str | None = None
+    message: _Message | None = None
+    finish_reason: str | None = None
+
+
+class _Completion(BaseModel):
+    choices: list[_Choice]
+    model: str | None = None
+    usage: Usage | None = None
+
+
+def endpoint_session(url: str, pool_size: int) -> requests.Session:
+    """A session for the endpoint at ``url``, its connection pool ``pool_size`` large.
+
+    The proxy variables (``HTTPS_PROXY``, ``NO_PROXY``, ...) and CA bundle variables
+    (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) are read once, here: requests would read and
+    match them again on every request (5 % of a worker's CPU per task in the profile).
+    """
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.proxies = requests.utils.get_environ_proxies(url)
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if ca_bundle:
+        session.verify = ca_bundle
+    session.trust_env = False
+    return session
+
+
+class CompletionClient:
+    """One ``requests.Session`` with a connection pool as large as the worker's concurrency.
+
+    Requests go straight to the session's transport adapter (urllib3's pool, requests' errors):
+    the session layer above it (cookies, redirects, hooks, merging settings) cost more CPU per
+    call than the HTTP exchange itself in the profile, and genqueue uses none of it.
+    """
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self._config = config
+        self._session = endpoint_session(config.completions_url, config.pool_size)
+        self._session.headers["Content-Type"] = "application/json"
+        if config.api_key:
+            self._session.headers["Authorization"] = f"Bearer {config.api_key}"
+        self._headers = {
+            name: value if isinstance(value, str) else value.decode()
+            for name, value in self._session.headers.items()
+        }
+        verify = self._session.verify
+        self._verify: bool | str = True if verify is None else verify
+        self._adapter = self._session.get_adapter(config.completions_url)
+        self._urls = {
+            url: requests.Request("POST", url).prepare().url
+            for url in (config.completions_url, config.chat_url)
+            if url is not None
+        }
+
+    def close(self) -> None:
+        self._session.close()
+
+    def complete(
+        self, prompt: str, params: dict[str, Any], read_timeout_s: float | None = None
+    ) -> GenerationResult:
+        """POST one completion; raise a classified :class:`EndpointError` on any failure.
+
+        ``read_timeout_s`` shortens the configured read timeout (a request's deadline).
+        """
+        body: dict[str, Any] = {**params, "prompt": prompt}
+        return self._post(self._config.completions_url, body, read_timeout_s)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        read_timeout_s: float | None = None,
+    ) -> GenerationResult:
+        """POST ``messages`` as they are to the chat route: the server applies its template."""
+        url = self._config.chat_url
+        if url is None:
+            raise PermanentEndpointError("this endpoint has no chat route")
+        body: dict[str, Any] = {**params, "messages": messages}
+        return self._post(url, body, read_timeout_s)
+
+    def _post(
+        self, url: str, body: dict[str, Any], read_timeout_s: float | None
+    ) -> GenerationResult:
+        if self._config.model:
+            body["model"] = self._config.model
+        config = self._config
+        read_s = config.read_timeout_s
+        if read_timeout_s is not None:
+            read_s = min(read_s, read_timeout_s)
+        timeouts = (config.connect_timeout_s, read_s)
+        limit = response_limit_bytes(body.get("max_tokens"), config.max_response_bytes)
+        started = time.perf_counter()
+        try:
+            response = self._send(url, json.dumps(body).encode(), timeouts)
+            answer = read_answer(response, limit, time.monotonic() + read_s, config.voice)
+        except requests.RequestException as err:
+            # From None: the chained error's text (host, port, path) would reach Celery's
+            # stored traceback; classify_transport_error logs it for the operator.
+            raise classify_transport_error(err, config.voice, timeouts) from None
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        return parse_completion(answer, latency_ms, config.voice)
+
+    def _send(self, url: str, data: bytes, timeouts: tuple[float, float]) -> requests.Response:
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = self._urls[url]
+        request.headers = CaseInsensitiveDict(self._headers)
+        request.headers["Content-Length"] = str(len(data))
+        request.body = data
+        return self._adapter.send(
+            request,
+            stream=True,
+            timeout=timeouts,
+            verify=self._verify,
+            proxies=self._session.proxies,
+        )
+
+
+def read_answer(
+    response: requests.Response, limit_bytes: int, deadline: float, voice: EndpointVoice
+) -> str:
+    """A 2xx answer's text, read up to ``limit_bytes``; a classified error for anything else.
+
+    :raises EndpointError: for a non-2xx status or a 2xx body over ``limit_bytes``.
+    :raises requests.RequestException: when the body could not be read.
+    """
+    if not 200 <= response.status_code < 300:
+        body = read_body(response, ERROR_BODY_MAX_BYTES, deadline)
+        error = classify_response(
+            response.status_code, response.headers, body.text(response.encoding), voice
+        )
+        assert error is not None
+        raise error
+    answer = read_body(response, limit_bytes, deadline)
+    if not answer.complete:
+        raise InvalidEndpointResponse(too_large(voice, response.status_code, limit_bytes))
+    return answer.text()
+
+
+def too_large(voice: EndpointVoice, status: int, limit_bytes: int) -> str:
+    """The error of an answer over its cap."""
+    return voice.says(
+        f" answered {status} with a body over {limit_bytes} bytes, the most genqueue reads "
+        "for this request (GENQUEUE_ENDPOINT_MAX_RESPONSE_BYTES and max_tokens set it)"
+    )
+
+
+def classify_transport_error(
+    err: requests.RequestException, voice: EndpointVoice, timeouts: tuple[float, float]
+) -> EndpointError:
+    """Map a ``requests`` failure to a retryable or permanent error.
+
+    The message names the endpoint and the class of failure; the failure's own text (host,
+    port, path) is logged for the operator, never stored for callers.
+    """
+    connect_s, read_s = timeouts
+    log.warning("endpoint %s call failed: %s: %s", voice.name, type(err).__name__, err)
+    if isinstance(err, requests.ConnectTimeout):
+        return EndpointTimeout(voice.says(f": connect timed out after {connect_s:g} s"))
+    if isinstance(err, requests.Timeout) or is_read_timeout(err):
+        return EndpointTimeout(voice.says(f": read timed out after {read_s:g} s"))
+    if isinstance(err, requests.exceptions.ContentDecodingError):
+        return InvalidEndpointResponse(voice.says(": the body could not be decompressed"))
+    if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return EndpointUnreachable(voice.says(f": {connection_failure(err)}"))
+    return PermanentEndpointError(voice.says(f": request failed ({type(err).__name__})"))
+
+
+def classify_response(
+    status: int, headers: Any, text: str, voice: EndpointVoice
+) -> EndpointError | None:
+    """``None`` for a 2xx; otherwise the error, keeping the endpoint's own words.
+
+    Its words lose the endpoint's address and key; an HTML page is not kept at all.
+    """
+    if 200 <= status < 300:
+        return None
+    if looks_like_html(text):
+        message = voice.says(f" answered {status} (an HTML page, not kept)")
+    else:
+        detail = voice.scrub(extract_error_text(text))
+        message = voice.says(f" answered {status}: {detail}" if detail else f" answered {status}")
+    if status in RETRYABLE_STATUSES:
+        retry_after_s = _retry_after(headers)
+        log.debug("endpoint status %d: retryable (retry-after %s)", status, retry_after_s)
+        return RetryableEndpointError(message, status_code=status, retry_after_s=retry_after_s)
+    if 300 <= status < 400:
+        message = voice.says(f" answered a redirect ({status}); genqueue does not follow redirects")
+    log.debug("endpoint status %d: permanent", status)
+    return PermanentEndpointError(message, status_code=status)
+
+
+def _retry_after(headers: Any) -> float | None:
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        seconds = parse_retry_after(millis)
+        if seconds is not None:
+            return seconds / 1000
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def extract_error_text(text: str) -> str:
+    """The endpoint's own error words: OpenAI ``error.message``, FastAPI ``detail``, or text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return _truncate(text.strip())
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return _truncate(error["message"])
+        if isinstance(error, str):
+            return _truncate(error)
+        if "detail" in body:
+            return _truncate(_describe_detail(body["detail"]))
+    return _truncate(text.strip())
+
+
+def _describe_detail(detail: Any) -> str:
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []))
+                parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def parse_completion(text: str, latency_ms: int, voice: EndpointVoice) -> GenerationResult:
+    """The result from a 2xx body; :class:`InvalidEndpointResponse` if it is not one.
+
+    The body is not quoted in the error: it may echo a prompt, or be anything at all.
+    """
+    try:
+        completion = _Completion.model_validate_json(text)
+    except ValidationError:
+        reason = "not JSON" if _is_not_json(text) else "not a completion"
+        log.warning("endpoint %s answered %d characters that are %s", voice.name, len(text), reason)
+        raise InvalidEndpointResponse(
+            voice.says(f" answered 200 but the body is {reason}")
+        ) from None
+    if not completion.choices:
+        raise InvalidEndpointResponse(voice.says(" answered 200 with no choices"))
+    choice = completion.choices[0]
+    output = choice.message.content if choice.message is not None else choice.text
+    if output is None:
+        raise InvalidEndpointResponse(
+            voice.says(" answered 200 but the body is not a completion: a choice has no text")
+        )
+    usage = completion.usage or Usage()
+    return GenerationResult(
+        text=output,
+        finish_reason=choice.finish_reason,
+        model=completion.model,
+        usage=usage,
+        latency_ms=latency_ms,
+    )
+
+
+def _is_not_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
+
+
+def _truncate(text: str, limit: int = ERROR_TEXT_MAX_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+__all__ = [
+    "CompletionClient",
+    "EndpointConfig",
+    "EndpointVoice",
+    "RetryableEndpointError",
+    "classify_response",
+    "classify_transport_error",
+    "extract_error_text",
+    "parse_completion",
+    "read_answer",
+]

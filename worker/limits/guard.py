@@ -1,0 +1,472 @@
+"""What protects one endpoint, shared by every worker through Redis.
+
+- **A concurrency cap.** Each call holds a token in a sorted set scored by its expiry (Redis
+  server time, so the clocks of different machines do not matter). A background heartbeat
+  pushes the expiry of the tokens this process holds, so the token of a killed worker lapses
+  after ``lease_ttl_s`` and frees its slot.
+- **A circuit breaker.** ``failure_threshold`` consecutive retryable failures open it for
+  ``cooldown_s``: calls are refused with :class:`CircuitOpen` (tasks are delayed, not failed).
+  After the cooldown one probe call may go; its success closes the breaker, its failure opens
+  it again.
+
+Both live in the same Lua scripts, so a call costs one round trip to start and one to end.
+Waiting is cheap: a local semaphore lets at most ``limit`` callers of this process contend for
+Redis, and they poll with a jittered backoff capped at ``poll_max_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+import redis
+
+from worker import keys
+from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
+
+log = logging.getLogger(__name__)
+
+#: Redis server time in ms as ``now`` (Lua).
+NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# The start of a call as a Lua function, shared with the script that starts a task
+# (worker.delivery.task_scripts), which tries for a slot in passing. With a ``running`` claim key
+# (and the
+# task ``record``), the task is claimed for this worker and its attempt counted in the same step.
+# Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
+# 4 the task is claimed by another worker. With a claim, code 1 also returns the task's attempt
+# numbers, in all and on this endpoint.
+ACQUIRE_FUNCTION = """
+local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
+                            cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now)
+  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+  if open_until > now then
+    return {2, open_until - now}
+  end
+  rpm, tpm = tonumber(rpm), tonumber(tpm)
+  if rpm > 0 or tpm > 0 then
+    local window = math.floor(now / 60000)
+    if tonumber(redis.call('HGET', rate, 'w') or '-1') ~= window then
+      redis.call('HSET', rate, 'w', window, 'r', 0, 't', 0)
+      redis.call('PEXPIRE', rate, 120000)
+    end
+    local used = redis.call('HMGET', rate, 'r', 't')
+    if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
+      return {3, (window + 1) * 60000 - now}
+    end
+  end
+  local probing = false
+  if open_until > 0 then
+    if not redis.call('SET', probe, token, 'NX', 'PX', cooldown) then
+      return {2, 1000}
+    end
+    probing = true
+  end
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
+  if redis.call('ZCARD', lease) >= tonumber(limit) then
+    if probing then redis.call('DEL', probe) end
+    return {0, 0}
+  end
+  local attempts = {}
+  if running then
+    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl)
+        and redis.call('GET', running) ~= claim_token then
+      if probing then redis.call('DEL', probe) end
+      return {4, 0}
+    end
+    redis.call('HSETNX', record, 'first_attempt_at', string.format('%.3f', now / 1000))
+    attempts[1] = redis.call('HINCRBY', record, 'attempts', 1)
+    attempts[2] = redis.call('HINCRBY', record, 'attempts:' .. endpoint, 1)
+  end
+  redis.call('ZADD', lease, now + tonumber(ttl), token)
+  redis.call('PEXPIRE', lease, tonumber(ttl) * 2)
+  if rpm > 0 or tpm > 0 then redis.call('HINCRBY', rate, 'r', 1) end
+  return {1, 0, attempts[1], attempts[2]}
+end
+"""
+
+# KEYS: lease, breaker, probe, rate, [running claim, task record]. ARGV: limit, lease ttl ms,
+# token, cooldown ms, requests per minute, tokens per minute (0: no limit), [claim token,
+# claim ttl ms, endpoint name]. Answers as ``acquire_slot``.
+_ACQUIRE = (
+    NOW_MS
+    + ACQUIRE_FUNCTION
+    + """
+return acquire_slot(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2],
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], now)
+"""
+)
+
+# The end of a call as a Lua function, shared with the end-of-task script that takes over the
+# release of a successful call's slot (worker.delivery.task_scripts). Returns 1 when this call
+# opened the
+# breaker.
+RELEASE_FUNCTION = """
+local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
+                            tokens, now)
+  redis.call('ZREM', lease, token)
+  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
+    redis.call('HINCRBY', rate, 't', tokens)
+  end
+  if outcome == 'ok' then
+    if redis.call('EXISTS', breaker) == 1 then redis.call('DEL', breaker, probe) end
+    return 0
+  end
+  if outcome ~= 'failure' then return 0 end
+  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+  redis.call('PEXPIRE', breaker, tonumber(cooldown) * 10)
+  if failures >= tonumber(threshold) then
+    redis.call('HSET', breaker, 'open_until', now + tonumber(cooldown))
+    redis.call('DEL', probe)
+    return 1
+  end
+  return 0
+end
+"""
+
+# KEYS: lease, breaker, probe, rate. ARGV: token, outcome, threshold, cooldown ms, tokens used.
+_RELEASE = (
+    NOW_MS
+    + RELEASE_FUNCTION
+    + """
+return release_slot(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5], now)
+"""
+)
+
+# KEYS: lease. ARGV: tokens..., ttl ms.
+_RENEW = (
+    NOW_MS
+    + """
+for i = 1, #ARGV - 1 do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[#ARGV]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[#ARGV]) * 2)
+return 1
+"""
+)
+
+
+class CircuitOpen(Exception):
+    """Raised by :meth:`EndpointGuard.slot` while the breaker is open."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s")
+        self.retry_in_s = retry_in_s
+
+
+class RateLimited(Exception):
+    """Raised by :meth:`EndpointGuard.slot` when the endpoint's rate limit is spent."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s")
+        self.retry_in_s = retry_in_s
+
+
+class AlreadyRunning(Exception):
+    """Raised by :meth:`EndpointGuard.slot` when another worker holds the task's claim."""
+
+
+class Outcome(Enum):
+    OK = "ok"  # the endpoint answered (a 4xx too: it is up)
+    FAILURE = "failure"  # a retryable failure: counts towards opening the breaker
+    NEUTRAL = "neutral"  # says nothing of the endpoint (cancelled, for instance)
+
+
+@dataclass
+class Slot:
+    """A held slot; set ``outcome`` (and ``tokens`` used) before leaving the ``with`` block.
+
+    :meth:`EndpointGuard.hand_off` leaves its release to another script instead.
+    """
+
+    outcome: Outcome = Outcome.NEUTRAL
+    tokens: int = 0
+    #: With a :class:`Claim`: the task's attempt number, in all and on this endpoint.
+    attempt: int = 0
+    attempt_on_endpoint: int = 0
+    token: str = ""
+    handed_off: bool = False
+
+
+@dataclass(frozen=True)
+class SlotOffer:
+    """A slot to try for in passing, in another script that calls :data:`ACQUIRE_FUNCTION`
+    with ``keys`` and ``args`` (its ``acquire_slot(...)`` arguments, ``now`` aside). This
+    process's local permit is already held for it: :meth:`EndpointGuard.slot` takes it over
+    once granted, :meth:`EndpointGuard.withdraw` gives it back otherwise."""
+
+    guard: EndpointGuard
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+    token: str
+    claim: Claim
+
+
+@dataclass(frozen=True)
+class GrantedSlot:
+    """A :class:`SlotOffer` the script granted, with the task's attempt numbers."""
+
+    offer: SlotOffer
+    attempt: int
+    attempt_on_endpoint: int
+
+
+@dataclass(frozen=True)
+class SlotRelease:
+    """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
+    ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
+    renews the slot until :meth:`EndpointGuard.settle` or :meth:`EndpointGuard.release`."""
+
+    guard: EndpointGuard
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
+    token: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task to claim as running here and whose attempt to count, in the same round trip
+    that grants the slot (the claim is ``worker.delivery.heartbeat``'s; see
+    ``worker.delivery.task_scripts``)."""
+
+    task_id: str
+    token: str
+    ttl_ms: int
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    limit: int = 1
+    lease_ttl_s: float = 30.0
+    failure_threshold: int = 5
+    cooldown_s: float = 30.0
+    poll_max_s: float = 0.25
+    #: Shared per-minute limits (0: none); tokens are counted after each call.
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    #: How long the wait for a slot rides out an unreachable Redis.
+    outage: OutagePolicy = field(default_factory=OutagePolicy)
+
+
+class EndpointGuard:
+    """The concurrency cap and circuit breaker of the endpoint ``endpoint_id``.
+
+    :param client: the Redis client.
+    :param endpoint_id: a short secret-free name of the endpoint (see :mod:`worker.keys`).
+    :param policy: the cap, the lease TTL and the breaker's threshold and cooldown.
+    """
+
+    def __init__(self, client: redis.Redis, endpoint_id: str, policy: GuardPolicy) -> None:
+        self._client = client
+        self._keys = [
+            keys.lease(endpoint_id),
+            keys.breaker(endpoint_id),
+            keys.breaker_probe(endpoint_id),
+            keys.rate(endpoint_id),
+        ]
+        self._policy = policy
+        self._ttl_ms = int(policy.lease_ttl_s * 1000)
+        self._cooldown_ms = int(policy.cooldown_s * 1000)
+        self._local = threading.BoundedSemaphore(policy.limit)
+        self._held: set[str] = set()
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release_script = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def offer(self, claim: Claim) -> SlotOffer | None:
+        """A slot for ``claim`` to try for in passing, if this process's local permits are not
+        all taken (no waiting here)."""
+        if not self._local.acquire(blocking=False):
+            return None
+        token = uuid.uuid4().hex
+        policy = self._policy
+        return SlotOffer(
+            guard=self,
+            keys=(*self._keys, keys.running(claim.task_id), keys.task_record(claim.task_id)),
+            args=(
+                policy.limit,
+                self._ttl_ms,
+                token,
+                self._cooldown_ms,
+                policy.requests_per_minute,
+                policy.tokens_per_minute,
+                claim.token,
+                claim.ttl_ms,
+                claim.endpoint,
+            ),
+            token=token,
+            claim=claim,
+        )
+
+    def withdraw(self, offer: SlotOffer) -> None:
+        """The script did not grant ``offer``: give its local permit back."""
+        self._local.release()
+
+    def release_granted(self, granted: GrantedSlot) -> None:
+        """Release a granted slot that no call took over (the task ended before its call)."""
+        try:
+            self._release(granted.offer.token, Slot())
+        finally:
+            self._local.release()
+
+    @contextlib.contextmanager
+    def slot(
+        self, claim: Claim | None = None, granted: GrantedSlot | None = None
+    ) -> Iterator[Slot]:
+        """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpen` if open,
+        :class:`RateLimited` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
+        is held by another worker. With ``granted``, the slot is already held: no wait."""
+        slot = Slot()
+        if granted is not None:
+            slot.token = token = granted.offer.token
+            slot.attempt = granted.attempt
+            slot.attempt_on_endpoint = granted.attempt_on_endpoint
+            self._held.add(token)
+            self._ensure_heartbeat()
+        else:
+            self._local.acquire()
+            try:
+                slot.token = token = self._wait_for_slot(claim, slot)
+            except BaseException:
+                self._local.release()
+                raise
+        try:
+            yield slot
+        finally:
+            if not slot.handed_off:
+                self._held.discard(token)
+                try:
+                    self._release(token, slot)
+                finally:
+                    self._local.release()
+
+    def hand_off(self, slot: Slot) -> SlotRelease:
+        """Leave the release of ``slot`` (a successful call) to another script, so that it
+        costs no round trip of its own; the ``with`` block then ends without releasing it, and
+        :meth:`settle` (or :meth:`release`) must follow."""
+        slot.handed_off = True
+        args = (
+            slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldown_ms,
+            slot.tokens,
+        )  # fmt: skip
+        return SlotRelease(self, tuple(self._keys), args, slot.token)
+
+    def settle(self, release: SlotRelease) -> None:
+        """Another script released the slot of ``release``: stop renewing it, and let the
+        next caller of this process contend for a slot (once per handed-off slot)."""
+        self._held.discard(release.token)
+        self._local.release()
+
+    def release(self, release: SlotRelease) -> None:
+        """Release a handed-off slot after all (its script did not run); once per slot."""
+        self._held.discard(release.token)
+        outcome, tokens = Outcome(release.args[1]), int(release.args[4])
+        try:
+            self._release(release.token, Slot(outcome=outcome, tokens=tokens))
+        finally:
+            self._local.release()
+
+    def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
+        token = uuid.uuid4().hex
+        delay_s = 0.005
+        policy = self._policy
+        script_keys = self._keys
+        args: list[int | str] = [
+            policy.limit, self._ttl_ms, token, self._cooldown_ms,
+            policy.requests_per_minute, policy.tokens_per_minute,
+        ]  # fmt: skip
+        if claim is not None:
+            task_keys = [keys.running(claim.task_id), keys.task_record(claim.task_id)]
+            script_keys = [*script_keys, *task_keys]
+            args += [claim.token, claim.ttl_ms, claim.endpoint]
+
+        def acquire() -> list[int]:
+            return [int(n) for n in self._acquire(keys=script_keys, args=args)]
+
+        while True:
+            code, wait_ms, *attempts = ride_out(acquire, "its endpoint slot", policy.outage)
+            if code == 1:
+                if attempts:
+                    slot.attempt, slot.attempt_on_endpoint = attempts
+                break
+            if code == 2:
+                raise CircuitOpen(wait_ms / 1000)
+            if code == 3:
+                raise RateLimited(wait_ms / 1000)
+            if code == 4:
+                raise AlreadyRunning()
+            time.sleep(random.uniform(delay_s / 2, delay_s))
+            delay_s = min(delay_s * 2, self._policy.poll_max_s)
+        self._held.add(token)
+        self._ensure_heartbeat()
+        return token
+
+    def _release(self, token: str, slot: Slot) -> None:
+        args = [
+            token, slot.outcome.value, self._policy.failure_threshold, self._cooldown_ms,
+            slot.tokens,
+        ]  # fmt: skip
+        try:
+            # Ridden out: a lease left behind holds a slot of the cap until it lapses.
+            opened = ride_out(
+                lambda: self._release_script(keys=self._keys, args=args),
+                "releasing its endpoint slot",
+                self._policy.outage,
+            )
+        except (RedisOutage, redis.RedisError):
+            # The token lapses by itself after the lease TTL; nothing is lost.
+            log.warning("could not release a concurrency lease; it expires by itself")
+            return
+        if opened:
+            log.warning(
+                "endpoint circuit breaker opened after %d consecutive failures; holding tasks "
+                "back for %.0fs",
+                self._policy.failure_threshold,
+                self._policy.cooldown_s,
+            )
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        # start() waits for the thread to run, and lets other tasks (greenlets) run meanwhile:
+        # without the lock, each of them would start a heartbeat of its own.
+        with self._heartbeat_lock:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat = threading.Thread(
+                    target=self._renew_forever, name="genqueue-lease-heartbeat", daemon=True
+                )
+                self._heartbeat.start()
+
+    def _renew_forever(self) -> None:
+        interval_s = self._ttl_ms / 3000
+        while not self._stopped.wait(interval_s):
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                self._renew(keys=self._keys[:1], args=[*held, self._ttl_ms])
+            except redis.RedisError:
+                log.warning("could not renew %d concurrency leases", len(held))
+
+    def in_flight(self) -> int:
+        """Holders right now, across all processes (expired tokens excluded)."""
+        now_ms = int(time.time() * 1000)
+        return int(self._client.zcount(self._keys[0], now_ms, "+inf"))
+
+    def close(self) -> None:
+        self._stopped.set()

@@ -1,0 +1,1 @@
+"""Running one generation attempt: validate, render, call, and decide what comes next."""

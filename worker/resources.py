@@ -1,0 +1,123 @@
+"""The resources of one worker process, built once from the settings, on first use."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from worker import connections
+from worker.delivery import broker
+from worker.delivery.dead_letters import DeadLetters
+from worker.delivery.heartbeat import RunningTasks
+from worker.delivery.task_scripts import BrokerAcks
+from worker.endpoints.clients import EndpointTarget, build_target
+from worker.endpoints.config import require_endpoints
+from worker.observability.metrics import TaskObserver, process_metrics
+from worker.pipeline.backoff import RetryPolicy
+from worker.pipeline.generation import Generation, GenerationPolicy
+from worker.pipeline.render import PromptRenderer
+from worker.redis_outage import OutagePolicy
+from worker.settings import Settings
+from worker.webhooks.sender import WebhookSender, policy_from
+
+#: Connections beyond the task concurrency, for the heartbeat and bookkeeping.
+SPARE_CONNECTIONS = 16
+#: How long a concurrency lease outlives a worker that stopped renewing it.
+LEASE_TTL_S = 30.0
+
+
+@dataclass
+class WorkerRuntime:
+    redis: redis.Redis
+    targets: dict[str, EndpointTarget]
+    running: RunningTasks
+    generation: Generation
+    webhooks: WebhookSender | None = None
+
+    def close(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.close()
+        for target in self.targets.values():
+            target.close()
+        self.running.close()
+        self.redis.close()
+
+
+def redis_client(settings: Settings, max_connections: int) -> redis.Redis:
+    """A client whose pool waits for a free connection instead of failing past its size."""
+    return connections.sync_client(settings, max_connections=max_connections, socket_timeout_s=30)
+
+
+def build_runtime(settings: Settings) -> WorkerRuntime:
+    endpoints = require_endpoints(settings)
+    concurrency = settings.worker_concurrency
+    client = redis_client(settings, concurrency + SPARE_CONNECTIONS)
+    targets = {
+        name: build_target(spec, settings, client, concurrency, LEASE_TTL_S)
+        for name, spec in endpoints.specs.items()
+    }
+    # A claim outlives its worker by less than the visibility timeout, so a redelivered task
+    # of a dead worker is never taken for a duplicate.
+    outage = OutagePolicy(budget_s=settings.redis_outage_s)
+    running = RunningTasks(client, settings.visibility_timeout_s * 2 / 3, outage)
+    generation = Generation(
+        redis_client=client,
+        renderer=PromptRenderer(settings.templates_dir),
+        endpoints=endpoints,
+        targets=targets,
+        running=running,
+        dead_letters=DeadLetters(client, settings.dead_letter_max),
+        policy=GenerationPolicy(
+            retry=RetryPolicy(
+                max_attempts=settings.retry_max_attempts,
+                base_delay_s=settings.retry_base_delay_s,
+                max_delay_s=settings.retry_max_delay_s,
+                retry_after_max_s=settings.retry_after_max_s,
+            ),
+            deadline_s=settings.task_deadline_s,
+            record_ttl_s=settings.result_ttl_s,
+            max_deliveries=settings.max_deliveries,
+            events_maxlen=settings.events_maxlen,
+            outage=outage,
+        ),
+        observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
+        broker_acks=BrokerAcks(
+            unacked_key=broker.UNACKED_KEY,
+            unacked_index_key=broker.UNACKED_INDEX_KEY,
+            settled=broker.settle,
+        ),
+    )
+    webhooks = WebhookSender(
+        client,
+        policy_from(settings),
+        on_outcome=lambda outcome: process_metrics().webhooks.labels(outcome).inc(),
+    )
+    return WorkerRuntime(
+        redis=client, targets=targets, running=running, generation=generation, webhooks=webhooks
+    )
+
+
+_lock = threading.Lock()
+_runtimes: dict[tuple[int, int], WorkerRuntime] = {}
+
+
+def runtime_for(settings: Settings) -> WorkerRuntime:
+    """This process's runtime for ``settings`` (rebuilt after a fork)."""
+    key = (os.getpid(), id(settings))
+    runtime = _runtimes.get(key)
+    if runtime is None:
+        with _lock:
+            runtime = _runtimes.get(key)
+            if runtime is None:
+                runtime = _runtimes[key] = build_runtime(settings)
+    return runtime
+
+
+def close_runtimes() -> None:
+    with _lock:
+        for runtime in _runtimes.values():
+            runtime.close()
+        _runtimes.clear()

@@ -1,0 +1,1 @@
+"""Webhooks: which URLs may be called, how they are signed and delivered."""
