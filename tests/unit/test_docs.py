@@ -8,12 +8,25 @@ code writes it, fails here.
 from __future__ import annotations
 
 import ast
+import contextvars
 import importlib
+import json
+import logging
 import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from worker.contract import RESERVED_PARAMS, GenerationRequest, GenerationResult, Usage
+from worker.observability.metrics import (
+    CURRENT_ENDPOINT,
+    TASK_LOGGER,
+    JsonFormatter,
+    TaskObserver,
+    WorkerMetrics,
+)
+from worker.pipeline.render import BUILTIN_SOURCES, PromptRenderer
 from worker.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,3 +187,73 @@ def test_python_examples_import_what_exists(page: Path) -> None:
                 module = importlib.import_module(node.module)
                 for alias in node.names:
                     assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
+
+
+# --------------------------------------------------------------------------- what pages show
+
+
+def test_reserved_params_are_the_contracts() -> None:
+    request = _section(DOCS / "http-api.md", "## Calls")
+    match = re.search(r"((?:`\w+`,?\s+)+and\s+`\w+`)\s+are\s+genqueue's\s+own", request)
+    assert match is not None
+    assert set(re.findall(r"`(\w+)`", match.group(1))) == RESERVED_PARAMS
+
+
+def test_builtin_templates_render_as_documented() -> None:
+    section = _section(DOCS / "http-api.md", "## Prompt templates")
+    chatml = re.search(r"^```\n(.*?)\n```", section, re.S | re.M)
+    assert chatml is not None
+    documented = {"chatml": chatml.group(1)}
+    built_in = section[section.index("Also built in") : section.index("Operators add")]
+    documented.update(re.findall(r"`(\w+)`\s+\(`([^`]+)`", built_in))
+    assert set(documented) == set(BUILTIN_SOURCES)
+    renderer = PromptRenderer()
+    for name, shown in documented.items():
+        request = GenerationRequest(prompt="P", system="S", template=name)
+        assert renderer.render(request) == shown.replace("\\n", "\n"), name
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _logged_success() -> logging.LogRecord:
+    """The line a worker writes for the task of the documented example."""
+    observer = TaskObserver(WorkerMetrics(CollectorRegistry()))
+    result = GenerationResult(
+        text="...", finish_reason="stop", model="m", latency_ms=812,
+        usage=Usage(prompt_tokens=31, completion_tokens=200, total_tokens=231),
+    )  # fmt: skip
+    logger = logging.getLogger(TASK_LOGGER)
+    handler, level = _Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        context = contextvars.copy_context()
+        context.run(CURRENT_ENDPOINT.set, "default")
+        context.run(observer.succeeded, "3f0c...", 1, result, 0.9305)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    [record] = handler.records
+    return record
+
+
+def test_task_log_line_examples_are_what_a_worker_writes() -> None:
+    section = _section(DOCS / "operations.md", "## Task log lines")
+    example = re.search(r"```json\n(.*?)\n```", section, re.S)
+    text_line = re.search(r"`(task 3f0c\.\.\. succeeded [^`]+)`", section)
+    assert example is not None and text_line is not None
+    record = _logged_success()
+    written = json.loads(JsonFormatter().format(record))
+    documented = json.loads(example.group(1))
+    assert list(written) == list(documented)
+    assert {k: v for k, v in written.items() if k != "ts"} == {
+        k: v for k, v in documented.items() if k != "ts"
+    }
+    assert record.getMessage() == text_line.group(1)
