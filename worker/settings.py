@@ -36,7 +36,7 @@ LOST_MESSAGE_MARGIN = 4
 
 
 class Settings(BaseSettings):
-    """Every setting genqueue reads. Field docs are the README's configuration table."""
+    """Every setting genqueue reads. Field docs are the settings table of docs/configuration.md."""
 
     model_config = SettingsConfigDict(
         env_prefix="GENQUEUE_",
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     redis_key_file: FilePath | None = None
 
     # --- the endpoint call ----------------------------------------------------------------
-    #: A TOML file of named endpoints (see the README); RUNPOD_ENDPOINT_URL adds ``default``.
+    #: A TOML file of named endpoints (docs/endpoints.md); RUNPOD_ENDPOINT_URL adds ``default``.
     endpoints_file: Path | None = None
     #: Sent as ``model`` in every completion request when set.
     endpoint_model: str | None = None
