@@ -28,6 +28,7 @@ from celery.app.trace import trace_ok_t
 from celery.backends.base import BaseBackend
 from celery.backends.redis import RedisBackend
 from kombu.transport import redis as kombu_redis
+from kombu.utils.imports import symbol_by_name
 from packaging.requirements import Requirement
 
 from api_producer.producers.celery_message import MessageBuilder, bindings, queue_list
@@ -326,3 +327,21 @@ def test_a_worker_on_a_changed_kombu_says_so_and_starts(
     log = worker.log()
     assert "kombu.transport.redis:Channel._brpop_read, which worker.delivery.broker" in log
     assert f"genqueue was tested with kombu {upstream.TESTED['kombu']}" in log
+
+
+def test_celery_buffers_task_events_as_genqueue_turns_it_on(celery_client: Celery) -> None:
+    # worker.observability.flower_events sets these on the consumer's dispatcher, and
+    # worker.celery_app and it name Celery's consumer steps they follow.
+    for step in ("celery.worker.consumer.events:Events", "celery.worker.consumer.tasks:Tasks"):
+        assert symbol_by_name(step).name == step.replace(":", "."), loudly(f"step {step}")
+    with celery_client.connection_for_write() as conn:
+        dispatcher = celery_client.events.Dispatcher(conn, enabled=True)
+        dispatcher.buffer_group = frozenset({"task"})
+        dispatcher.buffer_limit = 64
+        dispatcher.send("task-received", uuid="t-5")
+        assert len(dispatcher._group_buffer.get("task", [])) == 1, loudly(
+            "Celery's EventDispatcher no longer buffers a group's events in _group_buffer"
+        )
+        dispatcher.flush(errors=True, groups=True)
+        assert not dispatcher._group_buffer.get("task"), loudly("EventDispatcher.flush")
+        dispatcher.close()
