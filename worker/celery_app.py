@@ -13,10 +13,15 @@ from typing import Any
 import redis
 from celery import Celery, bootsteps
 from celery.app import backends
-from celery.signals import after_setup_logger, celeryd_init, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    celeryd_after_setup,
+    celeryd_init,
+    worker_process_shutdown,
+)
 from kombu import Queue
 
-from worker import connections, keys
+from worker import connections, keys, upstream
 from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 from worker.delivery import broker
 from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
@@ -203,6 +208,13 @@ def _task_log_format(**_: Any) -> None:
 def _serve_metrics(sender: str, instance: Any, **_: Any) -> None:
     settings = instance.app.genqueue_settings
     serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host, str(sender))
+
+
+@celeryd_after_setup.connect
+def _check_upstream(**_: Any) -> None:
+    """A worker on a kombu or Celery whose copied methods changed says so (and still starts:
+    pyproject.toml pins the tested minor releases; see :mod:`worker.upstream`)."""
+    upstream.report()
 
 
 broker.install()

@@ -41,6 +41,10 @@ from worker.webhooks.sender import WEBHOOK_TASK_NAME, webhook_url_of
 
 log = logging.getLogger("genqueue.webhook")
 
+#: The Celery method :class:`SummarizedTask` overrides, and a digest of its source in the Celery
+#: of worker.upstream.TESTED.
+UPSTREAM_COPIES = {"celery.app.task:Task.signature_from_request": "c665698a780cc4d3"}
+
 
 def _enqueue_webhook(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     url = webhook_url_of(args, kwargs)

@@ -57,6 +57,34 @@ UNREADABLE_MAX = 10_000
 
 log = logging.getLogger(__name__)
 
+# What this module relies on in kombu's Redis transport, beyond its public API (checked by
+# worker.upstream at a worker's start and by tests/worker/delivery/test_kombu_internals.py):
+# - the unacked hash (a delivery tag -> JSON ``[message, exchange, routing_key]``, as
+#   ``QoS.append`` writes it; FETCH writes the same) and the ``unacked_index`` sorted set
+#   (tag -> time taken), which ``QoS.ack``, ``restore_visible`` and ``_do_restore_message`` read;
+#   the task end script (worker.delivery.task_scripts) removes both entries as ``QoS.ack`` does;
+# - a queue's lists: the queue's name for priority step 0, ``<queue>\x06\x16<step>`` for the
+#   others (``Channel._q_for_pri``), read in ``Channel._brpop_start``'s order;
+# - ``Channel._brpop_read`` (copied below), ``conn_or_acquire``, ``MultiChannelPoller.get`` and
+#   ``maybe_restore_messages`` (overridden), and the channel attributes they use.
+#: Each kombu method this module copies or overrides (or writes the format of), and a digest of
+#: its source in the kombu of worker.upstream.TESTED (see :func:`worker.upstream.digest`).
+UPSTREAM_COPIES = {
+    "kombu.transport.redis:QoS.append": "4b4b426ec8acbe0d",
+    "kombu.transport.redis:QoS.ack": "a6a293d96aabf1d5",
+    "kombu.transport.redis:QoS._remove_from_indices": "5940a5c23a877463",
+    "kombu.transport.redis:QoS.restore_visible": "6da9e6fef02e7b58",
+    "kombu.transport.redis:QoS.restore_by_tag": "6224c9d1a3093fe9",
+    "kombu.transport.redis:Channel._do_restore_message": "0f81f342222253c5",
+    "kombu.transport.redis:Channel._brpop_start": "b8c18935c62e35af",
+    "kombu.transport.redis:Channel._brpop_read": "f073dbcb18d71759",
+    "kombu.transport.redis:Channel.conn_or_acquire": "01ab44dd770603a6",
+    "kombu.transport.redis:Channel._q_for_pri": "b03cd0cf60dd7927",
+    "kombu.transport.redis:MultiChannelPoller.get": "cf79564c590f7f27",
+    "kombu.transport.redis:MultiChannelPoller.maybe_restore_messages": "ae6f9ac275cae02d",
+    "kombu.transport.redis:Transport.__init__": "e4da22486cea9c24",
+}
+
 
 #: The messages whose unacked entries a task's end script removed, until their ack.
 _settled: dict[str, None] = {}

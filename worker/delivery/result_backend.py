@@ -19,6 +19,15 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+#: The Celery methods this module copies (``_store_result``, ``set``: the meta and its key, SET
+#: with a time to live and PUBLISH) or plugs into (worker.celery_app overrides ``_get_backend``),
+#: and a digest of their source in the Celery of worker.upstream.TESTED.
+UPSTREAM_COPIES = {
+    "celery.backends.redis:RedisBackend._store_result": "f43059ebe446d43d",
+    "celery.backends.redis:RedisBackend.set": "a6ef6953d47016a1",
+    "celery.app.base:Celery._get_backend": "6f001ce2e6085fff",
+}
+
 # KEYS: the result key. ARGV: the meta (JSON), its time to live (s, 0: none), SUCCESS.
 # Writes and publishes the meta unless the key already holds a success; 1 if written.
 STORE = """
