@@ -12,6 +12,7 @@ The error tree::
     ├── TaskNotFound        404
     ├── Conflict            409 (an Idempotency-Key reused with another body)
     ├── RequestRejected     413, 422
+    ├── RateLimited         429 (carries ``retry_after_s``)
     ├── ServiceUnavailable  503, connection failures
     ├── WaitTimeout         the task did not finish within the wait
     └── TaskFailed          the task ended failed or cancelled (carries the status)
@@ -56,6 +57,17 @@ class RequestRejected(GenQueueClientError):
     """Raised for an invalid or too large request (413, 422)."""
 
 
+class RateLimited(GenQueueClientError):
+    """Raised for 429: over a rate limit, or the API holds as many waits as it may.
+
+    ``retry_after_s`` is the server's ``Retry-After`` (1 s when it sent none).
+    """
+
+    def __init__(self, message: str, status_code: int | None = 429, retry_after_s: float = 1.0):
+        super().__init__(message, status_code)
+        self.retry_after_s = retry_after_s
+
+
 class ServiceUnavailable(GenQueueClientError):
     """Raised when the API or its Redis cannot be reached (503, connection errors)."""
 
@@ -80,6 +92,7 @@ _ERRORS: Mapping[int, type[GenQueueClientError]] = {
     409: Conflict,
     413: RequestRejected,
     422: RequestRejected,
+    429: RateLimited,
     503: ServiceUnavailable,
 }
 
@@ -131,11 +144,21 @@ class GenQueueClient:
         return TaskStatus.model_validate(answer)
 
     def wait(self, task_id: str, timeout_s: float = 300.0) -> TaskStatus:
-        """The final status; :class:`TaskFailed` if it failed or was cancelled."""
+        """The final status; :class:`TaskFailed` if it failed or was cancelled.
+
+        A wait the API refuses for now (429: it holds as many as it may) is asked again after
+        its ``Retry-After``, within ``timeout_s``.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
-            status = self.get(task_id, wait_s=max(0.0, min(WAIT_CHUNK_S, remaining)))
+            try:
+                status = self.get(task_id, wait_s=max(0.0, min(WAIT_CHUNK_S, remaining)))
+            except RateLimited as busy:
+                if remaining <= 0:
+                    raise WaitTimeout(f"task {task_id}: the API refused to wait ({busy})") from busy
+                time.sleep(min(busy.retry_after_s, remaining))
+                continue
             if status.status.is_final:
                 if status.status.value != "succeeded":
                     raise TaskFailed(status)
@@ -258,5 +281,17 @@ def _error_for(response: requests.Response) -> GenQueueClientError:
         detail = response.json().get("detail", response.text)
     except ValueError:
         detail = response.text[:300]
+    message = f"{response.status_code}: {detail}"
+    if response.status_code == 429:
+        return RateLimited(message, retry_after_s=_retry_after_s(response))
     error_class = _ERRORS.get(response.status_code, GenQueueClientError)
-    return error_class(f"{response.status_code}: {detail}", status_code=response.status_code)
+    return error_class(message, status_code=response.status_code)
+
+
+def _retry_after_s(response: requests.Response) -> float:
+    """``Retry-After`` in seconds, bounded to [0.1, 60]; 1 s when absent or not a number."""
+    try:
+        value = float(response.headers.get("Retry-After", "1"))
+    except ValueError:
+        return 1.0
+    return min(max(value, 0.1), 60.0) if value == value else 1.0

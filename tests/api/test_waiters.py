@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 
+from api_producer.client import GenQueueClient, RateLimited, TaskFailed
 from api_producer.producers.direct import DirectProducer, make_plan
 from api_producer.store import WAIT_READS
 from genqueue.embedded_redis import free_port
@@ -151,6 +152,27 @@ def test_waiters_past_the_bound_get_429_at_once(redis_url, redis_client, tmp_pat
         assert plain.status_code == 200 and plain.json()["status"] == "queued"
         for task_id in task_ids[:2]:
             requests.delete(f"{url}/v1/tasks/{task_id}", headers=AUTH, timeout=10)
+        assert {r.json()["status"] for r in held.result(timeout=30)} == {"cancelled"}
+
+
+@pytest.mark.timeout(60)
+def test_the_client_waits_again_after_a_429(redis_url, redis_client, tmp_path) -> None:
+    task_ids = enqueue(redis_url, 3)
+    with api_process(redis_url, tmp_path, GENQUEUE_API_MAX_WAITERS="2") as url:
+        held = in_thread(wait_all(url, task_ids[:2], 20))
+        wait_for(lambda: subscribed(redis_client, task_ids[:2]), 20, "two waiters")
+        with GenQueueClient(url, api_key=API_KEY) as client:
+            with pytest.raises(RateLimited) as refused:
+                client.get(task_ids[2], wait_s=5)
+            assert refused.value.retry_after_s == 1.0
+            waiting = concurrent.futures.ThreadPoolExecutor(1).submit(client.wait, task_ids[2], 30)
+            time.sleep(1.5)  # refused at least once while both places are held
+            for task_id in task_ids[:2]:
+                requests.delete(f"{url}/v1/tasks/{task_id}", headers=AUTH, timeout=10)
+            requests.delete(f"{url}/v1/tasks/{task_ids[2]}", headers=AUTH, timeout=10)
+            with pytest.raises(TaskFailed) as ended:
+                waiting.result(timeout=30)
+        assert ended.value.status.status.value == "cancelled"
         assert {r.json()["status"] for r in held.result(timeout=30)} == {"cancelled"}
 
 
