@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from genqueue.simulator import _generate_text
+from genqueue.simulator.generation import generate_text
 from tests.api.conftest import API_KEY, api, api_factory, auth
 
 __all__ = ["API_KEY", "api", "api_factory", "auth"]
@@ -34,7 +34,7 @@ def line(index: int, **fields: Any) -> dict[str, Any]:
 
 def expected_text(index: int) -> str:
     """The simulator's deterministic answer to :func:`line` ``index``."""
-    text, _ = _generate_text(random.Random(f"{index}:question {index}"), 8, ())
+    text, _ = generate_text(random.Random(f"{index}:question {index}"), 8, ())
     return text
 
 

@@ -1,7 +1,7 @@
 """Peak memory of ``genqueue api`` while it takes one large ``POST /v1/batches``.
 
-    python bench/batch_upload_rss.py              # 64 MiB bodies, both shapes
-    python bench/batch_upload_rss.py --mib 8 --shape tiny
+    python -m genqueue.bench.batch_upload_rss         # 64 MiB bodies, both shapes
+    python -m genqueue.bench.batch_upload_rss --mib 8 --shape tiny
 
 Starts its own embedded Redis and one ``genqueue api`` process (``GENQUEUE_API_PROCESSES=1``),
 then for each body shape starts a fresh API, reads its peak RSS (``VmHWM`` in
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 import redis
 import requests
 
+from genqueue.bench.processes import base_env, peak_rss_kb
 from genqueue.embedded_redis import EmbeddedRedis, free_port
 
 MIB = 1_048_576
@@ -42,10 +42,10 @@ MAX_REQUESTS = 50_000
 
 def peak_rss_mib(pid: int) -> float:
     """``VmHWM`` of the process: the most memory it has held resident since it started."""
-    for text in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if text.startswith("VmHWM:"):
-            return int(text.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/<pid>/status")
+    kb = peak_rss_kb(pid)
+    if kb is None:
+        raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    return kb / 1024
 
 
 def tiny_body(size: int) -> bytes:
@@ -74,7 +74,7 @@ def chunks(body: bytes, size: int = 1 * MIB) -> Iterator[bytes]:
 
 
 def start_api(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQUEUE_", "RUNPOD_"))}
+    env = base_env()
     env.update(REDIS_URL=url, GENQUEUE_API_PROCESSES="1", GENQUEUE_LOG_LEVEL="WARNING")
     argv = [sys.executable, "-m", "genqueue", "api", "--port", str(port)]
     with log.open("ab") as out:

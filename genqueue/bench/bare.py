@@ -2,7 +2,7 @@
 
 A stock Celery app (JSON, Redis as broker and result backend, no other setting) with one task
 that POSTs a completion with ``requests`` and returns the generated text. The benchmark runs it
-as ``celery -A genqueue.bench_bare worker -P gevent -c 500``, one process. It reads
+as ``celery -A genqueue.bench.bare worker -P gevent -c 500``, one process. It reads
 ``REDIS_URL`` and ``RUNPOD_ENDPOINT_URL`` from the environment; genqueue never imports it.
 """
 

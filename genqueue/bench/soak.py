@@ -1,6 +1,6 @@
 """Soak run: many tasks through two workers while a chaos loop kills worker processes.
 
-    python bench/soak.py --tasks 10000 --kill-every 5
+    python -m genqueue.bench.soak --tasks 10000 --kill-every 5
 
 Starts its own embedded Redis (so memory figures are genqueue's alone), a simulator failing
 ``--fail-rate`` of calls with 503, and two ``genqueue worker`` supervisors. It enqueues the
@@ -29,24 +29,12 @@ import redis
 import requests
 
 from api_producer.producers.direct import DirectProducer
+from genqueue.bench.processes import base_env, children_of
 from genqueue.embedded_redis import EmbeddedRedis, free_port
 from worker.contract import GenerationRequest
 from worker.settings import Settings
 
 FINAL = {b"SUCCESS", b"FAILURE", b"REVOKED"}
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -75,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server = EmbeddedRedis(work / "redis").start()
     client = redis.Redis.from_url(server.url)
     sim_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQUEUE_", "RUNPOD_"))}
+    env = base_env()
     env.update(
         REDIS_URL=server.url,
         RUNPOD_ENDPOINT_URL=f"http://127.0.0.1:{sim_port}",

@@ -1,0 +1,86 @@
+"""The options of ``genqueue bench`` and the configuration they resolve to."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``genqueue bench``."""
+    parser.add_argument("--tasks", type=int, default=2000, help="tasks per drain (default 2000)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=500.0, help="simulator latency of the I/O drain (500)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per figure (3)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 50 tasks, 1 repetition, short phases"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=PHASES, help="run only this phase (repeatable)"
+    )
+    parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
+    parser.add_argument(
+        "--soak-littles",
+        action="store_true",
+        help="the Little's-law soak: --latency-ms 5000 --tasks 4000 (drain only unless --only)",
+    )
+    parser.add_argument("--clients", type=int, default=32, help="API clients (default 32)")
+    parser.add_argument(
+        "--enqueue-seconds", type=float, default=10.0, help="seconds per enqueue run (10)"
+    )
+    parser.add_argument(
+        "--latency-samples", type=int, default=200, help="tasks per latency run (200)"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=300.0, help="seconds a drain may take (300)"
+    )
+    parser.add_argument(
+        "--flush", action="store_true", help="empty the bench's Redis database even if not empty"
+    )
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    tasks: int
+    latency_s: float
+    repeat: int
+    phases: tuple[str, ...]
+    clients: int
+    enqueue_s: float
+    latency_samples: int
+    drain_timeout_s: float
+    flush: bool
+    quick: bool
+
+
+def resolve_config(args: argparse.Namespace) -> BenchConfig:
+    tasks, latency_ms = args.tasks, args.latency_ms
+    phases = tuple(args.only or PHASES)
+    if args.soak_littles:
+        tasks, latency_ms = max(tasks, 4000), 5000.0
+        phases = tuple(args.only or ("drain",))
+    repeat, enqueue_s, samples = args.repeat, args.enqueue_seconds, args.latency_samples
+    if args.quick:
+        tasks, repeat, enqueue_s, samples = 50, 1, min(enqueue_s, 2.0), min(samples, 20)
+    if tasks < 1 or repeat < 1 or latency_ms < 0 or enqueue_s <= 0 or samples < 1:
+        raise BenchError("--tasks, --repeat and --latency-samples must be positive")
+    return BenchConfig(
+        tasks=tasks,
+        latency_s=latency_ms / 1000,
+        repeat=repeat,
+        phases=tuple(dict.fromkeys(phases)),
+        clients=max(1, args.clients),
+        enqueue_s=enqueue_s,
+        latency_samples=samples,
+        drain_timeout_s=min(args.drain_timeout, 60.0) if args.quick else args.drain_timeout,
+        flush=args.flush,
+        quick=args.quick,
+    )

@@ -1,0 +1,1 @@
+"""The bench's phases: the drains (``drain``, ``overhead``, ``bare``), ``enqueue``, ``latency``."""

@@ -1,0 +1,98 @@
+"""The report as a table for people: one row a figure, genqueue beside bare Celery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genqueue.bench.workers import BATCH
+
+
+def _fmt(summary: Any, digits: int = 0) -> str:
+    if not isinstance(summary, dict) or summary.get("median") is None:
+        return "-"
+    median, low, high = summary["median"], summary["min"], summary["max"]
+    if low == high:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def _drain_rows(results: dict[str, Any], found: dict[str, Any], a: str, b: str, tag: str) -> list:
+    ga, gb = results.get(a, {}), results.get(b, {})
+    first = ga or gb
+    kind = "I/O" if tag == "drain" else "overhead"
+    title = f"{kind} drain, L={first['latency_ms']:g} ms, {first['tasks']} tasks"
+    return [
+        (f"{title}: tasks/s", _fmt(ga.get("throughput_per_s")),
+         _fmt(gb.get("throughput_per_s")), _fmt(found.get(f"{tag}_throughput"), 2)),
+        ("  steady rate (10th-90th percentile of finishes), tasks/s",
+         _fmt(ga.get("steady_throughput_per_s")), _fmt(gb.get("steady_throughput_per_s")), ""),
+        ("  Little's-law limit (cap/L), tasks/s", _fmt({"median": ga.get("littles_limit_per_s"),
+         "min": 0, "max": 0}) if ga.get("littles_limit_per_s") else "-",
+         _fmt({"median": gb.get("littles_limit_per_s"), "min": 0, "max": 0})
+         if gb.get("littles_limit_per_s") else "-", ""),
+        ("  throughput / Little's limit: whole drain, steady",
+         f"{_fmt(ga.get('littles_ratio'), 2)}, {_fmt(ga.get('steady_littles_ratio'), 2)}"
+         if ga.get("littles_limit_per_s") else "-",
+         f"{_fmt(gb.get('littles_ratio'), 2)}, {_fmt(gb.get('steady_littles_ratio'), 2)}"
+         if gb.get("littles_limit_per_s") else "-", ""),
+        ("  most requests in flight at the simulator", _fmt(ga.get("simulator_max_in_flight")),
+         _fmt(gb.get("simulator_max_in_flight")), ""),
+        ("  worker CPU per task, ms", _fmt(ga.get("cpu_ms_per_task"), 2),
+         _fmt(gb.get("cpu_ms_per_task"), 2), _fmt(found.get(f"{tag}_cpu_per_task"), 2)),
+        ("  worker peak RSS (VmHWM, tree), MB", _fmt(ga.get("peak_rss_mb")),
+         _fmt(gb.get("peak_rss_mb")), _fmt(found.get(f"{tag}_peak_rss"), 2)),
+        ("  Redis commands per task", _fmt(ga.get("redis_commands_per_task"), 1),
+         _fmt(gb.get("redis_commands_per_task"), 1), ""),
+        ("  simulator / Redis CPU per task, ms",
+         f"{_fmt(ga.get('simulator_cpu_ms_per_task'), 2)} / "
+         f"{_fmt(ga.get('redis_cpu_ms_per_task'), 2)}" if ga else "-",
+         f"{_fmt(gb.get('simulator_cpu_ms_per_task'), 2)} / "
+         f"{_fmt(gb.get('redis_cpu_ms_per_task'), 2)}" if gb else "-", ""),
+    ]  # fmt: skip
+
+
+def _other_rows(results: dict[str, Any]) -> list:
+    rows: list[tuple[str, str, str, str]] = []
+    enqueue = results.get("enqueue")
+    if enqueue:
+        api = enqueue["api"]
+        rows += [
+            (f"API POST /v1/tasks, {api['clients']} clients, req/s",
+             _fmt(api["requests_per_s"]), "", ""),
+            ("  API p50 / p99, ms", f"{_fmt(api['p50_ms'], 1)} / {_fmt(api['p99_ms'], 1)}", "", ""),
+            ("  CPU per request: API server / load generator, ms",
+             f"{_fmt(api['api_cpu_ms_per_request'], 2)} / "
+             f"{_fmt(api['client_cpu_ms_per_request'], 2)}", "", ""),
+            ("direct producer submit(), tasks/s", _fmt(enqueue["direct_submit_per_s"]), "", ""),
+            (f"direct producer submit_many({BATCH}), tasks/s",
+             _fmt(enqueue["direct_submit_many_per_s"]), "", ""),
+        ]  # fmt: skip
+    latency = results.get("latency")
+    if latency:
+        for label, key in (("p50", "p50_ms"), ("p99", "p99_ms")):
+            rows.append(
+                (f"submit -> result {label}, ms (direct call: "
+                 f"{_fmt(latency['direct_call'][key], 2)})",
+                 _fmt(latency["genqueue"][key], 1), _fmt(latency["bare"][key], 1), "")
+            )  # fmt: skip
+    return rows
+
+
+def render_table(report: dict[str, Any]) -> str:
+    results, found = report["results"], report["ratios"]
+    rows: list[tuple[str, str, str, str]] = [("figure", "genqueue", "bare Celery", "ratio")]
+    if "drain" in results or "bare_drain" in results:
+        rows += _drain_rows(results, found, "drain", "bare_drain", "drain")
+    if "overhead" in results or "bare_overhead" in results:
+        rows += _drain_rows(results, found, "overhead", "bare_overhead", "overhead")
+    rows += _other_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append("targets (median of the repetitions):")
+    for target in report["targets"]:
+        mark = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
+        note = f" [{target['note']}]" if target["note"] else ""
+        lines.append(f"  {mark:>12}  {target['target']}: {target['measured']}{note}")
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""How the simulated endpoint behaves: its config, stats, script, generation delay and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from genqueue.simulator.config import (
+    MAX_WAIT_S,
+    SimulatorConfig,
+    SimulatorStats,
+    config_value_error,
+    push,
+)
+from genqueue.simulator.generation import GenParams, generate_text
+from genqueue.simulator.protocol import (
+    Request,
+    Response,
+    json_response,
+    set_linger_zero,
+    sleep,
+    wait_for_eof,
+)
+from genqueue.simulator.script import Action, Script, action_response
+
+
+class Behaviour:
+    """What every route shares: the live config, the stats, the script and the generator."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.stats = SimulatorStats()
+        self.script = Script(config)
+        self.ids = itertools.count(1)
+        self._text_rng = random.Random()
+        self._generation_lock = asyncio.Lock()
+
+    # ---- stats
+
+    def record_arrival(self, request: Request) -> None:
+        stats = self.stats
+        stats.calls += 1
+        push(stats.call_times, time.time())
+        auth = request.headers.get("authorization")
+        if auth is not None:
+            push(stats.auth_headers, auth)
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        stats = self.stats
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            yield
+        finally:
+            stats.in_flight -= 1
+
+    def reset(self) -> None:
+        """Clear the stats (the requests in flight stay counted) and the script."""
+        in_flight = self.stats.in_flight
+        self.stats = SimulatorStats(in_flight=in_flight, max_in_flight=in_flight)
+        self.script.clear()
+
+    # ---- config
+
+    def authorized(self, request: Request) -> bool:
+        key = self.config.api_key
+        return key is None or request.headers.get("authorization") == f"Bearer {key}"
+
+    def update_config(self, update: Any) -> str | None:
+        """Apply a ``POST /_sim/config`` update; return why it is refused (None when applied)."""
+        if not isinstance(update, dict):
+            return "config update must be a JSON object"
+        for name, value in update.items():
+            error = config_value_error(name, value)
+            if error:
+                return error
+        for name, value in update.items():
+            setattr(self.config, name, value)
+        if "seed" in update:
+            self.script.reseed()
+        return None
+
+    # ---- answers
+
+    async def perform(
+        self, action: Action, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Response | None:
+        """Carry out a scripted action other than ``ok`` (None: drop the connection)."""
+        if action.kind == "hang":
+            await wait_for_eof(reader, MAX_WAIT_S)
+            return None
+        await sleep(action.delay_s or 0.0)
+        if action.kind == "reset":
+            set_linger_zero(writer)
+            return None
+        retry_after = self.config.retry_after_s
+        return action_response(action, None if retry_after is None else f"{retry_after:g}")
+
+    async def generate_delay(self, delay_s: float | None) -> None:
+        delay = self.config.latency_s if delay_s is None else delay_s
+        if self.config.one_at_a_time:
+            async with self._generation_lock:
+                await sleep(delay)
+        else:
+            await sleep(delay)
+
+    def answer(self, params: GenParams, chat: bool, size_bytes: int | None = None) -> Response:
+        rng = self._text_rng
+        if params.seed != -1:
+            rng = random.Random(f"{params.seed}:{params.prompt}")
+        text, finish_reason = generate_text(rng, params.max_tokens, params.stop)
+        if size_bytes is not None:  # scripted: a text that makes the body about this large
+            text += "x" * max(0, size_bytes - len(text) - 400)
+        prompt_tokens = max(1, len(params.prompt.split()))
+        completion_tokens = len(text.split())
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, logprobs=None)
+        self.stats.completions_ok += 1
+        return json_response(200, {
+            "id": f"conv-{next(self.ids)}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.config.model,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        })  # fmt: skip
