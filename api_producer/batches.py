@@ -37,6 +37,8 @@ from pydantic import BaseModel, Field, ValidationError
 from api_producer.producer import DirectProducer, EnqueueError, describe_redis_error
 from worker import connections, keys, records
 from worker.contract import ErrorInfo, GenerationRequest, TaskState
+from worker.endpoints import Endpoints
+from worker.params import request_problem
 from worker.settings import Settings
 from worker.webhooks import WebhookRefused, check_webhook_url
 
@@ -99,6 +101,8 @@ class BatchRules:
     templates: frozenset[str] | None = None
     #: Endpoint names a request may use; ``None`` accepts any.
     endpoints: frozenset[str] | None = None
+    #: The endpoints' kinds and fallbacks, to refuse ``params`` they would not take.
+    endpoint_specs: Endpoints | None = None
 
 
 class BatchState(StrEnum):
@@ -248,6 +252,9 @@ def _check_request(request: GenerationRequest, rules: BatchRules) -> None:
     endpoints = rules.endpoints
     if request.endpoint is not None and endpoints is not None and request.endpoint not in endpoints:
         raise BatchInvalid(f"unknown endpoint {request.endpoint!r}")
+    problem = request_problem(rules.endpoint_specs, request) if rules.endpoint_specs else None
+    if problem is not None:
+        raise BatchInvalid(problem)
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -11,6 +11,7 @@ from api_producer.async_producer import AsyncProducer
 from api_producer.auth import KeyChecker
 from api_producer.producer import DirectProducer
 from api_producer.store import TaskStore
+from worker.endpoints import Endpoints
 from worker.settings import Settings
 
 
@@ -26,6 +27,8 @@ class ApiState:
     templates: frozenset[str] | None
     #: Endpoint names a request may use; ``None`` when the API knows of none (no check).
     endpoints: frozenset[str] | None = None
+    #: The endpoints' kinds and fallbacks, to refuse ``params`` they would not take.
+    endpoint_specs: Endpoints | None = None
 
 
 # The dependencies are coroutines, even those that never wait: FastAPI runs a plain ``def``

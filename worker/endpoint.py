@@ -9,18 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import ProtocolError
 
 from worker.backoff import parse_retry_after
 from worker.contract import GenerationResult, Usage
 from worker.errors import (
+    ConnectionDropped,
     EndpointError,
     EndpointTimeout,
     EndpointUnreachable,
@@ -35,6 +39,9 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
 #: How much of an endpoint's own error text an error message keeps.
 ERROR_TEXT_MAX_CHARS = 300
+#: A 500 whose body says this is the server refusing the request (llama.cpp's server answers
+#: its request validation errors with a 500): another attempt would meet the same answer.
+REQUEST_FAULT_TEXT = re.compile(r"validation error|invalid_request_error", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class EndpointConfig:
     """Where and how to call the endpoint. Built from the settings."""
 
     completions_url: str
+    #: The endpoint's configured name, for error messages.
+    name: str = "default"
     #: Where ``messages`` go as they are (chat mode): ``/v1/chat/completions``.
     chat_url: str | None = None
     api_key: str | None = None
@@ -155,6 +164,8 @@ class CompletionClient:
         latency_ms = int((time.perf_counter() - started) * 1000)
         error = classify_response(response.status_code, response.headers, response.text)
         if error is not None:
+            if response.status_code == 404:
+                raise _not_found(self._config.name, url, error)
             raise error
         return parse_completion(response.text, latency_ms)
 
@@ -173,17 +184,36 @@ class CompletionClient:
         )
 
 
+def _not_found(name: str, url: str, error: EndpointError) -> PermanentEndpointError:
+    """A 404 names the path tried (never the host): a wrong base URL shows at once."""
+    path = urlsplit(url).path
+    detail = error.message.partition(": ")[2]
+    message = f"endpoint {name!r} answered 404 for POST {path}"
+    return PermanentEndpointError(f"{message}: {detail}" if detail else message, status_code=404)
+
+
 def classify_transport_error(err: requests.RequestException) -> EndpointError:
     """Map a ``requests`` failure to a retryable or permanent error."""
     if isinstance(err, requests.Timeout):
         kind = "connect" if isinstance(err, requests.ConnectTimeout) else "read"
         log.debug("endpoint %s timeout: retryable", kind)
         return EndpointTimeout(f"endpoint {kind} timeout")
+    if _dropped(err):
+        log.debug("endpoint dropped the connection after the request: retryable")
+        return ConnectionDropped(f"endpoint dropped the connection: {_transport_reason(err)}")
     if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         log.debug("endpoint connection failed: retryable (%s)", type(err).__name__)
         return EndpointUnreachable(f"endpoint connection failed: {_transport_reason(err)}")
     log.debug("endpoint request failed: permanent (%s)", type(err).__name__)
     return PermanentEndpointError(f"endpoint request failed: {type(err).__name__}")
+
+
+def _dropped(err: requests.RequestException) -> bool:
+    """The connection was made and broke while the request was sent or answered."""
+    if isinstance(err, requests.exceptions.ChunkedEncodingError):
+        return True
+    reason = err.args[0] if err.args else None
+    return isinstance(err, requests.ConnectionError) and isinstance(reason, ProtocolError)
 
 
 def _transport_reason(err: requests.RequestException) -> str:
@@ -198,6 +228,9 @@ def classify_response(status: int, headers: Any, text: str) -> EndpointError | N
         return None
     detail = extract_error_text(text)
     message = f"endpoint answered {status}: {detail}" if detail else f"endpoint answered {status}"
+    if status == 500 and REQUEST_FAULT_TEXT.search(text):
+        log.debug("endpoint status 500 with a validation error: permanent")
+        return PermanentEndpointError(message, status_code=status)
     if status in RETRYABLE_STATUSES:
         retry_after_s = _retry_after(headers)
         log.debug("endpoint status %d: retryable (retry-after %s)", status, retry_after_s)

@@ -80,6 +80,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             record_ttl_s=settings.result_ttl_s,
             max_deliveries=settings.max_deliveries,
             events_maxlen=settings.events_maxlen,
+            default_max_tokens=settings.default_max_tokens,
         ),
         observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
         broker_acks=BrokerAcks(

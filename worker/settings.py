@@ -81,8 +81,12 @@ class Settings(BaseSettings):
     dead_letter_max: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Consecutive retryable endpoint failures that open the circuit breaker.
     breaker_failure_threshold: int = Field(default=5, ge=1, le=10_000)
-    #: How long an open breaker holds tasks back before one probe may try.
-    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3_600)
+    #: How long an open breaker first holds tasks back before one probe may try; each failed
+    #: probe makes the next wait 1.5 times longer, up to ``breaker_cooldown_max_s``.
+    breaker_cooldown_s: float = Field(default=1.0, gt=0, le=3_600)
+    breaker_cooldown_max_s: float = Field(default=10.0, gt=0, le=3_600)
+    #: ``max_tokens`` sent when a request gives none (servers' own defaults differ).
+    default_max_tokens: int = Field(default=512, ge=1, le=32_768)
 
     # --- results and records ---------------------------------------------------------------
     result_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
@@ -163,6 +167,14 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _check_breaker(self) -> Settings:
+        if self.breaker_cooldown_s > self.breaker_cooldown_max_s:
+            raise ValueError(
+                "GENQUEUE_BREAKER_COOLDOWN_S must not exceed GENQUEUE_BREAKER_COOLDOWN_MAX_S"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_retry_policy(self) -> Settings:

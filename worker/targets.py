@@ -55,6 +55,7 @@ def build_target(
             lease_ttl_s=lease_ttl_s,
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s,
+            cooldown_max_s=settings.breaker_cooldown_max_s,
             requests_per_minute=spec.requests_per_minute,
             tokens_per_minute=spec.tokens_per_minute,
         ),
@@ -69,6 +70,7 @@ def build_target(
     target.client = CompletionClient(
         EndpointConfig(
             completions_url=spec.url_for(chat=False),
+            name=spec.name,
             chat_url=spec.url_for(chat=True),
             api_key=api_key,
             model=spec.model,

@@ -148,6 +148,7 @@ async def create_batch(
         default_priority=settings.batch_default_priority,
         templates=state.templates,
         endpoints=state.endpoints,
+        endpoint_specs=state.endpoint_specs,
     )
     body = await request.body()
     content_type = request.headers.get("content-type", "")

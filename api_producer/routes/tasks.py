@@ -14,6 +14,7 @@ from api_producer.producer import Accepted, IdempotencyConflict
 from api_producer.ratelimit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
+from worker.params import request_problem
 from worker.webhooks import WebhookRefused, check_webhook_url
 
 
@@ -203,3 +204,6 @@ def _check_template(state: StateDep, request: GenerationRequest) -> None:
             detail=f"unknown endpoint {request.endpoint!r} "
             f"(configured: {', '.join(sorted(endpoints))})",
         )
+    problem = request_problem(state.endpoint_specs, request) if state.endpoint_specs else None
+    if problem is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problem)
