@@ -72,18 +72,32 @@ def write_tiny_model(path: Path) -> Path:
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHATML_TEMPLATE)
     ones = np.ones(EMBEDDING, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", weights(len(tokens), EMBEDDING))
+    # Dimension 0 of the residual stream is a constant: every embedding has 4 there and no
+    # layer writes to it. The output rows of the control tokens and of the bytes 0x80-0xFF
+    # weigh it -20, so they are never sampled: a generation always runs to max_tokens (no
+    # early end of sequence) and its text is never an invalid UTF-8 sequence dropped whole.
+    embeddings = weights(len(tokens), EMBEDDING)
+    embeddings[:, 0] = 4.0
+    output = weights(len(tokens), EMBEDDING)
+    output[:5, 0] = -20.0
+    output[5 + 0x80 : 5 + 0x100, 0] = -20.0
+    writer.add_tensor("token_embd.weight", embeddings)
     writer.add_tensor("output_norm.weight", ones)
-    writer.add_tensor("output.weight", weights(len(tokens), EMBEDDING))
+    writer.add_tensor("output.weight", output)
     for layer in range(LAYERS):
         prefix = f"blk.{layer}"
         writer.add_tensor(f"{prefix}.attn_norm.weight", ones)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        for name in ("attn_q", "attn_k", "attn_v"):
             writer.add_tensor(f"{prefix}.{name}.weight", weights(EMBEDDING, EMBEDDING))
+        attn_output = weights(EMBEDDING, EMBEDDING)
+        attn_output[0, :] = 0.0
+        writer.add_tensor(f"{prefix}.attn_output.weight", attn_output)
         writer.add_tensor(f"{prefix}.ffn_norm.weight", ones)
         writer.add_tensor(f"{prefix}.ffn_gate.weight", weights(FEED_FORWARD, EMBEDDING))
         writer.add_tensor(f"{prefix}.ffn_up.weight", weights(FEED_FORWARD, EMBEDDING))
-        writer.add_tensor(f"{prefix}.ffn_down.weight", weights(EMBEDDING, FEED_FORWARD))
+        ffn_down = weights(EMBEDDING, FEED_FORWARD)
+        ffn_down[0, :] = 0.0
+        writer.add_tensor(f"{prefix}.ffn_down.weight", ffn_down)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -28,5 +28,8 @@ def test_first_screen_has_the_two_commands() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "scripts/test" in ci
-    assert 'pip install -q -e ".[dev]"' in ci
+    assert "\nscripts/test --real-servers\n" in ci
+    assert 'pip install -q -e ".[dev,real-servers]"' in ci
+    # The README says how to run the same group.
+    assert "scripts/test --real-servers" in README
+    assert "pip install -e '.[dev,real-servers]'" in README
