@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -38,6 +39,10 @@ REPEATABLE_STATUSES = frozenset({500})
 CRASHES_MAX = 2
 #: How long the check that the server still listens waits for a connection.
 LISTEN_CHECK_TIMEOUT_S = 1.0
+#: A crashing server may still accept for a moment while its process is torn down: the check
+#: tries this many times, this far apart.
+LISTEN_CHECKS = 5
+LISTEN_CHECK_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -59,16 +64,21 @@ def _signature(err: RetryableEndpointError) -> str | None:
 
 
 def stopped_listening(base_url: str, timeout_s: float = LISTEN_CHECK_TIMEOUT_S) -> bool:
-    """Whether nothing accepts connections at ``base_url``'s host and port any more."""
+    """Whether nothing accepts connections at ``base_url``'s host and port any more (within
+    half a second of the question)."""
     parts = urlsplit(base_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False  # a timeout or an unreachable network says nothing of the request
+    for check in range(LISTEN_CHECKS):
+        if check:
+            time.sleep(LISTEN_CHECK_INTERVAL_S)
+        try:
+            with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+                continue
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False  # a timeout or an unreachable network says nothing of the request
+    return False
 
 
 class RequestFaults:

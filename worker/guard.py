@@ -269,7 +269,7 @@ class GuardPolicy:
     #: The first cooldown of an open breaker; each failed probe multiplies it by 1.5, up to
     #: ``cooldown_max_s``.
     cooldown_s: float = 1.0
-    cooldown_max_s: float = 10.0
+    cooldown_max_s: float = 5.0
     poll_max_s: float = 0.25
     #: Shared per-minute limits (0: none); tokens are counted after each call.
     requests_per_minute: int = 0

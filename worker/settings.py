@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     #: How long an open breaker first holds tasks back before one probe may try; each failed
     #: probe makes the next wait 1.5 times longer, up to ``breaker_cooldown_max_s``.
     breaker_cooldown_s: float = Field(default=1.0, gt=0, le=3_600)
-    breaker_cooldown_max_s: float = Field(default=10.0, gt=0, le=3_600)
+    breaker_cooldown_max_s: float = Field(default=5.0, gt=0, le=3_600)
     #: ``max_tokens`` sent when a request gives none (servers' own defaults differ).
     default_max_tokens: int = Field(default=512, ge=1, le=32_768)
 

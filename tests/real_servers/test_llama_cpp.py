@@ -3,6 +3,7 @@ serving a tiny llama-architecture model with random weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -36,8 +37,7 @@ def _endpoints(tmp_path: Path, url: str, **fields: Any) -> dict[str, str]:
     lines = [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
     path = tmp_path / "endpoints.toml"
     path.write_text(
-        "[endpoints.llama]\nkind = \"llamacpp\"\n"
-        f"url = \"{url}\"\nmodel = \"tiny-llama\"\n" + "\n".join(lines) + "\n"
+        f"[endpoints.llama]\nkind = \"llamacpp\"\nurl = \"{url}\"\n" + "\n".join(lines) + "\n"
     )
     return {"GENQUEUE_ENDPOINTS_FILE": str(path), "RUNPOD_ENDPOINT_URL": ""}
 
@@ -83,16 +83,16 @@ def pipeline(tmp_path, redis_url, redis_client, api_factory, start_worker):
 
 
 def test_the_seed_request_end_to_end(llama_server: LlamaServer, pipeline) -> None:
-    status = pipeline(llama_server.url).run(SEED_REQUEST)
+    status = pipeline(llama_server.url, model="tiny-llama").run(SEED_REQUEST)
     assert status["status"] == "succeeded", status
     result = status["result"]
-    assert result["text"] and result["finish_reason"] == "length"
-    assert result["model"] == "tiny-llama"
-    assert result["server_model"].endswith("tiny-random-llama.gguf")  # llama.cpp: the file
+    assert result["text"] and result["finish_reason"] in ("length", "stop")
+    # The configured name; llama.cpp echoes what was sent (the file's path when nothing was).
+    assert result["model"] == result["server_model"] == "tiny-llama"
     assert result["usage"]["prompt_tokens"] > 0
     # The prompt and 200 tokens do not fit in 256: llama.cpp generates up to the context's end.
     usage = result["usage"]
-    assert usage["prompt_tokens"] + usage["completion_tokens"] in range(250, 257)
+    assert usage["prompt_tokens"] + usage["completion_tokens"] in range(250, 257), usage
     assert status["metadata"] == {"caller": "billing-service"}
 
 
@@ -164,11 +164,10 @@ def test_completions_and_chat(llama_server: LlamaServer, pipeline) -> None:
     assert chat["result"]["text"] and chat["result"]["usage"]["completion_tokens"] == 8
     completion = flow.run({"messages": messages, "params": {"max_tokens": 8}})
     assert completion["status"] == "succeeded", completion
-    # The server's own chat template (ChatML, from the model file) and genqueue's chatml
-    # template give the same prompt.
-    assert chat["result"]["usage"]["prompt_tokens"] == completion["result"]["usage"][
-        "prompt_tokens"
-    ]
+    assert completion["result"]["usage"]["completion_tokens"] == 8
+    # No model configured: what the server answered, the model file's path.
+    assert completion["result"]["model"].endswith("tiny-random-llama.gguf")
+    assert completion["result"]["server_model"] == completion["result"]["model"]
 
 
 def test_a_server_killed_and_restarted_mid_run(own_llama_server: LlamaServer, pipeline) -> None:
@@ -177,7 +176,7 @@ def test_a_server_killed_and_restarted_mid_run(own_llama_server: LlamaServer, pi
     assert flow.run({"prompt": "warm", "params": {"max_tokens": 4}})["status"] == "succeeded"
     own_llama_server.kill()
     ids = [flow.submit({"prompt": f"n{i}", "params": {"max_tokens": 4}}) for i in range(6)]
-    time.sleep(8)  # down long enough for the breaker to open and a few probes to fail
+    time.sleep(6)  # down long enough for the breaker to open and a few probes to fail
     back = own_llama_server.start()
     statuses = [flow.wait(task_id) for task_id in ids]
     assert [s["status"] for s in statuses] == ["succeeded"] * 6
@@ -196,7 +195,8 @@ def test_a_request_that_crashes_the_server_is_poison(
     def supervise() -> None:
         while not stop:
             if not own_llama_server.alive():
-                own_llama_server.start()
+                with contextlib.suppress(RuntimeError):  # it may crash before it answers
+                    own_llama_server.start()
             time.sleep(0.1)
 
     supervisor = threading.Thread(target=supervise, daemon=True)
@@ -205,9 +205,11 @@ def test_a_request_that_crashes_the_server_is_poison(
         status = flow.run({"prompt": "Hi", "params": {"grammar": "root ::= (", "max_tokens": 4}})
         assert status["status"] == "failed", status
         assert status["error"]["type"] == "poison"
-        assert own_llama_server.starts == 3  # crashed twice, never sent a third time
+        assert "each of the 2 times this request was sent" in status["error"]["message"]
         wait_for(own_llama_server.alive, 30, "the restarted server")
         assert flow.run({"prompt": "Hi", "params": {"max_tokens": 4}})["status"] == "succeeded"
+        # It crashed the server twice (its log says why each time), never a third time.
+        assert own_llama_server.log().count("error parsing grammar") == 2
     finally:
         stop = True
         supervisor.join(30)

@@ -72,15 +72,15 @@ def write_tiny_model(path: Path) -> Path:
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHATML_TEMPLATE)
     ones = np.ones(EMBEDDING, dtype=np.float32)
-    # Dimension 0 of the residual stream is a constant: every embedding has 4 there and no
+    # Dimension 0 of the residual stream is a constant: every embedding has 8 there and no
     # layer writes to it. The output rows of the control tokens and of the bytes 0x80-0xFF
-    # weigh it -20, so they are never sampled: a generation always runs to max_tokens (no
+    # weigh it -1000, so they are never sampled: a generation always runs to max_tokens (no
     # early end of sequence) and its text is never an invalid UTF-8 sequence dropped whole.
     embeddings = weights(len(tokens), EMBEDDING)
-    embeddings[:, 0] = 4.0
+    embeddings[:, 0] = 8.0
     output = weights(len(tokens), EMBEDDING)
-    output[:5, 0] = -20.0
-    output[5 + 0x80 : 5 + 0x100, 0] = -20.0
+    output[:5, 0] = -1000.0
+    output[5 + 0x80 : 5 + 0x100, 0] = -1000.0
     writer.add_tensor("token_embd.weight", embeddings)
     writer.add_tensor("output_norm.weight", ones)
     writer.add_tensor("output.weight", output)
