@@ -15,7 +15,7 @@ from genqueue.embedded_redis import free_port
 from tests.reliability.conftest import send, wait_for
 from worker import keys
 from worker.errors import ConnectionDropped, RetryableEndpointError
-from worker.faults import RequestFaults
+from worker.faults import RequestFaults, Verdict
 from worker.guard import CircuitOpen, EndpointGuard, GuardPolicy, Outcome
 
 pytestmark = pytest.mark.timeout(120)
@@ -164,6 +164,21 @@ def test_a_dropped_connection_to_a_live_server_is_not_a_crash(redis_client) -> N
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         verdict = RequestFaults(redis_client).judge("t", "e", url, ConnectionDropped("dropped"))
     assert verdict.fault is None and not verdict.request_caused
+
+
+def test_a_crash_with_several_calls_in_flight_is_pinned_on_none(redis_client) -> None:
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    expiry_ms = (time.time() + 60) * 1000
+    faults = RequestFaults(redis_client)
+    redis_client.zadd(keys.lease("busy"), {"call-a": expiry_ms, "call-b": expiry_ms})
+    for task_id in ("a", "b"):  # dropped together when the server died
+        verdict = faults.judge(task_id, "busy", nothing_listens, ConnectionDropped("dropped"))
+        assert verdict == Verdict()
+        assert redis_client.hget(keys.task_record(task_id), "crashes:busy") is None
+    redis_client.zadd(keys.lease("alone"), {"call-c": expiry_ms})
+    verdict = faults.judge("c", "alone", nothing_listens, ConnectionDropped("dropped"))
+    assert verdict == Verdict(request_caused=True)  # the only call in flight: a crash on it
+    assert redis_client.hget(keys.task_record("c"), "crashes:alone") == b"1"
 
 
 def test_the_breaker_probes_soon_and_waits_longer_after_each_failed_probe(
