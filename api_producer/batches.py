@@ -40,6 +40,8 @@ from api_producer.producers.direct import DirectProducer, EnqueueError, describe
 from worker import connections, keys
 from worker.contract import ErrorInfo, GenerationRequest, TaskState, unicode_problem
 from worker.delivery import records
+from worker.endpoints.config import Endpoints
+from worker.endpoints.params import request_problem
 from worker.settings import Settings
 from worker.webhooks.sender import WebhookRefused, check_webhook_url
 
@@ -102,6 +104,8 @@ class BatchRules:
     templates: frozenset[str] | None = None
     #: Endpoint names a request may use; ``None`` accepts any.
     endpoints: frozenset[str] | None = None
+    #: The endpoints' kinds and fallbacks, to refuse ``params`` they would not take.
+    endpoint_specs: Endpoints | None = None
 
 
 class BatchState(StrEnum):
@@ -370,6 +374,9 @@ def _check_request(request: GenerationRequest, rules: BatchRules) -> None:
     endpoints = rules.endpoints
     if request.endpoint is not None and endpoints is not None and request.endpoint not in endpoints:
         raise BatchInvalid(f"unknown endpoint {request.endpoint!r}")
+    problem = request_problem(rules.endpoint_specs, request) if rules.endpoint_specs else None
+    if problem is not None:
+        raise BatchInvalid(problem)
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -13,6 +13,7 @@ from api_producer.auth import KeyChecker
 from api_producer.producers.async_direct import AsyncProducer
 from api_producer.producers.direct import DirectProducer
 from api_producer.store import TaskStore
+from worker.endpoints.config import Endpoints
 from worker.settings import Settings
 
 
@@ -28,6 +29,8 @@ class ApiState:
     templates: frozenset[str] | None
     #: Endpoint names a request may use; ``None`` when the API knows of none (no check).
     endpoints: frozenset[str] | None = None
+    #: The endpoints' kinds and fallbacks, to refuse ``params`` they would not take.
+    endpoint_specs: Endpoints | None = None
 
 
 # The dependencies are coroutines, even those that never wait: FastAPI runs a plain ``def``

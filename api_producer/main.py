@@ -42,11 +42,6 @@ def _templates(settings: Settings) -> frozenset[str] | None:
         return None  # the directory lives on the workers only: let them judge
 
 
-def _endpoints(settings: Settings) -> frozenset[str] | None:
-    endpoints = load_endpoints(settings)  # an invalid file stops the API at start
-    return frozenset(endpoints.names) if endpoints is not None else None
-
-
 def listener(settings: Settings) -> ResultListener:
     """The process's one pub/sub connection for ``?wait=`` (a client of its own)."""
     client = connections.async_client(settings, max_connections=2)
@@ -57,6 +52,7 @@ def build_state(settings: Settings) -> ApiState:
     sync_client = connections.sync_client(settings, max_connections=256)
     async_client = connections.async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
+    endpoints = load_endpoints(settings)  # an invalid file stops the API at start
     return ApiState(
         settings=settings,
         producer=DirectProducer(settings, sync_client, plan),
@@ -66,7 +62,8 @@ def build_state(settings: Settings) -> ApiState:
             [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
         ),
         templates=_templates(settings),
-        endpoints=_endpoints(settings),
+        endpoints=frozenset(endpoints.names) if endpoints is not None else None,
+        endpoint_specs=endpoints,
     )
 
 

@@ -173,12 +173,15 @@ class GenerationResult(BaseModel):
 
     text: str
     finish_reason: str | None
+    #: The endpoint's configured model name, else the server's answer.
     model: str | None
     usage: Usage
     latency_ms: int
     #: The endpoint that served it, and every endpoint tried, in order (fallbacks).
     endpoint: str | None = None
     endpoints_tried: list[str] | None = None
+    #: ``model`` as the server answered it (llama.cpp: the model file's path).
+    server_model: str | None = None
 
 
 class ErrorInfo(BaseModel):

@@ -10,6 +10,7 @@ The tree::
     │   ├── RetryableEndpointError     worth another attempt later
     │   │   ├── EndpointTimeout
     │   │   ├── EndpointUnreachable    connection refused, reset, DNS
+    │   │   │   └── ConnectionDropped  the connection broke after the request was sent
     │   │   ├── CircuitOpenError       the breaker holds calls back (no attempt spent)
     │   │   ├── RateLimitedError       the per-minute limit is spent (no attempt spent)
     │   │   └── JobPending             a serverless job is still queued or running
@@ -93,6 +94,11 @@ class EndpointUnreachable(RetryableEndpointError):
     """Raised when the connection to the endpoint failed or was reset."""
 
     error_type = "endpoint_unreachable"
+
+
+class ConnectionDropped(EndpointUnreachable):
+    """Raised when the connection broke after the request was sent (the server may have
+    crashed on it: see :mod:`worker.pipeline.request_faults`)."""
 
 
 class RateLimitedError(RetryableEndpointError):

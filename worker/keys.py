@@ -35,13 +35,20 @@ def running(task_id: str) -> str:
 
 
 def breaker(endpoint_id: str) -> str:
-    """Hash: consecutive failures and ``open_until`` (ms). TTL: a multiple of the cooldown."""
+    """Hash: consecutive failures, ``open_until`` and ``cooldown`` (ms), and ``served``, the
+    successes counted. TTL: an hour after its last change."""
     return f"{PREFIX}:breaker:{endpoint_id}"
 
 
 def breaker_probe(endpoint_id: str) -> str:
-    """String: held by the one call probing a half-open breaker. TTL: the cooldown."""
+    """String: held by the one call probing a half-open breaker. TTL: a lease's."""
     return f"{PREFIX}:breaker-probe:{endpoint_id}"
+
+
+def dropped(endpoint_id: str) -> str:
+    """String: the calls in flight when the endpoint dropped its connections, shared by every
+    call dropped at that moment (see :mod:`worker.pipeline.request_faults`). TTL: half a second."""
+    return f"{PREFIX}:dropped:{endpoint_id}"
 
 
 def rate(endpoint_id: str) -> str:

@@ -82,6 +82,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             max_deliveries=settings.max_deliveries,
             events_maxlen=settings.events_maxlen,
             outage=outage,
+            default_max_tokens=settings.default_max_tokens,
         ),
         observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
         broker_acks=BrokerAcks(

@@ -101,8 +101,12 @@ class Settings(BaseSettings):
     dead_letter_max: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Consecutive retryable endpoint failures that open the circuit breaker.
     breaker_failure_threshold: int = Field(default=5, ge=1, le=10_000)
-    #: How long an open breaker holds tasks back before one probe may try.
-    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3_600)
+    #: How long an open breaker first holds tasks back before one probe may try; each failed
+    #: probe makes the next wait 1.5 times longer, up to ``breaker_cooldown_max_s``.
+    breaker_cooldown_s: float = Field(default=1.0, gt=0, le=3_600)
+    breaker_cooldown_max_s: float = Field(default=5.0, gt=0, le=3_600)
+    #: ``max_tokens`` sent when a request gives none (servers' own defaults differ).
+    default_max_tokens: int = Field(default=512, ge=1, le=32_768)
     #: How long a task's Redis round trip (start, slot, end, retry) is retried while Redis is
     #: unreachable before the task gives up; a finished result is kept in memory meanwhile.
     redis_outage_s: float = Field(default=120.0, ge=0, le=86_400)
@@ -205,6 +209,14 @@ class Settings(BaseSettings):
     def _check_redis_tls(self) -> Settings:
         if self.redis_key_file is not None and self.redis_cert_file is None:
             raise ValueError("GENQUEUE_REDIS_KEY_FILE needs GENQUEUE_REDIS_CERT_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_breaker(self) -> Settings:
+        if self.breaker_cooldown_s > self.breaker_cooldown_max_s:
+            raise ValueError(
+                "GENQUEUE_BREAKER_COOLDOWN_S must not exceed GENQUEUE_BREAKER_COOLDOWN_MAX_S"
+            )
         return self
 
     @model_validator(mode="after")

@@ -163,6 +163,7 @@ async def create_batch(
         default_priority=settings.batch_default_priority,
         templates=state.templates,
         endpoints=state.endpoints,
+        endpoint_specs=state.endpoint_specs,
     )
     async with get_upload_slots(request).slot():
         try:

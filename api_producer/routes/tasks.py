@@ -15,6 +15,7 @@ from api_producer.rate_limit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.waiters import TooManyWaiters
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
+from worker.endpoints.params import request_problem
 from worker.webhooks.sender import WebhookRefused, check_webhook_url
 
 
@@ -225,3 +226,6 @@ def _check_template(state: StateDep, request: GenerationRequest) -> None:
             detail=f"unknown endpoint {request.endpoint!r} "
             f"(configured: {', '.join(sorted(endpoints))})",
         )
+    problem = request_problem(state.endpoint_specs, request) if state.endpoint_specs else None
+    if problem is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problem)

@@ -40,10 +40,11 @@ def test_success_through_plain_celery(redis_url, simulator, start_worker, celery
     result = send(celery_client)
     value = result.get(timeout=30)
     assert set(value) == {
-        "text", "finish_reason", "model", "usage", "latency_ms", "endpoint", "endpoints_tried"
+        "text", "finish_reason", "model", "usage", "latency_ms", "endpoint", "endpoints_tried",
+        "server_model",
     }  # fmt: skip
     assert value["endpoint"] == "default" and value["endpoints_tried"] == ["default"]
-    assert value["model"] == "genqueue-simulated-model"
+    assert value["model"] == value["server_model"] == "genqueue-simulated-model"
     assert value["usage"]["completion_tokens"] == 8
     assert value["finish_reason"] == "length"
     assert len(value["text"].split()) == 8

@@ -82,8 +82,12 @@ def test_a_redirecting_endpoint_is_not_followed(
 
 
 def test_url_looking_params_do_not_change_the_destination(
-    redis_url, simulator, start_worker, celery_client
+    tmp_path, redis_url, simulator, start_worker, celery_client
 ) -> None:
+    # An endpoint that takes parameters unknown to its kind (strict_params = false): the
+    # default refuses them outright.
+    endpoints = tmp_path / "endpoints.toml"
+    endpoints.write_text(f'[endpoints.loose]\nurl = "{simulator.url}"\nstrict_params = false\n')
     with TinyServer(_count_only) as elsewhere:
         params: dict[str, Any] = {
             "max_tokens": 3,
@@ -92,7 +96,7 @@ def test_url_looking_params_do_not_change_the_destination(
             "endpoint_url": f"{elsewhere.url}/v1/completions",
             "callback_url": elsewhere.url,
         }
-        start_worker(redis_url, simulator.url)
+        start_worker(redis_url, "", GENQUEUE_ENDPOINTS_FILE=endpoints)
         result = celery_client.send_task(
             "genqueue.generate", kwargs={"request": {"prompt": "hi", "params": params}}
         )
@@ -102,3 +106,16 @@ def test_url_looking_params_do_not_change_the_destination(
     # They reach the endpoint as inert body fields, as any unknown sampler field would.
     assert body["base_url"] == elsewhere.url
     assert simulator.stats()["calls"] == 1
+
+
+def test_url_looking_params_are_refused_by_a_strict_endpoint(
+    redis_url, simulator, start_worker, celery_client
+) -> None:
+    start_worker(redis_url, simulator.url)
+    params = {"base_url": "http://127.0.0.1:9", "max_tokens": 3}
+    result = celery_client.send_task(
+        "genqueue.generate", kwargs={"request": {"prompt": "hi", "params": params}}
+    )
+    with pytest.raises(Exception, match=r"does not take params\.base_url"):
+        result.get(timeout=30)
+    assert simulator.stats()["calls"] == 0

@@ -78,8 +78,12 @@ def test_first_screen_has_the_two_commands() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "scripts/test" in ci
-    assert 'pip install -q -e ".[dev]"' in ci
+    assert "\nscripts/test --real-servers\n" in ci
+    assert 'pip install -q -e ".[dev,real-servers]"' in ci
+    # docs/development.md says how to run the same group.
+    development = _text(DOCS / "development.md")
+    assert "scripts/test --real-servers" in development
+    assert "pip install -e '.[dev,real-servers]'" in development
 
 
 def test_readme_links_every_page_of_docs() -> None:

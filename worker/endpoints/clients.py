@@ -56,6 +56,7 @@ def build_target(
             lease_ttl_s=lease_ttl_s,
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s,
+            cooldown_max_s=settings.breaker_cooldown_max_s,
             requests_per_minute=spec.requests_per_minute,
             tokens_per_minute=spec.tokens_per_minute,
             outage=OutagePolicy(budget_s=settings.redis_outage_s),
@@ -78,13 +79,13 @@ def build_target(
     target.client = CompletionClient(
         EndpointConfig(
             completions_url=spec.url_for(chat=False),
+            name=spec.name,
             chat_url=spec.url_for(chat=True),
             api_key=api_key,
             model=spec.model,
             connect_timeout_s=spec.connect_timeout_s,
             read_timeout_s=spec.read_timeout_s,
             pool_size=pool_size,
-            name=spec.name,
             max_response_bytes=settings.endpoint_max_response_bytes,
         )
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import ProtocolError
 
 from worker.contract import GenerationResult, Usage
 from worker.endpoints.answers import (
@@ -32,6 +34,7 @@ from worker.endpoints.disclosure import (
     looks_like_html,
 )
 from worker.errors import (
+    ConnectionDropped,
     EndpointError,
     EndpointTimeout,
     EndpointUnreachable,
@@ -47,6 +50,9 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
 #: How much of an endpoint's own error text an error message keeps.
 ERROR_TEXT_MAX_CHARS = 300
+#: A 500 whose body says this is the server refusing the request (llama.cpp's server answers
+#: its request validation errors with a 500): another attempt would meet the same answer.
+REQUEST_FAULT_TEXT = re.compile(r"validation error|invalid_request_error", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -212,11 +218,20 @@ def read_answer(
             response.status_code, response.headers, body.text(response.encoding), voice
         )
         assert error is not None
+        if response.status_code == 404:
+            raise not_found(voice, response.url, error)
         raise error
     answer = read_body(response, limit_bytes, deadline)
     if not answer.complete:
         raise InvalidEndpointResponse(too_large(voice, response.status_code, limit_bytes))
     return answer.text()
+
+
+def not_found(voice: EndpointVoice, url: str, error: EndpointError) -> PermanentEndpointError:
+    """A 404 names the path tried (ids in it masked, never the host): a wrong base URL shows."""
+    detail = error.message.partition(": ")[2]
+    message = voice.says(f" answered 404 for POST {voice.route(url)}")
+    return PermanentEndpointError(f"{message}: {detail}" if detail else message, status_code=404)
 
 
 def too_large(voice: EndpointVoice, status: int, limit_bytes: int) -> str:
@@ -243,9 +258,19 @@ def classify_transport_error(
         return EndpointTimeout(voice.says(f": read timed out after {read_s:g} s"))
     if isinstance(err, requests.exceptions.ContentDecodingError):
         return InvalidEndpointResponse(voice.says(": the body could not be decompressed"))
+    if _dropped(err):
+        return ConnectionDropped(voice.says(": dropped the connection after the request"))
     if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return EndpointUnreachable(voice.says(f": {connection_failure(err)}"))
     return PermanentEndpointError(voice.says(f": request failed ({type(err).__name__})"))
+
+
+def _dropped(err: requests.RequestException) -> bool:
+    """The connection was made and broke while the request was sent or answered."""
+    if isinstance(err, requests.exceptions.ChunkedEncodingError):
+        return True
+    reason = err.args[0] if err.args else None
+    return isinstance(err, requests.ConnectionError) and isinstance(reason, ProtocolError)
 
 
 def classify_response(
@@ -262,6 +287,9 @@ def classify_response(
     else:
         detail = voice.scrub(extract_error_text(text))
         message = voice.says(f" answered {status}: {detail}" if detail else f" answered {status}")
+    if status == 500 and REQUEST_FAULT_TEXT.search(text):
+        log.debug("endpoint status 500 with a validation error: permanent")
+        return PermanentEndpointError(message, status_code=status)
     if status in RETRYABLE_STATUSES:
         retry_after_s = _retry_after(headers)
         log.debug("endpoint status %d: retryable (retry-after %s)", status, retry_after_s)

@@ -9,7 +9,7 @@
     fallbacks = ["small"]
 
     [endpoints.small]
-    kind = "openai"                  # any OpenAI-compatible server, e.g. RunPod's vLLM route
+    kind = "vllm"                    # a vLLM OpenAI server, e.g. RunPod's vLLM route
     url = "https://api.runpod.ai/v2/xyz789/openai/v1"
     api_key_env = "RUNPOD_API_KEY"
     model = "mistralai/Mistral-7B-Instruct-v0.2"
@@ -41,7 +41,9 @@ DEFAULT_ENDPOINT = "default"
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
 NAME_PATTERN = ENDPOINT_NAME_PATTERN
 
-EndpointKind = Literal["textgen", "openai", "runpod-serverless"]
+EndpointKind = Literal["textgen", "vllm", "llamacpp", "openai", "runpod-serverless"]
+#: The kinds that speak the OpenAI completions API at ``{url}/v1/completions``.
+OPENAI_STYLE_KINDS = frozenset({"textgen", "vllm", "llamacpp", "openai"})
 
 
 class EndpointSpec(BaseModel):
@@ -51,10 +53,10 @@ class EndpointSpec(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     kind: EndpointKind = "textgen"
-    #: Base URL: ``{url}/v1/completions`` (textgen), ``{url}/completions`` (openai, ending in
-    #: ``/v1``), or the serverless endpoint's base (``https://api.runpod.ai/v2/<id>``).
+    #: Base URL, with or without a trailing ``/v1``: generations go to ``{url}/v1/completions``;
+    #: for ``runpod-serverless``, the endpoint's base (``https://api.runpod.ai/v2/<id>``).
     url: str | None = Field(default=None, pattern=r"^https?://")
-    #: RunPod endpoint id, for the ``runpod-serverless`` and ``openai`` kinds.
+    #: RunPod endpoint id, for the ``runpod-serverless``, ``vllm`` and ``openai`` kinds.
     endpoint_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     model: str | None = None
@@ -70,24 +72,27 @@ class EndpointSpec(BaseModel):
     #: For ``runpod-serverless``: ``run`` (queue, then poll ``/status``) or ``runsync``.
     mode: Literal["run", "runsync"] = "run"
     fallbacks: tuple[str, ...] = ()
+    #: Refuse (at submission) a sampler parameter this endpoint's kind does not take.
+    strict_params: bool = True
 
     @model_validator(mode="after")
     def _where(self) -> EndpointSpec:
         if self.url is None and self.endpoint_id is None:
             raise ValueError("give 'url' or 'endpoint_id'")
-        if self.kind == "textgen" and self.url is None:
-            raise ValueError("a textgen endpoint needs 'url'")
+        if self.kind in ("textgen", "llamacpp") and self.url is None:
+            raise ValueError(f"a {self.kind} endpoint needs 'url'")
         if self.name in self.fallbacks:
             raise ValueError("an endpoint cannot fall back to itself")
         return self
 
     @property
     def base_url(self) -> str:
+        """The URL without a trailing ``/`` (and, but for serverless, without ``/v1``)."""
+        if self.kind == "runpod-serverless":
+            return (self.url or f"{RUNPOD_API_BASE}/{self.endpoint_id}").rstrip("/")
         if self.url is not None:
-            return self.url.rstrip("/")
-        if self.kind == "openai":
-            return f"{RUNPOD_API_BASE}/{self.endpoint_id}/openai/v1"
-        return f"{RUNPOD_API_BASE}/{self.endpoint_id}"
+            return self.url.rstrip("/").removesuffix("/v1")
+        return f"{RUNPOD_API_BASE}/{self.endpoint_id}/openai"
 
     @property
     def completions_url(self) -> str:
@@ -95,12 +100,9 @@ class EndpointSpec(BaseModel):
         return self.url_for(chat=self.chat)
 
     def url_for(self, *, chat: bool) -> str:
-        """The completions or chat completions URL, for the textgen and openai kinds."""
-        base = self.base_url
+        """The completions or chat completions URL, for the OpenAI-style kinds."""
         path = "chat/completions" if chat else "completions"
-        if self.kind == "openai":
-            return f"{base}/{path}"
-        return f"{base.removesuffix('/v1')}/v1/{path}"
+        return f"{self.base_url}/v1/{path}"
 
     def api_key(self) -> str | None:
         """The key, read from the environment variable the operator named."""

@@ -46,6 +46,11 @@ class EndpointVoice:
         """``endpoint 'NAME'`` followed by ``what`` (which starts with ``:`` or a space)."""
         return f"endpoint {self.name!r}{what}"
 
+    def route(self, url: str) -> str:
+        """The path of ``url`` with the segments that look like ids masked (no host, no query)."""
+        segments = urlsplit(url).path.split("/")
+        return "/".join(ADDRESS_MARK if _looks_like_id(s) else s for s in segments)
+
     def scrub(self, words: str) -> str:
         """The endpoint's own ``words`` without its key or address."""
         if self.key:
@@ -63,12 +68,12 @@ def _address_words(url: str) -> tuple[str, ...]:
     path = path.removesuffix("/v1")
     if path:
         words.add(path)
-    words.update(
-        segment
-        for segment in path.split("/")
-        if len(segment) >= _ID_MIN_CHARS and any(c.isdigit() for c in segment)
-    )
+    words.update(segment for segment in path.split("/") if _looks_like_id(segment))
     return tuple(sorted((w for w in words if w), key=len, reverse=True))
+
+
+def _looks_like_id(segment: str) -> bool:
+    return len(segment) >= _ID_MIN_CHARS and any(c.isdigit() for c in segment)
 
 
 def looks_like_html(text: str) -> bool:

@@ -7,7 +7,11 @@
 - **A circuit breaker.** ``failure_threshold`` consecutive retryable failures open it for
   ``cooldown_s``: calls are refused with :class:`CircuitOpen` (tasks are delayed, not failed).
   After the cooldown one probe call may go; its success closes the breaker, its failure opens
-  it again.
+  it again for 1.5 times the last cooldown, up to ``cooldown_max_s``: a pod back after a short
+  outage is used within a second or two, one down for long is probed rarely.
+- **Successes served.** Each success counts in the breaker hash's ``served`` field, so that a
+  task failing the same way on every attempt while other tasks succeed can be told from an
+  endpoint that is down (see :mod:`worker.faults`).
 
 Both live in the same Lua scripts, so a call costs one round trip to start and one to end.
 Waiting is cheap: a local semaphore lets at most ``limit`` callers of this process contend for
@@ -67,7 +71,8 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
   end
   local probing = false
   if open_until > 0 then
-    if not redis.call('SET', probe, token, 'NX', 'PX', cooldown) then
+    -- The probe's lock lasts as long as a lease: it covers the probe call.
+    if not redis.call('SET', probe, token, 'NX', 'PX', ttl) then
       return {2, 1000}
     end
     probing = true
@@ -108,10 +113,10 @@ return acquire_slot(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1
 )
 
 # The end of a call as a Lua function, shared with the end-of-task script that takes over the
-# release of a successful call's slot (worker.delivery.task_scripts). Returns 1 when this call
-# opened the
-# breaker.
+# release of a successful call's slot (worker.delivery.task_scripts). ``cooldown`` is
+# "first_ms:max_ms". Returns the cooldown in ms when this call opened the breaker, else 0.
 RELEASE_FUNCTION = """
+local BREAKER_TTL_MS = 3600000
 local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
                             tokens, now)
   redis.call('ZREM', lease, token)
@@ -119,18 +124,32 @@ local function release_slot(lease, breaker, probe, rate, token, outcome, thresho
     redis.call('HINCRBY', rate, 't', tokens)
   end
   if outcome == 'ok' then
-    if redis.call('EXISTS', breaker) == 1 then redis.call('DEL', breaker, probe) end
+    redis.call('HINCRBY', breaker, 'served', 1)
+    if redis.call('HDEL', breaker, 'failures', 'open_until', 'cooldown') > 0 then
+      redis.call('DEL', probe)
+    end
+    redis.call('PEXPIRE', breaker, BREAKER_TTL_MS)
     return 0
   end
-  if outcome ~= 'failure' then return 0 end
-  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
-  redis.call('PEXPIRE', breaker, tonumber(cooldown) * 10)
-  if failures >= tonumber(threshold) then
-    redis.call('HSET', breaker, 'open_until', now + tonumber(cooldown))
-    redis.call('DEL', probe)
-    return 1
+  if outcome ~= 'failure' then
+    -- A probe whose call said nothing of the endpoint lets the next one go at once.
+    if redis.call('GET', probe) == token then redis.call('DEL', probe) end
+    return 0
   end
-  return 0
+  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+  redis.call('PEXPIRE', breaker, BREAKER_TTL_MS)
+  if failures < tonumber(threshold) then return 0 end
+  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+  if open_until > now then return 0 end  -- a call that started before it opened
+  local first, most = string.match(cooldown, '^(%d+):(%d+)$')
+  local wait = tonumber(first)
+  if open_until > 0 then  -- the probe failed: wait longer this time
+    wait = math.min(tonumber(most), math.floor(tonumber(redis.call('HGET', breaker, 'cooldown')
+      or first) * 1.5))
+  end
+  redis.call('HSET', breaker, 'open_until', now + wait, 'cooldown', wait)
+  redis.call('DEL', probe)
+  return wait
 end
 """
 
@@ -251,7 +270,10 @@ class GuardPolicy:
     limit: int = 1
     lease_ttl_s: float = 30.0
     failure_threshold: int = 5
-    cooldown_s: float = 30.0
+    #: The first cooldown of an open breaker; each failed probe multiplies it by 1.5, up to
+    #: ``cooldown_max_s``.
+    cooldown_s: float = 1.0
+    cooldown_max_s: float = 5.0
     poll_max_s: float = 0.25
     #: Shared per-minute limits (0: none); tokens are counted after each call.
     requests_per_minute: int = 0
@@ -279,6 +301,9 @@ class EndpointGuard:
         self._policy = policy
         self._ttl_ms = int(policy.lease_ttl_s * 1000)
         self._cooldown_ms = int(policy.cooldown_s * 1000)
+        # The scripts' cooldown argument: the first and the longest, in ms.
+        longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
+        self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
         self._local = threading.BoundedSemaphore(policy.limit)
         self._held: set[str] = set()
         self._acquire = client.register_script(_ACQUIRE)
@@ -361,7 +386,7 @@ class EndpointGuard:
         :meth:`settle` (or :meth:`release`) must follow."""
         slot.handed_off = True
         args = (
-            slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldown_ms,
+            slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
             slot.tokens,
         )  # fmt: skip
         return SlotRelease(self, tuple(self._keys), args, slot.token)
@@ -418,7 +443,7 @@ class EndpointGuard:
 
     def _release(self, token: str, slot: Slot) -> None:
         args = [
-            token, slot.outcome.value, self._policy.failure_threshold, self._cooldown_ms,
+            token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
             slot.tokens,
         ]  # fmt: skip
         try:
@@ -435,9 +460,9 @@ class EndpointGuard:
         if opened:
             log.warning(
                 "endpoint circuit breaker opened after %d consecutive failures; holding tasks "
-                "back for %.0fs",
+                "back for %.1fs",
                 self._policy.failure_threshold,
-                self._policy.cooldown_s,
+                int(opened) / 1000,
             )
 
     def _ensure_heartbeat(self) -> None:

@@ -26,7 +26,8 @@ from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
 from worker.delivery.task_scripts import BrokerAcks, Ending, Finished, Lifecycle, Progress
 from worker.endpoints.clients import EndpointTarget
-from worker.endpoints.config import Endpoints, queue_for
+from worker.endpoints.config import Endpoints, EndpointSpec, queue_for
+from worker.endpoints.params import describe_refusal, for_server, refused
 from worker.endpoints.serverless import FAILED_STATES, PENDING_STATES, Job, job_input, result_from
 from worker.endpoints.serverless import failure as job_failure
 from worker.errors import (
@@ -57,6 +58,7 @@ from worker.limits.guard import (
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.pipeline.backoff import RetryPolicy, compute_delay_s
 from worker.pipeline.render import PromptRenderer, as_messages
+from worker.pipeline.request_faults import RequestFaults
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger("genqueue.task")
@@ -125,6 +127,8 @@ class GenerationPolicy:
     max_deliveries: int
     events_maxlen: int = 100_000
     outage: OutagePolicy = field(default_factory=OutagePolicy)
+    #: ``max_tokens`` of a request that gives none.
+    default_max_tokens: int = 512
 
 
 class Generation:
@@ -165,6 +169,7 @@ class Generation:
             redis_client, policy.record_ttl_s, policy.events_maxlen, broker_acks
         )
         self._observe = observer or TaskObserver()
+        self._faults = RequestFaults(redis_client)
         #: Slots of successful calls whose release rides on the task's end (:meth:`_finish`).
         self._slot_releases: dict[str, SlotRelease] = {}
         #: Slots granted by the task's start script, until the call takes them over.
@@ -316,7 +321,16 @@ class Generation:
             return moved
         if isinstance(outcome, GenerationResult):
             tried = [*progress.tried, name]
-            return outcome.model_copy(update={"endpoint": name, "endpoints_tried": tried})
+            # The configured model name when there is one (servers answer a file path, or
+            # echo what was sent); the server's own answer beside it.
+            return outcome.model_copy(
+                update={
+                    "endpoint": name,
+                    "endpoints_tried": tried,
+                    "model": target.spec.model or outcome.model,
+                    "server_model": outcome.model,
+                }
+            )
         return outcome
 
     def _offer(self, task_id: str, request: GenerationRequest) -> SlotOffer | None:
@@ -347,7 +361,7 @@ class Generation:
         call = _Call(
             prompt=None if chat else self._renderer.render(request, template),
             messages=[dict(m) for m in _message_dicts(request)] if chat else None,
-            params=request.params.model_dump(mode="json", exclude_none=True),
+            params=self._params(request, spec),
         )
         if spec.kind == "runpod-serverless" and progress.job_id is not None:
             return self._poll_job(task_id, request, target, progress)
@@ -373,6 +387,15 @@ class Generation:
                 return moved
             return self._later(request, error, progress.attempts, err.retry_in_s + 0.1)
 
+    def _params(self, request: GenerationRequest, spec: EndpointSpec) -> dict[str, Any]:
+        """The request's ``params`` as the endpoint's kind takes them (the API refuses the
+        others at submission; a task sent straight to Celery fails here)."""
+        params = request.params.model_dump(mode="json", exclude_none=True)
+        unknown = refused(spec.kind, params)
+        if unknown and spec.strict_params:
+            raise InvalidRequest(describe_refusal(spec.name, spec.kind, unknown))
+        return for_server(spec.kind, params, self._policy.default_max_tokens)
+
     def _call(
         self,
         task_id: str,
@@ -390,8 +413,12 @@ class Generation:
             with self._running.cancellable(task_id):
                 result = self._send(task_id, target, call, read_timeout_s)
         except RetryableEndpointError as err:
-            slot.outcome = Outcome.FAILURE
             latency_s = self._called(started)
+            verdict = self._faults.judge(task_id, target.spec.name, target.spec.base_url, err)
+            # A failure that follows this request says nothing of the endpoint's health.
+            slot.outcome = Outcome.NEUTRAL if verdict.request_caused else Outcome.FAILURE
+            if verdict.fault is not None:
+                raise verdict.fault from err
             later = self._retry_or_give_up(request, err, on_endpoint, progress.first_attempt_at)
             return replace(later, attempt=attempt, latency_ms=int(latency_s * 1000))
         except PermanentEndpointError:
