@@ -22,6 +22,7 @@ from worker.endpoints.completions import (
 )
 from worker.endpoints.disclosure import EndpointVoice
 from worker.errors import (
+    ConnectionDropped,
     EndpointError,
     EndpointTimeout,
     EndpointUnreachable,
@@ -279,7 +280,7 @@ def _wrapped(cause: BaseException) -> urllib3.exceptions.MaxRetryError:
             requests.ConnectionError(
                 urllib3.exceptions.ProtocolError("Connection aborted.", Exception("closed"))
             ),
-            EndpointUnreachable,
+            ConnectionDropped,
             "connection closed without an answer",
         ),
         (requests.exceptions.SSLError(POOL_TEXT), EndpointUnreachable, "TLS failed"),

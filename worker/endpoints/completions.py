@@ -259,7 +259,7 @@ def classify_transport_error(
     if isinstance(err, requests.exceptions.ContentDecodingError):
         return InvalidEndpointResponse(voice.says(": the body could not be decompressed"))
     if _dropped(err):
-        return ConnectionDropped(voice.says(": dropped the connection after the request"))
+        return ConnectionDropped(voice.says(f": {connection_failure(err)}"))
     if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return EndpointUnreachable(voice.says(f": {connection_failure(err)}"))
     return PermanentEndpointError(voice.says(f": request failed ({type(err).__name__})"))
