@@ -38,6 +38,7 @@ def test_task_lines() -> None:
 
 
 def test_line_budget_counts_what_is_past_the_lines_of_a_second() -> None:
+    assert LineBudget().per_s == 10
     budget = LineBudget(per_s=3)
     tasks = [Finished(f"t{i}", "failed" if i == 4 else "succeeded") for i in range(6)]
     first = budget.lines(tasks, now=100.0)
