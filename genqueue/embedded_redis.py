@@ -55,6 +55,7 @@ class EmbeddedRedis:
     :param port: the port; 0 picks a free one.
     :param password: ``requirepass`` when set (written to a 0600 config file, not to argv).
     :param maxmemory: a memory limit such as ``"50mb"``, with ``noeviction``.
+    :param log_file: where redis-server logs (default ``redis.log`` in ``data_dir``), 0600.
     """
 
     def __init__(
@@ -65,12 +66,14 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         password: str | None = None,
         maxmemory: str | None = None,
+        log_file: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.host = host
         self.port = port or free_port(host)
         self.password = password
         self.maxmemory = maxmemory
+        self.log_file = (log_file or data_dir / "redis.log").resolve()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,7 +97,7 @@ class EmbeddedRedis:
             "--appendfsync", "everysec",
             "--save", "",
             "--daemonize", "no",
-            "--logfile", "redis.log",
+            "--logfile", str(self.log_file),
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         if self.maxmemory:
@@ -123,7 +126,7 @@ class EmbeddedRedis:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"embedded redis-server exited with {self.process.returncode}; "
-                    f"see {self.data_dir / 'redis.log'}"
+                    f"see {self.log_file}"
                 )
             if time.monotonic() > deadline:
                 self.stop()

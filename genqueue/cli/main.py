@@ -23,11 +23,21 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="run the whole service on this machine",
         description="Start Redis (embedded unless REDIS_URL is set), the simulator (unless "
-        "RUNPOD_ENDPOINT_URL is set), a worker, the API and Flower. Ctrl-C stops them all.",
+        "RUNPOD_ENDPOINT_URL is set), a worker, the API and Flower. Ctrl-C stops them all. "
+        "The terminal shows where each runs, the generated credentials and a line per finished "
+        "task; each component's own output goes to GENQUEUE_DATA_DIR/logs/<name>.log "
+        "(redis, simulator, worker, api, flower), and a component that dies is reported with "
+        "its exit status and the last lines of its log.",
     )
     up.add_argument("--api-port", type=int, default=8000, help="API port (default 8000)")
     up.add_argument("--flower-port", type=int, default=5555, help="Flower port (default 5555)")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    up.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every component's output on the terminal too (still written to its log)",
+    )
     up.set_defaults(handler=_run_up)
 
     worker = sub.add_parser(
@@ -140,7 +150,13 @@ def _run_bench(args: argparse.Namespace, settings: Settings) -> int:
 def _run_up(args: argparse.Namespace, settings: Settings) -> int:
     from genqueue.cli.up import run_up
 
-    return run_up(settings, host=args.host, api_port=args.api_port, flower_port=args.flower_port)
+    return run_up(
+        settings,
+        host=args.host,
+        api_port=args.api_port,
+        flower_port=args.flower_port,
+        verbose=args.verbose,
+    )
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:

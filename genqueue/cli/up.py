@@ -8,6 +8,10 @@ The data folder holds every prompt and result: ``up`` and its children run with 
 what they write to its owner (folders 0700, files 0600), and close up what older versions left
 open. The embedded Redis wants a password, generated once and kept in ``redis/password`` there,
 which reaches every child in ``REDIS_URL`` and is printed nowhere.
+
+The terminal shows a summary and a line per finished task; each component's own output goes to
+its log file in ``logs/`` there (:mod:`genqueue.cli.up_output`), and to the terminal too with
+``--verbose``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ from types import FrameType
 import requests
 
 from genqueue.cli.flower import FLOWER_DB_NAME
+from genqueue.cli.up_output import (
+    LOGS_DIR_NAME,
+    ComponentDied,
+    Death,
+    LogFolder,
+    death_report,
+    hide_password,
+    logs_line,
+    open_private_log,
+    print_summary,
+)
+from genqueue.cli.up_tasks import TaskWatcher
 from genqueue.embedded_redis import EmbeddedRedis, free_port
 from genqueue.private_files import (
     FILE_MODE,
@@ -60,25 +76,35 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 @dataclass
 class Stack:
-    """The child processes of ``up``, stopped in reverse order of start."""
+    """The components ``up`` started, stopped in reverse order of start."""
 
+    logs: LogFolder
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     embedded: EmbeddedRedis | None = None
+    watcher: TaskWatcher | None = None
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = self.logs.start(name, argv, env)
         self.children.append((name, process))
         return process
 
-    def dead_child(self) -> str | None:
+    def dead_child(self) -> Death | None:
         for name, process in self.children:
             if process.poll() is not None:
-                return f"{name} exited with status {process.returncode}"
+                return Death(name, process.returncode, self.logs.file(name))
         if self.embedded and self.embedded.process and self.embedded.process.poll() is not None:
-            return "the embedded Redis exited"
+            return Death("redis", self.embedded.process.returncode, self.logs.file("redis"))
         return None
 
+    def check(self) -> None:
+        """Raise :class:`ComponentDied` if a component exited."""
+        death = self.dead_child()
+        if death is not None:
+            raise ComponentDied(death)
+
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         for _, process in reversed(self.children):
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -93,6 +119,7 @@ class Stack:
             process.wait()
         if self.embedded is not None:
             self.embedded.stop()
+        self.logs.drain()
 
 
 def _genqueue(*args: str) -> list[str]:
@@ -102,9 +129,7 @@ def _genqueue(*args: str) -> list[str]:
 def _wait_http(url: str, what: str, stack: Stack) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        dead = stack.dead_child()
-        if dead:
-            raise RuntimeError(dead)
+        stack.check()
         try:
             requests.get(url, timeout=1)
             return
@@ -121,7 +146,9 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def run_up(settings: Settings, host: str, api_port: int, flower_port: int) -> int:
+def run_up(
+    settings: Settings, host: str, api_port: int, flower_port: int, verbose: bool = False
+) -> int:
     try:
         check_port_free(host, api_port, "the API")
         check_port_free(host, flower_port, "Flower")
@@ -132,18 +159,20 @@ def run_up(settings: Settings, host: str, api_port: int, flower_port: int) -> in
     signal.signal(signal.SIGINT, _raise_stop)
     # Inherited by every child: Redis's AOF and log, Flower's state, all private.
     os.umask(PRIVATE_UMASK)
-    stack = Stack()
+    data_dir = _private_data_dir(settings.data_dir.resolve())
+    stack = Stack(LogFolder(data_dir / LOGS_DIR_NAME, verbose))
+    print(f"genqueue up: starting (logs in {stack.logs.path}/)", flush=True)
     try:
-        _start(stack, settings, host, api_port, flower_port)
+        _start(stack, settings, data_dir, host, (api_port, flower_port))
         while True:
-            dead = stack.dead_child()
-            if dead:
-                print(f"genqueue up: {dead}; stopping everything", file=sys.stderr, flush=True)
-                return 1
+            stack.check()
             time.sleep(0.5)
     except _Stop as stop:
         print(f"genqueue up: {stop}, stopping...", flush=True)
         return 0
+    except ComponentDied as died:
+        print(death_report(died.death), file=sys.stderr, flush=True)
+        return 1
     except RuntimeError as err:
         print(f"genqueue up: {err}; stopping everything", file=sys.stderr, flush=True)
         return 1
@@ -154,25 +183,28 @@ def run_up(settings: Settings, host: str, api_port: int, flower_port: int) -> in
         print("genqueue up: stopped", flush=True)
 
 
-def _start(stack: Stack, settings: Settings, host: str, api_port: int, flower_port: int) -> None:
+def _start(
+    stack: Stack, settings: Settings, data_dir: Path, host: str, ports: tuple[int, int]
+) -> None:
     env = dict(os.environ)
+    # Components' output reaches their log files as they write it, not when a buffer fills.
+    env.setdefault("PYTHONUNBUFFERED", "1")
     lines: list[str] = []
-    data_dir = _private_data_dir(settings.data_dir.resolve())
     if "redis_url" in settings.model_fields_set:
         redis_url = settings.redis_url
-        lines.append(f"  redis      {_hide_password(redis_url)} (REDIS_URL)")
+        lines.append(f"  redis      {hide_password(redis_url)} (REDIS_URL)")
     else:
-        stack.embedded = _embedded_redis(data_dir / "redis").start()
+        stack.embedded = _embedded_redis(data_dir / "redis", stack.logs.file("redis")).start()
         redis_url = stack.embedded.url
         lines.append(
-            f"  redis      {_hide_password(redis_url)} (embedded, AOF data in "
+            f"  redis      {hide_password(redis_url)} (embedded, AOF data in "
             f"{data_dir / 'redis'}, password in {_password_file(data_dir / 'redis')})"
         )
     env["REDIS_URL"] = redis_url
 
     if settings.runpod_endpoint_url is None:
         port = free_port()
-        stack.spawn("the simulator", _genqueue("simulate", "--port", str(port)), env)
+        stack.spawn("simulator", _genqueue("simulate", "--port", str(port)), env)
         endpoint = f"http://127.0.0.1:{port}"
         env["RUNPOD_ENDPOINT_URL"] = endpoint
         env.setdefault("RUNPOD_MAX_CONCURRENCY", str(SIMULATOR_MAX_CONCURRENCY))
@@ -188,14 +220,23 @@ def _start(stack: Stack, settings: Settings, host: str, api_port: int, flower_po
     flower_auth = _credential(
         env, "FLOWER_BASIC_AUTH", lambda: f"admin:{secrets.token_urlsafe(12)}"
     )
-    stack.spawn("the worker", _genqueue("worker"), env)
-    stack.spawn("the API", _genqueue("api", "--host", host, "--port", str(api_port)), env)
-    stack.spawn("Flower", _genqueue("flower", "--host", host, "--port", str(flower_port)), env)
+    api_port, flower_port = ports
+    stack.spawn("worker", _genqueue("worker"), env)
+    stack.spawn("api", _genqueue("api", "--host", host, "--port", str(api_port)), env)
+    stack.spawn("flower", _genqueue("flower", "--host", host, "--port", str(flower_port)), env)
     api_url = f"http://{host}:{api_port}"
     flower_url = f"http://{host}:{flower_port}"
     _wait_http(f"{api_url}/healthz", "the API", stack)
     _wait_http(f"{flower_url}/healthcheck", "Flower", stack)
-    _print_summary(lines, env, api_url, flower_url, api_key, flower_auth, data_dir)
+    if not stack.logs.verbose:
+        # Before the summary: a task sent as soon as the key is shown gets its line.
+        stack.watcher = TaskWatcher(redis_url)
+    names = ["redis"] if stack.embedded else []
+    names += [name for name, _ in stack.children]
+    logs = logs_line(stack.logs.path, names)
+    print_summary(lines, env, (api_url, flower_url), (api_key, flower_auth), data_dir, logs)
+    if stack.watcher is not None:
+        stack.watcher.start()
 
 
 def _private_data_dir(data_dir: Path) -> Path:
@@ -213,10 +254,12 @@ def _password_file(redis_dir: Path) -> Path:
     return redis_dir / "password"
 
 
-def _embedded_redis(redis_dir: Path) -> EmbeddedRedis:
+def _embedded_redis(redis_dir: Path, log_file: Path) -> EmbeddedRedis:
     """The embedded Redis, with the password kept in its folder (made on the first start)."""
     make_private_dir(redis_dir)
-    return EmbeddedRedis(redis_dir, password=read_or_create_secret(_password_file(redis_dir)))
+    password = read_or_create_secret(_password_file(redis_dir))
+    os.close(open_private_log(log_file))  # rewritten at each start, like the other logs
+    return EmbeddedRedis(redis_dir, password=password, log_file=log_file)
 
 
 def _credential(env: dict[str, str], name: str, make: object) -> str | None:
@@ -226,53 +269,3 @@ def _credential(env: dict[str, str], name: str, make: object) -> str | None:
     value = make()  # type: ignore[operator]
     env[name] = value
     return str(value)
-
-
-def _hide_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
-
-
-def _worker_metrics(env: dict[str, str]) -> str:
-    port = int(env["GENQUEUE_WORKER_METRICS_PORT"] or 0)
-    if port <= 0:
-        return "off"
-    host = env.get("GENQUEUE_WORKER_METRICS_HOST") or "127.0.0.1"
-    count = int(env["GENQUEUE_WORKER_PROCESSES"] or 0) or os.cpu_count() or 1
-    ports = str(port) if count <= 1 else f"{port}-{port + count - 1}"
-    return f"http://{host}:{ports}/metrics"
-
-
-def _print_summary(
-    lines: list[str],
-    env: dict[str, str],
-    api_url: str,
-    flower_url: str,
-    api_key: str | None,
-    flower_auth: str | None,
-    data_dir: Path,
-) -> None:
-    processes = env["GENQUEUE_WORKER_PROCESSES"]
-    lines.append(f"  worker     {processes} process(es), genqueue.generate")
-    lines.append(f"  api        {api_url}  (OpenAPI: {api_url}/docs)")
-    lines.append(f"  metrics    {api_url}/metrics (API), {_worker_metrics(env)} (worker)")
-    lines.append(f"  flower     {flower_url}")
-    if api_key:
-        lines.append(f"  api key    {api_key}  (generated; set GENQUEUE_API_KEYS to choose)")
-    if flower_auth:
-        user, _, password = flower_auth.partition(":")
-        lines.append(f"  flower     user {user}, password {password}  (generated)")
-    key = api_key or "$GENQUEUE_API_KEY"
-    body = '{"prompt": "How can I make a cake?", "params": {"max_tokens": 50}}'
-    print(f"genqueue up: running (data in {data_dir})", flush=True)
-    print("\n".join(lines), flush=True)
-    print("try it:", flush=True)
-    print(
-        f"  curl -s -X POST {api_url}/v1/tasks -H 'Authorization: Bearer {key}' "
-        f"-H 'Content-Type: application/json' -d '{body}'",
-        flush=True,
-    )
-    print(f"  curl -s '{api_url}/v1/tasks/TASK_ID?wait=30' -H 'Authorization: Bearer {key}'")
-    print("Ctrl-C stops everything.", flush=True)

@@ -74,7 +74,12 @@ def _up_env() -> dict[str, str]:
 
 
 def _start_up(
-    cwd: Path, log: Path, env: dict[str, str], api_port: int, flower_port: int
+    cwd: Path,
+    log: Path,
+    env: dict[str, str],
+    api_port: int,
+    flower_port: int,
+    *options: str,
 ) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -87,6 +92,7 @@ def _start_up(
                 str(api_port),
                 "--flower-port",
                 str(flower_port),
+                *options,
             ],
             cwd=cwd,
             env=env,
@@ -107,6 +113,60 @@ def _embedded_redis_url(text: str, data_dir: Path) -> str:
     return f"redis://:{password}@{address}"
 
 
+#: What ``genqueue up`` prints once everything answers, line by line (embedded Redis, simulator).
+SUMMARY = [
+    r"genqueue up: starting \(logs in (?P<logs>\S+)/\)",
+    r"genqueue up: running \(data in (?P<data>\S+)\)",
+    r"  redis      redis://\*\*\*@127\.0\.0\.1:\d+/0 \(embedded, AOF data in (?P=data)/redis, "
+    r"password in (?P=data)/redis/password\)",
+    r"  endpoint   http://127\.0\.0\.1:\d+ \(built-in simulator\)",
+    r"  worker     1 process\(es\), genqueue\.generate",
+    r"  api        (?P<api>http://127\.0\.0\.1:\d+)  \(OpenAPI: (?P=api)/docs\)",
+    r"  metrics    (?P=api)/metrics \(API\), http://127\.0\.0\.1:\d+/metrics \(worker\)",
+    r"  flower     http://127\.0\.0\.1:\d+",
+    r"  api key    (?P<key>\S+)  \(generated; set GENQUEUE_API_KEYS to choose\)",
+    r"  flower     user admin, password \S+  \(generated\)",
+    r"  logs       (?P=logs)/\{redis,simulator,worker,api,flower\}\.log",
+    r"try it:",
+    r"  curl -s -X POST (?P=api)/v1/tasks -H 'Authorization: Bearer (?P=key)' "
+    r"-H 'Content-Type: application/json' -d '\{.+\}'",
+    r"  curl -s '(?P=api)/v1/tasks/TASK_ID\?wait=30' -H 'Authorization: Bearer (?P=key)'",
+    r"Ctrl-C stops everything; --verbose shows every component's output\.",
+]
+#: A line per finished task, or one for those beyond the few a second shown.
+TASK_LINE = (
+    r"\d\d:\d\d:\d\d (?:\S+ (?:succeeded|failed|cancelled)(?:: \w+)? \([^)]+\)"
+    r"|\.\.\. and \d+ more finished: .+)"
+)
+#: What Celery, Flower, uvicorn and Python print, none of which ``up`` shows without --verbose.
+COMPONENT_NOISE = [
+    "celery@", "[tasks]", "[config]", "-------------- ", "SecurityWarning", "superuser",
+    "Warm shutdown", "Visit me at", "Registered tasks", "Uvicorn running", "INFO:",
+    "Application startup", "simulator listening", "genqueue.webhook",
+]  # fmt: skip
+LOG_NAMES = ["redis", "simulator", "worker", "api", "flower"]
+#: A line each component writes to its log file.
+LOG_MARKS = {
+    "redis": "Ready to accept connections",
+    "simulator": "simulator listening",
+    "worker": "[tasks]",
+    "api": "Uvicorn running",
+    "flower": "Visit me at",
+}
+
+
+def _summary(text: str) -> re.Match[str]:
+    """The summary, matched line by line against :data:`SUMMARY`."""
+    lines = text.splitlines()[: len(SUMMARY)]
+    match = re.fullmatch("\n".join(SUMMARY), "\n".join(lines))
+    assert match, "the summary is not as expected:\n" + "\n".join(lines)
+    return match
+
+
+def _after_summary(text: str) -> list[str]:
+    return text.splitlines()[len(SUMMARY) :]
+
+
 def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
     env = _up_env()
     api_port, flower_port = free_port(), free_port()
@@ -114,10 +174,12 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
     process = _start_up(tmp_path, log, env, api_port, flower_port)
     try:
         text = _wait_for_line(log, r"Ctrl-C stops everything", process, 90)
-        api_key = re.search(r"api key\s+(\S+)", text).group(1)
+        summary = _summary(text)
+        api_key = summary["key"]
+        assert summary["data"] == str(tmp_path / ".genqueue")
+        assert summary["logs"] == str(tmp_path / ".genqueue" / "logs")
         user, password = re.search(r"flower\s+user (\S+), password (\S+)", text).groups()
         redis_url = _embedded_redis_url(text, tmp_path / ".genqueue")
-        assert (tmp_path / ".genqueue" / "redis" / "redis.log").exists()
         curl = re.search(
             r"curl -s -X POST (\S+) -H 'Authorization: Bearer (\S+)' -H '(.+?)' -d '(.+)'", text
         )
@@ -139,6 +201,8 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
         ).json()
         assert status["status"] == "succeeded", status
         assert status["result"]["usage"]["completion_tokens"] == 16
+        # A line on the terminal says it finished, and how long it took.
+        _wait_for_line(log, rf"\n\d\d:\d\d:\d\d {task_id} succeeded \(\d+ ms\)\n", process, 10)
 
         # The Python client.
         with GenQueueClient(f"http://127.0.0.1:{api_port}", api_key=api_key) as client:
@@ -218,7 +282,72 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
     assert process.returncode == 0, log.read_text()
     time.sleep(0.5)
     assert [pid for pid in children if _alive(pid)] == []
-    assert "genqueue up: stopped" in log.read_text()
+    text = log.read_text()
+    after = _after_summary(text)
+    # Task lines, the tasks held back from them counted as it stops, and nothing else.
+    assert after[-1] == "genqueue up: stopped"
+    after.remove("genqueue up: SIGTERM, stopping...")
+    assert [line for line in after[:-1] if not re.fullmatch(TASK_LINE, line)] == []
+    assert len([line for line in after if re.search(rf" {task_id} succeeded ", line)]) == 1
+    assert [noise for noise in COMPONENT_NOISE if noise in text] == []
+    _assert_component_logs(tmp_path / ".genqueue" / "logs")
+
+
+def _assert_component_logs(logs: Path) -> None:
+    """Each component's output is in its log file, readable by its owner only."""
+    assert sorted(p.name for p in logs.iterdir()) == sorted(f"{n}.log" for n in LOG_NAMES)
+    assert oct(logs.stat().st_mode & 0o777) == "0o700"
+    for name in LOG_NAMES:
+        path = logs / f"{name}.log"
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
+        assert LOG_MARKS[name] in path.read_text(errors="replace"), path
+
+
+def test_genqueue_up_verbose_shows_every_component(tmp_path: Path) -> None:
+    """--verbose: the components' own output on the terminal too, and still in the log files."""
+    log = tmp_path / "up.log"
+    process = _start_up(tmp_path, log, _up_env(), free_port(), free_port(), "--verbose")
+    try:
+        _wait_for_line(log, r"Ctrl-C stops everything", process, 90)
+        text = _wait_for_line(log, r"Visit me at", process, 10)
+        for mark in LOG_MARKS.values():
+            if mark != LOG_MARKS["redis"]:  # redis-server writes to its file alone
+                assert mark in text
+        assert "genqueue.generate" in text and "genqueue up: running" in text
+    finally:
+        _stop_up(process)
+    assert process.returncode == 0, log.read_text()
+    assert "Warm shutdown" in log.read_text()
+    _assert_component_logs(tmp_path / ".genqueue" / "logs")
+
+
+def test_genqueue_up_reports_a_component_that_dies(tmp_path: Path) -> None:
+    """A dead component is named on the terminal with its exit status and its log's last lines,
+    and the rest are stopped."""
+    log = tmp_path / "up.log"
+    process = _start_up(tmp_path, log, _up_env(), free_port(), free_port())
+    try:
+        _wait_for_line(log, r"Ctrl-C stops everything", process, 90)
+        children = _descendants(process.pid)
+        flower = [pid for pid in children if "flower" in _cmdlines({pid})]
+        assert len(flower) == 1
+        os.kill(flower[0], signal.SIGKILL)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            _stop_up(process)
+    assert process.returncode == 1
+    text = log.read_text()
+    flower_log = tmp_path / ".genqueue" / "logs" / "flower.log"
+    report = text.split("genqueue up: flower was killed by SIGKILL; stopping everything\n", 1)
+    assert len(report) == 2, text
+    assert report[1].startswith(f"last lines of {flower_log}:\n"), text
+    tail = report[1].splitlines()[1:-1]
+    assert 1 <= len(tail) <= 20 and all(line.startswith("  | ") for line in tail), text
+    assert any("Visit me at" in line for line in tail), text
+    assert report[1].splitlines()[-1] == "genqueue up: stopped"
+    time.sleep(0.5)
+    assert [pid for pid in children if _alive(pid)] == []
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
@@ -309,5 +438,9 @@ def test_genqueue_up_redis_is_private_and_kept_across_restarts(tmp_path: Path) -
         finally:
             _stop_up(process)
         assert process.returncode == 0, log.read_text()
-        for written in [log, *(data_dir / "redis").glob("*.log")]:
+        # The logs are this run's: rewritten at each start.
+        logs = data_dir / "logs"
+        assert (logs / "redis.log").read_text().count("Redis is starting") == 1
+        assert (logs / "simulator.log").read_text().count("simulator listening") == 1
+        for written in [log, *(data_dir / "logs").glob("*.log")]:
             assert password not in written.read_text(errors="replace"), written
