@@ -16,6 +16,7 @@ The tree::
     │   │   └── JobPending             a serverless job is still queued or running
     │   └── PermanentEndpointError     another attempt would get the same answer
     │       └── InvalidEndpointResponse  a 2xx whose body is not the expected JSON
+    ├── AlreadyRunning                 another worker holds the task's running claim
     ├── RetriesExhausted               attempts or deadline spent on retryable errors
     ├── DeadlineExpired                the request's deadline passed before it could run
     ├── PoisonTask                     its worker died on every delivery; dead-lettered
@@ -117,6 +118,15 @@ class CircuitOpenError(RetryableEndpointError):
     """Raised when the endpoint's circuit breaker is open; the task waits without a call."""
 
     error_type = "circuit_open"
+
+
+class AlreadyRunning(GenQueueError):
+    """Raised when another worker holds the task's running claim: this delivery is a copy."""
+
+    error_type = "already_running"
+
+    def __init__(self, message: str = "another worker runs this task") -> None:
+        super().__init__(message)
 
 
 class PermanentEndpointError(EndpointError):

@@ -14,8 +14,8 @@ import pytest
 from genqueue.embedded_redis import free_port
 from tests.reliability.conftest import send, wait_for
 from worker import keys
-from worker.errors import ConnectionDropped, RetryableEndpointError
-from worker.limits.guard import CircuitOpen, EndpointGuard, GuardPolicy, Outcome
+from worker.errors import CircuitOpenError, ConnectionDropped, RetryableEndpointError
+from worker.limits.guard import EndpointGuard, GuardPolicy, Outcome
 from worker.pipeline.request_faults import RequestFaults, Verdict
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,7 +51,7 @@ def test_a_validation_error_500_fails_once_and_leaves_the_breaker_closed(
         bad.get(timeout=30)
     error = _error(redis_client, bad.id)
     assert error["type"] == "endpoint_rejected"
-    assert error["message"].startswith("endpoint answered 500: 1 validation error")
+    assert error["message"].startswith("endpoint 'default' answered 500: 1 validation error")
     assert simulator.stats()["calls"] == 1
     assert redis_client.hget(keys.breaker("default"), "failures") is None
     started = time.monotonic()
@@ -196,12 +196,12 @@ def test_the_breaker_probes_soon_and_waits_longer_after_each_failed_probe(
                     with guard.slot() as slot:
                         slot.outcome = Outcome.FAILURE
                     break
-                except CircuitOpen:
+                except CircuitOpenError:
                     assert time.monotonic() < deadline
                     time.sleep(0.02)
             waits.append(int(redis_client.hget(breaker, "cooldown")))
         assert waits == [200, 300, 450, 500]
-        with pytest.raises(CircuitOpen), guard.slot():
+        with pytest.raises(CircuitOpenError), guard.slot():
             pass
         time.sleep(0.55)
         with guard.slot() as slot:

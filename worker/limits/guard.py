@@ -5,7 +5,8 @@
   pushes the expiry of the tokens this process holds, so the token of a killed worker lapses
   after ``lease_ttl_s`` and frees its slot.
 - **A circuit breaker.** ``failure_threshold`` consecutive retryable failures open it for
-  ``cooldown_s``: calls are refused with :class:`CircuitOpen` (tasks are delayed, not failed).
+  ``cooldown_s``: calls are refused with :class:`~worker.errors.CircuitOpenError` (tasks are
+  delayed, not failed).
   After the cooldown one probe call may go; its success closes the breaker, its failure opens
   it again for 1.5 times the last cooldown, up to ``cooldown_max_s``: a pod back after a short
   outage is used within a second or two, one down for long is probed rarely.
@@ -33,6 +34,7 @@ from enum import Enum
 import redis
 
 from worker import keys
+from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger(__name__)
@@ -176,24 +178,16 @@ return 1
 )
 
 
-class CircuitOpen(Exception):
-    """Raised by :meth:`EndpointGuard.slot` while the breaker is open."""
-
-    def __init__(self, retry_in_s: float) -> None:
-        super().__init__(f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s")
-        self.retry_in_s = retry_in_s
+def circuit_open(retry_in_s: float) -> CircuitOpenError:
+    """The error of a call held back by the open breaker (no attempt spent)."""
+    message = f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s"
+    return CircuitOpenError(message, retry_after_s=retry_in_s)
 
 
-class RateLimited(Exception):
-    """Raised by :meth:`EndpointGuard.slot` when the endpoint's rate limit is spent."""
-
-    def __init__(self, retry_in_s: float) -> None:
-        super().__init__(f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s")
-        self.retry_in_s = retry_in_s
-
-
-class AlreadyRunning(Exception):
-    """Raised by :meth:`EndpointGuard.slot` when another worker holds the task's claim."""
+def rate_limited(retry_in_s: float) -> RateLimitedError:
+    """The error of a call held back by a spent rate limit (no attempt spent)."""
+    message = f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s"
+    return RateLimitedError(message, retry_after_s=retry_in_s)
 
 
 class Outcome(Enum):
@@ -353,8 +347,8 @@ class EndpointGuard:
     def slot(
         self, claim: Claim | None = None, granted: GrantedSlot | None = None
     ) -> Iterator[Slot]:
-        """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpen` if open,
-        :class:`RateLimited` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
+        """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpenError` if open,
+        :class:`RateLimitedError` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
         is held by another worker. With ``granted``, the slot is already held: no wait."""
         slot = Slot()
         if granted is not None:
@@ -430,9 +424,9 @@ class EndpointGuard:
                     slot.attempt, slot.attempt_on_endpoint = attempts
                 break
             if code == 2:
-                raise CircuitOpen(wait_ms / 1000)
+                raise circuit_open(wait_ms / 1000)
             if code == 3:
-                raise RateLimited(wait_ms / 1000)
+                raise rate_limited(wait_ms / 1000)
             if code == 4:
                 raise AlreadyRunning()
             time.sleep(random.uniform(delay_s / 2, delay_s))
@@ -487,11 +481,6 @@ class EndpointGuard:
                 self._renew(keys=self._keys[:1], args=[*held, self._ttl_ms])
             except redis.RedisError:
                 log.warning("could not renew %d concurrency leases", len(held))
-
-    def in_flight(self) -> int:
-        """Holders right now, across all processes (expired tokens excluded)."""
-        now_ms = int(time.time() * 1000)
-        return int(self._client.zcount(self._keys[0], now_ms, "+inf"))
 
     def close(self) -> None:
         self._stopped.set()

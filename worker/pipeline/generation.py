@@ -31,6 +31,7 @@ from worker.endpoints.params import describe_refusal, for_server, refused
 from worker.endpoints.serverless import FAILED_STATES, PENDING_STATES, Job, job_input, result_from
 from worker.endpoints.serverless import failure as job_failure
 from worker.errors import (
+    AlreadyRunning,
     CircuitOpenError,
     DeadlineExpired,
     GenQueueError,
@@ -45,12 +46,9 @@ from worker.errors import (
     TaskCancelled,
 )
 from worker.limits.guard import (
-    AlreadyRunning,
-    CircuitOpen,
     Claim,
     GrantedSlot,
     Outcome,
-    RateLimited,
     Slot,
     SlotOffer,
     SlotRelease,
@@ -377,15 +375,13 @@ class Generation:
                 return self._call(task_id, request, target, call, progress, slot)
         except AlreadyRunning:
             return DUPLICATE
-        except RateLimited as err:
-            limited = RateLimitedError(str(err), retry_after_s=err.retry_in_s)
-            return self._later(request, limited, progress.attempts, err.retry_in_s + 0.1)
-        except CircuitOpen as err:
-            error = CircuitOpenError(str(err), retry_after_s=err.retry_in_s)
+        except RateLimitedError as limited:
+            return self._later(request, limited, progress.attempts, _after(limited))
+        except CircuitOpenError as error:
             moved = self._fall_back(task_id, request, spec.name, progress, error)
             if moved is not None:
                 return moved
-            return self._later(request, error, progress.attempts, err.retry_in_s + 0.1)
+            return self._later(request, error, progress.attempts, _after(error))
 
     def _params(self, request: GenerationRequest, spec: EndpointSpec) -> dict[str, Any]:
         """The request's ``params`` as the endpoint's kind takes them (the API refuses the
@@ -629,3 +625,8 @@ def describe_errors(err: ValidationError) -> str:
         where = ".".join(str(p) for p in problem["loc"]) or "request"
         parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
+
+
+def _after(error: RetryableEndpointError) -> float:
+    """When a task held back without a call (breaker, rate limit) is tried again."""
+    return (error.retry_after_s or 0.0) + 0.1
