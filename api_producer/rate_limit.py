@@ -18,36 +18,15 @@ from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, status
+from redis.commands.core import AsyncScript
 
 from api_producer.deps import CallerDep
-from worker import connections, keys
+from worker import connections, keys, lua
 from worker.settings import Settings
 
 WINDOW_S = 60
 #: Keys outlive their window a little, so a slow clock on one API process still finds them.
 KEY_TTL_S = 2 * WINDOW_S
-
-# Check and count in one step: concurrent submissions cannot both take the last slot.
-_CHARGE_LUA = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local cost = tonumber(ARGV[1])
-if used + cost > tonumber(ARGV[2]) then
-  return -1
-end
-redis.call('INCRBY', KEYS[1], cost)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-return used + cost
-"""
-
-# Give back what a refused batch was charged, never below zero (the window may have ended).
-_REFUND_LUA = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local back = math.min(used, tonumber(ARGV[1]))
-if back > 0 then
-  redis.call('DECRBY', KEYS[1], back)
-end
-return back
-"""
 
 
 def rate_key(caller: str, window: int) -> str:
@@ -72,8 +51,11 @@ class RateLimiter:
         self._redis = client
         self._per_minute = per_minute
         self._clock = clock
-        self._script = client.register_script(_CHARGE_LUA) if client is not None else None
-        self._refund = client.register_script(_REFUND_LUA) if client is not None else None
+        self._script: AsyncScript | None = None
+        self._refund: AsyncScript | None = None
+        if client is not None:
+            self._script = lua.register(client, "api_producer", "rate_charge")
+            self._refund = lua.register(client, "api_producer", "rate_refund")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:

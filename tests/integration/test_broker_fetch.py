@@ -16,7 +16,6 @@ import kombu
 import pytest
 import redis
 
-from worker import keys
 from worker.delivery import broker
 
 QUEUE = "fetch-test"
@@ -180,28 +179,6 @@ def test_restore_visible_puts_back_a_fetched_message_whose_worker_is_gone(
     assert redis_client.hlen(broker.UNACKED_KEY) == 0
 
 
-def _fetch(script, want: int = 10) -> list:
-    keys_ = [broker.UNACKED_KEY, broker.UNACKED_INDEX_KEY, keys.unreadable(), QUEUE]
-    return script(keys=keys_, args=[want, 1.0, broker.UNREADABLE_MAX])
-
-
-def test_a_message_that_is_not_kombus_is_set_aside_untouched(redis_client: redis.Redis) -> None:
-    script = redis_client.register_script(broker.FETCH)
-    no_tag = json.dumps({"properties": {"x": 1}}).encode()
-    no_info = json.dumps({"properties": {"delivery_tag": "t"}}).encode()
-    redis_client.lpush(QUEUE, b"not json", no_tag, no_info, b"[1, 2]")
-
-    assert _fetch(script) == [QUEUE.encode(), None, None] * 4
-    assert redis_client.lrange(keys.unreadable(), 0, -1) == [
-        b"[1, 2]",
-        no_info,
-        no_tag,
-        b"not json",
-    ]
-    assert redis_client.llen(QUEUE) == 0
-    assert redis_client.hlen(broker.UNACKED_KEY) == 0
-
-
 @pytest.mark.parametrize(
     ("item", "readable"),
     [
@@ -224,16 +201,3 @@ def test_a_message_that_is_not_kombus_is_set_aside_untouched(redis_client: redis
 )
 def test_the_brpop_path_reads_envelopes_as_the_script_does(item: bytes, readable: bool) -> None:
     assert (broker.envelope(item) is not None) is readable
-
-
-def test_a_refused_write_leaves_the_message_in_its_queue(redis_client: redis.Redis) -> None:
-    script = redis_client.register_script(broker.FETCH)
-    message = json.dumps(
-        {"properties": {"delivery_tag": "t", "delivery_info": {"exchange": "", "routing_key": "q"}}}
-    )
-    redis_client.lpush(QUEUE, message)
-    redis_client.set(broker.UNACKED_KEY, "a string, not a hash")  # HSET fails: WRONGTYPE
-
-    with pytest.raises(redis.ResponseError):
-        _fetch(script)
-    assert redis_client.lrange(QUEUE, 0, -1) == [message.encode()]

@@ -6,10 +6,9 @@ callbacks each time: 9 % of a worker's CPU per task in the profile (BENCHMARKS.m
 only a handle on the channel's connection pool and is safe to share between greenlets, so this
 channel keeps one per pool and builds it again when kombu replaces the pool.
 
-And a task's end script (:mod:`worker.delivery.task_scripts`) removes its message's unacked entries
-in the
-same round trip as the result; :func:`settle` records that, and the ack that Celery sends next
-then only does kombu's local bookkeeping instead of a round trip of its own.
+And a task's end script (:mod:`worker.delivery.task_scripts`) removes its message's unacked
+entries in the same round trip as the result; :func:`settle` records that, and the ack that
+Celery sends next then only does kombu's local bookkeeping instead of a round trip of its own.
 
 While every slot of the worker's prefetch window is taken, kombu's consumer stops fetching and
 waits up to 2 s (Celery's poll timeout) before it looks again: a task that ends meanwhile leaves
@@ -19,9 +18,9 @@ looks again every ``FULL_WINDOW_POLL_S`` while the window is full.
 kombu takes one message per ``BRPOP`` and records it as unacked in a second round trip. While
 the queues hold a backlog, this channel takes up to ``FETCH_BATCH_MAX`` messages (no more than
 the free slots of the prefetch window) and records them as unacked in one script
-(:data:`FETCH`): the same entries, in kombu's format, as its ``QoS.append`` writes, so its ack,
-reject and ``restore_visible`` work on them unchanged. It goes back to ``BRPOP`` as soon as a
-fetch finds the queues empty.
+(``scripts/fetch.lua``): the same entries, in kombu's format, as its ``QoS.append`` writes, so
+its ack, reject and ``restore_visible`` work on them unchanged. It goes back to ``BRPOP`` as
+soon as a fetch finds the queues empty.
 
 A message that is not kombu's (not JSON, or without its delivery tag and delivery info: pushed
 onto a queue by hand or by a broken producer) would stop the worker process, and take the
@@ -48,7 +47,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from worker import keys
+from worker import keys, lua
 from worker import redis_outage as outage
 
 SCHEMES = ("redis", "rediss")
@@ -102,7 +101,7 @@ def settle(delivery_tag: str) -> None:
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Tags whose unacked entries :data:`FETCH` wrote, until kombu appends them here.
+        #: Tags whose unacked entries the fetch script wrote, until kombu appends them here.
         self.recorded: set[str] = set()
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -150,55 +149,13 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
         return None
 
 
-#: The most messages one :data:`FETCH` takes.
+#: The most messages one fetch (``scripts/fetch.lua``) takes.
 FETCH_BATCH_MAX = 64
-
-# KEYS: kombu's unacked hash, its index, the unreadable list, then the queues' lists in
-# BRPOP's order (priority first, then the queue cycle). ARGV: the most messages to take, now
-# (s, kombu's score), the unreadable list's bound. Returns {list, message, delivery tag, ...};
-# an unreadable message (not JSON, or no delivery tag and delivery info) is set aside and
-# comes back as {list, false, false}. Each message is recorded (or set aside) before it leaves
-# its list, so an error (a full Redis refusing writes) leaves it queued.
-FETCH = """
-local want = tonumber(ARGV[1])
-local out = {}
-local taken = 0
-for i = 4, #KEYS do
-  while taken < want do
-    local item = redis.call('LINDEX', KEYS[i], -1)
-    if not item then break end
-    local tag, info = false, nil
-    local ok, message = pcall(cjson.decode, item)
-    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
-      local properties = message['properties']
-      info = properties['delivery_info']
-      if type(properties['delivery_tag']) == 'string' and type(info) == 'table'
-          and type(info['exchange']) == 'string' and type(info['routing_key']) == 'string' then
-        tag = properties['delivery_tag']
-      end
-    end
-    if tag then
-      redis.call('ZADD', KEYS[2], ARGV[2], tag)
-      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
-        .. ',' .. cjson.encode(info['routing_key']) .. ']')
-    else
-      redis.call('LPUSH', KEYS[3], item)
-      redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
-      item = false
-    end
-    redis.call('RPOP', KEYS[i])
-    taken = taken + 1
-    out[#out + 1] = KEYS[i]
-    out[#out + 1] = item
-    out[#out + 1] = tag
-  end
-end
-return out
-"""
 
 
 def envelope(item: bytes) -> dict[str, Any] | None:
-    """The kombu message in ``item``, or None if it is not one (what :data:`FETCH` checks)."""
+    """The kombu message in ``item``, or None if it is not one (as ``scripts/fetch.lua`` reads
+    it)."""
     try:
         message = loads(bytes_to_str(item))
     except ValueError:  # not UTF-8, not JSON
@@ -293,7 +250,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _fetch(self, lists: list[str], want: int) -> list[Any]:
         with self.conn_or_acquire() as client:
             if self._fetch_script is None or self._fetch_script.registered_client is not client:
-                self._fetch_script = client.register_script(FETCH)
+                self._fetch_script = lua.register(client, "worker.delivery", "fetch")
             reply: list[Any] = self._fetch_script(
                 keys=[self.unacked_key, self.unacked_index_key, keys.unreadable(), *lists],
                 args=[want, time(), UNREADABLE_MAX],

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from worker import keys
+from worker import keys, lua
 from worker.errors import TaskCancelled
 from worker.redis_outage import (
     REDIS_DOWN,
@@ -34,22 +34,6 @@ from worker.redis_outage import (
 )
 
 log = logging.getLogger(__name__)
-
-# KEYS: the running claims. ARGV: ttl ms, then each claim's token. A claim that lapsed while
-# Redis was away (its holder could not renew it) is taken again, unless another worker has it.
-_RENEW_CLAIMS = """
-for i, key in ipairs(KEYS) do
-  if redis.call('PEXPIRE', key, ARGV[1]) == 0 then
-    redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1])
-  end
-end
-return 1
-"""
-
-_RELEASE_CLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def _current_greenlet() -> Any | None:
@@ -79,8 +63,8 @@ class RunningTasks:
         self._claims: dict[str, str] = {}
         self._calls: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._release_claim = client.register_script(_RELEASE_CLAIM)
-        self._renew_claims = client.register_script(_RENEW_CLAIMS)
+        self._release_claim = lua.register(client, "worker.delivery", "release_claim")
+        self._renew_claims = lua.register(client, "worker.delivery", "renew_claims")
         #: Held by a renewal while it runs: a claim given up meanwhile is not taken again.
         self._renewing = threading.Lock()
         self._listener: threading.Thread | None = None

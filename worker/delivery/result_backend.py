@@ -3,11 +3,11 @@
 Celery stores a task's state by reading the result key and, unless it holds ``SUCCESS``,
 writing the new state: two round trips, and a success stored between them is overwritten.
 genqueue stores a task's success itself, in the script that ends the task
-(:mod:`worker.delivery.task_scripts`), and a retried task runs again while the run that asked for
-the
-retry is still storing its ``RETRY`` state: under load (a 2-core worker with hundreds of tasks
-ready to run) the retry's read-then-write straddled the next run's success and the task
-stayed ``RETRY`` for ever. This backend does the read and the write in one script.
+(:mod:`worker.delivery.task_scripts`), and a retried task runs again while the run that asked
+for the retry is still storing its ``RETRY`` state: under load (a 2-core worker with hundreds of
+tasks ready to run) the retry's read-then-write straddled the next run's success and the task
+stayed ``RETRY`` for ever. This backend does the read and the write in one script
+(``scripts/store_result.lua``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+from worker import lua
+
 #: The Celery methods this module copies (``_store_result``, ``set``: the meta and its key, SET
 #: with a time to live and PUBLISH) or plugs into (worker.celery_app overrides ``_get_backend``),
 #: and a digest of their source in the Celery of worker.upstream.TESTED.
@@ -27,24 +29,6 @@ UPSTREAM_COPIES = {
     "celery.backends.redis:RedisBackend.set": "a6ef6953d47016a1",
     "celery.app.base:Celery._get_backend": "6f001ce2e6085fff",
 }
-
-# KEYS: the result key. ARGV: the meta (JSON), its time to live (s, 0: none), SUCCESS.
-# Writes and publishes the meta unless the key already holds a success; 1 if written.
-STORE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == ARGV[3] then return 0 end
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
 
 
 class ResultBackend(RedisBackend):  # type: ignore[misc]
@@ -76,6 +60,6 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
     def _store(self, key: bytes | str, value: str | bytes) -> None:
         client = self.client
         if self._store_script is None or self._store_script.registered_client is not client:
-            self._store_script = client.register_script(STORE)
+            self._store_script = lua.register(client, "worker.delivery", "store_result")
         expires = int(self.expires or 0)
         self._store_script(keys=[key], args=[value, expires, states.SUCCESS])

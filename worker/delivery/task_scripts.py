@@ -1,4 +1,5 @@
-"""A task's state changes in Redis: one script, one round trip, each.
+"""A task's state changes in Redis: one script, one round trip, each
+(``scripts/task_start.lua`` and ``scripts/task_end.lua``).
 
 - :meth:`Lifecycle.begin`: a message was taken. Counts the delivery, reads the task's progress
   and any stored result, and writes Celery's ``STARTED`` state (what ``task_track_started``
@@ -26,108 +27,12 @@ from typing import Any
 
 import redis
 
-from worker import keys
+from worker import keys, lua
 from worker.contract import GenerationResult
 from worker.delivery import records
-from worker.limits.guard import (
-    ACQUIRE_FUNCTION,
-    NOW_MS,
-    RELEASE_FUNCTION,
-    GrantedSlot,
-    SlotOffer,
-    SlotRelease,
-)
+from worker.limits.guard import GrantedSlot, SlotOffer, SlotRelease
 from worker.observability import completion_stream as events
 from worker.redis_outage import REDIS_DOWN
-
-# KEYS: record, Celery result, [the slot offer's keys]. ARGV: created_at, deliveries field,
-# record ttl s, result ttl s, STARTED meta, [most deliveries, the slot offer's arguments].
-# Returns {deliveries, progress fields, result meta, slot answer}. With an offer, it tries for
-# the slot in passing (see worker.limits.guard.SlotOffer) when the task is about to call its
-# expected
-# endpoint: no stored success, no cancellation, no move to a fallback endpoint, no serverless
-# job to poll, not too many deliveries. The slot answer is acquire_slot's, or false.
-BEGIN = (
-    NOW_MS
-    + ACQUIRE_FUNCTION
-    + """
-redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
-local deliveries = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
-local fields = redis.call('HMGET', KEYS[1], 'attempts', 'first_attempt_at', 'cancel_requested',
-  'endpoint', 'endpoints_tried', 'job_id', 'polls')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local meta = redis.call('GET', KEYS[2])
-local succeeded = false
-if meta then
-  local ok, stored = pcall(cjson.decode, meta)
-  succeeded = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
-end
-if not succeeded and not fields[3] then
-  redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4])
-  redis.call('PUBLISH', KEYS[2], ARGV[5])
-end
-local slot = false
-if KEYS[3] and not succeeded and not fields[3] and not fields[4] and not fields[6]
-    and deliveries <= tonumber(ARGV[6]) then
-  slot = acquire_slot(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[7], ARGV[8],
-    ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], now)
-end
-return {deliveries, fields, meta, slot}
-"""
-)
-
-# KEYS: record, events stream, Celery result, running claim, kombu's unacked index and hash,
-# the inbox of the lost-message sweep, [lease, breaker, probe, rate].
-# ARGV: record ttl s, stream maxlen, task id, status, error type, finished_at, error json or '',
-# result ttl s, SUCCESS meta or '', claim token or '', message delivery tag or '',
-# [the slot release's arguments].
-# Returns {cancel_requested, attempts, created_at} of the record. A success found cancelled
-# meanwhile is neither stored nor announced nor acknowledged (the caller finishes the task
-# again, cancelled); a task that had already finished (a replayed result) gets no second stream
-# entry. A final end removes the message's unacked entries (what kombu's ack does) and the
-# task from the inbox of the lost-message sweep (worker.delivery.lost_message_sweep), which then
-# holds only the
-# tasks that have not ended.
-FINISH = (
-    NOW_MS
-    + RELEASE_FUNCTION
-    + """
-if KEYS[8] then
-  release_slot(KEYS[8], KEYS[9], KEYS[10], KEYS[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
-    ARGV[16], now)
-end
-local function acknowledge()
-  redis.call('ZREM', KEYS[7], ARGV[3])
-  if ARGV[11] ~= '' then
-    redis.call('ZREM', KEYS[5], ARGV[11])
-    redis.call('HDEL', KEYS[6], ARGV[11])
-  end
-end
-local prior = redis.call('HGET', KEYS[1], 'finished_at')
-redis.call('HSET', KEYS[1], 'finished_at', ARGV[6])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if ARGV[10] ~= '' and redis.call('GET', KEYS[4]) == ARGV[10] then
-  redis.call('DEL', KEYS[4])
-end
-local found = redis.call('HMGET', KEYS[1], 'cancel_requested', 'attempts', 'created_at')
-if ARGV[4] == 'succeeded' then
-  if found[1] then return found end
-  if ARGV[9] ~= '' then
-    redis.call('SET', KEYS[3], ARGV[9], 'EX', ARGV[8])
-    redis.call('PUBLISH', KEYS[3], ARGV[9])
-  end
-  acknowledge()
-  if prior then return found end
-else
-  acknowledge()
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
-  'task_id', ARGV[3], 'status', ARGV[4], 'error_type', ARGV[5],
-  'finished_at', ARGV[6], 'attempts', found[2] or '0')
-return found
-"""
-)
 
 _PROGRESS_FIELDS = (
     records.F_ATTEMPTS,
@@ -220,8 +125,8 @@ class Lifecycle:
         self._record_ttl_s = record_ttl_s
         self._events_maxlen = events_maxlen
         self._broker = broker
-        self._begin = client.register_script(BEGIN)
-        self._finish = client.register_script(FINISH)
+        self._begin = lua.register(client, "worker.delivery", "task_start")
+        self._finish = lua.register(client, "worker.delivery", "task_end")
 
     def begin(
         self,
@@ -233,7 +138,7 @@ class Lifecycle:
     ) -> Progress:
         """Count the delivery (of Celery's retry round ``delivery_round``), read the progress,
         and write ``STARTED`` with ``hostname`` (the worker's name), as Celery does; try for
-        the slot of ``offer`` in passing (see :data:`BEGIN`)."""
+        the slot of ``offer`` in passing (see ``scripts/task_start.lua``)."""
         started = {"pid": os.getpid(), "hostname": hostname}
         script_keys = [keys.task_record(task_id), keys.celery_result(task_id)]
         args: list[str | int] = [

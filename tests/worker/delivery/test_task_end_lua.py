@@ -1,0 +1,188 @@
+"""worker/delivery/scripts/task_end.lua on its own, against a real Redis (through
+worker.delivery.task_scripts.Lifecycle.finish: tests/integration/test_lifecycle.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import redis
+from redis.commands.core import Script
+
+from worker import keys, lua
+from worker.limits import guard
+
+TASK, EP, TAG = "t1", "ep", "tag-1"
+RECORD, RESULT, RUNNING = keys.task_record(TASK), keys.celery_result(TASK), keys.running(TASK)
+EVENTS, UNACKED, INDEX, INBOX = "genqueue:events", "unacked", "unacked_index", keys.inbox()
+LEASE, BREAKER, PROBE, RATE = (
+    keys.lease(EP),
+    keys.breaker(EP),
+    keys.breaker_probe(EP),
+    keys.rate(EP),
+)
+SUCCESS = json.dumps({"status": "SUCCESS", "result": {"text": "hi"}, "task_id": TASK})
+ERROR = json.dumps({"type": "endpoint_timeout", "message": "too slow"})
+
+
+@pytest.fixture
+def end(redis_client: redis.Redis) -> Script:
+    return lua.register(redis_client, "worker.delivery", "task_end")
+
+
+@pytest.fixture
+def held(redis_client: redis.Redis) -> None:
+    """A task that ran here: its record, claim, message and inbox entry."""
+    redis_client.hset(RECORD, mapping={"attempts": 2, "created_at": "then"})
+    redis_client.set(RUNNING, "claim-1")
+    redis_client.zadd(INDEX, {TAG: 1.0})
+    redis_client.hset(UNACKED, TAG, "[message]")
+    redis_client.zadd(INBOX, {TASK: 1.0})
+
+
+def _end(
+    script: Script, status: str = "succeeded", release: tuple[str, int] | None = None
+) -> list[Any]:
+    succeeded = status == "succeeded"
+    script_keys = [RECORD, EVENTS, RESULT, RUNNING, INDEX, UNACKED, INBOX]
+    args: list[Any] = [
+        600, 100, TASK, status, "" if succeeded else "endpoint_timeout", "2026-01-01T00:00:01",
+        "" if succeeded else ERROR, 300, SUCCESS if succeeded else "", "claim-1", TAG,
+    ]  # fmt: skip
+    if release is not None:
+        outcome, threshold = release
+        script_keys += [LEASE, BREAKER, PROBE, RATE]
+        args += [
+            "slot-1",
+            outcome,
+            threshold,
+            30_000,
+            7,
+        ]  # token, outcome, threshold, cooldown, tokens
+    return script(keys=script_keys, args=args)
+
+
+def _acknowledged(client: redis.Redis) -> bool:
+    return not client.exists(INDEX, UNACKED) and client.zscore(INBOX, TASK) is None
+
+
+def _stream(client: redis.Redis) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in client.xrange(EVENTS)]
+
+
+@pytest.mark.usefixtures("held")
+def test_a_success_is_stored_acknowledged_and_announced(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    assert _end(end) == [None, b"2", b"then"]
+
+    assert redis_client.hget(RECORD, "finished_at") == b"2026-01-01T00:00:01"
+    assert redis_client.hget(RECORD, "error") is None
+    assert 590 <= redis_client.ttl(RECORD) <= 600
+    assert redis_client.get(RESULT) == SUCCESS.encode()
+    assert 290 <= redis_client.ttl(RESULT) <= 300
+    assert redis_client.exists(RUNNING) == 0
+    assert _acknowledged(redis_client)
+    assert _stream(redis_client) == [
+        {
+            b"task_id": TASK.encode(),
+            b"status": b"succeeded",
+            b"error_type": b"",
+            b"finished_at": b"2026-01-01T00:00:01",
+            b"attempts": b"2",
+        }
+    ]
+
+
+@pytest.mark.usefixtures("held")
+def test_a_failure_records_its_error_and_stores_no_result(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    _end(end, status="failed")
+
+    assert redis_client.hget(RECORD, "error") == ERROR.encode()
+    assert redis_client.exists(RESULT) == 0
+    assert _acknowledged(redis_client)
+    assert _stream(redis_client)[0][b"error_type"] == b"endpoint_timeout"
+
+
+@pytest.mark.usefixtures("held")
+def test_a_claim_held_by_another_worker_is_left_alone(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    redis_client.set(RUNNING, "another-worker")
+    _end(end, status="failed")
+    assert redis_client.get(RUNNING) == b"another-worker"
+
+
+@pytest.mark.usefixtures("held")
+def test_a_success_cancelled_meanwhile_is_neither_stored_nor_acknowledged(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(RECORD, "cancel_requested", "1")
+
+    assert _end(end) == [b"1", b"2", b"then"]
+
+    assert redis_client.exists(RESULT) == 0
+    assert redis_client.hget(UNACKED, TAG) == b"[message]"
+    assert redis_client.zscore(INBOX, TASK) == 1.0
+    assert _stream(redis_client) == []
+    # The caller ends it again, cancelled: that end is final.
+    _end(end, status="cancelled")
+    assert _acknowledged(redis_client)
+    assert [e[b"status"] for e in _stream(redis_client)] == [b"cancelled"]
+
+
+@pytest.mark.usefixtures("held")
+def test_a_replayed_success_gets_no_second_stream_entry(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    _end(end)
+    redis_client.zadd(INDEX, {TAG: 1.0})
+    redis_client.hset(UNACKED, TAG, "[message]")
+    _end(end)
+    assert _acknowledged(redis_client)
+    assert len(_stream(redis_client)) == 1
+
+
+def test_no_delivery_tag_leaves_the_broker_entries(end: Script, redis_client: redis.Redis) -> None:
+    redis_client.hset(UNACKED, TAG, "[message]")
+    args = [600, 100, TASK, "failed", "x", "now", "", 300, "", "", ""]
+    end(keys=[RECORD, EVENTS, RESULT, RUNNING, INDEX, UNACKED, INBOX], args=args)
+    assert redis_client.hget(UNACKED, TAG) == b"[message]"
+    assert redis_client.hget(RECORD, "finished_at") == b"now"
+
+
+@pytest.mark.usefixtures("held")
+def test_a_successful_calls_slot_is_released_and_the_breaker_closed(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    redis_client.zadd(LEASE, {"slot-1": time.time() * 1000 + 30_000, "other": 1e15})
+    redis_client.hset(BREAKER, "failures", 3)
+    redis_client.hset(RATE, mapping={"w": 0, "r": 1, "t": 0})
+
+    _end(end, release=("ok", 5))
+
+    assert redis_client.zrange(LEASE, 0, -1) == [b"other"]
+    assert redis_client.exists(BREAKER) == 0
+    assert redis_client.hget(RATE, "t") == b"7"
+
+
+@pytest.mark.usefixtures("held")
+def test_a_failed_calls_release_counts_towards_opening_the_breaker(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    redis_client.zadd(LEASE, {"slot-1": 1e15})
+    _end(end, status="failed", release=("failure", 1))
+    open_until = int(redis_client.hget(BREAKER, "open_until"))
+    assert 25_000 < open_until - time.time() * 1000 <= 30_000
+    assert redis_client.zcard(LEASE) == 0
+
+
+def test_the_copy_of_guards_release_function_is_identical() -> None:
+    # Until guard.py's scripts are files too, task_end.lua holds a copy of them.
+    text = lua.source("worker.delivery", "task_end")
+    copy = text.split("-- BEGIN guard.py copy", 1)[1].split("-- END guard.py copy", 1)[0]
+    assert copy == guard.NOW_MS + guard.RELEASE_FUNCTION

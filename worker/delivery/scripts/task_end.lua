@@ -1,0 +1,111 @@
+-- A task ended (worker.delivery.task_scripts.Lifecycle.finish), in one round trip: records
+-- the end, releases the running claim, writes Celery's SUCCESS result (Celery's own write of it
+-- is skipped), adds the completion stream's entry, and releases the endpoint slot of a
+-- successful call (handed off by worker.limits.guard) and the message's unacked entries.
+-- A success found cancelled meanwhile is neither stored nor announced nor acknowledged (the
+-- caller finishes the task again, cancelled); a task that had already finished (a replayed
+-- result) gets no second stream entry. A final end removes the message's unacked entries (what
+-- kombu's ack does) and the task from the inbox of the lost-message sweep
+-- (worker.delivery.lost_message_sweep), which then holds only the tasks that have not ended.
+--
+-- KEYS[1]  record_key         the task's record (genqueue:task:<id>)
+-- KEYS[2]  events_key         the completion stream
+-- KEYS[3]  result_key         Celery's result key of the task
+-- KEYS[4]  running_key        the task's running claim
+-- KEYS[5]  unacked_index_key  kombu's unacked index
+-- KEYS[6]  unacked_key        kombu's unacked hash
+-- KEYS[7]  inbox_key          the inbox of the lost-message sweep
+--   With a slot to release (its keys, as worker.limits.guard.SlotRelease.keys):
+-- KEYS[8]  lease_key          the endpoint's leases (the concurrency cap)
+-- KEYS[9]  breaker_key        the endpoint's circuit breaker
+-- KEYS[10] probe_key          the breaker's probe
+-- KEYS[11] rate_key           the endpoint's per-minute counts
+--
+-- ARGV[1]  record_ttl_s       the record's time to live
+-- ARGV[2]  events_maxlen      the completion stream's approximate length cap
+-- ARGV[3]  task_id            the task's id
+-- ARGV[4]  status             succeeded, failed or cancelled
+-- ARGV[5]  error_type         the error's type, or ''
+-- ARGV[6]  finished_at        the end's time (ISO)
+-- ARGV[7]  error_json         the record's error ({type, message} JSON), or ''
+-- ARGV[8]  result_ttl_s       the SUCCESS result's time to live
+-- ARGV[9]  success_meta       Celery's SUCCESS meta (JSON), or ''
+-- ARGV[10] claim_token        this worker's running claim token, or ''
+-- ARGV[11] delivery_tag       the message's delivery tag, or '' (no broker entries to remove)
+--   With a slot to release:
+-- ARGV[12..16]                the release's arguments (worker.limits.guard.SlotRelease.args):
+--          slot_token, outcome, failure_threshold, cooldown_ms, tokens_used
+--
+-- Returns {cancel_requested, attempts, created_at} of the record.
+local record_key, events_key, result_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local unacked_index_key, unacked_key, inbox_key = KEYS[5], KEYS[6], KEYS[7]
+local lease_key, breaker_key, probe_key, rate_key = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local record_ttl_s, events_maxlen, task_id, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local error_type, finished_at, error_json = ARGV[5], ARGV[6], ARGV[7]
+local result_ttl_s, success_meta = ARGV[8], ARGV[9]
+local claim_token, delivery_tag = ARGV[10], ARGV[11]
+local slot_token, outcome, failure_threshold = ARGV[12], ARGV[13], ARGV[14]
+local cooldown_ms, tokens_used = ARGV[15], ARGV[16]
+
+-- COPIED from worker/limits/guard.py (NOW_MS, then RELEASE_FUNCTION), kept identical
+-- (tests/worker/delivery/test_task_end_lua.py checks it) until guard's scripts are files.
+-- BEGIN guard.py copy
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
+                            tokens, now)
+  redis.call('ZREM', lease, token)
+  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
+    redis.call('HINCRBY', rate, 't', tokens)
+  end
+  if outcome == 'ok' then
+    if redis.call('EXISTS', breaker) == 1 then redis.call('DEL', breaker, probe) end
+    return 0
+  end
+  if outcome ~= 'failure' then return 0 end
+  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+  redis.call('PEXPIRE', breaker, tonumber(cooldown) * 10)
+  if failures >= tonumber(threshold) then
+    redis.call('HSET', breaker, 'open_until', now + tonumber(cooldown))
+    redis.call('DEL', probe)
+    return 1
+  end
+  return 0
+end
+-- END guard.py copy
+
+if lease_key then
+  release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
+    failure_threshold, cooldown_ms, tokens_used, now)
+end
+local function acknowledge()
+  redis.call('ZREM', inbox_key, task_id)
+  if delivery_tag ~= '' then
+    redis.call('ZREM', unacked_index_key, delivery_tag)
+    redis.call('HDEL', unacked_key, delivery_tag)
+  end
+end
+local prior = redis.call('HGET', record_key, 'finished_at')
+redis.call('HSET', record_key, 'finished_at', finished_at)
+if error_json ~= '' then redis.call('HSET', record_key, 'error', error_json) end
+redis.call('EXPIRE', record_key, record_ttl_s)
+if claim_token ~= '' and redis.call('GET', running_key) == claim_token then
+  redis.call('DEL', running_key)
+end
+local found = redis.call('HMGET', record_key, 'cancel_requested', 'attempts', 'created_at')
+if status == 'succeeded' then
+  if found[1] then return found end
+  if success_meta ~= '' then
+    redis.call('SET', result_key, success_meta, 'EX', result_ttl_s)
+    redis.call('PUBLISH', result_key, success_meta)
+  end
+  acknowledge()
+  if prior then return found end
+else
+  acknowledge()
+end
+redis.call('XADD', events_key, 'MAXLEN', '~', events_maxlen, '*',
+  'task_id', task_id, 'status', status, 'error_type', error_type,
+  'finished_at', finished_at, 'attempts', found[2] or '0')
+return found

@@ -1,0 +1,120 @@
+-- A message of a task was taken (worker.delivery.task_scripts.Lifecycle.begin): counts the
+-- delivery, reads the task's progress and any stored result, and writes Celery's STARTED state
+-- (what task_track_started would write, without Celery's extra read), in one round trip.
+-- With a slot offer (worker.limits.guard.SlotOffer), it also tries for the endpoint slot in
+-- passing when the task is about to call its expected endpoint: no stored success, no
+-- cancellation, no move to a fallback endpoint, no serverless job to poll, not too many
+-- deliveries. A granted slot claims the task as running here and counts its attempt.
+--
+-- KEYS[1]  record_key        the task's record (genqueue:task:<id>)
+-- KEYS[2]  result_key        Celery's result key of the task
+--   With a slot offer (its keys, as worker.limits.guard.SlotOffer.keys):
+-- KEYS[3]  lease_key         the endpoint's leases (the concurrency cap)
+-- KEYS[4]  breaker_key       the endpoint's circuit breaker
+-- KEYS[5]  probe_key         the breaker's probe
+-- KEYS[6]  rate_key          the endpoint's per-minute counts
+-- KEYS[7]  running_key       the task's running claim
+-- KEYS[8]  claim_record_key  the task's record again (where the attempt is counted)
+--
+-- ARGV[1]  created_at        the record's created_at, if it has none yet (ISO time)
+-- ARGV[2]  deliveries_field  the record's field counting this retry round's deliveries
+-- ARGV[3]  record_ttl_s      the record's time to live
+-- ARGV[4]  result_ttl_s      the STARTED state's time to live
+-- ARGV[5]  started_meta      Celery's STARTED meta (JSON)
+--   With a slot offer:
+-- ARGV[6]  max_deliveries    past this many deliveries, no slot is tried for
+-- ARGV[7..15]                the offer's arguments (worker.limits.guard.SlotOffer.args):
+--          limit, lease_ttl_ms, slot_token, cooldown_ms, requests_per_minute,
+--          tokens_per_minute, claim_token, claim_ttl_ms, endpoint
+--
+-- Returns {deliveries, progress fields, result meta, slot answer}: the progress fields are the
+-- record's attempts, first_attempt_at, cancel_requested, endpoint, endpoints_tried, job_id
+-- and polls; the slot answer is acquire_slot's, or false when no slot was tried for.
+local record_key, result_key = KEYS[1], KEYS[2]
+local lease_key, breaker_key, probe_key, rate_key = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local running_key, claim_record_key = KEYS[7], KEYS[8]
+local created_at, deliveries_field = ARGV[1], ARGV[2]
+local record_ttl_s, result_ttl_s, started_meta = ARGV[3], ARGV[4], ARGV[5]
+local max_deliveries = ARGV[6]
+local limit, lease_ttl_ms, slot_token, cooldown_ms = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local requests_per_minute, tokens_per_minute = ARGV[11], ARGV[12]
+local claim_token, claim_ttl_ms, endpoint = ARGV[13], ARGV[14], ARGV[15]
+
+-- COPIED from worker/limits/guard.py (NOW_MS, then ACQUIRE_FUNCTION), kept identical
+-- (tests/worker/delivery/test_task_start_lua.py checks it) until guard's scripts are files.
+-- BEGIN guard.py copy
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
+                            cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now)
+  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+  if open_until > now then
+    return {2, open_until - now}
+  end
+  rpm, tpm = tonumber(rpm), tonumber(tpm)
+  if rpm > 0 or tpm > 0 then
+    local window = math.floor(now / 60000)
+    if tonumber(redis.call('HGET', rate, 'w') or '-1') ~= window then
+      redis.call('HSET', rate, 'w', window, 'r', 0, 't', 0)
+      redis.call('PEXPIRE', rate, 120000)
+    end
+    local used = redis.call('HMGET', rate, 'r', 't')
+    if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
+      return {3, (window + 1) * 60000 - now}
+    end
+  end
+  local probing = false
+  if open_until > 0 then
+    if not redis.call('SET', probe, token, 'NX', 'PX', cooldown) then
+      return {2, 1000}
+    end
+    probing = true
+  end
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
+  if redis.call('ZCARD', lease) >= tonumber(limit) then
+    if probing then redis.call('DEL', probe) end
+    return {0, 0}
+  end
+  local attempts = {}
+  if running then
+    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl)
+        and redis.call('GET', running) ~= claim_token then
+      if probing then redis.call('DEL', probe) end
+      return {4, 0}
+    end
+    redis.call('HSETNX', record, 'first_attempt_at', string.format('%.3f', now / 1000))
+    attempts[1] = redis.call('HINCRBY', record, 'attempts', 1)
+    attempts[2] = redis.call('HINCRBY', record, 'attempts:' .. endpoint, 1)
+  end
+  redis.call('ZADD', lease, now + tonumber(ttl), token)
+  redis.call('PEXPIRE', lease, tonumber(ttl) * 2)
+  if rpm > 0 or tpm > 0 then redis.call('HINCRBY', rate, 'r', 1) end
+  return {1, 0, attempts[1], attempts[2]}
+end
+-- END guard.py copy
+
+redis.call('HSETNX', record_key, 'created_at', created_at)
+local deliveries = redis.call('HINCRBY', record_key, deliveries_field, 1)
+local fields = redis.call('HMGET', record_key, 'attempts', 'first_attempt_at', 'cancel_requested',
+  'endpoint', 'endpoints_tried', 'job_id', 'polls')
+local cancel_requested, moved_to, job_id = fields[3], fields[4], fields[6]
+redis.call('EXPIRE', record_key, record_ttl_s)
+local meta = redis.call('GET', result_key)
+local succeeded = false
+if meta then
+  local ok, stored = pcall(cjson.decode, meta)
+  succeeded = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
+end
+if not succeeded and not cancel_requested then
+  redis.call('SET', result_key, started_meta, 'EX', result_ttl_s)
+  redis.call('PUBLISH', result_key, started_meta)
+end
+local slot = false
+if lease_key and not succeeded and not cancel_requested and not moved_to and not job_id
+    and deliveries <= tonumber(max_deliveries) then
+  slot = acquire_slot(lease_key, breaker_key, probe_key, rate_key, running_key, claim_record_key,
+    limit, lease_ttl_ms, slot_token, cooldown_ms, requests_per_minute, tokens_per_minute,
+    claim_token, claim_ttl_ms, endpoint, now)
+end
+return {deliveries, fields, meta, slot}
