@@ -33,149 +33,11 @@ from enum import Enum
 
 import redis
 
-from worker import keys
+from worker import keys, lua
 from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger(__name__)
-
-#: Redis server time in ms as ``now`` (Lua).
-NOW_MS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# The start of a call as a Lua function, shared with the script that starts a task
-# (worker.delivery.task_scripts), which tries for a slot in passing. With a ``running`` claim key
-# (and the
-# task ``record``), the task is claimed for this worker and its attempt counted in the same step.
-# Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
-# 4 the task is claimed by another worker. With a claim, code 1 also returns the task's attempt
-# numbers, in all and on this endpoint.
-ACQUIRE_FUNCTION = """
-local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
-                            cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now)
-  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
-  if open_until > now then
-    return {2, open_until - now}
-  end
-  rpm, tpm = tonumber(rpm), tonumber(tpm)
-  if rpm > 0 or tpm > 0 then
-    local window = math.floor(now / 60000)
-    if tonumber(redis.call('HGET', rate, 'w') or '-1') ~= window then
-      redis.call('HSET', rate, 'w', window, 'r', 0, 't', 0)
-      redis.call('PEXPIRE', rate, 120000)
-    end
-    local used = redis.call('HMGET', rate, 'r', 't')
-    if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
-      return {3, (window + 1) * 60000 - now}
-    end
-  end
-  local probing = false
-  if open_until > 0 then
-    -- The probe's lock lasts as long as a lease: it covers the probe call.
-    if not redis.call('SET', probe, token, 'NX', 'PX', ttl) then
-      return {2, 1000}
-    end
-    probing = true
-  end
-  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
-  if redis.call('ZCARD', lease) >= tonumber(limit) then
-    if probing then redis.call('DEL', probe) end
-    return {0, 0}
-  end
-  local attempts = {}
-  if running then
-    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl)
-        and redis.call('GET', running) ~= claim_token then
-      if probing then redis.call('DEL', probe) end
-      return {4, 0}
-    end
-    redis.call('HSETNX', record, 'first_attempt_at', string.format('%.3f', now / 1000))
-    attempts[1] = redis.call('HINCRBY', record, 'attempts', 1)
-    attempts[2] = redis.call('HINCRBY', record, 'attempts:' .. endpoint, 1)
-  end
-  redis.call('ZADD', lease, now + tonumber(ttl), token)
-  redis.call('PEXPIRE', lease, tonumber(ttl) * 2)
-  if rpm > 0 or tpm > 0 then redis.call('HINCRBY', rate, 'r', 1) end
-  return {1, 0, attempts[1], attempts[2]}
-end
-"""
-
-# KEYS: lease, breaker, probe, rate, [running claim, task record]. ARGV: limit, lease ttl ms,
-# token, cooldown ms, requests per minute, tokens per minute (0: no limit), [claim token,
-# claim ttl ms, endpoint name]. Answers as ``acquire_slot``.
-_ACQUIRE = (
-    NOW_MS
-    + ACQUIRE_FUNCTION
-    + """
-return acquire_slot(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2],
-  ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], now)
-"""
-)
-
-# The end of a call as a Lua function, shared with the end-of-task script that takes over the
-# release of a successful call's slot (worker.delivery.task_scripts). ``cooldown`` is
-# "first_ms:max_ms". Returns the cooldown in ms when this call opened the breaker, else 0.
-RELEASE_FUNCTION = """
-local BREAKER_TTL_MS = 3600000
-local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
-                            tokens, now)
-  redis.call('ZREM', lease, token)
-  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
-    redis.call('HINCRBY', rate, 't', tokens)
-  end
-  if outcome == 'ok' then
-    redis.call('HINCRBY', breaker, 'served', 1)
-    if redis.call('HDEL', breaker, 'failures', 'open_until', 'cooldown') > 0 then
-      redis.call('DEL', probe)
-    end
-    redis.call('PEXPIRE', breaker, BREAKER_TTL_MS)
-    return 0
-  end
-  if outcome ~= 'failure' then
-    -- A probe whose call said nothing of the endpoint lets the next one go at once.
-    if redis.call('GET', probe) == token then redis.call('DEL', probe) end
-    return 0
-  end
-  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
-  redis.call('PEXPIRE', breaker, BREAKER_TTL_MS)
-  if failures < tonumber(threshold) then return 0 end
-  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
-  if open_until > now then return 0 end  -- a call that started before it opened
-  local first, most = string.match(cooldown, '^(%d+):(%d+)$')
-  local wait = tonumber(first)
-  if open_until > 0 then  -- the probe failed: wait longer this time
-    wait = math.min(tonumber(most), math.floor(tonumber(redis.call('HGET', breaker, 'cooldown')
-      or first) * 1.5))
-  end
-  redis.call('HSET', breaker, 'open_until', now + wait, 'cooldown', wait)
-  redis.call('DEL', probe)
-  return wait
-end
-"""
-
-# KEYS: lease, breaker, probe, rate. ARGV: token, outcome, threshold, cooldown ms, tokens used.
-_RELEASE = (
-    NOW_MS
-    + RELEASE_FUNCTION
-    + """
-return release_slot(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
-  ARGV[5], now)
-"""
-)
-
-# KEYS: lease. ARGV: tokens..., ttl ms.
-_RENEW = (
-    NOW_MS
-    + """
-for i = 1, #ARGV - 1 do
-  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[#ARGV]), ARGV[i])
-end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[#ARGV]) * 2)
-return 1
-"""
-)
 
 
 def circuit_open(retry_in_s: float) -> CircuitOpenError:
@@ -300,9 +162,9 @@ class EndpointGuard:
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
         self._local = threading.BoundedSemaphore(policy.limit)
         self._held: set[str] = set()
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release_script = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
+        self._acquire = lua.register(client, "worker.limits", "slot_acquire")
+        self._release_script = lua.register(client, "worker.limits", "slot_release")
+        self._renew = lua.register(client, "worker.limits", "lease_renew")
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_lock = threading.Lock()
         self._stopped = threading.Event()

@@ -12,7 +12,6 @@ import redis
 from redis.commands.core import Script
 
 from worker import keys, lua
-from worker.limits import guard
 
 TASK, EP, TAG = "t1", "ep", "tag-1"
 RECORD, RESULT, RUNNING = keys.task_record(TASK), keys.celery_result(TASK), keys.running(TASK)
@@ -58,9 +57,9 @@ def _end(
             "slot-1",
             outcome,
             threshold,
-            30_000,
+            "30000:60000",
             7,
-        ]  # token, outcome, threshold, cooldown, tokens
+        ]  # token, outcome, threshold, cooldown (first_ms:max_ms), tokens
     return script(keys=script_keys, args=args)
 
 
@@ -166,7 +165,8 @@ def test_a_successful_calls_slot_is_released_and_the_breaker_closed(
     _end(end, release=("ok", 5))
 
     assert redis_client.zrange(LEASE, 0, -1) == [b"other"]
-    assert redis_client.exists(BREAKER) == 0
+    # Closed: no failures counted, nothing open; the success is counted as served.
+    assert redis_client.hgetall(BREAKER) == {b"served": b"1"}
     assert redis_client.hget(RATE, "t") == b"7"
 
 
@@ -181,8 +181,8 @@ def test_a_failed_calls_release_counts_towards_opening_the_breaker(
     assert redis_client.zcard(LEASE) == 0
 
 
-def test_the_copy_of_guards_release_function_is_identical() -> None:
-    # Until guard.py's scripts are files too, task_end.lua holds a copy of them.
+def test_the_guards_function_is_included_not_copied() -> None:
     text = lua.source("worker.delivery", "task_end")
-    copy = text.split("-- BEGIN guard.py copy", 1)[1].split("-- END guard.py copy", 1)[0]
-    assert copy == guard.NOW_MS + guard.RELEASE_FUNCTION
+    assert "#include" not in text
+    assert lua.source("worker.limits", "release_slot") in text
+    assert text.count("local function release_slot(") == 1

@@ -12,7 +12,6 @@ import redis
 from redis.commands.core import Script
 
 from worker import keys, lua
-from worker.limits import guard
 
 TASK, EP = "t1", "ep"
 RECORD, RESULT, RUNNING = keys.task_record(TASK), keys.celery_result(TASK), keys.running(TASK)
@@ -153,8 +152,8 @@ def test_a_spent_rate_limit_grants_no_slot(start: Script, redis_client: redis.Re
     assert slot[0] == 3 and 0 < slot[1] <= 60_000
 
 
-def test_the_copy_of_guards_acquire_function_is_identical() -> None:
-    # Until guard.py's scripts are files too, task_start.lua holds a copy of them.
+def test_the_guards_function_is_included_not_copied() -> None:
     text = lua.source("worker.delivery", "task_start")
-    copy = text.split("-- BEGIN guard.py copy", 1)[1].split("-- END guard.py copy", 1)[0]
-    assert copy == guard.NOW_MS + guard.ACQUIRE_FUNCTION
+    assert "#include" not in text
+    assert lua.source("worker.limits", "acquire_slot") in text
+    assert text.count("local function acquire_slot(") == 1

@@ -34,7 +34,7 @@
 -- ARGV[11] delivery_tag       the message's delivery tag, or '' (no broker entries to remove)
 --   With a slot to release:
 -- ARGV[12..16]                the release's arguments (worker.limits.guard.SlotRelease.args):
---          slot_token, outcome, failure_threshold, cooldown_ms, tokens_used
+--          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
 local record_key, events_key, result_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -45,39 +45,15 @@ local error_type, finished_at, error_json = ARGV[5], ARGV[6], ARGV[7]
 local result_ttl_s, success_meta = ARGV[8], ARGV[9]
 local claim_token, delivery_tag = ARGV[10], ARGV[11]
 local slot_token, outcome, failure_threshold = ARGV[12], ARGV[13], ARGV[14]
-local cooldown_ms, tokens_used = ARGV[15], ARGV[16]
+local cooldown, tokens_used = ARGV[15], ARGV[16]
 
--- COPIED from worker/limits/guard.py (NOW_MS, then RELEASE_FUNCTION), kept identical
--- (tests/worker/delivery/test_task_end_lua.py checks it) until guard's scripts are files.
--- BEGIN guard.py copy
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
-                            tokens, now)
-  redis.call('ZREM', lease, token)
-  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
-    redis.call('HINCRBY', rate, 't', tokens)
-  end
-  if outcome == 'ok' then
-    if redis.call('EXISTS', breaker) == 1 then redis.call('DEL', breaker, probe) end
-    return 0
-  end
-  if outcome ~= 'failure' then return 0 end
-  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
-  redis.call('PEXPIRE', breaker, tonumber(cooldown) * 10)
-  if failures >= tonumber(threshold) then
-    redis.call('HSET', breaker, 'open_until', now + tonumber(cooldown))
-    redis.call('DEL', probe)
-    return 1
-  end
-  return 0
-end
--- END guard.py copy
+-- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
+-- #include worker.limits:now_ms
+-- #include worker.limits:release_slot
 
 if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
-    failure_threshold, cooldown_ms, tokens_used, now)
+    failure_threshold, cooldown, tokens_used, now)
 end
 local function acknowledge()
   redis.call('ZREM', inbox_key, task_id)

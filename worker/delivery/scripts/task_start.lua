@@ -24,7 +24,7 @@
 --   With a slot offer:
 -- ARGV[6]  max_deliveries    past this many deliveries, no slot is tried for
 -- ARGV[7..15]                the offer's arguments (worker.limits.guard.SlotOffer.args):
---          limit, lease_ttl_ms, slot_token, cooldown_ms, requests_per_minute,
+--          limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute,
 --          tokens_per_minute, claim_token, claim_ttl_ms, endpoint
 --
 -- Returns {deliveries, progress fields, result meta, slot answer}: the progress fields are the
@@ -36,63 +36,13 @@ local running_key, claim_record_key = KEYS[7], KEYS[8]
 local created_at, deliveries_field = ARGV[1], ARGV[2]
 local record_ttl_s, result_ttl_s, started_meta = ARGV[3], ARGV[4], ARGV[5]
 local max_deliveries = ARGV[6]
-local limit, lease_ttl_ms, slot_token, cooldown_ms = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local limit, lease_ttl_ms, slot_token, cooldown = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local requests_per_minute, tokens_per_minute = ARGV[11], ARGV[12]
 local claim_token, claim_ttl_ms, endpoint = ARGV[13], ARGV[14], ARGV[15]
 
--- COPIED from worker/limits/guard.py (NOW_MS, then ACQUIRE_FUNCTION), kept identical
--- (tests/worker/delivery/test_task_start_lua.py checks it) until guard's scripts are files.
--- BEGIN guard.py copy
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
-                            cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now)
-  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
-  if open_until > now then
-    return {2, open_until - now}
-  end
-  rpm, tpm = tonumber(rpm), tonumber(tpm)
-  if rpm > 0 or tpm > 0 then
-    local window = math.floor(now / 60000)
-    if tonumber(redis.call('HGET', rate, 'w') or '-1') ~= window then
-      redis.call('HSET', rate, 'w', window, 'r', 0, 't', 0)
-      redis.call('PEXPIRE', rate, 120000)
-    end
-    local used = redis.call('HMGET', rate, 'r', 't')
-    if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
-      return {3, (window + 1) * 60000 - now}
-    end
-  end
-  local probing = false
-  if open_until > 0 then
-    if not redis.call('SET', probe, token, 'NX', 'PX', cooldown) then
-      return {2, 1000}
-    end
-    probing = true
-  end
-  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
-  if redis.call('ZCARD', lease) >= tonumber(limit) then
-    if probing then redis.call('DEL', probe) end
-    return {0, 0}
-  end
-  local attempts = {}
-  if running then
-    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl)
-        and redis.call('GET', running) ~= claim_token then
-      if probing then redis.call('DEL', probe) end
-      return {4, 0}
-    end
-    redis.call('HSETNX', record, 'first_attempt_at', string.format('%.3f', now / 1000))
-    attempts[1] = redis.call('HINCRBY', record, 'attempts', 1)
-    attempts[2] = redis.call('HINCRBY', record, 'attempts:' .. endpoint, 1)
-  end
-  redis.call('ZADD', lease, now + tonumber(ttl), token)
-  redis.call('PEXPIRE', lease, tonumber(ttl) * 2)
-  if rpm > 0 or tpm > 0 then redis.call('HINCRBY', rate, 'r', 1) end
-  return {1, 0, attempts[1], attempts[2]}
-end
--- END guard.py copy
+-- The guard's own function, written once in worker/limits/scripts/acquire_slot.lua.
+-- #include worker.limits:now_ms
+-- #include worker.limits:acquire_slot
 
 redis.call('HSETNX', record_key, 'created_at', created_at)
 local deliveries = redis.call('HINCRBY', record_key, deliveries_field, 1)
@@ -114,7 +64,7 @@ local slot = false
 if lease_key and not succeeded and not cancel_requested and not moved_to and not job_id
     and deliveries <= tonumber(max_deliveries) then
   slot = acquire_slot(lease_key, breaker_key, probe_key, rate_key, running_key, claim_record_key,
-    limit, lease_ttl_ms, slot_token, cooldown_ms, requests_per_minute, tokens_per_minute,
+    limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute, tokens_per_minute,
     claim_token, claim_ttl_ms, endpoint, now)
 end
 return {deliveries, fields, meta, slot}

@@ -1,0 +1,54 @@
+-- A library: the function `acquire_slot`, the start of an endpoint call. Included by the
+-- guard's slot_acquire.lua and by the script that starts a task (worker.delivery's
+-- task_start.lua), which tries for a slot in passing. With a `running` claim key (and the task
+-- `record`), the task is claimed for this worker and its attempt counted in the same step.
+-- Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
+-- 4 the task is claimed by another worker. With a claim, code 1 also returns the task's attempt
+-- numbers, in all and on this endpoint.
+local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
+                            cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now)
+  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+  if open_until > now then
+    return {2, open_until - now}
+  end
+  rpm, tpm = tonumber(rpm), tonumber(tpm)
+  if rpm > 0 or tpm > 0 then
+    local window = math.floor(now / 60000)
+    if tonumber(redis.call('HGET', rate, 'w') or '-1') ~= window then
+      redis.call('HSET', rate, 'w', window, 'r', 0, 't', 0)
+      redis.call('PEXPIRE', rate, 120000)
+    end
+    local used = redis.call('HMGET', rate, 'r', 't')
+    if (rpm > 0 and tonumber(used[1]) >= rpm) or (tpm > 0 and tonumber(used[2]) >= tpm) then
+      return {3, (window + 1) * 60000 - now}
+    end
+  end
+  local probing = false
+  if open_until > 0 then
+    -- The probe's lock lasts as long as a lease: it covers the probe call.
+    if not redis.call('SET', probe, token, 'NX', 'PX', ttl) then
+      return {2, 1000}
+    end
+    probing = true
+  end
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
+  if redis.call('ZCARD', lease) >= tonumber(limit) then
+    if probing then redis.call('DEL', probe) end
+    return {0, 0}
+  end
+  local attempts = {}
+  if running then
+    if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl)
+        and redis.call('GET', running) ~= claim_token then
+      if probing then redis.call('DEL', probe) end
+      return {4, 0}
+    end
+    redis.call('HSETNX', record, 'first_attempt_at', string.format('%.3f', now / 1000))
+    attempts[1] = redis.call('HINCRBY', record, 'attempts', 1)
+    attempts[2] = redis.call('HINCRBY', record, 'attempts:' .. endpoint, 1)
+  end
+  redis.call('ZADD', lease, now + tonumber(ttl), token)
+  redis.call('PEXPIRE', lease, tonumber(ttl) * 2)
+  if rpm > 0 or tpm > 0 then redis.call('HINCRBY', rate, 'r', 1) end
+  return {1, 0, attempts[1], attempts[2]}
+end

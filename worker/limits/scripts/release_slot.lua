@@ -1,0 +1,39 @@
+-- A library: the function `release_slot`, the end of an endpoint call. Included by the
+-- guard's slot_release.lua and by the script that ends a task (worker.delivery's task_end.lua),
+-- which takes over the release of a successful call's slot. `cooldown` is "first_ms:max_ms".
+-- Returns the cooldown in ms when this call opened the breaker, else 0.
+local BREAKER_TTL_MS = 3600000
+local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
+                            tokens, now)
+  redis.call('ZREM', lease, token)
+  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
+    redis.call('HINCRBY', rate, 't', tokens)
+  end
+  if outcome == 'ok' then
+    redis.call('HINCRBY', breaker, 'served', 1)
+    if redis.call('HDEL', breaker, 'failures', 'open_until', 'cooldown') > 0 then
+      redis.call('DEL', probe)
+    end
+    redis.call('PEXPIRE', breaker, BREAKER_TTL_MS)
+    return 0
+  end
+  if outcome ~= 'failure' then
+    -- A probe whose call said nothing of the endpoint lets the next one go at once.
+    if redis.call('GET', probe) == token then redis.call('DEL', probe) end
+    return 0
+  end
+  local failures = redis.call('HINCRBY', breaker, 'failures', 1)
+  redis.call('PEXPIRE', breaker, BREAKER_TTL_MS)
+  if failures < tonumber(threshold) then return 0 end
+  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+  if open_until > now then return 0 end  -- a call that started before it opened
+  local first, most = string.match(cooldown, '^(%d+):(%d+)$')
+  local wait = tonumber(first)
+  if open_until > 0 then  -- the probe failed: wait longer this time
+    wait = math.min(tonumber(most), math.floor(tonumber(redis.call('HGET', breaker, 'cooldown')
+      or first) * 1.5))
+  end
+  redis.call('HSET', breaker, 'open_until', now + wait, 'cooldown', wait)
+  redis.call('DEL', probe)
+  return wait
+end
