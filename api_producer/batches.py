@@ -408,18 +408,13 @@ def check_webhooks(lines: Sequence[BatchLine], settings: Settings) -> None:
 
 
 def task_state(raw_record: dict[Any, Any], raw_meta: bytes | str | None) -> TaskState:
-    """The state :func:`worker.delivery.records.status_from` reports, without building the status.
+    """The state ``GET /v1/tasks/{id}`` reports (:func:`worker.delivery.records.state_from`).
 
     A task whose record and result have both expired counts as failed (``missing``).
     """
     if not raw_record and raw_meta is None:
         return TaskState.FAILED
-    meta = json.loads(raw_meta) if raw_meta else {}
-    state = records.CELERY_STATES.get(meta.get("status", "PENDING"), TaskState.QUEUED)
-    cancel = raw_record.get(records.F_CANCEL) or raw_record.get(records.F_CANCEL.encode())
-    if state is TaskState.QUEUED and cancel:
-        return TaskState.CANCELLED
-    return state
+    return records.state_from(raw_record, raw_meta)
 
 
 def batch_state(counts: BatchCounts, total: int, cancel_requested: bool) -> BatchState:
