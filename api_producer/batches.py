@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, Field, ValidationError
 
 from api_producer.producers.direct import DirectProducer, EnqueueError, describe_redis_error
+from api_producer.store import add_cancel
 from worker import connections, keys
 from worker.contract import ErrorInfo, GenerationRequest, TaskState, unicode_problem
 from worker.delivery import records
@@ -591,11 +592,7 @@ class BatchStore:
         await pipe.execute()
 
     async def _cancel_tasks(self, task_ids: Sequence[str]) -> int:
-        """Mark the tasks not final as cancelled; how many there were.
-
-        A queued task gets Celery's REVOKED result at once; a running one is announced on the
-        cancel channel, so the worker running it aborts its call.
-        """
+        """Cancel the tasks not final yet (:func:`api_producer.store.add_cancel`); how many."""
         replies = await self._read(task_ids)
         pipe = self._redis.pipeline(transaction=False)
         cancelled = 0
@@ -604,11 +601,7 @@ class BatchStore:
             if state.is_final:
                 continue
             cancelled += 1
-            pipe.hset(keys.task_record(task_id), records.F_CANCEL, "1")
-            if state is TaskState.QUEUED:
-                _store_revoked(pipe, task_id, self._ttl_s)
-            else:
-                pipe.publish(keys.CANCEL_CHANNEL, task_id)
+            add_cancel(pipe, task_id, state, self._ttl_s)
         if cancelled:
             await pipe.execute()
         return cancelled
@@ -628,10 +621,3 @@ class BatchStore:
         except (redis.RedisError, OSError):
             pass  # Redis is gone too: the records expire by themselves.
 
-
-def _store_revoked(pipe: Any, task_id: str, ttl_s: int) -> None:
-    meta = records.revoked_meta(task_id)
-    result_key = keys.celery_result(task_id)
-    pipe.set(result_key, meta, ex=ttl_s)
-    pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())
-    pipe.publish(result_key, meta)
