@@ -54,7 +54,8 @@ from celery import Celery
 
 from genqueue.cli.worker import process_count
 from genqueue.embedded_redis import EmbeddedRedis, free_port, redis_answers
-from worker.contract import QUEUE_NAME, GenerationRequest
+from worker import keys
+from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME, GenerationRequest
 from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings
 
@@ -69,8 +70,6 @@ REQUEST: dict[str, Any] = {
 #: genqueue/bench_bare.py's task and concurrency (not imported: it builds a Celery app).
 BARE_TASK = "bench_bare.complete"
 BARE_CONCURRENCY = 500
-RESULT_PREFIX = "celery-task-meta-"
-HELD_PREFIX = b"genqueue-bench:held:"
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 BATCH = 100
 SETTLE_S = 0.5
@@ -332,7 +331,7 @@ class ResultWatcher:
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url)
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe(f"{RESULT_PREFIX}*")
+        self._pubsub.psubscribe(keys.celery_result("*"))
         self._pubsub.get_message(timeout=1.0)  # the subscription is in place
         self._cond = threading.Condition()
         self._done: dict[str, tuple[float, str]] = {}
@@ -359,7 +358,7 @@ class ResultWatcher:
             return
         if state not in FINAL_STATES:
             return
-        task_id = message["channel"].decode().removeprefix(RESULT_PREFIX)
+        task_id = message["channel"].decode().removeprefix(keys.CELERY_RESULT_PREFIX)
         with self._cond:
             if task_id in self._done:
                 return
@@ -492,7 +491,7 @@ class BareKind:
     """``celery -A genqueue.bench_bare worker -P gevent -c 500``, fed by plain ``send_task``."""
 
     name = "bare"
-    queue = "celery"
+    queue = CELERY_DEFAULT_QUEUE
     processes = 1
     cap = BARE_CONCURRENCY
 
@@ -651,21 +650,21 @@ class Bench:
             raise BenchError(f"{total} of {count} messages in queues {queues!r}")
         pipe = self.redis.pipeline(transaction=True)
         for queue in queues:
-            pipe.rename(queue, HELD_PREFIX + queue)
+            pipe.rename(queue, keys.bench_held(queue))
         pipe.execute()
         return queues
 
     def _release(self, queues: list[bytes]) -> None:
         pipe = self.redis.pipeline(transaction=True)
         for queue in queues:
-            pipe.rename(HELD_PREFIX + queue, queue)
+            pipe.rename(keys.bench_held(queue), queue)
         pipe.execute()
 
     def _count_results(self, task_ids: list[str]) -> tuple[int, int]:
         succeeded = failed = 0
         for start in range(0, len(task_ids), 500):
-            keys = [RESULT_PREFIX + t for t in task_ids[start : start + 500]]
-            for raw in self.redis.mget(keys):
+            result_keys = [keys.celery_result(t) for t in task_ids[start : start + 500]]
+            for raw in self.redis.mget(result_keys):
                 state = json.loads(raw).get("status") if raw else None
                 succeeded += state == "SUCCESS"
                 failed += state in ("FAILURE", "REVOKED")

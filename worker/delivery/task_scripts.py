@@ -288,8 +288,8 @@ class Lifecycle:
             events.EVENTS_STREAM,
             keys.celery_result(task_id),
             keys.running(task_id),
-            self._broker.unacked_index_key if self._broker else "unacked_index",
-            self._broker.unacked_key if self._broker else "unacked",
+            self._broker.unacked_index_key if self._broker else keys.UNACKED_INDEX,
+            self._broker.unacked_key if self._broker else keys.UNACKED,
             keys.inbox(),
         ]
         tag = message_tag if self._broker is not None and message_tag else ""
