@@ -18,7 +18,8 @@ The tree::
     ├── RetriesExhausted               attempts or deadline spent on retryable errors
     ├── DeadlineExpired                the request's deadline passed before it could run
     ├── PoisonTask                     its worker died on every delivery; dead-lettered
-    └── TaskCancelled                  the task was cancelled
+    ├── TaskCancelled                  the task was cancelled
+    └── PortInUse                      an address genqueue api or up must listen on is taken
 
 Each class carries a stable ``error_type``: the ``error.type`` callers see in a task status.
 Messages never contain secrets: the endpoint client builds them from status codes and the
@@ -147,3 +148,9 @@ class TaskCancelled(GenQueueError):
     """Raised when a task was cancelled before or while it ran."""
 
     error_type = "cancelled"
+
+
+class PortInUse(GenQueueError):
+    """Raised when ``genqueue api`` or ``genqueue up`` cannot listen on its address."""
+
+    error_type = "port_in_use"

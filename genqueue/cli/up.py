@@ -16,7 +16,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from types import FrameType
 
 import requests
 
+from genqueue.cli import ports
 from genqueue.cli.flower import FLOWER_DB_NAME
 from genqueue.embedded_redis import EmbeddedRedis, free_port
 from genqueue.private_files import (
@@ -35,27 +35,13 @@ from genqueue.private_files import (
     make_private_tree,
     read_or_create_secret,
 )
+from worker.errors import PortInUse
 from worker.settings import Settings
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 #: The cap ``up`` gives its own simulator (a real text-generation-webui pod wants 1).
 SIMULATOR_MAX_CONCURRENCY = 64
-
-
-class PortInUse(Exception):
-    """Raised when a port ``up`` must listen on is taken."""
-
-
-def check_port_free(host: str, port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise PortInUse(
-                f"{what} port {port} on {host} is already in use ({err.strerror})"
-            ) from None
 
 
 @dataclass
@@ -123,8 +109,8 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 def run_up(settings: Settings, host: str, api_port: int, flower_port: int) -> int:
     try:
-        check_port_free(host, api_port, "the API")
-        check_port_free(host, flower_port, "Flower")
+        ports.check_free(host, api_port, "the API")
+        ports.check_free(host, flower_port, "Flower")
     except PortInUse as err:
         print(f"genqueue up: {err}; choose another with --api-port/--flower-port", file=sys.stderr)
         return 1
