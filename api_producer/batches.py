@@ -41,6 +41,7 @@ from api_producer.store import add_cancel
 from worker import connections, keys
 from worker.contract import ErrorInfo, GenerationRequest, TaskState, unicode_problem
 from worker.delivery import records
+from worker.errors import GenQueueError
 from worker.settings import Settings
 from worker.webhooks.sender import WebhookRefused, check_webhook_url
 
@@ -62,9 +63,10 @@ F_CANCELLED = "cancelled_at"
 MISSING = ErrorInfo(type="missing", message="the task's record and result have expired")
 
 
-class BatchRefused(ValueError):
+class BatchRefused(GenQueueError, ValueError):
     """Raised when a batch body is refused; nothing of it was enqueued."""
 
+    error_type = "batch_refused"
     status_code = 422
 
 

@@ -56,6 +56,7 @@ from genqueue.cli.worker import process_count
 from genqueue.embedded_redis import EmbeddedRedis, free_port, redis_answers
 from worker import keys
 from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME, GenerationRequest
+from worker.errors import GenQueueError
 from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings
 
@@ -86,8 +87,10 @@ RSS_IN_FLIGHT = 1000
 BUSY_LOAD = 0.5
 
 
-class BenchError(Exception):
+class BenchError(GenQueueError):
     """The benchmark cannot go on; the message says why."""
+
+    error_type = "bench_error"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

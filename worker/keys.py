@@ -108,6 +108,9 @@ def event_topic(db: int) -> str:
     return f"/{db}.{EVENT_EXCHANGE}/{EVENT_ROUTING_KEY}"
 
 
+#: Pub/sub channel the API's result listener always subscribes to (nothing is published on it).
+WAITERS_CHANNEL = f"{PREFIX}:waiters"
+
 #: Pub/sub channel on which the API announces cancellations of running tasks.
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 

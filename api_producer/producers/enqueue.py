@@ -21,6 +21,7 @@ from api_producer.producers.celery_message import MessageBuilder
 from worker import keys
 from worker.contract import PRIORITY_MAX, TASK_NAME, GenerationRequest
 from worker.delivery import records
+from worker.errors import GenQueueError
 from worker.observability.flower_summaries import payload_summary
 from worker.settings import Settings
 
@@ -28,12 +29,16 @@ from worker.settings import Settings
 Command = tuple[Any, ...]
 
 
-class EnqueueError(Exception):
+class EnqueueError(GenQueueError):
     """Raised when a task could not be stored and sent; nothing of it was left behind."""
 
+    error_type = "enqueue_failed"
 
-class IdempotencyConflict(Exception):
+
+class IdempotencyConflict(GenQueueError):
     """Raised when an idempotency key was used before with a different body."""
+
+    error_type = "idempotency_conflict"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from genqueue.private_files import (
     make_private_tree,
     read_or_create_secret,
 )
-from worker.errors import PortInUse
+from worker.errors import PortInUse, StartupFailed
 from worker.settings import Settings
 
 START_TIMEOUT_S = 60.0
@@ -90,13 +90,13 @@ def _wait_http(url: str, what: str, stack: Stack) -> None:
     while time.monotonic() < deadline:
         dead = stack.dead_child()
         if dead:
-            raise RuntimeError(dead)
+            raise StartupFailed(dead)
         try:
             requests.get(url, timeout=1)
             return
         except requests.RequestException:
             time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer at {url} within {START_TIMEOUT_S:g}s")
+    raise StartupFailed(f"{what} did not answer at {url} within {START_TIMEOUT_S:g}s")
 
 
 class _Stop(Exception):
@@ -130,7 +130,7 @@ def run_up(settings: Settings, host: str, api_port: int, flower_port: int) -> in
     except _Stop as stop:
         print(f"genqueue up: {stop}, stopping...", flush=True)
         return 0
-    except RuntimeError as err:
+    except StartupFailed as err:
         print(f"genqueue up: {err}; stopping everything", file=sys.stderr, flush=True)
         return 1
     finally:
