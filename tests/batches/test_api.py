@@ -9,8 +9,8 @@ import pytest
 import redis
 import requests
 
-from api_producer import batches as batches_module
 from api_producer.batches import BatchRules, BatchStore, parse_batch
+from api_producer.batches import storage as batches_storage
 from api_producer.producers.direct import DirectProducer, EnqueueError
 from tests.batches.conftest import get_json, jsonl, line, post_batch, queue_depth, results
 from worker import connections, keys
@@ -174,7 +174,7 @@ def test_a_failure_midway_withdraws_the_sent_chunks(redis_url, redis_client, mon
         return submit_many(requests_, idempotency_key)
 
     monkeypatch.setattr(producer, "submit_many", failing)
-    monkeypatch.setattr(batches_module, "ENQUEUE_CHUNK", 4)
+    monkeypatch.setattr(batches_storage, "ENQUEUE_CHUNK", 4)
     rules = BatchRules(max_requests=100, default_priority=2)
     lines = parse_batch(jsonl(line(i) for i in range(10)), "application/x-ndjson", rules)
 
