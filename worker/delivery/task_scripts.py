@@ -129,16 +129,6 @@ return found
 """
 )
 
-_PROGRESS_FIELDS = (
-    records.F_ATTEMPTS,
-    records.F_FIRST_ATTEMPT,
-    records.F_CANCEL,
-    records.F_ENDPOINT,
-    records.F_TRIED,
-    records.F_JOB,
-    records.F_POLLS,
-)
-
 
 @dataclass(frozen=True)
 class Progress:
