@@ -29,11 +29,6 @@ WINDOW_S = 60
 KEY_TTL_S = 2 * WINDOW_S
 
 
-def rate_key(caller: str, window: int) -> str:
-    """String counter of one caller's submissions in one window. TTL: two windows."""
-    return f"{keys.PREFIX}:rate:{caller}:{window}"
-
-
 class RateLimiter:
     """Counts submissions per caller and refuses those over ``per_minute``.
 
@@ -87,7 +82,7 @@ class RateLimiter:
         now = self._clock()
         window = int(now // WINDOW_S)
         used = await self._script(
-            keys=[rate_key(caller, window)], args=[cost, self._per_minute, KEY_TTL_S]
+            keys=[keys.api_rate(caller, window)], args=[cost, self._per_minute, KEY_TTL_S]
         )
         if int(used) < 0:
             retry_after_s = max(1, math.ceil((window + 1) * WINDOW_S - now))
@@ -102,7 +97,7 @@ class RateLimiter:
     async def refund(self, caller: str, window: int, cost: int) -> None:
         """Give back ``cost`` charged to ``caller`` in ``window``."""
         if self._refund is not None and cost > 0:
-            await self._refund(keys=[rate_key(caller, window)], args=[cost])
+            await self._refund(keys=[keys.api_rate(caller, window)], args=[cost])
 
     async def aclose(self) -> None:
         if self._redis is not None:

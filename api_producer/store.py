@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from api_producer.waiters import ResultListener, TooManyWaiters
 from worker import keys
@@ -80,29 +81,37 @@ class TaskStore:
         status = await self.get(task_id)
         if status is None or status.status.is_final:
             return status
-        await self._redis.hset(keys.task_record(task_id), records.F_CANCEL, "1")
+        pipe = self._redis.pipeline(transaction=True)
+        add_cancel(pipe, task_id, status.status, self._result_ttl_s)
+        await pipe.execute()
         if status.status is TaskState.QUEUED:
-            await self._store_revoked(task_id)
             return await self.get(task_id)
-        # Running or retrying: the worker that runs it aborts its endpoint call.
-        await self._redis.publish(keys.CANCEL_CHANNEL, task_id)
         try:
             return await self.wait(task_id, CANCEL_WAIT_S)
         except TooManyWaiters:
             return await self.get(task_id)  # asked for: the worker acknowledges on its own
 
-    async def _store_revoked(self, task_id: str) -> None:
-        """Write Celery's REVOKED state, so plain Celery clients see the cancellation too."""
-        meta = records.revoked_meta(task_id)
-        key = keys.celery_result(task_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(key, meta, ex=self._result_ttl_s)
-        pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())
-        pipe.publish(key, meta)
-        await pipe.execute()
-
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
+
+
+def add_cancel(pipe: Pipeline, task_id: str, state: TaskState, result_ttl_s: int) -> None:
+    """Add to ``pipe`` what cancels a task now in ``state`` (not final), for tasks and batches.
+
+    The cancel flag always (a worker drops a flagged task before calling the endpoint). A queued
+    task gets Celery's REVOKED result at once, so plain Celery clients see the cancellation too;
+    a running or retrying one is announced on the cancel channel, so the worker running it
+    aborts its endpoint call.
+    """
+    pipe.hset(keys.task_record(task_id), records.F_CANCEL, "1")
+    if state is not TaskState.QUEUED:
+        pipe.publish(keys.CANCEL_CHANNEL, task_id)
+        return
+    meta = records.revoked_meta(task_id)
+    result_key = keys.celery_result(task_id)
+    pipe.set(result_key, meta, ex=result_ttl_s)
+    pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())
+    pipe.publish(result_key, meta)
 
 
 async def _until(event: asyncio.Event, deadline: float) -> None:

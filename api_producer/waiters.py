@@ -22,17 +22,20 @@ import redis
 import redis.asyncio as aioredis
 
 from worker import keys
+from worker.errors import GenQueueError
 
 log = logging.getLogger(__name__)
 
 #: Subscribed always, so the connection is open (and read) before any waiter arrives.
-IDLE_CHANNEL = f"{keys.PREFIX}:waiters"
+IDLE_CHANNEL = keys.WAITERS_CHANNEL
 #: Seconds between attempts to reach Redis again, doubling up to the last.
 RECONNECT_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-class TooManyWaiters(Exception):
+class TooManyWaiters(GenQueueError):
     """Raised when this process already holds ``max_waiters`` waits."""
+
+    error_type = "too_many_waiters"
 
 
 @dataclass(eq=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from genqueue.private_files import PRIVATE_UMASK, make_private_tree, write_private_file
+from worker.errors import StartupFailed
 
 START_TIMEOUT_S = 10.0
 #: The config file, in the data folder, that holds ``requirepass``.
@@ -124,13 +125,13 @@ class EmbeddedRedis:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not redis_answers(self.url, 0.2):
             if self.process.poll() is not None:
-                raise RuntimeError(
+                raise StartupFailed(
                     f"embedded redis-server exited with {self.process.returncode}; "
                     f"see {self.log_file}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"embedded redis-server did not answer on port {self.port}")
+                raise StartupFailed(f"embedded redis-server did not answer on port {self.port}")
             time.sleep(0.05)
         return self
 

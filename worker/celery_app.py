@@ -22,7 +22,7 @@ from celery.signals import (
 from kombu import Queue
 
 from worker import connections, keys, upstream
-from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
+from worker.contract import PRIORITY_MAX, QUEUE_NAME
 from worker.delivery import broker
 from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
 from worker.delivery.lost_message_sweep import sender, sweep
@@ -155,10 +155,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": QUEUE_NAME,
-        "task_queues": [
-            Queue(QUEUE_NAME, routing_key=QUEUE_NAME),
-            Queue(CELERY_DEFAULT_QUEUE, routing_key=CELERY_DEFAULT_QUEUE),
-        ],
+        "task_queues": [Queue(name, routing_key=name) for name in keys.GENERAL_QUEUES],
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "worker_concurrency": settings.worker_concurrency,

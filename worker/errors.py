@@ -20,7 +20,28 @@ The tree::
     ├── RetriesExhausted               attempts or deadline spent on retryable errors
     ├── DeadlineExpired                the request's deadline passed before it could run
     ├── PoisonTask                     its worker died on every delivery; dead-lettered
-    └── TaskCancelled                  the task was cancelled
+    ├── TaskCancelled                  the task was cancelled
+    ├── WebhookRefused                 a URL that may not receive webhooks (also a ValueError)
+    │                                  worker/webhooks/url_check.py
+    ├── EnqueueError                   a task could not be stored; nothing of it was left
+    │                                  api_producer/producers/enqueue.py
+    ├── IdempotencyConflict            an Idempotency-Key reused with another body (409)
+    │                                  api_producer/producers/enqueue.py
+    ├── TooManyWaiters                 this API process holds its most ?wait= waits
+    │                                  api_producer/waiters.py
+    ├── BatchRefused                   a batch body refused whole (also a ValueError)
+    │   ├── UnreadableBody         400 api_producer/batches/
+    │   ├── UnsupportedMediaType   415
+    │   └── BatchInvalid           422
+    ├── PortInUse                      an address genqueue api or up must listen on is taken
+    ├── StartupFailed                  a process genqueue up or the embedded Redis starts died
+    │                                  or did not answer in time
+    └── BenchError                     genqueue bench cannot go on (genqueue/bench.py)
+
+Outside the tree on purpose: ``worker.redis_outage.RedisOutage`` (Redis away past the budget:
+the task is abandoned to be sent again, never failed, so it must not be caught as a
+``GenQueueError``), and :class:`api_producer.client.GenQueueClientError`, the HTTP client's own
+tree for callers of the API.
 
 Each class carries a stable ``error_type``: the ``error.type`` callers see in a task status.
 Messages never contain secrets: the endpoint client builds them from status codes and the
@@ -28,8 +49,6 @@ endpoint's own error text, never from request headers.
 """
 
 from __future__ import annotations
-
-from worker.contract import replace_lone_surrogates
 
 
 class GenQueueError(Exception):
@@ -40,6 +59,10 @@ class GenQueueError(Exception):
     def __init__(self, message: str) -> None:
         # An endpoint's words may hold a lone surrogate (a JSON escape): it could not be
         # logged, stored or answered as UTF-8.
+        # Imported here: worker.contract imports worker.webhooks, whose WebhookRefused is one
+        # of these classes.
+        from worker.contract import replace_lone_surrogates
+
         message = replace_lone_surrogates(message)
         super().__init__(message)
         self.message = message
@@ -163,3 +186,16 @@ class TaskCancelled(GenQueueError):
     """Raised when a task was cancelled before or while it ran."""
 
     error_type = "cancelled"
+
+
+class PortInUse(GenQueueError):
+    """Raised when ``genqueue api`` or ``genqueue up`` cannot listen on its address."""
+
+    error_type = "port_in_use"
+
+
+class StartupFailed(GenQueueError):
+    """Raised when a process ``genqueue up`` (or the embedded Redis) starts died or did not
+    answer in time; the message names it and where its log is."""
+
+    error_type = "startup_failed"

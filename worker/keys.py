@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from worker.contract import PRIORITY_MAX
+from worker.contract import CELERY_DEFAULT_QUEUE, PRIORITY_MAX, QUEUE_NAME
 
 PREFIX = "genqueue"
 
@@ -24,9 +24,13 @@ def lease(endpoint_id: str) -> str:
     return f"{PREFIX}:lease:{endpoint_id}"
 
 
+#: Celery's Redis result backend's key prefix (its default naming).
+CELERY_RESULT_PREFIX = "celery-task-meta-"
+
+
 def celery_result(task_id: str) -> str:
-    """Celery's own result key (its Redis backend's default naming)."""
-    return f"celery-task-meta-{task_id}"
+    """Celery's own result key, and the channel its backend publishes each state on."""
+    return f"{CELERY_RESULT_PREFIX}{task_id}"
 
 
 def running(task_id: str) -> str:
@@ -54,6 +58,16 @@ def dropped(endpoint_id: str) -> str:
 def rate(endpoint_id: str) -> str:
     """Hash: this minute's window and the requests and tokens spent in it. TTL: 2 minutes."""
     return f"{PREFIX}:rate-limit:{endpoint_id}"
+
+
+def api_rate(caller: str, window: int) -> str:
+    """String counter of one API caller's submissions in one minute window. TTL: two windows."""
+    return f"{PREFIX}:rate:{caller}:{window}"
+
+
+def bench_held(queue: bytes) -> bytes:
+    """A queue's list set aside by ``genqueue bench`` while its worker starts; renamed back."""
+    return b"genqueue-bench:held:" + queue
 
 
 def inbox() -> str:
@@ -88,18 +102,68 @@ def batch_tasks(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:tasks"
 
 
+#: Stream of final states (``XADD MAXLEN ~ GENQUEUE_EVENTS_MAXLEN``): bounded.
+EVENTS_STREAM = f"{PREFIX}:events"
+
+#: The exchange and routing key of Celery's task-sent event (a fanout exchange on Redis).
+EVENT_EXCHANGE = "celeryev"
+EVENT_ROUTING_KEY = "task.sent"
+
+
+def event_topic(db: int) -> str:
+    """The pub/sub channel of the task-sent event (kombu's fanout prefix names the database)."""
+    return f"/{db}.{EVENT_EXCHANGE}/{EVENT_ROUTING_KEY}"
+
+
+#: Pub/sub channel the API's result listener always subscribes to (nothing is published on it).
+WAITERS_CHANNEL = f"{PREFIX}:waiters"
+
+#: Pub/sub channel on which the API announces cancellations of running tasks.
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+
+# --------------------------------------------------------------------------- Celery's queues
+
+#: The queues of tasks that name no endpoint: genqueue's, and Celery's default (plain
+#: ``send_task`` callers).
+GENERAL_QUEUES = (QUEUE_NAME, CELERY_DEFAULT_QUEUE)
+
+
+def queue_for(endpoint: str | None) -> str:
+    """The Celery queue of tasks for ``endpoint``; genqueue's own for tasks that name none.
+
+    A named endpoint has a queue of its own, so workers can be dedicated to it.
+    """
+    return f"{QUEUE_NAME}.{endpoint}" if endpoint else QUEUE_NAME
+
+
+def all_queues(endpoints: Iterable[str]) -> list[str]:
+    """The general queues and each endpoint's, once each, in that order."""
+    return list(dict.fromkeys([*GENERAL_QUEUES, *(queue_for(name) for name in endpoints)]))
+
+
 #: kombu's separator between a queue's name and its priority step in the Redis list's name.
 PRIORITY_SEP = "\x06\x16"
 
 
+def queue_list(queue: str, step: int) -> str:
+    """The Redis list of ``queue``'s priority step (kombu: step 0 is the queue's own name)."""
+    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
+
+
 def queue_lists(queues: Iterable[str]) -> list[str]:
     """Every Redis list of ``queues``: the queue itself (step 0) and each priority step."""
-    return [
-        queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}"
-        for queue in queues
-        for step in range(PRIORITY_MAX + 1)
-    ]
+    return [queue_list(queue, step) for queue in queues for step in range(PRIORITY_MAX + 1)]
 
 
-#: Pub/sub channel on which the API announces cancellations of running tasks.
-CANCEL_CHANNEL = f"{PREFIX}:cancel"
+def queue_bindings(queue: str) -> list[tuple[str, str]]:
+    """The sets kombu's queue declaration adds to for ``queue`` and the member it adds: its
+    exchange's binding table and the permanent copy (Celery names the exchange and the routing
+    key after the queue)."""
+    member = f"{queue}{PRIORITY_SEP}{PRIORITY_SEP}{queue}"
+    return [(f"_kombu.binding.{queue}", member), (f"_kombu.binding_permanent.{queue}", member)]
+
+
+#: kombu's hash of unacknowledged messages and its index by time (kombu's names: genqueue sets
+#: no ``global_keyprefix``).
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"

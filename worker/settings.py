@@ -251,15 +251,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def longest_countdown_s(self) -> float:
-        """The longest a retry waits in the queue."""
-        return max(self.retry_max_delay_s, self.retry_after_max_s)
-
-    @property
-    def longest_attempt_s(self) -> float:
-        return self.endpoint_connect_timeout_s + self.endpoint_read_timeout_s
-
 
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""

@@ -21,11 +21,9 @@ from celery.utils.nodenames import anon_nodename
 from celery.utils.time import utcoffset
 from kombu.utils.json import dumps
 
-from worker.keys import PRIORITY_SEP
+from worker import keys
+from worker.keys import EVENT_EXCHANGE, EVENT_ROUTING_KEY
 
-#: The exchange and routing key of Celery's task-sent event (a fanout exchange on Redis).
-EVENT_EXCHANGE = "celeryev"
-EVENT_ROUTING_KEY = "task.sent"
 #: kombu's delivery modes: tasks are persistent, events transient.
 PERSISTENT = 2
 TRANSIENT = 1
@@ -42,23 +40,6 @@ class Outgoing:
     event: str
 
 
-def queue_list(queue: str, priority: int) -> str:
-    """The Redis list of ``queue``'s priority step (kombu: step 0 is the queue's own name)."""
-    return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
-
-
-def event_topic(db: int) -> str:
-    """The pub/sub channel of the task-sent event (kombu's fanout prefix names the database)."""
-    return f"/{db}.{EVENT_EXCHANGE}/{EVENT_ROUTING_KEY}"
-
-
-def bindings(queue: str) -> list[tuple[str, str]]:
-    """The ``SADD`` kombu's queue declaration makes for ``queue``: its exchange's binding table
-    and the permanent copy (Celery names the exchange and the routing key after the queue)."""
-    member = f"{queue}{PRIORITY_SEP}{PRIORITY_SEP}{queue}"
-    return [(f"_kombu.binding.{queue}", member), (f"_kombu.binding_permanent.{queue}", member)]
-
-
 def _encoded(payload: Any) -> str:
     return base64.b64encode(dumps(payload).encode()).decode()
 
@@ -72,7 +53,7 @@ class MessageBuilder:
 
     def __init__(self, app: Celery, db: int) -> None:
         self._app = app
-        self._topic = event_topic(db)
+        self._topic = keys.event_topic(db)
         self._pid = -1
         self._hostname = ""
 
@@ -133,7 +114,7 @@ class MessageBuilder:
             "properties": properties,
         }
         event = self._sent_event(node, task_id, name, kwargsrepr, queue)
-        return Outgoing(queue_list(queue, priority), dumps(message), self._topic, event)
+        return Outgoing(keys.queue_list(queue, priority), dumps(message), self._topic, event)
 
     def _sent_event(self, node: str, task_id: str, name: str, kwargsrepr: str, queue: str) -> str:
         """Celery's ``task-sent`` event, as its EventDispatcher publishes it."""

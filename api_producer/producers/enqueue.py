@@ -17,11 +17,11 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from api_producer.producers.celery_message import MessageBuilder, bindings
+from api_producer.producers.celery_message import MessageBuilder
 from worker import keys
-from worker.contract import PRIORITY_MAX, QUEUE_NAME, TASK_NAME, GenerationRequest
+from worker.contract import PRIORITY_MAX, TASK_NAME, GenerationRequest
 from worker.delivery import records
-from worker.endpoints.config import queue_for
+from worker.errors import GenQueueError
 from worker.observability.flower_summaries import payload_summary
 from worker.settings import Settings
 
@@ -29,12 +29,16 @@ from worker.settings import Settings
 Command = tuple[Any, ...]
 
 
-class EnqueueError(Exception):
+class EnqueueError(GenQueueError):
     """Raised when a task could not be stored and sent; nothing of it was left behind."""
 
+    error_type = "enqueue_failed"
 
-class IdempotencyConflict(Exception):
+
+class IdempotencyConflict(GenQueueError):
     """Raised when an idempotency key was used before with a different body."""
+
+    error_type = "idempotency_conflict"
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,8 @@ class Accepted:
 
 
 def queue_of(request: GenerationRequest) -> str:
-    """A named endpoint has a queue of its own, so workers can be dedicated to it."""
-    return queue_for(request.endpoint) if request.endpoint else QUEUE_NAME
+    """The queue of ``request``: its endpoint's (:func:`worker.keys.queue_for`)."""
+    return keys.queue_for(request.endpoint)
 
 
 def celery_priority(request: GenerationRequest) -> int:
@@ -138,7 +142,7 @@ class EnqueuePlan:
         queue = queue_of(request)
         commands: list[Command] = []
         if queue not in self._declared:
-            commands += [("SADD", key, member) for key, member in bindings(queue)]
+            commands += [("SADD", key, member) for key, member in keys.queue_bindings(queue)]
         out = self._builder.build(
             task_id,
             TASK_NAME,

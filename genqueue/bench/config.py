@@ -6,11 +6,15 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.errors import GenQueueError
+
 PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
 
 
-class BenchError(Exception):
+class BenchError(GenQueueError):
     """The benchmark cannot go on; the message says why."""
+
+    error_type = "bench_error"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

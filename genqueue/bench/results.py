@@ -10,7 +10,8 @@ from typing import Any
 
 import redis
 
-RESULT_PREFIX = "celery-task-meta-"
+from worker.keys import CELERY_RESULT_PREFIX as RESULT_PREFIX
+
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 

@@ -31,6 +31,7 @@ import requests
 from api_producer.producers.direct import DirectProducer
 from genqueue.bench.processes import base_env, children_of
 from genqueue.embedded_redis import EmbeddedRedis, free_port
+from worker import keys
 from worker.contract import GenerationRequest
 from worker.settings import Settings
 
@@ -50,7 +51,7 @@ def settle(client: redis.Redis, pending: set[str], final: dict[str, bytes]) -> N
     ordered = list(pending)
     pipe = client.pipeline(transaction=False)
     for task_id in ordered:
-        pipe.get(f"celery-task-meta-{task_id}")
+        pipe.get(keys.celery_result(task_id))
     for task_id, raw in zip(ordered, pipe.execute(), strict=True):
         state = json.loads(raw)["status"].encode() if raw else b"PENDING"
         if state in FINAL:

@@ -11,7 +11,7 @@ from celery import Celery
 
 from genqueue.bench.processes import base_env
 from genqueue.cli.worker import process_count
-from worker.contract import QUEUE_NAME, GenerationRequest
+from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME, GenerationRequest
 from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings
 
@@ -80,7 +80,7 @@ class BareKind:
     """``celery -A genqueue.bench.bare worker -P gevent -c 500``, fed by plain ``send_task``."""
 
     name = "bare"
-    queue = "celery"
+    queue = CELERY_DEFAULT_QUEUE
     processes = 1
     cap = BARE_CONCURRENCY
 

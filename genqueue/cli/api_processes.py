@@ -23,7 +23,9 @@ import signal
 import socket
 import sys
 
+from genqueue.cli import ports
 from genqueue.cli.supervise import Policy, Supervisor
+from worker.errors import PortInUse
 
 #: The exit status of a child whose app did not start (starting it again would fail alike).
 STARTUP_FAILURE = 3
@@ -34,37 +36,22 @@ API_POLICY = Policy(
 BACKLOG = 2048
 
 
-class PortInUseError(OSError):
-    """The address ``genqueue api`` must listen on is taken."""
-
-
 def reuseport_supported() -> bool:
     """Whether the kernel balances connections across SO_REUSEPORT sockets (Linux)."""
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _check_free(host: str, port: int) -> None:
-    """Fail if anything, including another SO_REUSEPORT group of ours, holds the address."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-
-
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """``count`` listening sockets on ``host:port``, each with SO_REUSEPORT.
 
-    Raises :class:`PortInUseError` if the address is taken.
+    Raises :class:`PortInUse` if the address is taken.
     """
     sockets: list[socket.socket] = []
     try:
         if port != 0:
-            _check_free(host, port)
+            ports.check_free(host, port)
         for _ in range(count):
-            sock = socket.socket(_family(host), socket.SOCK_STREAM)
+            sock = socket.socket(ports.family(host), socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -77,9 +64,7 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         if err.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                err.errno, f"port {port} on {host} is already in use ({err.strerror})"
-            ) from err
+            raise ports.port_in_use(err, host, port) from err
         raise
     return sockets
 
@@ -88,8 +73,8 @@ def serve_processes(host: str, port: int, count: int, log_level: str) -> int:
     """Serve the API from ``count`` processes on ``host:port``; the exit status."""
     try:
         sockets = bind_sockets(host, port, count)
-    except PortInUseError as err:
-        print(f"genqueue api: {err.strerror}", file=sys.stderr)
+    except PortInUse as err:
+        print(f"genqueue api: {err}", file=sys.stderr)
         return 1
     port = sockets[0].getsockname()[1]
     argvs = [

@@ -11,6 +11,7 @@ from typing import Any
 
 from api_producer.client import GenQueueClient, GenQueueClientError, TaskFailed
 from worker.contract import TaskStatus
+from worker.errors import GenQueueError, InvalidRequest
 from worker.settings import Settings
 
 #: Requests per ``POST /v1/tasks/batch`` when submitting a file.
@@ -46,9 +47,9 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
+                raise InvalidRequest(f"{path}:{number}: not JSON ({err.msg})") from None
             if not isinstance(value, dict):
-                raise ValueError(f"{path}:{number}: a request must be a JSON object")
+                raise InvalidRequest(f"{path}:{number}: a request must be a JSON object")
             yield value
 
 
@@ -77,7 +78,7 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
     except TaskFailed as err:
         _print_status(err.status)
         return 1
-    except (GenQueueClientError, ValueError, OSError) as err:
+    except (GenQueueClientError, GenQueueError, ValueError, OSError) as err:
         print(f"genqueue submit: {err}", file=sys.stderr)
         return 1
 

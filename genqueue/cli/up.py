@@ -20,7 +20,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from types import FrameType
 
 import requests
 
+from genqueue.cli import ports
 from genqueue.cli.flower import FLOWER_DB_NAME
 from genqueue.cli.up_output import (
     LOGS_DIR_NAME,
@@ -51,27 +51,13 @@ from genqueue.private_files import (
     make_private_tree,
     read_or_create_secret,
 )
+from worker.errors import PortInUse, StartupFailed
 from worker.settings import Settings
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 #: The cap ``up`` gives its own simulator (a real text-generation-webui pod wants 1).
 SIMULATOR_MAX_CONCURRENCY = 64
-
-
-class PortInUse(Exception):
-    """Raised when a port ``up`` must listen on is taken."""
-
-
-def check_port_free(host: str, port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise PortInUse(
-                f"{what} port {port} on {host} is already in use ({err.strerror})"
-            ) from None
 
 
 @dataclass
@@ -135,7 +121,7 @@ def _wait_http(url: str, what: str, stack: Stack) -> None:
             return
         except requests.RequestException:
             time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer at {url} within {START_TIMEOUT_S:g}s")
+    raise StartupFailed(f"{what} did not answer at {url} within {START_TIMEOUT_S:g}s")
 
 
 class _Stop(Exception):
@@ -150,8 +136,8 @@ def run_up(
     settings: Settings, host: str, api_port: int, flower_port: int, verbose: bool = False
 ) -> int:
     try:
-        check_port_free(host, api_port, "the API")
-        check_port_free(host, flower_port, "Flower")
+        ports.check_free(host, api_port, "the API")
+        ports.check_free(host, flower_port, "Flower")
     except PortInUse as err:
         print(f"genqueue up: {err}; choose another with --api-port/--flower-port", file=sys.stderr)
         return 1
@@ -173,7 +159,7 @@ def run_up(
     except ComponentDied as died:
         print(death_report(died.death), file=sys.stderr, flush=True)
         return 1
-    except RuntimeError as err:
+    except StartupFailed as err:
         print(f"genqueue up: {err}; stopping everything", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from genqueue.private_files import FILE_MODE, make_private_dir
+from worker.errors import StartupFailed
 
 LOGS_DIR_NAME = "logs"
 #: How many of a dead component's last log lines the terminal shows.
@@ -117,7 +118,7 @@ class Death:
         return f"{self.name} {how}"
 
 
-class ComponentDied(RuntimeError):
+class ComponentDied(StartupFailed):
     """Raised when a component exits while ``up`` starts or runs."""
 
     def __init__(self, death: Death) -> None:

@@ -14,8 +14,8 @@ import socket
 import sys
 from typing import NoReturn
 
-from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME
-from worker.endpoints.config import Endpoints, queue_for
+from worker import keys
+from worker.endpoints.config import Endpoints
 from worker.errors import SettingsError
 from worker.settings import Settings
 
@@ -26,13 +26,13 @@ def worker_queues(endpoints: Endpoints, only: str | None = None) -> list[str]:
     Tasks that name no endpoint wait in genqueue's queue (and Celery's default one, for plain
     ``send_task``); a worker dedicated to the default endpoint takes those too.
     """
-    general = [QUEUE_NAME, CELERY_DEFAULT_QUEUE]
     if only is None:
-        return general + [queue_for(name) for name in endpoints.names]
+        return keys.all_queues(endpoints.names)
     if only not in endpoints:
         known = ", ".join(endpoints.names)
         raise SettingsError(f"--endpoint {only!r} is not a configured endpoint ({known})")
-    return [queue_for(only)] + (general if only == endpoints.default else [])
+    general = list(keys.GENERAL_QUEUES) if only == endpoints.default else []
+    return [keys.queue_for(only), *general]
 
 
 def worker_argv(

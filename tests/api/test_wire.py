@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from api_producer.producers.celery_message import MessageBuilder, bindings, event_topic, queue_list
+from api_producer.producers.celery_message import MessageBuilder
 from api_producer.producers.direct import DirectProducer, producer_celery
 from api_producer.producers.enqueue import celery_priority, queue_of, summary
 from worker import keys
@@ -54,7 +54,7 @@ def test_message_and_event_match_celery(redis_url, redis_client, priority) -> No
     app = producer_celery(Settings(redis_url=redis_url))
     db = int(redis_url.rsplit("/", 1)[1])
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(event_topic(db))
+    pubsub.subscribe(keys.event_topic(db))
     pubsub.get_message(timeout=1)
     queue, celery_pri = queue_of(request), celery_priority(request)
     with app.producer_or_acquire() as producer:
@@ -68,9 +68,9 @@ def test_message_and_event_match_celery(redis_url, redis_client, priority) -> No
             kwargsrepr=summary(request),
             producer=producer,
         )
-    celery_message = redis_client.rpop(queue_list(queue, celery_pri))
+    celery_message = redis_client.rpop(keys.queue_list(queue, celery_pri))
     celery_event = _published(pubsub)
-    assert redis_client.sismember(*bindings(queue)[0])
+    assert redis_client.sismember(*keys.queue_bindings(queue)[0])
 
     out = MessageBuilder(app, db).build(
         "the-task",
@@ -80,7 +80,7 @@ def test_message_and_event_match_celery(redis_url, redis_client, priority) -> No
         celery_pri,
         summary(request),
     )
-    assert out.topic == event_topic(db)
+    assert out.topic == keys.event_topic(db)
     assert _message_text(out.message.encode()) == _message_text(celery_message)
     assert _event_text(out.event.encode()) == _event_text(celery_event)
     pubsub.close()
@@ -98,7 +98,7 @@ def test_one_submission_writes_record_message_and_event(redis_url, redis_client)
     assert json.loads(record[b"payload"]) == request.to_payload()
     assert redis_client.zscore(keys.inbox(), task_id) is not None
     assert 0 < redis_client.ttl(keys.task_record(task_id)) <= settings.result_ttl_s
-    raw = redis_client.lrange(queue_list("genqueue", 7), 0, -1)
+    raw = redis_client.lrange(keys.queue_list("genqueue", 7), 0, -1)
     assert len(raw) == 1 and json.loads(raw[0])["headers"]["id"] == task_id
-    for key, member in bindings("genqueue"):
+    for key, member in keys.queue_bindings("genqueue"):
         assert redis_client.sismember(key, member)

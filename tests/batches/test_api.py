@@ -9,8 +9,8 @@ import pytest
 import redis
 import requests
 
-from api_producer import batches as batches_module
 from api_producer.batches import BatchRules, BatchStore, parse_batch
+from api_producer.batches import storage as batches_storage
 from api_producer.producers.direct import DirectProducer, EnqueueError
 from tests.batches.conftest import get_json, jsonl, line, post_batch, queue_depth, results
 from worker import connections, keys
@@ -174,7 +174,7 @@ def test_a_failure_midway_withdraws_the_sent_chunks(redis_url, redis_client, mon
         return submit_many(requests_, idempotency_key)
 
     monkeypatch.setattr(producer, "submit_many", failing)
-    monkeypatch.setattr(batches_module, "ENQUEUE_CHUNK", 4)
+    monkeypatch.setattr(batches_storage, "ENQUEUE_CHUNK", 4)
     rules = BatchRules(max_requests=100, default_priority=2)
     lines = parse_batch(jsonl(line(i) for i in range(10)), "application/x-ndjson", rules)
 
@@ -195,3 +195,20 @@ def test_a_failure_midway_withdraws_the_sent_chunks(redis_url, redis_client, mon
         record = redis_client.hgetall(key)
         assert records.status_from(task_id, record, None).status.value == "cancelled"
     assert not list(redis_client.scan_iter(match="genqueue:batch:*"))
+
+
+def test_a_polled_serverless_task_counts_as_running_as_its_status_says(
+    api, auth, redis_client
+) -> None:
+    """A task polling its serverless job is in Celery's RETRY state; both views say running."""
+    batch_id = post_batch(api, jsonl([line(1)]), auth).json()["batch_id"]
+    task_id = results(api, batch_id, auth)[0]["task_id"]
+    # What a worker writes while it polls a submitted serverless job between attempts.
+    redis_client.hset(keys.task_record(task_id), records.F_JOB, "job-1")
+    redis_client.set(keys.celery_result(task_id), json.dumps({"status": "RETRY", "result": None}))
+    task = get_json(api, f"/v1/tasks/{task_id}", auth)
+    batch = get_json(api, f"/v1/batches/{batch_id}", auth)
+    assert task["status"] == "running"
+    assert batch["counts"]["running"] == 1 and batch["counts"]["retrying"] == 0
+    assert batch["status"] == "running"
+    assert results(api, batch_id, auth)[0]["status"] == "running"

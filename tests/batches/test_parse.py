@@ -125,6 +125,8 @@ def meta(status: str) -> bytes:
         ({b"attempts": b"0", b"cancel_requested": b"1"}, meta("STARTED")),
         ({b"attempts": b"0"}, meta("RECEIVED")),
         ({b"attempts": b"0"}, meta("RETRY")),
+        ({b"attempts": b"1", b"job_id": b"job-1"}, meta("RETRY")),
+        ({b"job_id": b"j", b"finished_at": b"2030-01-01T00:00:00Z"}, meta("RETRY")),
         ({b"attempts": b"0"}, meta("REVOKED")),
         ({b"attempts": b"0"}, meta("REJECTED")),
         ({}, meta("SUCCESS")),

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from api_producer import batches as batches_module
+from api_producer.batches import parsing as batches_parsing
 from api_producer.main import create_app
 from tests.api.conftest import API_KEY
 from tests.batches.conftest import jsonl, line, queue_depth
@@ -103,7 +103,7 @@ def json_loads_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             calls.append(text if isinstance(text, str) else text.decode())
             return real(text, **kwargs)
 
-    monkeypatch.setattr(batches_module, "json", CountingJson())
+    monkeypatch.setattr(batches_parsing, "json", CountingJson())
     return calls
 
 

@@ -14,8 +14,9 @@ import requests
 from fastapi import HTTPException
 
 from api_producer.auth import hash_key
-from api_producer.rate_limit import KEY_TTL_S, WINDOW_S, RateLimiter, rate_key
+from api_producer.rate_limit import KEY_TTL_S, WINDOW_S, RateLimiter
 from tests.security.conftest import API_KEY, queued_messages
+from worker import keys
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +60,7 @@ def test_fourth_submission_in_a_minute_is_429(
     # The counter is per key, named by the key's digest prefix, and expires.
     caller = hash_key(API_KEY)[:12]
     [key] = list(redis_client.scan_iter(match="genqueue:rate:*"))
-    assert key.decode() == rate_key(caller, int(time.time() // WINDOW_S))
+    assert key.decode() == keys.api_rate(caller, int(time.time() // WINDOW_S))
     assert API_KEY.encode() not in key
     assert redis_client.get(key) == b"3"
     assert 0 < redis_client.ttl(key) <= KEY_TTL_S

@@ -65,18 +65,32 @@ def _decode(raw: dict[Any, Any]) -> dict[str, str]:
     }
 
 
+def _meta(raw_meta: bytes | str | None) -> dict[str, Any]:
+    return json.loads(raw_meta) if raw_meta else {}
+
+
+def _state(record: dict[str, str], meta: dict[str, Any]) -> TaskState:
+    """The one rule from Celery's state and the record to the state genqueue reports."""
+    state = CELERY_STATES.get(meta.get("status", "PENDING"), TaskState.QUEUED)
+    if state is TaskState.QUEUED and record.get(F_CANCEL):
+        return TaskState.CANCELLED
+    if state is TaskState.RETRYING and record.get(F_JOB) and not record.get(F_FINISHED):
+        return TaskState.RUNNING  # polling its serverless job, not failing
+    return state
+
+
+def state_from(raw_record: dict[Any, Any], raw_meta: bytes | str | None) -> TaskState:
+    """The state :func:`status_from` reports, without building the whole status."""
+    return _state(_decode(raw_record), _meta(raw_meta))
+
+
 def status_from(
     task_id: str, raw_record: dict[Any, Any], raw_meta: bytes | str | None
 ) -> TaskStatus:
     """A task's status from its record and Celery's result meta (either may be missing)."""
     record = _decode(raw_record)
-    meta: dict[str, Any] = json.loads(raw_meta) if raw_meta else {}
-    celery_state = meta.get("status", "PENDING")
-    state = CELERY_STATES.get(celery_state, TaskState.QUEUED)
-    if state is TaskState.QUEUED and record.get(F_CANCEL):
-        state = TaskState.CANCELLED
-    if state is TaskState.RETRYING and record.get(F_JOB) and not record.get(F_FINISHED):
-        state = TaskState.RUNNING  # polling its serverless job, not failing
+    meta = _meta(raw_meta)
+    state = _state(record, meta)
     result = None
     error = None
     if state is TaskState.SUCCEEDED and isinstance(meta.get("result"), dict):

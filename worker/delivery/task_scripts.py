@@ -34,16 +34,6 @@ from worker.limits.guard import GrantedSlot, SlotOffer, SlotRelease
 from worker.observability import completion_stream as events
 from worker.redis_outage import REDIS_DOWN
 
-_PROGRESS_FIELDS = (
-    records.F_ATTEMPTS,
-    records.F_FIRST_ATTEMPT,
-    records.F_CANCEL,
-    records.F_ENDPOINT,
-    records.F_TRIED,
-    records.F_JOB,
-    records.F_POLLS,
-)
-
 
 @dataclass(frozen=True)
 class Progress:
@@ -193,8 +183,8 @@ class Lifecycle:
             events.EVENTS_STREAM,
             keys.celery_result(task_id),
             keys.running(task_id),
-            self._broker.unacked_index_key if self._broker else "unacked_index",
-            self._broker.unacked_key if self._broker else "unacked",
+            self._broker.unacked_index_key if self._broker else keys.UNACKED_INDEX,
+            self._broker.unacked_key if self._broker else keys.UNACKED,
             keys.inbox(),
         ]
         tag = message_tag if self._broker is not None and message_tag else ""

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
+from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
 from worker.settings import POD_PROXY_TIMEOUT_S, Settings, env_name
 
 DEFAULT_ENDPOINT = "default"
@@ -117,11 +118,6 @@ class EndpointsFile(BaseModel):
     endpoints: dict[str, EndpointSpec] = Field(min_length=1)
     #: The endpoint of requests that name none (the first one when unset).
     default: str | None = None
-
-
-def queue_for(endpoint: str) -> str:
-    """The Celery queue of tasks for ``endpoint``."""
-    return f"genqueue.{endpoint}"
 
 
 class Endpoints:

@@ -27,8 +27,6 @@ from worker.errors import InvalidEndpointResponse, PermanentEndpointError
 #: RunPod's job states, as genqueue sees them.
 PENDING_STATES = frozenset({"IN_QUEUE", "IN_PROGRESS", "RUNNING"})
 FAILED_STATES = frozenset({"FAILED", "TIMED_OUT"})
-#: The sampling parameters the vLLM worker takes under another name.
-_RENAMES = {"stop": "stop"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,8 @@ def job_input(
     prompt: str | None, messages: list[dict[str, str]] | None, params: dict[str, Any]
 ) -> dict[str, Any]:
     """The body of ``/run``: the vLLM worker's input shape."""
-    body: dict[str, Any] = {"sampling_params": {_RENAMES.get(k, k): v for k, v in params.items()}}
+    # The vLLM worker takes genqueue's sampling parameters under the same names.
+    body: dict[str, Any] = {"sampling_params": dict(params)}
     if messages is not None:
         body["messages"] = messages
     else:

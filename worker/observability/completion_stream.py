@@ -21,7 +21,9 @@ from typing import Any
 
 import redis
 
-EVENTS_STREAM = "genqueue:events"
+from worker import keys
+
+EVENTS_STREAM = keys.EVENTS_STREAM
 
 
 @dataclass(frozen=True)

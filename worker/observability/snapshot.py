@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker import keys
-from worker.contract import CELERY_DEFAULT_QUEUE, QUEUE_NAME
-from worker.endpoints.config import Endpoints, queue_for
+from worker.endpoints.config import Endpoints
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,7 @@ def endpoint_caps(endpoints: Endpoints | None) -> list[EndpointCap]:
 def queue_keys(endpoint_ids: Sequence[str] = ()) -> list[str]:
     """Every Redis list the workers consume: genqueue's and Celery's default queues and each
     endpoint's queue, each priority step."""
-    queues = [QUEUE_NAME, CELERY_DEFAULT_QUEUE, *(queue_for(e) for e in endpoint_ids)]
-    return keys.queue_lists(dict.fromkeys(queues))
+    return keys.queue_lists(keys.all_queues(endpoint_ids))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from worker.errors import GenQueueError
+
 #: Resolves ``(host, port)`` to IP addresses; :func:`resolve_host` unless a test gives another.
 Resolver = Callable[[str, int], Sequence[str]]
 
@@ -46,8 +48,12 @@ _PRIVATE = (
 )
 
 
-class WebhookRefused(ValueError):
-    """Raised when a URL may not receive webhooks; the message says why, without the URL."""
+class WebhookRefused(GenQueueError, ValueError):
+    """Raised when a URL may not receive webhooks; the message says why, without the URL.
+
+    A ``ValueError`` too: the contract's validator raises it for pydantic."""
+
+    error_type = "webhook_refused"
 
 
 @dataclass(frozen=True)

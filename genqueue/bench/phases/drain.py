@@ -13,11 +13,9 @@ from genqueue.bench.harness import Harness
 from genqueue.bench.processes import tree_cpu_s, tree_peak_rss_mb
 from genqueue.bench.progress import progress
 from genqueue.bench.redis_db import redis_usage
-from genqueue.bench.results import RESULT_PREFIX
 from genqueue.bench.simulator_process import SimProcess
 from genqueue.bench.workers import Kind
-
-HELD_PREFIX = b"genqueue-bench:held:"
+from worker import keys
 
 
 def _hold_queues(harness: Harness, kind: Kind, count: int) -> list[bytes]:
@@ -29,7 +27,7 @@ def _hold_queues(harness: Harness, kind: Kind, count: int) -> list[bytes]:
         raise BenchError(f"{total} of {count} messages in queues {queues!r}")
     pipe = harness.redis.pipeline(transaction=True)
     for queue in queues:
-        pipe.rename(queue, HELD_PREFIX + queue)
+        pipe.rename(queue, keys.bench_held(queue))
     pipe.execute()
     return queues
 
@@ -37,15 +35,15 @@ def _hold_queues(harness: Harness, kind: Kind, count: int) -> list[bytes]:
 def _release(harness: Harness, queues: list[bytes]) -> None:
     pipe = harness.redis.pipeline(transaction=True)
     for queue in queues:
-        pipe.rename(HELD_PREFIX + queue, queue)
+        pipe.rename(keys.bench_held(queue), queue)
     pipe.execute()
 
 
 def _count_results(harness: Harness, task_ids: list[str]) -> tuple[int, int]:
     succeeded = failed = 0
     for start in range(0, len(task_ids), 500):
-        keys = [RESULT_PREFIX + t for t in task_ids[start : start + 500]]
-        for raw in harness.redis.mget(keys):
+        result_keys = [keys.celery_result(t) for t in task_ids[start : start + 500]]
+        for raw in harness.redis.mget(result_keys):
             state = json.loads(raw).get("status") if raw else None
             succeeded += state == "SUCCESS"
             failed += state in ("FAILURE", "REVOKED")

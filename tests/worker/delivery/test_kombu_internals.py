@@ -31,12 +31,13 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.imports import symbol_by_name
 from packaging.requirements import Requirement
 
-from api_producer.producers.celery_message import MessageBuilder, bindings, queue_list
+from api_producer.producers.celery_message import MessageBuilder
 from worker import keys, upstream
 from worker.contract import PRIORITY_MAX, TASK_NAME
 from worker.delivery import broker
 from worker.delivery.lost_message_sweep import _unacked_task_ids
 from worker.delivery.task_scripts import celery_meta
+from worker.keys import queue_bindings, queue_list
 
 ROOT = Path(__file__).resolve().parents[3]
 QUEUE = "internals-test"
@@ -197,10 +198,10 @@ def test_a_queue_declaration_binds_it_as_the_producer_does(
 ) -> None:
     celery_client.send_task(TASK_NAME, kwargs={"request": {}}, queue=QUEUE)
 
-    for key, member in bindings(QUEUE):
+    for key, member in queue_bindings(QUEUE):
         assert redis_client.smembers(key) == {member.encode()}, loudly(
             f"kombu's binding set {key!r} holds {redis_client.smembers(key)}, "
-            f"api_producer.producers.celery_message.bindings writes {member!r}"
+            f"worker.keys.queue_bindings names {member!r}"
         )
 
 
