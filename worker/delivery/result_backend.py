@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
+
+from worker import redis_sentinel
 
 # KEYS: the result key. ARGV: the meta (JSON), its time to live (s, 0: none), SUCCESS.
 # Writes and publishes the meta unless the key already holds a success; 1 if written.
@@ -70,3 +72,14 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             self._store_script = client.register_script(STORE)
         expires = int(self.expires or 0)
         self._store_script(keys=[key], args=[value, expires, states.SUCCESS])
+
+
+class SentinelResultBackend(ResultBackend, SentinelBackend):  # type: ignore[misc]
+    """:class:`ResultBackend` on the primary the sentinels name (``sentinel://``), whose
+    connections reconnect when the primary they hold was demoted."""
+
+    connection_class_ssl = redis_sentinel.FailoverSSLConnection
+
+    def _get_pool(self, **params: Any) -> Any:
+        params.setdefault("connection_class", redis_sentinel.FailoverConnection)
+        return super()._get_pool(**params)
