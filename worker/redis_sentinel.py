@@ -28,8 +28,11 @@ from urllib.parse import unquote, urlsplit
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as async_sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 SCHEME = "sentinel://"
@@ -57,8 +60,13 @@ class SentinelUrl:
 
 
 def parse(url: str) -> SentinelUrl:
-    """Split ``url``; a :class:`ValueError` says what is wrong without quoting the URL."""
+    """Split ``url``; a :class:`ValueError` says what is wrong without quoting the URL.
+
+    kombu and Celery read the database from the first address only, so an address that names
+    another one is refused rather than silently ignored.
+    """
     sentinels = []
+    databases = []
     for number, part in enumerate(url.split(SEPARATOR), start=1):
         if not is_sentinel(part):
             raise ValueError(f"address {number} must start with sentinel://")
@@ -70,16 +78,26 @@ def parse(url: str) -> SentinelUrl:
         if not parts.hostname:
             raise ValueError(f"address {number} has no host")
         sentinels.append((parts.hostname, port))
+        databases.append(_database(parts.path, number))
+    db = databases[0] or 0
+    if any(named not in (None, db) for named in databases[1:]):
+        raise ValueError("name the database on the first address (kombu and Celery read it there)")
     first = urlsplit(url.split(SEPARATOR, 1)[0])
-    db_text = first.path.strip("/") or "0"
-    if not db_text.isdigit():
-        raise ValueError("the database (after the first address's /) must be a number")
     return SentinelUrl(
         sentinels=tuple(sentinels),
-        db=int(db_text),
+        db=db,
         username=unquote(first.username) if first.username else None,
         password=unquote(first.password) if first.password else None,
     )
+
+
+def _database(path: str, number: int) -> int | None:
+    text = path.strip("/")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"the database of address {number} (after its /) must be a number")
+    return int(text)
 
 
 def demoted(err: ResponseError) -> bool:
@@ -89,7 +107,17 @@ def demoted(err: ResponseError) -> bool:
 
 
 class FailoverConnection(SentinelManagedConnection):
-    """A connection to the primary that reconnects when the primary it holds was demoted."""
+    """A connection to the primary that reconnects when the primary it holds was demoted.
+
+    It also asks the sentinels again when a retry reconnects it: redis-py's retry reconnects
+    a dropped connection to the address it had (``connect_check_health``), which after a
+    failover is the old primary.
+    """
+
+    def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(*args, **kwargs)
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -107,6 +135,11 @@ class FailoverSSLConnection(FailoverConnection, redis.SSLConnection):
 
 class AsyncFailoverConnection(async_sentinel.SentinelManagedConnection):
     """:class:`FailoverConnection` for asyncio clients."""
+
+    async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        if not self.is_connected:
+            await self.connect()
+        await super().send_packed_command(*args, **kwargs)
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -132,11 +165,19 @@ class AsyncBlockingSentinelPool(
     """:class:`BlockingSentinelPool` for asyncio clients."""
 
 
-def sentinel_kwargs(password: str | None, tls: dict[str, Any]) -> dict[str, Any]:
-    """How to connect to the sentinels themselves (not to Redis)."""
+def sentinel_kwargs(
+    password: str | None, tls: dict[str, Any], *, asynchronous: bool = False
+) -> dict[str, Any]:
+    """How to connect to the sentinels themselves (not to Redis).
+
+    No retries: the next sentinel is asked at once instead (redis-py's default retries a
+    sentinel that is down, or refuses the password, with backoff up to 10 s, three times).
+    """
+    retry = AsyncRetry(NoBackoff(), 0) if asynchronous else Retry(NoBackoff(), 0)
     options: dict[str, Any] = {
         "socket_connect_timeout": SENTINEL_TIMEOUT_S,
         "socket_timeout": SENTINEL_TIMEOUT_S,
+        "retry": retry,
     }
     if password is not None:
         options["password"] = password
@@ -176,7 +217,7 @@ def async_client(
     """:func:`sync_client` for asyncio."""
     target = parse(url)
     manager = async_sentinel.Sentinel(
-        list(target.sentinels), sentinel_kwargs=sentinel_kwargs(password, tls)
+        list(target.sentinels), sentinel_kwargs=sentinel_kwargs(password, tls, asynchronous=True)
     )
     kwargs = _master_kwargs(target, tls, AsyncFailoverSSLConnection, AsyncFailoverConnection)
     client: aioredis.Redis = manager.master_for(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import redis
 from celery import Celery
+from redis.sentinel import MasterNotFoundError
 
 from api_producer.producers.celery_message import MessageBuilder
 from api_producer.producers.enqueue import (
@@ -197,6 +198,11 @@ def describe_redis_error(err: BaseException) -> str:
         return (
             f"Redis's TLS certificate was refused ({reason or 'verify failed'}): is it signed "
             "by the CA of GENQUEUE_REDIS_CA_FILE, for the host of REDIS_URL?"
+        )
+    if isinstance(err, MasterNotFoundError):
+        return (
+            "no sentinel names a reachable primary (is GENQUEUE_REDIS_SENTINEL_MASTER its name, "
+            "GENQUEUE_REDIS_SENTINEL_PASSWORD the sentinels' password?)"
         )
     if isinstance(err, redis.ConnectionError | ConnectionError | OSError | TimeoutError):
         return "Redis is unreachable"

@@ -54,11 +54,13 @@ class SentinelCluster:
     servers: list[Node] = field(default_factory=list)
     sentinels: list[Node] = field(default_factory=list)
     sentinel_password: str | None = None
+    redis_password: str | None = None
 
     @property
     def url(self) -> str:
-        """``REDIS_URL`` for genqueue: every sentinel, database 0."""
-        return ";".join(f"sentinel://127.0.0.1:{node.port}" for node in self.sentinels) + "/0"
+        """``REDIS_URL`` for genqueue: every sentinel, database 0, Redis's password if any."""
+        auth = f":{self.redis_password}@" if self.redis_password else ""
+        return ";".join(f"sentinel://{auth}127.0.0.1:{node.port}" for node in self.sentinels) + "/0"
 
     def start(self, replicas: int = 1, sentinels: int = 3) -> SentinelCluster:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -78,9 +80,11 @@ class SentinelCluster:
         cmd += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--logfile", "redis.log"]
         if replica_of is not None:
             cmd += ["--replicaof", "127.0.0.1", str(replica_of)]
+        if self.redis_password:  # on the command line: a test's throwaway password
+            cmd += ["--requirepass", self.redis_password, "--masterauth", self.redis_password]
         node = Node(port, subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
         self.servers.append(node)
-        _wait(node.url, node.process, name)
+        _wait(self._auth(node.url), node.process, name)
         return node
 
     def _sentinel(self, name: str, primary_port: int) -> Node:
@@ -97,6 +101,8 @@ class SentinelCluster:
             f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {MASTER} 1",
         ]
+        if self.redis_password:
+            lines.append(f'sentinel auth-pass {MASTER} "{self.redis_password}"')
         if self.sentinel_password:
             lines.append(f'requirepass "{self.sentinel_password}"')
             lines.append(f'sentinel sentinel-pass "{self.sentinel_password}"')
@@ -108,6 +114,14 @@ class SentinelCluster:
         auth = f":{self.sentinel_password}@" if self.sentinel_password else ""
         _wait(f"redis://{auth}127.0.0.1:{port}", node.process, name)
         return node
+
+    def _auth(self, url: str) -> str:
+        if not self.redis_password:
+            return url
+        return url.replace("redis://", f"redis://:{self.redis_password}@", 1)
+
+    def redis_client(self, node: Node) -> redis.Redis:
+        return redis.Redis(port=node.port, password=self.redis_password, socket_timeout=2)
 
     def sentinel_client(self) -> redis.Redis:
         node = next(node for node in self.sentinels if node.process.poll() is None)
@@ -127,7 +141,7 @@ class SentinelCluster:
 
     def wait_replicated(self, primary: Node, timeout_s: float = 15.0) -> None:
         """Until every replica is in sync and the sentinels know them all."""
-        client = redis.Redis(port=primary.port)
+        client = self.redis_client(primary)
         deadline = time.monotonic() + timeout_s
         want = len(self.servers) - 1
         while time.monotonic() < deadline:
@@ -155,7 +169,8 @@ class SentinelCluster:
         while time.monotonic() - started < timeout_s:
             with contextlib.suppress(redis.RedisError, StopIteration):
                 port = self.primary_port()
-                if port != old_port and redis_answers(f"redis://127.0.0.1:{port}", 0.2):
+                url = self._auth(f"redis://127.0.0.1:{port}")
+                if port != old_port and redis_answers(url, 0.2):
                     return time.monotonic() - started
             time.sleep(0.1)
         raise RuntimeError(f"no failover within {timeout_s}s")
