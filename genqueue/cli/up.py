@@ -229,6 +229,11 @@ def _credential(env: dict[str, str], name: str, make: object) -> str | None:
 
 
 def _hide_password(url: str) -> str:
+    """``url`` with the credentials of each address (a ``sentinel://`` URL has several) hidden."""
+    return ";".join(_hide_one(part) for part in url.split(";"))
+
+
+def _hide_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if "@" not in rest:
         return url

@@ -42,3 +42,10 @@ def test_a_database_named_only_after_the_first_address_is_refused() -> None:
 )
 def test_demoted(reply: str, demoted: bool) -> None:
     assert redis_sentinel.demoted(ResponseError(reply)) is demoted
+
+
+def test_genqueue_up_hides_the_password_of_every_address() -> None:
+    from genqueue.cli.up import _hide_password
+
+    shown = _hide_password("sentinel://:s3cret@h1:26379/0;sentinel://:s3cret@h2:26379/0")
+    assert shown == "sentinel://***@h1:26379/0;sentinel://***@h2:26379/0"
