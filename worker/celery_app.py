@@ -21,12 +21,12 @@ from celery.signals import (
 )
 from kombu import Queue
 
-from worker import connections, keys, upstream
+from worker import connections, keys, redis_sentinel, upstream
 from worker.contract import PRIORITY_MAX, QUEUE_NAME
 from worker.delivery import broker
 from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
 from worker.delivery.lost_message_sweep import sender, sweep
-from worker.delivery.result_backend import ResultBackend
+from worker.delivery.result_backend import ResultBackend, SentinelResultBackend
 from worker.errors import SettingsError
 from worker.observability.flower_events import BatchedTaskEvents
 from worker.observability.metrics import configure_task_logging, serve_worker_metrics
@@ -42,6 +42,8 @@ class GenQueueCelery(Celery):
 
     def _get_backend(self) -> ResultBackend:
         _, url = backends.by_url(self.conf.result_backend, self.loader)
+        if redis_sentinel.is_sentinel(str(url)):
+            return SentinelResultBackend(app=self, url=url)
         return ResultBackend(app=self, url=url)
 
 
@@ -115,6 +117,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
         **connections.celery_tls_config(settings),
+        "result_backend_transport_options": connections.sentinel_options(settings),
         # JSON only: a pickled message is refused, never executed.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -151,6 +154,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": 5,
             "socket_timeout": 30,
             "health_check_interval": 25,
+            **connections.sentinel_options(settings),
         },
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,

@@ -8,6 +8,9 @@ With a ``rediss://`` URL every client speaks TLS and verifies the server: its ce
 chain to ``GENQUEUE_REDIS_CA_FILE`` (or the system's CAs) and name the host of the URL.
 :func:`tls_options` is the one place that says how; Celery's broker and result backend get the
 same options (:mod:`worker.celery_app`).
+
+With a ``sentinel://`` URL every client asks the sentinels for the primary and follows it
+through a failover (:mod:`worker.redis_sentinel`); TLS is then ``GENQUEUE_REDIS_SENTINEL_TLS``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from worker import redis_sentinel
 from worker.settings import Settings
 
 RETRIES = 3
@@ -34,12 +38,19 @@ def uses_tls(url: str) -> bool:
     return url.startswith("rediss://")
 
 
+def speaks_tls(settings: Settings) -> bool:
+    """Whether genqueue's Redis connections use TLS: ``rediss://``, or Sentinel with TLS on."""
+    if redis_sentinel.is_sentinel(settings.redis_url):
+        return settings.redis_sentinel_tls
+    return uses_tls(settings.redis_url)
+
+
 def tls_options(settings: Settings) -> dict[str, Any]:
-    """redis-py's TLS arguments for ``settings.redis_url``; none unless it is ``rediss://``.
+    """redis-py's TLS arguments for ``settings.redis_url``; none unless :func:`speaks_tls`.
 
     Verification is always on (kombu's own default for ``rediss://`` is off).
     """
-    if not uses_tls(settings.redis_url):
+    if not speaks_tls(settings):
         return {}
     options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
     files = {
@@ -59,37 +70,66 @@ def celery_tls_config(settings: Settings) -> dict[str, Any]:
     return {"broker_use_ssl": options, "redis_backend_use_ssl": options}
 
 
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """kombu's and Celery's transport options for a ``sentinel://`` URL (none otherwise)."""
+    if not redis_sentinel.is_sentinel(settings.redis_url):
+        return {}
+    return redis_sentinel.transport_options(
+        settings.redis_sentinel_master, _sentinel_password(settings), tls_options(settings)
+    )
+
+
+def _sentinel_password(settings: Settings) -> str | None:
+    secret = settings.redis_sentinel_password
+    return secret.get_secret_value() if secret is not None else None
+
+
 def sync_client(
     settings: Settings, *, max_connections: int = 64, socket_timeout_s: float = 10.0
 ) -> redis.Redis:
-    """A client on ``settings.redis_url``."""
+    """A client on ``settings.redis_url`` (on its primary, for a ``sentinel://`` URL)."""
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": 30,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout_s,
+        "health_check_interval": 10,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON),
+    }
+    if redis_sentinel.is_sentinel(settings.redis_url):
+        return redis_sentinel.sync_client(*_sentinel_args(settings), **options)
     pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=30,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=socket_timeout_s,
-        health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON),
-        **tls_options(settings),
+        settings.redis_url, **options, **tls_options(settings)
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _sentinel_args(settings: Settings) -> tuple[str, str, str | None, dict[str, Any]]:
+    return (
+        settings.redis_url,
+        settings.redis_sentinel_master,
+        _sentinel_password(settings),
+        tls_options(settings),
+    )
 
 
 def async_client(
     settings: Settings, *, max_connections: int = 512, socket_timeout_s: float = 10.0
 ) -> aioredis.Redis:
-    """An asyncio client on ``settings.redis_url``."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=30,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=socket_timeout_s,
-        health_check_interval=10,
-        retry=AsyncRetry(
+    """An asyncio client on ``settings.redis_url`` (on its primary, for ``sentinel://``)."""
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": 30,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout_s,
+        "health_check_interval": 10,
+        "retry": AsyncRetry(
             ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON
         ),
-        **tls_options(settings),
+    }
+    if redis_sentinel.is_sentinel(settings.redis_url):
+        return redis_sentinel.async_client(*_sentinel_args(settings), **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, **options, **tls_options(settings)
     )
     return aioredis.Redis(connection_pool=pool)

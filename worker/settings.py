@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker import redis_sentinel
 from worker.errors import SettingsError
 from worker.webhooks.url_check import WebhookRefused, check_allowlist_entry
 
@@ -65,6 +66,14 @@ class Settings(BaseSettings):
     #: ``redis_key_file``.
     redis_cert_file: FilePath | None = None
     redis_key_file: FilePath | None = None
+
+    # --- Redis Sentinel (``REDIS_URL=sentinel://host:26379;sentinel://host2:26379/0``) -------
+    #: The name the sentinels know the primary by.
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1)
+    #: The sentinels' own password (``requirepass`` of the sentinels); Redis's is in the URL.
+    redis_sentinel_password: SecretStr | None = None
+    #: Speak TLS to the sentinels and to Redis, verified as for ``rediss://``.
+    redis_sentinel_tls: bool = False
 
     # --- the endpoint call ----------------------------------------------------------------
     #: A TOML file of named endpoints (docs/endpoints.md); RUNPOD_ENDPOINT_URL adds ``default``.
@@ -201,8 +210,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
+        if redis_sentinel.is_sentinel(value):
+            redis_sentinel.parse(value)  # its ValueError never quotes the URL
+            return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+            raise ValueError("must start with redis://, rediss://, unix:// or sentinel://")
         return value
 
     @model_validator(mode="after")

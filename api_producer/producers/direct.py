@@ -66,6 +66,7 @@ def producer_celery(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            **connections.sentinel_options(settings),
         },
     )
     return app

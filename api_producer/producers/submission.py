@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
+from redis.sentinel import MasterNotFoundError
 
 from api_producer.producers.enqueue import (
     Accepted,
@@ -172,6 +173,11 @@ def describe_redis_error(err: BaseException) -> str:
         return (
             f"Redis's TLS certificate was refused ({reason or 'verify failed'}): is it signed "
             "by the CA of GENQUEUE_REDIS_CA_FILE, for the host of REDIS_URL?"
+        )
+    if isinstance(err, MasterNotFoundError):
+        return (
+            "no sentinel names a reachable primary (is GENQUEUE_REDIS_SENTINEL_MASTER its name, "
+            "GENQUEUE_REDIS_SENTINEL_PASSWORD the sentinels' password?)"
         )
     if isinstance(err, redis.ConnectionError | ConnectionError | OSError | TimeoutError):
         return "Redis is unreachable"

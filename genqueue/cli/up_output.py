@@ -152,6 +152,11 @@ def logs_line(logs: Path, names: Iterable[str]) -> str:
 
 
 def hide_password(url: str) -> str:
+    """``url`` with the credentials of each address (a ``sentinel://`` URL has several) hidden."""
+    return ";".join(_hide_one(part) for part in url.split(";"))
+
+
+def _hide_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if "@" not in rest:
         return url

@@ -244,3 +244,31 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.worker_concurrency = 1  # type: ignore[misc]
+
+
+def test_a_sentinel_url_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "sentinel://:pw@10.0.0.1:26379/3;sentinel://10.0.0.2")
+    monkeypatch.setenv("GENQUEUE_REDIS_SENTINEL_PASSWORD", "sentinel-secret")
+    settings = load_settings()
+    assert settings.redis_sentinel_master == "mymaster"
+    assert settings.redis_sentinel_password is not None
+    assert "sentinel-secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("sentinel://:hunter2@h1:26379;redis://h2:6379/0", "address 2 must start with sentinel://"),
+        ("sentinel://:hunter2@h1:port/0", "address 1 has an invalid port"),
+        ("sentinel://:hunter2@:26379/0", "address 1 has no host"),
+        ("sentinel://:hunter2@h1:26379/zero", "must be a number"),
+        ("sentinel://:hunter2@h1:26379;sentinel://h2/2", "on the first address"),
+    ],
+)
+def test_an_invalid_sentinel_url_says_why_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    message = settings_error(monkeypatch, REDIS_URL=url)
+    assert "  REDIS_URL: " in message
+    assert reason in message
+    assert "hunter2" not in message

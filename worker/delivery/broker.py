@@ -28,8 +28,11 @@ messages fetched with it down too. The fetch script and the ``BRPOP`` path set i
 untouched, in the list ``genqueue:unreadable`` (:func:`worker.keys.unreadable`) and log an
 error naming the queue; the worker goes on.
 
-:func:`install` maps the ``redis://`` and ``rediss://`` schemes to this transport in the
-process that calls it (the worker); URLs, options and TLS handling are kombu's own.
+:func:`install` maps the ``redis://`` and ``rediss://`` schemes to this transport, and
+``sentinel://`` to :class:`SentinelTransport` (kombu's Sentinel channel with this one's
+behaviour, whose connections reconnect when the primary they hold was demoted: see
+:mod:`worker.redis_sentinel`), in the process that calls it (the worker); URLs, options and TLS
+handling are kombu's own.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from worker import keys, lua
+from worker import keys, lua, redis_sentinel
 from worker import redis_outage as outage
 
 SCHEMES = ("redis", "rediss")
+SENTINEL_SCHEME = "sentinel"
 #: The most unreadable messages kept aside (the oldest go first).
 UNREADABLE_MAX = 10_000
 
@@ -294,14 +298,26 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         self.cycle = MultiChannelPoller()  # type: ignore[assignment]
 
 
+class SentinelChannel(kombu_redis.SentinelChannel, Channel):  # type: ignore[misc]
+    connection_class: Any = redis_sentinel.FailoverConnection
+    connection_class_ssl: Any = redis_sentinel.FailoverSSLConnection
+
+
+class SentinelTransport(Transport):
+    default_port: Any = kombu_redis.SentinelTransport.default_port
+    Channel = SentinelChannel
+
+
 #: kombu's unacked hash and index (genqueue sets no ``global_keyprefix``).
 UNACKED_KEY: str = Channel.unacked_key
 UNACKED_INDEX_KEY: str = Channel.unacked_index_key
 
 
 def install() -> None:
-    """Use :class:`Transport` for Redis broker URLs in this process."""
-    name = f"{__name__}:Transport"
-    for scheme in SCHEMES:
+    """Use :class:`Transport` (:class:`SentinelTransport`) for Redis (Sentinel) broker URLs in
+    this process."""
+    names = {scheme: f"{__name__}:Transport" for scheme in SCHEMES}
+    names[SENTINEL_SCHEME] = f"{__name__}:SentinelTransport"
+    for scheme, name in names.items():
         kombu.transport.TRANSPORT_ALIASES[scheme] = name
         kombu.transport._transport_cache.pop(scheme, None)

@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from worker import lua
+from worker import lua, redis_sentinel
 
 #: The Celery methods this module copies (``_store_result``, ``set``: the meta and its key, SET
 #: with a time to live and PUBLISH) or plugs into (worker.celery_app overrides ``_get_backend``),
@@ -63,3 +63,14 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             self._store_script = lua.register(client, "worker.delivery", "store_result")
         expires = int(self.expires or 0)
         self._store_script(keys=[key], args=[value, expires, states.SUCCESS])
+
+
+class SentinelResultBackend(ResultBackend, SentinelBackend):  # type: ignore[misc]
+    """:class:`ResultBackend` on the primary the sentinels name (``sentinel://``), whose
+    connections reconnect when the primary they hold was demoted."""
+
+    connection_class_ssl = redis_sentinel.FailoverSSLConnection
+
+    def _get_pool(self, **params: Any) -> Any:
+        params.setdefault("connection_class", redis_sentinel.FailoverConnection)
+        return super()._get_pool(**params)

