@@ -34,7 +34,8 @@ from worker.observability.flower_summaries import (
     result_summary,
     webhook_summary,
 )
-from worker.pipeline.generation import ABANDONED, DUPLICATE, Delivery, RetryLater
+from worker.pipeline.generation import ABANDONED, DUPLICATE, Delivery
+from worker.pipeline.retry_decision import RetryLater
 from worker.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.resources import runtime_for
 from worker.webhooks.sender import WEBHOOK_TASK_NAME, webhook_url_of

@@ -30,7 +30,7 @@ from worker.contract import (
 from worker.delivery.records import status_from
 from worker.endpoints.serverless import Job, result_from
 from worker.errors import InvalidRequest, PermanentEndpointError
-from worker.pipeline.generation import parse_payload
+from worker.pipeline.payload import parse_payload
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)

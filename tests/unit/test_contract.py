@@ -15,7 +15,7 @@ from worker.contract import (
     _compact_json,
 )
 from worker.errors import InvalidRequest
-from worker.pipeline.generation import describe_errors, parse_payload
+from worker.pipeline.payload import describe_errors, parse_payload
 
 USER = {"role": "user", "content": "hi"}
 

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from pydantic import ValidationError
 
 from worker import keys
 from worker.contract import GenerationRequest, GenerationResult
@@ -26,7 +25,7 @@ from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
 from worker.delivery.task_scripts import BrokerAcks, Ending, Finished, Lifecycle, Progress
 from worker.endpoints.clients import EndpointTarget
-from worker.endpoints.config import Endpoints, EndpointSpec, queue_for
+from worker.endpoints.config import Endpoints, EndpointSpec
 from worker.endpoints.params import describe_refusal, for_server, refused
 from worker.endpoints.serverless import FAILED_STATES, PENDING_STATES, Job, job_input, result_from
 from worker.endpoints.serverless import failure as job_failure
@@ -54,9 +53,20 @@ from worker.limits.guard import (
     SlotRelease,
 )
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
-from worker.pipeline.backoff import RetryPolicy, compute_delay_s
+from worker.pipeline.backoff import RetryPolicy
+from worker.pipeline.payload import parse_payload
 from worker.pipeline.render import PromptRenderer, as_messages
 from worker.pipeline.request_faults import RequestFaults
+from worker.pipeline.retry_decision import (
+    RetryLater,
+    RetryLimits,
+    after,
+    fall_back_to,
+    later,
+    next_endpoint,
+    poll_delay_s,
+    retry_or_give_up,
+)
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger("genqueue.task")
@@ -87,30 +97,12 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class RetryLater:
-    """The attempt could not finish; try again in ``delay_s``."""
-
-    delay_s: float
-    error: RetryableEndpointError
-    attempt: int
-    #: How long the failed endpoint call took (``None``: no call was made).
-    latency_ms: int | None = None
-    #: The queue to go back to, when the task moves to a fallback endpoint.
-    queue: str | None = None
-
-
-@dataclass(frozen=True)
 class _Call:
     """What goes to the endpoint: a rendered prompt, or messages as they are (chat)."""
 
     prompt: str | None
     messages: list[dict[str, str]] | None
     params: dict[str, Any]
-
-
-def _poll_delay_s(polls: int) -> float:
-    """Polls of a serverless job: 0.5 s, then doubling, at most every 10 s."""
-    return float(min(10.0, 0.5 * 2 ** min(polls, 10)))
 
 
 def _message_dicts(request: GenerationRequest) -> list[dict[str, str]]:
@@ -127,6 +119,10 @@ class GenerationPolicy:
     outage: OutagePolicy = field(default_factory=OutagePolicy)
     #: ``max_tokens`` of a request that gives none.
     default_max_tokens: int = 512
+
+    @property
+    def retry_limits(self) -> RetryLimits:
+        return RetryLimits(self.retry, self.deadline_s)
 
 
 class Generation:
@@ -376,12 +372,12 @@ class Generation:
         except AlreadyRunning:
             return DUPLICATE
         except RateLimitedError as limited:
-            return self._later(request, limited, progress.attempts, _after(limited))
+            return later(request, limited, progress.attempts, after(limited))
         except CircuitOpenError as error:
             moved = self._fall_back(task_id, request, spec.name, progress, error)
             if moved is not None:
                 return moved
-            return self._later(request, error, progress.attempts, _after(error))
+            return later(request, error, progress.attempts, after(error))
 
     def _params(self, request: GenerationRequest, spec: EndpointSpec) -> dict[str, Any]:
         """The request's ``params`` as the endpoint's kind takes them (the API refuses the
@@ -415,7 +411,9 @@ class Generation:
             slot.outcome = Outcome.NEUTRAL if verdict.request_caused else Outcome.FAILURE
             if verdict.fault is not None:
                 raise verdict.fault from err
-            later = self._retry_or_give_up(request, err, on_endpoint, progress.first_attempt_at)
+            later = retry_or_give_up(
+                request, err, on_endpoint, progress.first_attempt_at, self._policy.retry_limits
+            )
             return replace(later, attempt=attempt, latency_ms=int(latency_s * 1000))
         except PermanentEndpointError:
             slot.outcome = Outcome.OK  # the endpoint is up; it refused this request
@@ -456,7 +454,7 @@ class Generation:
         try:
             job = target.serverless.status(progress.job_id, request.params.max_tokens)
         except RetryableEndpointError as err:
-            return self._later(request, err, progress.attempts, _poll_delay_s(progress.polls))
+            return later(request, err, progress.attempts, poll_delay_s(progress.polls))
         return self._job_outcome(
             task_id, request, target, job, polls=progress.polls, attempt=progress.attempts
         )
@@ -478,7 +476,7 @@ class Generation:
         if job.state in PENDING_STATES:
             self._redis.hincrby(keys.task_record(task_id), records.F_POLLS, 1)
             pending = JobPending(f"serverless job {job.job_id} is {job.state}")
-            return self._later(request, pending, attempt, _poll_delay_s(polls))
+            return later(request, pending, attempt, poll_delay_s(polls))
         if job.state == "CANCELLED":
             raise TaskCancelled(f"serverless job {job.job_id} was cancelled")
         if job.state in FAILED_STATES:
@@ -505,8 +503,7 @@ class Generation:
     ) -> RetryLater | None:
         """Move the task to the next endpoint of its chain, if one is left."""
         tried = [*progress.tried, name]
-        chain = self._endpoints.chain(request.endpoint)
-        following = next((n for n in chain if n not in tried), None)
+        following = next_endpoint(self._endpoints.chain(request.endpoint), tried)
         if following is None:
             return None
         self._redis.hset(
@@ -514,10 +511,7 @@ class Generation:
             mapping={records.F_ENDPOINT: following, records.F_TRIED: ",".join(tried)},
         )
         log.info("task %s moves from endpoint %s to %s: %s", task_id, name, following, err)
-        error = RetryableEndpointError(f"endpoint {name} gave up ({err}); trying {following}")
-        return RetryLater(
-            delay_s=0.0, error=error, attempt=progress.attempts, queue=queue_for(following)
-        )
+        return fall_back_to(following, name, err, progress.attempts)
 
     def _called(self, started: float) -> float:
         latency_s = time.perf_counter() - started
@@ -532,36 +526,6 @@ class Generation:
         if left_s <= 0:
             raise DeadlineExpired(f"the deadline {request.deadline.isoformat()} passed")
         return left_s
-
-    def _later(
-        self, request: GenerationRequest, err: RetryableEndpointError, attempt: int, delay_s: float
-    ) -> RetryLater:
-        deadline = request.deadline
-        if deadline is not None and time.time() + delay_s >= deadline.timestamp():
-            raise DeadlineExpired(
-                f"the deadline {deadline.isoformat()} passes before the next attempt could run: "
-                f"{err.message}"
-            ) from err
-        return RetryLater(delay_s=delay_s, error=err, attempt=attempt)
-
-    def _retry_or_give_up(
-        self,
-        request: GenerationRequest,
-        err: RetryableEndpointError,
-        attempt: int,
-        first_attempt_at: float | None,
-    ) -> RetryLater:
-        policy = self._policy.retry
-        delay_s = compute_delay_s(attempt, err.retry_after_s, policy)
-        started = first_attempt_at if first_attempt_at is not None else time.time()
-        if attempt >= policy.max_attempts:
-            raise RetriesExhausted(f"gave up after {attempt} attempts: {err.message}") from err
-        if time.time() + delay_s - started > self._policy.deadline_s:
-            raise RetriesExhausted(
-                f"gave up after {attempt} attempts: the {self._policy.deadline_s:g}s deadline "
-                f"would pass before the next one: {err.message}"
-            ) from err
-        return self._later(request, err, attempt, delay_s)
 
     def _finish(
         self, delivery: Delivery, error: GenQueueError | None, result: dict[str, Any] | None = None
@@ -597,36 +561,3 @@ class Generation:
             raise
         self._unstored.pop(task_id, None)
         return finished
-
-
-def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRequest:
-    """The request from a Celery message: ``kwargs={"request": {...}}`` (or one positional)."""
-    if not args and set(kwargs) == {"request"}:
-        raw = kwargs["request"]
-    elif len(args) == 1 and not kwargs:
-        raw = args[0]
-    else:
-        raise InvalidRequest(
-            "genqueue.generate takes one keyword argument 'request' (a JSON object); "
-            f"got {len(args)} positional and keyword {sorted(kwargs)}"
-        )
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"'request' must be a JSON object, not {type(raw).__name__}")
-    try:
-        return GenerationRequest.model_validate(raw)
-    except ValidationError as err:
-        raise InvalidRequest(f"invalid request: {describe_errors(err)}") from None
-
-
-def describe_errors(err: ValidationError) -> str:
-    """Pydantic errors as ``field: reason`` without echoing the (possibly large) input."""
-    parts = []
-    for problem in err.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in problem["loc"]) or "request"
-        parts.append(f"{where}: {problem['msg']}")
-    return "; ".join(parts)
-
-
-def _after(error: RetryableEndpointError) -> float:
-    """When a task held back without a call (breaker, rate limit) is tried again."""
-    return (error.retry_after_s or 0.0) + 0.1
