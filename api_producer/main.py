@@ -24,7 +24,7 @@ from api_producer.producers.direct import (
     make_plan,
 )
 from api_producer.rate_limit import RateLimiter
-from api_producer.routes import batches, health, metrics, stream, tasks
+from api_producer.routes import batches, health, metrics, openai, stream, tasks
 from api_producer.store import TaskStore
 from api_producer.token_follow import TokenFollower
 from api_producer.uploads import UploadSlots
@@ -127,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
     app.include_router(stream.router)
+    app.include_router(openai.router)
     app.include_router(batches.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
