@@ -4,6 +4,9 @@ and the simulator's text-generation-webui streams."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +15,10 @@ from typing import Any
 import pytest
 import requests
 
+from api_producer.client import GenQueueClient, Restart
 from tests.api.conftest import API_KEY
+from tests.conftest import ROOT
+from worker.contract import TaskStatus
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 pytestmark = pytest.mark.timeout(60)
@@ -165,3 +171,23 @@ def test_an_unknown_task_is_404(service) -> None:
     assert answer.status_code == 404
     answer = requests.get(f"{service.url}/v1/tasks/nope/stream", timeout=10)
     assert answer.status_code == 401
+
+
+def test_python_client_stream_and_cli_submit_stream(service, simulator, tmp_path) -> None:
+    simulator.script("break_stream")
+    with GenQueueClient(service.url, api_key=API_KEY) as client:
+        task_id = client.submit({"prompt": "x", "params": {"max_tokens": 5}, "stream": True})
+        items = list(client.stream(task_id))
+    restart = next(i for i, item in enumerate(items) if isinstance(item, Restart))
+    final = items[-1]
+    assert isinstance(final, TaskStatus) and final.result is not None
+    assert "".join(str(item) for item in items[restart + 1 : -1]) == final.result.text
+    env = {**os.environ, "GENQUEUE_API_KEYS": API_KEY, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "genqueue", "submit", "Tell me", "--max-tokens", "6", "--stream",
+         "--api", service.url],
+        capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 6
+    assert simulator.stats()["last_bodies"][-1]["stream"] is True
