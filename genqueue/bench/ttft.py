@@ -106,8 +106,8 @@ def run(tasks: int, first_token_s: float, redis_url: str, workdir: Path) -> None
     with serve_in_thread(config) as simulator:
         try:
             _worker(children, redis_url, simulator.url)
-            settings = Settings(
-                redis_url=redis_url, runpod_endpoint_url=simulator.url, api_keys=KEY
+            settings = Settings.model_validate(
+                {"redis_url": redis_url, "runpod_endpoint_url": simulator.url, "api_keys": KEY}
             )
             api = _serve_api(settings)
             session = requests.Session()
