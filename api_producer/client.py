@@ -27,10 +27,15 @@ from typing import Any
 
 import requests
 
+from api_producer.client_stream import Restart, StreamItem, stream_items
 from worker.contract import GenerationRequest, TaskStatus
+
+__all__ = ["GenQueueClient", "Restart", "StreamItem"]
 
 #: The longest single ``?wait=`` the client asks of the server.
 WAIT_CHUNK_S = 30.0
+#: The longest silence of a task's event stream before the client gives it up.
+STREAM_READ_TIMEOUT_S = 30.0
 
 
 class GenQueueClientError(Exception):
@@ -165,6 +170,34 @@ class GenQueueClient:
                 return status
             if remaining <= 0:
                 raise WaitTimeout(f"task {task_id} is still {status.status.value}")
+
+    def stream(self, task_id: str, last_event_id: str | None = None) -> Iterator[StreamItem]:
+        """The task's text as it comes: ``str`` pieces, a :class:`Restart` when a broken call
+        is retried (discard the text so far), and last its final :class:`TaskStatus`.
+
+        A task still queued is waited for; one that does not stream gives its whole text as
+        one piece. ``last_event_id`` resumes after that event.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        try:
+            response = self._session.get(
+                f"{self._base}/v1/tasks/{task_id}/stream",
+                headers=headers,
+                stream=True,
+                # Keep-alive comments come every 15 s: a read twice that long is a dead line.
+                timeout=(self._timeout_s, max(self._timeout_s, STREAM_READ_TIMEOUT_S)),
+            )
+        except requests.RequestException as err:
+            raise ServiceUnavailable(f"genqueue API unreachable: {type(err).__name__}") from err
+        with response:
+            if response.status_code >= 400:
+                raise _error_for(response)
+            try:
+                yield from stream_items(response)
+            except requests.RequestException as err:
+                raise ServiceUnavailable(f"stream cut short: {type(err).__name__}") from err
 
     def cancel(self, task_id: str) -> TaskStatus:
         """Cancel a task; its status after the request."""

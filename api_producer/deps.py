@@ -13,6 +13,7 @@ from api_producer.auth import KeyChecker
 from api_producer.producers.async_direct import AsyncProducer
 from api_producer.producers.direct import DirectProducer
 from api_producer.store import TaskStore
+from api_producer.token_follow import TokenFollower
 from worker.endpoints.config import Endpoints
 from worker.settings import Settings
 
@@ -25,6 +26,8 @@ class ApiState:
     enqueuer: AsyncProducer
     store: TaskStore
     keys: KeyChecker
+    #: ``GET /v1/tasks/{id}/stream`` and the OpenAI routes' streams.
+    tokens: TokenFollower
     #: Template names a request may use; ``None`` accepts any (the worker decides).
     templates: frozenset[str] | None
     #: Endpoint names a request may use; ``None`` when the API knows of none (no check).

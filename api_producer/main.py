@@ -24,8 +24,9 @@ from api_producer.producers.direct import (
     make_plan,
 )
 from api_producer.rate_limit import RateLimiter
-from api_producer.routes import batches, health, metrics, tasks
+from api_producer.routes import batches, health, metrics, openai, stream, tasks
 from api_producer.store import TaskStore
+from api_producer.token_follow import TokenFollower
 from api_producer.uploads import UploadSlots
 from api_producer.waiters import ResultListener
 from worker import connections
@@ -53,11 +54,15 @@ def build_state(settings: Settings) -> ApiState:
     async_client = connections.async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
     endpoints = load_endpoints(settings)  # an invalid file stops the API at start
+    store = TaskStore(async_client, settings.result_ttl_s, listener(settings))
+    # A blocked XREAD holds its connection: the follows have a client of their own.
+    follows_client = connections.async_client(settings, max_connections=settings.api_max_streams)
     return ApiState(
         settings=settings,
         producer=DirectProducer(settings, sync_client, plan),
         enqueuer=AsyncProducer(settings, async_client, plan),
-        store=TaskStore(async_client, settings.result_ttl_s, listener(settings)),
+        store=store,
+        tokens=TokenFollower(follows_client, store, settings.api_max_streams),
         keys=KeyChecker(
             [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
         ),
@@ -107,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         await own_metrics.aclose()
         await batch_store.aclose()
         await state.store.aclose()
+        await state.tokens.aclose()
 
     app = FastAPI(
         title="genqueue",
@@ -120,6 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.genqueue_batches = batch_store
     app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
+    app.include_router(stream.router)
+    app.include_router(openai.router)
     app.include_router(batches.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

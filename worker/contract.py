@@ -100,6 +100,9 @@ class GenerationRequest(BaseModel):
     endpoint: str | None = Field(default=None, pattern=ENDPOINT_NAME_PATTERN)
     #: Send ``messages`` to the endpoint's chat route as they are (its own chat template).
     chat: bool = False
+    #: Stream the answer: the worker calls the endpoint with ``stream: true`` and appends each
+    #: piece of text, as it arrives, to the task's token stream (``GET /v1/tasks/{id}/stream``).
+    stream: bool = False
     params: GenerationParams = Field(default_factory=GenerationParams)
     priority: int = Field(default=PRIORITY_DEFAULT, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     metadata: dict[str, JsonValue] | None = None

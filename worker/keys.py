@@ -14,6 +14,12 @@ def task_record(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}"
 
 
+def tokens(task_id: str) -> str:
+    """Stream of a streaming task's pieces of text, ``restart`` and ``end`` marks. TTL: result
+    retention; bounded by ``worker.delivery.token_stream.TOKEN_STREAM_MAXLEN`` entries."""
+    return f"{PREFIX}:tokens:{task_id}"
+
+
 def idempotency(key_digest: str) -> str:
     """String ``task_id body_digest``. TTL: idempotency retention."""
     return f"{PREFIX}:idem:{key_digest}"

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     api_wait_max_s: float = Field(default=60.0, ge=0, le=600)
     #: ``?wait=`` requests one API process holds at once; more are answered 429 at once.
     api_max_waiters: int = Field(default=4096, ge=1, le=1_000_000)
+    #: ``GET /v1/tasks/{id}/stream`` follows one API process serves at once (each holds a
+    #: Redis connection of its own while it waits for tokens); more are answered 429.
+    api_max_streams: int = Field(default=512, ge=1, le=100_000)
+    #: How long ``POST /v1/completions`` and ``/v1/chat/completions`` (without ``stream``) wait
+    #: for their task; then 504, and the task carries on.
+    api_openai_wait_s: float = Field(default=300.0, gt=0, le=3600)
     #: Serve beyond loopback without GENQUEUE_API_KEYS (anyone who reaches the port may submit).
     api_insecure_no_auth: bool = False
     #: Accepted keys given as SHA-256 hex digests, so the plain keys are not stored anywhere.

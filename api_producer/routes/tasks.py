@@ -136,7 +136,7 @@ async def submit_task(
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Enqueue one generation task."""
-    _check_template(state, body)
+    check_request(state, body)
     await _check_webhooks(state, [body])
     await charge(1)
     accepted = await _enqueue(state, caller, [body], idempotency_key)
@@ -166,7 +166,7 @@ async def submit_batch(
             detail=f"a batch holds at most {limit} requests, this one has {len(body.requests)}",
         )
     for request in body.requests:
-        _check_template(state, request)
+        check_request(state, request)
     await _check_webhooks(state, body.requests)
     await charge(len(body.requests))
     accepted = await _enqueue(state, caller, body.requests, idempotency_key)
@@ -208,7 +208,9 @@ async def cancel_task(task_id: TaskId, state: StateDep, _caller: CallerDep) -> T
     return found
 
 
-def _check_template(state: StateDep, request: GenerationRequest) -> None:
+def check_request(state: StateDep, request: GenerationRequest) -> None:
+    """422 for what the API can tell is wrong before anything is stored (a past deadline, an
+    unknown template or endpoint, params the endpoint would refuse)."""
     if request.deadline is not None and request.deadline <= datetime.now(UTC):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail="the deadline is already in the past"

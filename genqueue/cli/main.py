@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--template", default=None, help="prompt template (default chatml)")
     submit.add_argument("--max-tokens", type=int, default=None, help="max_tokens")
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument(
+        "--stream", action="store_true", help="stream the answer: print tokens as they come"
+    )
     submit.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits")
     submit.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
     submit.set_defaults(handler=_run_submit)

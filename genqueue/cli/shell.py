@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from api_producer.client import GenQueueClient, GenQueueClientError, TaskFailed
+from api_producer.client import GenQueueClient, GenQueueClientError, Restart, TaskFailed
 from worker.contract import TaskStatus
 from worker.errors import GenQueueError, InvalidRequest
 from worker.settings import Settings
@@ -35,6 +35,8 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         request["template"] = args.template
     if args.max_tokens is not None:
         request["params"] = {"max_tokens": args.max_tokens}
+    if getattr(args, "stream", False):
+        request["stream"] = True
     return request
 
 
@@ -70,6 +72,8 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
             if args.file is not None:
                 return _submit_file(client, Path(args.file), args)
             task_id = client.submit(_request_from_args(args))
+            if args.stream:
+                return _print_stream(client, task_id)
             if not args.wait:
                 print(task_id)
                 return 0
@@ -81,6 +85,22 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
     except (GenQueueClientError, GenQueueError, ValueError, OSError) as err:
         print(f"genqueue submit: {err}", file=sys.stderr)
         return 1
+
+
+def _print_stream(client: GenQueueClient, task_id: str) -> int:
+    """Print the task's tokens as they come (a restart starts a new line), then its end."""
+    print(f"task {task_id}", file=sys.stderr)
+    for item in client.stream(task_id):
+        if isinstance(item, str):
+            print(item, end="", flush=True)
+        elif isinstance(item, Restart):
+            print("\n[the call broke and is retried: the text starts again]", file=sys.stderr)
+        else:
+            print()
+            if item.status.value != "succeeded":
+                _print_status(item)
+                return 1
+    return 0
 
 
 def _submit_file(client: GenQueueClient, path: Path, args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from genqueue.simulator.protocol import (
     wait_for_eof,
 )
 from genqueue.simulator.script import Action, Script, action_response
+from genqueue.simulator.streaming import EVENT_STREAM, no_events, stream_events
 
 
 class Behaviour:
@@ -110,11 +111,31 @@ class Behaviour:
         else:
             await sleep(delay)
 
-    def answer(self, params: GenParams, chat: bool, size_bytes: int | None = None) -> Response:
+    def _text(self, params: GenParams) -> tuple[str, str]:
         rng = self._text_rng
         if params.seed != -1:
             rng = random.Random(f"{params.seed}:{params.prompt}")
-        text, finish_reason = generate_text(rng, params.max_tokens, params.stop)
+        return generate_text(rng, params.max_tokens, params.stop)
+
+    async def stream(self, params: GenParams, chat: bool, action: Action) -> Response:
+        """A streamed answer (``stream: true``, or a scripted ``empty_stream`` or
+        ``break_stream``): its first event after the generation delay, then a piece every
+        ``token_interval_s``."""
+        if action.kind == "empty_stream":
+            return Response(200, content_type=EVENT_STREAM, stream=no_events(), close=True)
+        await self.generate_delay(action.delay_s)
+        text, finish_reason = self._text(params)
+        if action.kind != "break_stream":
+            self.stats.completions_ok += 1
+        events = stream_events(
+            text, finish_reason, model=self.config.model, chat=chat,
+            interval_s=self.config.token_interval_s,
+            break_after=2 if action.kind == "break_stream" else None,
+        )  # fmt: skip
+        return Response(200, content_type=EVENT_STREAM, stream=events)
+
+    def answer(self, params: GenParams, chat: bool, size_bytes: int | None = None) -> Response:
+        text, finish_reason = self._text(params)
         if size_bytes is not None:  # scripted: a text that makes the body about this large
             text += "x" * max(0, size_bytes - len(text) - 400)
         prompt_tokens = max(1, len(params.prompt.split()))

@@ -51,10 +51,12 @@ class CompletionRoutes:
             push(behaviour.stats.last_bodies, body)
         with behaviour.in_flight():
             action = behaviour.script.next_action()
-            if action.kind != "ok":
+            if action.kind not in ("ok", "empty_stream", "break_stream"):
                 return await behaviour.perform(action, reader, writer)
             if not isinstance(params, GenParams):
                 return json_response(422, {"detail": params})
+            if action.kind != "ok" or (body or {}).get("stream") is True:
+                return await behaviour.stream(params, chat, action)
             await behaviour.generate_delay(action.delay_s)
             return shaped(behaviour.answer(params, chat, action.size_bytes), action)
 

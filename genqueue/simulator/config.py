@@ -19,6 +19,7 @@ class SimulatorConfig:
     fail_status: int = 500
     retry_after_s: float | None = None  # Retry-After sent with injected 429s/503s
     seed: int | None = None  # RNG seed for the failure injection
+    token_interval_s: float = 0.0  # between the pieces of a streamed answer
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -64,12 +65,14 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "fail_status": (int,),
     "retry_after_s": (*_NUMBER, type(None)),
     "seed": (int, type(None)),
+    "token_interval_s": _NUMBER,
 }
 _CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "latency_s": (0.0, MAX_WAIT_S),
     "fail_rate": (0.0, 1.0),
     "fail_status": (100, 599),
     "retry_after_s": (0.0, 86400.0),
+    "token_interval_s": (0.0, 10.0),
 }
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -35,6 +35,8 @@ class Response:
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    #: A streamed body, sent with chunked transfer encoding as it comes (``body`` unused).
+    stream: AsyncIterator[bytes] | None = None
 
 
 class HttpError(Exception):
@@ -68,10 +70,15 @@ def reason(status: int) -> str:
 
 
 def encode_response(response: Response, keep_alive: bool) -> bytes:
+    length = (
+        "Transfer-Encoding: chunked"
+        if response.stream is not None
+        else f"Content-Length: {len(response.body)}"
+    )
     lines = [
         f"HTTP/1.1 {response.status} {reason(response.status)}",
         f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
+        length,
         "Connection: keep-alive" if keep_alive else "Connection: close",
     ]
     lines.extend(f"{name}: {value}" for name, value in response.headers)
@@ -154,6 +161,15 @@ def set_linger_zero(writer: asyncio.StreamWriter) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def write_stream(writer: asyncio.StreamWriter, stream: AsyncIterator[bytes]) -> None:
+    """Send ``stream`` in chunks, each as soon as it is there, then the last (empty) chunk."""
+    async for data in stream:
+        if data:
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+    writer.write(b"0\r\n\r\n")
 
 
 async def sleep(seconds: float) -> None:

@@ -13,7 +13,11 @@ from genqueue.simulator.config import MAX_WAIT_S, SimulatorConfig
 from genqueue.simulator.error_bodies import error_response
 from genqueue.simulator.protocol import TEXT_PLAIN, Response, json_response
 
-_SIMPLE_ACTIONS = frozenset({"ok", "hang", "reset", "bad_json", "bad_shape"})
+#: ``empty_stream``: 200 and a stream closed before its first chunk (text-generation-webui with
+#: no model loaded); ``break_stream``: two pieces, then the connection is dropped.
+_SIMPLE_ACTIONS = frozenset(
+    {"ok", "hang", "reset", "bad_json", "bad_shape", "empty_stream", "break_stream"}
+)
 _ACTION_KEYS = frozenset(
     {"action", "status", "body", "content_type", "retry_after", "error", "delay_s", "size_bytes",
      "gzip"}

@@ -22,6 +22,7 @@ from genqueue.simulator.protocol import (
     json_response,
     read_request,
     text_response,
+    write_stream,
 )
 from genqueue.simulator.serverless import ServerlessRoutes
 
@@ -111,6 +112,8 @@ class Simulator:
                 return
             keep_alive = request.keep_alive and not response.close
             writer.write(encode_response(response, keep_alive))
+            if response.stream is not None:
+                await write_stream(writer, response.stream)
             await writer.drain()
             if not keep_alive:
                 return

@@ -33,6 +33,7 @@ from worker.endpoints.disclosure import (
     is_read_timeout,
     looks_like_html,
 )
+from worker.endpoints.streaming import PieceSink, is_event_stream, read_stream
 from worker.errors import (
     ConnectionDropped,
     EndpointError,
@@ -144,31 +145,44 @@ class CompletionClient:
         self._session.close()
 
     def complete(
-        self, prompt: str, params: dict[str, Any], read_timeout_s: float | None = None
+        self,
+        prompt: str,
+        params: dict[str, Any],
+        read_timeout_s: float | None = None,
+        on_piece: PieceSink | None = None,
     ) -> GenerationResult:
         """POST one completion; raise a classified :class:`EndpointError` on any failure.
 
-        ``read_timeout_s`` shortens the configured read timeout (a request's deadline).
+        ``read_timeout_s`` shortens the configured read timeout (a request's deadline). With
+        ``on_piece``, the call streams (``stream: true``) and each piece of text goes to it as
+        it arrives.
         """
         body: dict[str, Any] = {**params, "prompt": prompt}
-        return self._post(self._config.completions_url, body, read_timeout_s)
+        return self._post(self._config.completions_url, body, read_timeout_s, on_piece)
 
     def chat(
         self,
         messages: list[dict[str, str]],
         params: dict[str, Any],
         read_timeout_s: float | None = None,
+        on_piece: PieceSink | None = None,
     ) -> GenerationResult:
         """POST ``messages`` as they are to the chat route: the server applies its template."""
         url = self._config.chat_url
         if url is None:
             raise PermanentEndpointError("this endpoint has no chat route")
         body: dict[str, Any] = {**params, "messages": messages}
-        return self._post(url, body, read_timeout_s)
+        return self._post(url, body, read_timeout_s, on_piece)
 
     def _post(
-        self, url: str, body: dict[str, Any], read_timeout_s: float | None
+        self,
+        url: str,
+        body: dict[str, Any],
+        read_timeout_s: float | None,
+        on_piece: PieceSink | None = None,
     ) -> GenerationResult:
+        if on_piece is not None:
+            body["stream"] = True
         if self._config.model:
             body["model"] = self._config.model
         config = self._config
@@ -180,13 +194,21 @@ class CompletionClient:
         started = time.perf_counter()
         try:
             response = self._send(url, json.dumps(body).encode(), timeouts)
-            answer = read_answer(response, limit, time.monotonic() + read_s, config.voice)
+            deadline = time.monotonic() + read_s
+            if on_piece is not None and is_event_stream(response):
+                return read_stream(
+                    response, limit, deadline, config.voice, on_piece, classify_response, started
+                )
+            answer = read_answer(response, limit, deadline, config.voice)
         except requests.RequestException as err:
             # From None: the chained error's text (host, port, path) would reach Celery's
             # stored traceback; classify_transport_error logs it for the operator.
             raise classify_transport_error(err, config.voice, timeouts) from None
         latency_ms = int((time.perf_counter() - started) * 1000)
-        return parse_completion(answer, latency_ms, config.voice)
+        result = parse_completion(answer, latency_ms, config.voice)
+        if on_piece is not None:  # a server that answered the stream in one piece
+            on_piece(result.text)
+        return result
 
     def _send(self, url: str, data: bytes, timeouts: tuple[float, float]) -> requests.Response:
         request = requests.PreparedRequest()

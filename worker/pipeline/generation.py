@@ -24,6 +24,7 @@ from worker.delivery import records
 from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
 from worker.delivery.task_scripts import BrokerAcks, Ending, Finished, Lifecycle, Progress
+from worker.delivery.token_stream import TokenStream
 from worker.endpoints.clients import EndpointTarget
 from worker.endpoints.config import Endpoints, EndpointSpec
 from worker.endpoints.params import describe_refusal, for_server, refused
@@ -103,6 +104,8 @@ class _Call:
     prompt: str | None
     messages: list[dict[str, str]] | None
     params: dict[str, Any]
+    #: Stream the answer into the task's token stream.
+    stream: bool = False
 
 
 def _message_dicts(request: GenerationRequest) -> list[dict[str, str]]:
@@ -171,6 +174,9 @@ class Generation:
         #: Results whose end script did not get through, by task id (see :meth:`_abandon`).
         self._unstored: OrderedDict[str, GenerationResult] = OrderedDict()
         self._broker_acks = broker_acks
+        self._tokens = TokenStream(redis_client, policy.record_ttl_s)
+        #: Tasks whose call streamed in this attempt: their stream is marked at the end.
+        self._streamed: set[str] = set()
 
     def run(self, delivery: Delivery) -> Any:
         """A result dict, :class:`RetryLater` or :data:`DUPLICATE`; raises when final.
@@ -178,12 +184,22 @@ class Generation:
         A result is already stored in Celery's result key when this returns.
         """
         CURRENT_ENDPOINT.set(None)
+        final = False
         try:
             with self._observe.running():
-                return self._run(delivery)
+                outcome = self._run(delivery)
+            final = isinstance(outcome, dict)
+            return outcome
         except RedisOutage as err:
             return self._abandon(delivery, err)
+        except GenQueueError:
+            final = True
+            raise
         finally:
+            if delivery.task_id in self._streamed:
+                self._streamed.discard(delivery.task_id)
+                if final:  # stored already: followers of the stream stop waiting now
+                    self._tokens.ended(delivery.task_id)
             # Once the end is recorded the claim and the slot are gone; otherwise they go now.
             self._running.release(delivery.task_id)
             slot_release = self._slot_releases.pop(delivery.task_id, None)
@@ -356,6 +372,7 @@ class Generation:
             prompt=None if chat else self._renderer.render(request, template),
             messages=[dict(m) for m in _message_dicts(request)] if chat else None,
             params=self._params(request, spec),
+            stream=request.stream,
         )
         if spec.kind == "runpod-serverless" and progress.job_id is not None:
             return self._poll_job(task_id, request, target, progress)
@@ -443,9 +460,13 @@ class Generation:
             )
             return job
         assert target.client is not None
+        on_piece = None
+        if call.stream:
+            self._streamed.add(task_id)
+            on_piece = self._tokens.call(task_id)
         if call.messages is not None:
-            return target.client.chat(call.messages, call.params, read_timeout_s)
-        return target.client.complete(call.prompt or "", call.params, read_timeout_s)
+            return target.client.chat(call.messages, call.params, read_timeout_s, on_piece)
+        return target.client.complete(call.prompt or "", call.params, read_timeout_s, on_piece)
 
     def _poll_job(
         self, task_id: str, request: GenerationRequest, target: EndpointTarget, progress: Progress
