@@ -113,8 +113,8 @@ def test_the_endpoints_words_are_kept_without_its_address_or_key(
     error = _wait_error(redis_client, _send(celery_client).id)
     assert error["type"] == "endpoint_rejected"
     assert error["message"] == (
-        "endpoint 'default' answered 404: model not found at http://[endpoint]/v1/completions "
-        "(key [redacted])"
+        "endpoint 'default' answered 404 for POST /v1/completions: model not found at "
+        "http://[endpoint]/v1/completions (key [redacted])"
     )
     stored = _everything(redis_client)
     assert host.encode() not in stored and key.encode() not in stored

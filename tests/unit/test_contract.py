@@ -85,7 +85,7 @@ def test_field_errors_name_the_field(raw: dict[str, Any], where: str) -> None:
     assert errors_of(raw).startswith(where)
 
 
-@pytest.mark.parametrize("field", ["stream", "model", "callback_url", "Prompt", "max_tokens"])
+@pytest.mark.parametrize("field", ["n", "model", "callback_url", "Prompt", "max_tokens"])
 def test_unknown_top_level_field_refused(field: str) -> None:
     assert errors_of({"prompt": "x", field: 1}) == f"{field}: Extra inputs are not permitted"
 
