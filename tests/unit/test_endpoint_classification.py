@@ -12,14 +12,14 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from worker.contract import GenerationResult, Usage
-from worker.endpoints.completions import (
+from worker.endpoints.classify import (
     ERROR_TEXT_MAX_CHARS,
     RETRYABLE_STATUSES,
     classify_response,
     classify_transport_error,
     extract_error_text,
-    parse_completion,
 )
+from worker.endpoints.completions import parse_completion
 from worker.endpoints.disclosure import EndpointVoice
 from worker.errors import (
     ConnectionDropped,

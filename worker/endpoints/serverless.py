@@ -20,7 +20,7 @@ from worker.endpoints.answers import (
     ERROR_BODY_MAX_BYTES,
     response_limit_bytes,
 )
-from worker.endpoints.completions import classify_transport_error, read_answer
+from worker.endpoints.classify import classify_transport_error, read_answer
 from worker.endpoints.disclosure import EndpointVoice
 from worker.errors import InvalidEndpointResponse, PermanentEndpointError
 

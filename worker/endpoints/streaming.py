@@ -37,7 +37,7 @@ from worker.errors import (
 
 #: Called with each piece of text as it arrives.
 PieceSink = Callable[[str], None]
-#: :func:`worker.endpoints.completions.classify_response`: status, headers, body, voice.
+#: :func:`worker.endpoints.classify.classify_response`: status, headers, body, voice.
 Classifier = Callable[[int, Any, str, EndpointVoice], EndpointError | None]
 DONE = "[DONE]"
 
