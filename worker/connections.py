@@ -88,20 +88,28 @@ def sync_client(
     settings: Settings, *, max_connections: int = 64, socket_timeout_s: float = 10.0
 ) -> redis.Redis:
     """A client on ``settings.redis_url`` (on its primary, for a ``sentinel://`` URL)."""
-    options: dict[str, Any] = {
-        "max_connections": max_connections,
-        "timeout": 30,
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "socket_timeout": socket_timeout_s,
-        "health_check_interval": 10,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON),
-    }
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON)
+    options = _pool_options(max_connections, socket_timeout_s, retry)
     if redis_sentinel.is_sentinel(settings.redis_url):
         return redis_sentinel.sync_client(*_sentinel_args(settings), **options)
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url, **options, **tls_options(settings)
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _pool_options(
+    max_connections: int, socket_timeout_s: float, retry: Retry | AsyncRetry
+) -> dict[str, Any]:
+    """A pool's bounded waits and its retry across a reconnect, sync and asyncio alike."""
+    return {
+        "max_connections": max_connections,
+        "timeout": 30,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout_s,
+        "health_check_interval": 10,
+        "retry": retry,
+    }
 
 
 def _sentinel_args(settings: Settings) -> tuple[str, str, str | None, dict[str, Any]]:
@@ -117,16 +125,8 @@ def async_client(
     settings: Settings, *, max_connections: int = 512, socket_timeout_s: float = 10.0
 ) -> aioredis.Redis:
     """An asyncio client on ``settings.redis_url`` (on its primary, for ``sentinel://``)."""
-    options: dict[str, Any] = {
-        "max_connections": max_connections,
-        "timeout": 30,
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "socket_timeout": socket_timeout_s,
-        "health_check_interval": 10,
-        "retry": AsyncRetry(
-            ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON
-        ),
-    }
+    retry = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON)
+    options = _pool_options(max_connections, socket_timeout_s, retry)
     if redis_sentinel.is_sentinel(settings.redis_url):
         return redis_sentinel.async_client(*_sentinel_args(settings), **options)
     pool = aioredis.BlockingConnectionPool.from_url(
