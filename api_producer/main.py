@@ -23,6 +23,7 @@ from api_producer.producers.direct import (
     describe_redis_error,
     make_plan,
 )
+from api_producer.quota import QuotaExceeded, TokenBudget
 from api_producer.rate_limit import RateLimiter
 from api_producer.routes import batches, health, metrics, tasks
 from api_producer.store import TaskStore
@@ -33,6 +34,7 @@ from worker.endpoints.config import load_endpoints
 from worker.errors import TemplateError
 from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings, load_settings
+from worker.tenants import TenantsSource
 
 
 def _templates(settings: Settings) -> frozenset[str] | None:
@@ -58,12 +60,15 @@ def build_state(settings: Settings) -> ApiState:
         producer=DirectProducer(settings, sync_client, plan),
         enqueuer=AsyncProducer(settings, async_client, plan),
         store=TaskStore(async_client, settings.result_ttl_s, listener(settings)),
-        keys=KeyChecker(
-            [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
-        ),
+        keys=KeyChecker(TenantsSource(settings)),  # an invalid tenants file stops it too
         templates=_templates(settings),
         endpoints=frozenset(endpoints.names) if endpoints is not None else None,
         endpoint_specs=endpoints,
+        budget=(
+            TokenBudget(async_client, settings.default_max_tokens)
+            if settings.tenants_file is not None
+            else None
+        ),
     )
 
 
@@ -125,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EnqueueError, _unavailable)
+    app.add_exception_handler(QuotaExceeded, _over_quota)
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(OSError, _unavailable)
     app.add_middleware(
@@ -138,6 +144,15 @@ def create_app(settings: Settings) -> FastAPI:
 async def _unavailable(_: Request, err: Exception) -> JSONResponse:
     reason = str(err) if isinstance(err, EnqueueError) else describe_redis_error(err)
     return JSONResponse({"detail": f"service unavailable: {reason}"}, status_code=503)
+
+
+async def _over_quota(_: Request, err: Exception) -> JSONResponse:
+    retry_after_s = err.retry_after_s if isinstance(err, QuotaExceeded) else 60
+    return JSONResponse(
+        {"detail": str(err), "type": QuotaExceeded.error_type},
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(retry_after_s)},
+    )
 
 
 async def _invalid(_: Request, err: Exception) -> JSONResponse:

@@ -83,6 +83,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             events_maxlen=settings.events_maxlen,
             outage=outage,
             default_max_tokens=settings.default_max_tokens,
+            usage_ttl_s=settings.usage_retention_days * 86_400,
         ),
         observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
         broker_acks=BrokerAcks(
