@@ -25,9 +25,10 @@ from api_producer.producers.direct import (
 )
 from api_producer.quota import QuotaExceeded, TokenBudget
 from api_producer.rate_limit import RateLimiter
-from api_producer.routes import batches, health, metrics, tasks
+from api_producer.routes import batches, health, metrics, tasks, usage
 from api_producer.store import TaskStore
 from api_producer.uploads import UploadSlots
+from api_producer.usage import UsageReader
 from api_producer.waiters import ResultListener
 from worker import connections
 from worker.endpoints.config import load_endpoints
@@ -123,9 +124,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.rate_limiter = limiter
     app.state.genqueue_metrics = own_metrics
     app.state.genqueue_batches = batch_store
+    app.state.genqueue_usage = UsageReader(state.store.client)
     app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
     app.include_router(batches.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_exception_handler(RequestValidationError, _invalid)

@@ -43,6 +43,11 @@ class TaskStore:
         self._listener = listener
         self._wait_reads = asyncio.Semaphore(WAIT_READS)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The asyncio Redis client it reads with (shared with other readers of the API)."""
+        return self._redis
+
     async def get(self, task_id: str) -> TaskStatus | None:
         """The status, or ``None`` for an id genqueue never accepted (or has forgotten)."""
         found = await self.get_owned(task_id)

@@ -110,6 +110,8 @@ local function count_usage()
   settle_reservation()
 end
 
+-- A task sent through Celery has a record only from its start: its tenant is written here.
+redis.call('HSETNX', record_key, 'tenant', tenant)
 local prior = redis.call('HGET', record_key, 'finished_at')
 redis.call('HSET', record_key, 'finished_at', finished_at)
 if error_json ~= '' then redis.call('HSET', record_key, 'error', error_json) end
