@@ -74,7 +74,8 @@ class TokenBudget:
     ) -> None:
         self._redis = client
         self._default_max_tokens = default_max_tokens
-        self._clock = clock
+        #: Seconds since the epoch: the day a hold counts against.
+        self.clock = clock
         self._reserve: AsyncScript = lua.register(client, "api_producer", "token_reserve")
 
     async def reserve(
@@ -84,7 +85,7 @@ class TokenBudget:
         budget = tenant.tokens_per_day
         if budget is None:
             return None
-        now = self._clock()
+        now = self.clock()
         day = utc_day(now)
         tokens = [estimate(request, self._default_max_tokens) for request in requests]
         held, used = await self._reserve(
