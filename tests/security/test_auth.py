@@ -17,6 +17,7 @@ from genqueue.cli import flower
 from tests.security.helpers import run_flower
 from worker.errors import SettingsError
 from worker.settings import Settings
+from worker.tenants import TenantsSource
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,6 +34,10 @@ def _settings(**fields: Any) -> Settings:
 
 
 # --------------------------------------------------------------------------- KeyChecker
+
+
+def _checker(keys: tuple[str, ...] = (), key_hashes: tuple[str, ...] = ()) -> KeyChecker:
+    return KeyChecker(TenantsSource(_settings(api_keys=keys, api_key_hashes=key_hashes)))
 
 
 @pytest.mark.parametrize(
@@ -52,26 +57,28 @@ def _settings(**fields: Any) -> Settings:
     ],
 )
 def test_plain_and_hashed_keys(authorization: str | None, accepted: bool) -> None:
-    checker = KeyChecker([PLAIN], [hash_key(HASHED)])
+    checker = _checker((PLAIN,), (hash_key(HASHED),))
     caller = checker.caller(authorization)
     assert (caller is not None) is accepted
     if caller is not None:
-        # The caller id is a digest prefix: never the key.
+        # The caller is a tenant named by a digest prefix: never the key.
         assert PLAIN not in caller and HASHED not in caller
-        assert len(caller) == 12
+        assert caller.startswith("key-") and len(caller) == 12
 
 
-def test_each_key_has_its_own_caller_id() -> None:
-    checker = KeyChecker([PLAIN], [hash_key(HASHED).upper()])
+def test_each_key_is_a_tenant_of_its_own() -> None:
+    checker = _checker((PLAIN,), (hash_key(HASHED).upper(),))
     plain, hashed = checker.caller(f"Bearer {PLAIN}"), checker.caller(f"Bearer {HASHED}")
     assert plain is not None and hashed is not None and plain != hashed
-    assert hashed == hash_key(HASHED)[:12]
+    assert hashed == "key-" + hash_key(HASHED)[:8]
+    assert not checker.tenant(hashed).admin
 
 
-def test_no_keys_means_anonymous() -> None:
-    checker = KeyChecker([], [])
+def test_no_keys_means_one_anonymous_caller_who_reaches_everything() -> None:
+    checker = _checker()
     assert not checker.enabled
     assert checker.caller(None) == "anonymous"
+    assert checker.tenant("anonymous").admin
 
 
 @pytest.mark.parametrize(
