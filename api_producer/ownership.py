@@ -29,9 +29,15 @@ def no_batch(batch_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no batch {batch_id}")
 
 
-async def owned_task(state: ApiState, caller: str, task_id: str) -> TaskStatus:
-    """The task's status if ``caller`` may reach it; else the ``404`` of an unknown id."""
-    found = await state.store.get_owned(task_id)
+async def owned_task(
+    state: ApiState, caller: str, task_id: str, before_wait: bool = False
+) -> TaskStatus:
+    """The task's status if ``caller`` may reach it; else the ``404`` of an unknown id.
+
+    ``before_wait``: the read opens a wait (``?wait=``, a stream), so it takes turns with the
+    other waits' reads (:meth:`~api_producer.store.TaskStore.get_owned`).
+    """
+    found = await state.store.get_owned(task_id, throttled=before_wait)
     if found is None or not may_reach(state, caller, found.owner):
         raise no_task(task_id)
     return found.status

@@ -53,8 +53,15 @@ class TaskStore:
         found = await self.get_owned(task_id)
         return found.status if found is not None else None
 
-    async def get_owned(self, task_id: str) -> OwnedStatus | None:
-        """The status and the tenant the task belongs to; ``None`` for an unknown id."""
+    async def get_owned(self, task_id: str, throttled: bool = False) -> OwnedStatus | None:
+        """The status and the tenant the task belongs to; ``None`` for an unknown id.
+
+        ``throttled``: a read before a wait, taking turns with the waits' reads (thousands of
+        waits arriving together share a few connections instead of opening one each).
+        """
+        if throttled:
+            async with self._wait_reads:
+                return await self.get_owned(task_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.task_record(task_id))
         pipe.get(keys.celery_result(task_id))

@@ -222,8 +222,8 @@ async def get_task(
     wait: Annotated[float, Query(ge=0, description="seconds to wait for a final status")] = 0,
 ) -> TaskStatus:
     """A task's status; with ``?wait=S``, held up to S seconds for a final one."""
-    found_now = await owned_task(state, caller, task_id)
     timeout_s = min(wait, state.settings.api_wait_max_s)
+    found_now = await owned_task(state, caller, task_id, before_wait=timeout_s > 0)
     if timeout_s <= 0 or found_now.status.is_final:
         return found_now
     try:
