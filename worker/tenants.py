@@ -113,9 +113,6 @@ class Tenant:
         return self.endpoints is None or endpoint in self.endpoints
 
 
-_UNKNOWN = Tenant(name=INTERNAL)
-
-
 @dataclass(frozen=True)
 class Tenants:
     """The tenants of one reading of the configuration.

@@ -266,6 +266,17 @@ def test_api_serves_loopback_or_with_keys(
     assert [(call["host"], call["port"]) for call in fake_uvicorn.calls] == [(host, 8123)]
 
 
+def test_api_serves_a_public_host_with_keys_in_the_tenants_file_only(
+    fake_uvicorn: _FakeUvicorn, tmp_path: Path
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(f'[tenants.a]\nkey_hashes = ["{hash_key(HASHED)}"]\n', encoding="utf-8")
+    assert server.serve(_settings(tenants_file=path), host="0.0.0.0", port=8125) == 0
+    path.write_text("[tenants.a]\nadmin = 'maybe'\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"tenants.toml:2: tenants.a.admin"):
+        server.serve(_settings(tenants_file=path), host="0.0.0.0", port=8125)
+
+
 def test_api_serves_a_public_host_with_only_hashed_keys(fake_uvicorn: _FakeUvicorn) -> None:
     settings = _settings(api_key_hashes=(hash_key(HASHED),))
     assert server.serve(settings, host="0.0.0.0", port=8124) == 0
