@@ -1,49 +1,58 @@
-"""Bearer-key authentication, compared in constant time."""
+"""Bearer-key authentication, compared in constant time: a key names its tenant."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
 
 from fastapi import HTTPException, Request, status
 
-from worker.errors import SettingsError
-
-_SHA256_HEX_CHARS = 64
+from worker.tenants import ANONYMOUS, Tenant, Tenants, TenantsSource
+from worker.tenants import hash_key as hash_key
+from worker.tenants import parse_key_hash as parse_key_hash
 
 
 class KeyChecker:
     """Accepts ``Authorization: Bearer <key>`` for any configured key; anyone if there are none.
 
-    :param keys: plain keys (``GENQUEUE_API_KEYS``).
-    :param key_hashes: SHA-256 hex digests of keys (``GENQUEUE_API_KEY_HASHES``), so a
-        deployment need not hold the plain keys at all.
+    :param source: the tenants and their keys' SHA-256 digests (re-read when the tenants file
+        changes), so a deployment need not hold the plain keys at all.
 
-    Only digests are kept. Every one is compared (with :func:`hmac.compare_digest`), so the time
-    taken says nothing about which key, or how much of one, matched.
+    Every digest is compared (with :func:`hmac.compare_digest`), so the time taken says nothing
+    about which key, or how much of one, matched.
     """
 
-    def __init__(self, keys: Sequence[str], key_hashes: Sequence[str] = ()) -> None:
-        digests = [hashlib.sha256(key.encode()).digest() for key in keys]
-        digests += [parse_key_hash(value) for value in key_hashes]
-        self._digests = list(dict.fromkeys(digests))
+    def __init__(self, source: TenantsSource) -> None:
+        self._source = source
+
+    @property
+    def tenants(self) -> Tenants:
+        return self._source.current()
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests)
+        return self.tenants.keyed
+
+    def tenant(self, name: str) -> Tenant:
+        """The tenant ``name`` (with defaults if it is not configured). With no keys at all,
+        the one anonymous caller reaches everything: there is no one to keep apart."""
+        tenants = self.tenants
+        if name == ANONYMOUS and not tenants.keyed:
+            return Tenant(name=ANONYMOUS, admin=True)
+        return tenants.get(name)
 
     def caller(self, authorization: str | None) -> str | None:
-        """A stable, secret-free id of the matching key, or ``None`` if none matches."""
-        if not self._digests:
-            return "anonymous"
+        """The name of the matching key's tenant, or ``None`` if none matches."""
+        tenants = self.tenants
+        if not tenants.keyed:
+            return ANONYMOUS
         scheme, _, token = (authorization or "").partition(" ")
         offered = hashlib.sha256(token.strip().encode()).digest()
-        matched: bytes | None = None
-        for digest in self._digests:
+        matched: str | None = None
+        for digest, name in tenants.by_digest.items():
             if hmac.compare_digest(digest, offered) and scheme.lower() == "bearer":
-                matched = digest
-        return matched.hex()[:12] if matched is not None else None
+                matched = name
+        return matched
 
     async def __call__(self, request: Request) -> str:
         caller = self.caller(request.headers.get("authorization"))
@@ -54,23 +63,3 @@ class KeyChecker:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return caller
-
-
-def hash_key(key: str) -> str:
-    """The ``GENQUEUE_API_KEY_HASHES`` entry for ``key``."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def parse_key_hash(value: str) -> bytes:
-    """A SHA-256 digest from its hex form; :class:`SettingsError` if it is not one."""
-    text = value.strip().lower()
-    try:
-        digest = bytes.fromhex(text)
-    except ValueError:
-        digest = b""
-    if len(text) != _SHA256_HEX_CHARS or len(digest) * 2 != _SHA256_HEX_CHARS:
-        # Never echo the value: an operator may have pasted a plain key here by mistake.
-        raise SettingsError(
-            "GENQUEUE_API_KEY_HASHES: each entry must be a SHA-256 digest, 64 hex characters"
-        )
-    return digest

@@ -249,6 +249,14 @@ class GenQueueClient:
         if expected >= 0 and count != expected:
             raise ServiceUnavailable(f"batch results cut short: {count} of {expected} lines")
 
+    def usage(
+        self, first: str | None = None, last: str | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /v1/usage``: ``{"from", "to", "usage": [rows]}`` for UTC days (YYYY-MM-DD)."""
+        params = {"from": first, "to": last, "tenant": tenant}
+        found = self._call("GET", "/v1/usage", params={k: v for k, v in params.items() if v})
+        return dict(found)
+
     def _raw(
         self,
         method: str,

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from api_producer.auth import KeyChecker
 from api_producer.producers.async_direct import AsyncProducer
 from api_producer.producers.direct import DirectProducer
+from api_producer.quota import TokenBudget
 from api_producer.store import TaskStore
 from api_producer.token_follow import TokenFollower
 from worker.endpoints.config import Endpoints
@@ -34,6 +35,8 @@ class ApiState:
     endpoints: frozenset[str] | None = None
     #: The endpoints' kinds and fallbacks, to refuse ``params`` they would not take.
     endpoint_specs: Endpoints | None = None
+    #: The tenants' token budgets; ``None`` when no tenants file can give one.
+    budget: TokenBudget | None = None
 
 
 # The dependencies are coroutines, even those that never wait: FastAPI runs a plain ``def``

@@ -23,17 +23,20 @@ from api_producer.producers.direct import (
     describe_redis_error,
     make_plan,
 )
+from api_producer.quota import QuotaExceeded, TokenBudget
 from api_producer.rate_limit import RateLimiter
-from api_producer.routes import batches, health, metrics, openai, stream, tasks
+from api_producer.routes import batches, health, metrics, openai, stream, tasks, usage
 from api_producer.store import TaskStore
 from api_producer.token_follow import TokenFollower
 from api_producer.uploads import UploadSlots
+from api_producer.usage import UsageReader
 from api_producer.waiters import ResultListener
 from worker import connections
 from worker.endpoints.config import load_endpoints
 from worker.errors import TemplateError
 from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings, load_settings
+from worker.tenants import TenantsSource
 
 
 def _templates(settings: Settings) -> frozenset[str] | None:
@@ -63,12 +66,15 @@ def build_state(settings: Settings) -> ApiState:
         enqueuer=AsyncProducer(settings, async_client, plan),
         store=store,
         tokens=TokenFollower(follows_client, store, settings.api_max_streams),
-        keys=KeyChecker(
-            [key.get_secret_value() for key in settings.api_keys], settings.api_key_hashes
-        ),
+        keys=KeyChecker(TenantsSource(settings)),  # an invalid tenants file stops it too
         templates=_templates(settings),
         endpoints=frozenset(endpoints.names) if endpoints is not None else None,
         endpoint_specs=endpoints,
+        budget=(
+            TokenBudget(async_client, settings.default_max_tokens)
+            if settings.tenants_file is not None
+            else None
+        ),
     )
 
 
@@ -124,15 +130,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.rate_limiter = limiter
     app.state.genqueue_metrics = own_metrics
     app.state.genqueue_batches = batch_store
+    app.state.genqueue_usage = UsageReader(state.store.client)
     app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
     app.include_router(stream.router)
     app.include_router(openai.router)
     app.include_router(batches.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EnqueueError, _unavailable)
+    app.add_exception_handler(QuotaExceeded, _over_quota)
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(OSError, _unavailable)
     app.add_middleware(
@@ -146,6 +155,15 @@ def create_app(settings: Settings) -> FastAPI:
 async def _unavailable(_: Request, err: Exception) -> JSONResponse:
     reason = str(err) if isinstance(err, EnqueueError) else describe_redis_error(err)
     return JSONResponse({"detail": f"service unavailable: {reason}"}, status_code=503)
+
+
+async def _over_quota(_: Request, err: Exception) -> JSONResponse:
+    retry_after_s = err.retry_after_s if isinstance(err, QuotaExceeded) else 60
+    return JSONResponse(
+        {"detail": str(err), "type": QuotaExceeded.error_type},
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(retry_after_s)},
+    )
 
 
 async def _invalid(_: Request, err: Exception) -> JSONResponse:

@@ -1,12 +1,12 @@
-"""A per-key submission limit, counted in Redis so every API process shares it.
+"""A per-tenant submission limit, counted in Redis so every API process shares it.
 
-A fixed one-minute window per caller: ``genqueue:rate:<caller id>:<window>`` holds the tasks
-the caller submitted in that minute and expires soon after it. The caller id is the key's
-digest prefix from :class:`~api_producer.auth.KeyChecker`, never the key. A batch counts as
-its length, charged as its lines arrive, before they are parsed; a batch refused for any reason
-is refunded. A submission that would pass the limit is refused whole (429 with ``Retry-After``)
-and counts for nothing. A fixed window lets a caller reach twice the limit across a window
-edge at most; the point is to bound GPU work per key, not to shape traffic.
+A fixed one-minute window per tenant: ``genqueue:rate:<tenant>:<window>`` holds the tasks
+the tenant submitted in that minute and expires soon after it. The limit is the tenant's
+``requests_per_minute`` (tenants file), else ``GENQUEUE_API_RATE_LIMIT_PER_MINUTE``. A batch
+counts as its length, charged as its lines arrive, before they are parsed; a batch refused for
+any reason is refunded. A submission that would pass the limit is refused whole (429 with
+``Retry-After``) and counts for nothing. A fixed window lets a caller reach twice the limit
+across a window edge at most; the point is to bound GPU work per tenant, not to shape traffic.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, status
 from redis.commands.core import AsyncScript
 
-from api_producer.deps import CallerDep
+from api_producer.deps import CallerDep, StateDep
 from worker import connections, keys, lua
 from worker.settings import Settings
+from worker.tenants import Tenant
 
 WINDOW_S = 60
 #: Keys outlive their window a little, so a slow clock on one API process still finds them.
@@ -55,40 +56,43 @@ class RateLimiter:
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
         limit = settings.api_rate_limit_per_minute
-        if limit <= 0:
+        if limit <= 0 and settings.tenants_file is None:
             return cls(None, 0)
         client = connections.async_client(settings, max_connections=256)
         return cls(client, limit)
 
-    @property
-    def enabled(self) -> bool:
-        return self._script is not None and self._per_minute > 0
+    def limit_for(self, tenant: Tenant) -> int:
+        """The tenant's own limit if the tenants file gives one, else the global one."""
+        if tenant.requests_per_minute is not None:
+            return tenant.requests_per_minute
+        return self._per_minute
 
-    async def charge(self, caller: str, cost: int, before: int = 0) -> int | None:
+    async def charge(self, caller: Tenant, cost: int, before: int = 0) -> int | None:
         """Count ``cost`` submissions for ``caller``; :class:`HTTPException` 429 if over.
 
         ``before`` is what the same submission was charged already (a batch charged a piece
         at a time). Returns the window charged, ``None`` when the limit is off.
         """
-        if not self.enabled or self._script is None:
+        per_minute = self.limit_for(caller)
+        if self._script is None or per_minute <= 0:
             return None
-        if before + cost > self._per_minute:
+        if before + cost > per_minute:
             size = f"{before + cost} or more" if before else str(cost)
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=f"a batch of {size} is more than the {self._per_minute} tasks per minute "
-                "this key may submit: split it",
+                detail=f"a batch of {size} is more than the {per_minute} tasks per minute "
+                "this tenant may submit: split it",
             )
         now = self._clock()
         window = int(now // WINDOW_S)
         used = await self._script(
-            keys=[keys.api_rate(caller, window)], args=[cost, self._per_minute, KEY_TTL_S]
+            keys=[keys.api_rate(caller.name, window)], args=[cost, per_minute, KEY_TTL_S]
         )
         if int(used) < 0:
             retry_after_s = max(1, math.ceil((window + 1) * WINDOW_S - now))
             raise HTTPException(
                 status.HTTP_429_TOO_MANY_REQUESTS,
-                detail=f"rate limit: at most {self._per_minute} tasks per minute for this key; "
+                detail=f"rate limit: at most {per_minute} tasks per minute for this tenant; "
                 f"retry in {retry_after_s}s",
                 headers={"Retry-After": str(retry_after_s)},
             )
@@ -111,7 +115,7 @@ class Charge:
     back when the submission is refused after all.
     """
 
-    def __init__(self, limiter: RateLimiter, caller: str) -> None:
+    def __init__(self, limiter: RateLimiter, caller: Tenant) -> None:
         self._limiter = limiter
         self._caller = caller
         self._charged: dict[int, int] = {}
@@ -129,7 +133,7 @@ class Charge:
         """Give back everything this submission was charged."""
         charged, self._charged = self._charged, {}
         for window, cost in charged.items():
-            await self._limiter.refund(self._caller, window, cost)
+            await self._limiter.refund(self._caller.name, window, cost)
 
 
 def get_rate_limiter(request: Request) -> RateLimiter:
@@ -137,8 +141,8 @@ def get_rate_limiter(request: Request) -> RateLimiter:
     return limiter
 
 
-async def rate_limit(request: Request, caller: CallerDep) -> Charge:
-    return Charge(get_rate_limiter(request), caller)
+async def rate_limit(request: Request, caller: CallerDep, state: StateDep) -> Charge:
+    return Charge(get_rate_limiter(request), state.keys.tenant(caller))
 
 
 RateLimitDep = Annotated[Charge, Depends(rate_limit)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -12,12 +13,20 @@ from api_producer.waiters import ResultListener, TooManyWaiters
 from worker import keys
 from worker.contract import TaskState, TaskStatus
 from worker.delivery import records
+from worker.tenants import INTERNAL
 
 #: How long ``DELETE`` waits for a running task to acknowledge its cancellation.
 CANCEL_WAIT_S = 5.0
 #: Status reads of ``?wait=`` requests at once: thousands of waiters woken together (or
 #: arriving together) take turns on this many connections instead of opening one each.
 WAIT_READS = 16
+
+
+@dataclass(frozen=True)
+class OwnedStatus:
+    status: TaskStatus
+    #: The tenant the task belongs to (``internal`` for a task sent without one).
+    owner: str
 
 
 class TaskStore:
@@ -34,15 +43,36 @@ class TaskStore:
         self._listener = listener
         self._wait_reads = asyncio.Semaphore(WAIT_READS)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The asyncio Redis client it reads with (shared with other readers of the API)."""
+        return self._redis
+
     async def get(self, task_id: str) -> TaskStatus | None:
         """The status, or ``None`` for an id genqueue never accepted (or has forgotten)."""
+        found = await self.get_owned(task_id)
+        return found.status if found is not None else None
+
+    async def get_owned(self, task_id: str, throttled: bool = False) -> OwnedStatus | None:
+        """The status and the tenant the task belongs to; ``None`` for an unknown id.
+
+        ``throttled``: a read before a wait, taking turns with the waits' reads (thousands of
+        waits arriving together share a few connections instead of opening one each).
+        """
+        if throttled:
+            async with self._wait_reads:
+                return await self.get_owned(task_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.task_record(task_id))
         pipe.get(keys.celery_result(task_id))
         record, meta = await pipe.execute()
         if not record and meta is None:
             return None
-        return records.status_from(task_id, record, meta)
+        owner = record.get(records.F_TENANT.encode()) if record else None
+        return OwnedStatus(
+            records.status_from(task_id, record, meta),
+            owner.decode() if owner is not None else INTERNAL,
+        )
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskStatus | None:
         """The status once final, or as it is after ``timeout_s``; no polling loop.

@@ -28,6 +28,7 @@ from worker.webhooks.url_check import parse_webhook_url
 
 TASK_NAME = "genqueue.generate"
 ENDPOINT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: The queue genqueue's own producers use. Workers also consume Celery's default queue
 #: ``celery`` so that a plain ``send_task("genqueue.generate", ...)`` is served.
 QUEUE_NAME = "genqueue"
@@ -116,6 +117,9 @@ class GenerationRequest(BaseModel):
         max_length=WEBHOOK_URL_MAX_CHARS,
         description="POSTed the final status, signed (Genqueue-Signature); http(s) only",
     )
+    #: The tenant the task belongs to. Set by the API from the caller's key (an HTTP body may
+    #: not name one); trusted from Celery and direct producers; ``internal`` when absent.
+    tenant: str | None = Field(default=None, pattern=TENANT_NAME_PATTERN)
 
     @model_validator(mode="before")
     @classmethod

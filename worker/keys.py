@@ -71,6 +71,30 @@ def api_rate(caller: str, window: int) -> str:
     return f"{PREFIX}:rate:{caller}:{window}"
 
 
+def usage(tenant: str, day: str) -> str:
+    """Hash of one tenant's usage on one UTC day (``YYYY-MM-DD``): ``<endpoint>:<outcome>``,
+    ``<endpoint>:prompt_tokens``, ``<endpoint>:completion_tokens``, ``<endpoint>:gpu_ms``, and
+    ``total_tokens``. TTL: the usage retention."""
+    return f"{PREFIX}:usage:{tenant}:{day}"
+
+
+def usage_tenants(day: str) -> str:
+    """Set of the tenants with usage on one UTC day. TTL: the usage retention."""
+    return f"{PREFIX}:usage-tenants:{day}"
+
+
+def usage_totals() -> str:
+    """Hash of ``<tenant>|<endpoint>|<kind>`` totals (the metrics' counters). TTL: the usage
+    retention after the last task's end."""
+    return f"{PREFIX}:usage-totals"
+
+
+def reserved_tokens(tenant: str) -> str:
+    """Hash of a tenant's tokens reserved by submissions and not yet settled, by UTC day.
+    TTL: two days."""
+    return f"{PREFIX}:reserved:{tenant}"
+
+
 def bench_held(queue: bytes) -> bytes:
     """A queue's list set aside by ``genqueue bench`` while its worker starts; renamed back."""
     return b"genqueue-bench:held:" + queue

@@ -21,6 +21,7 @@ from worker.pipeline.generation import Generation, GenerationPolicy
 from worker.pipeline.render import PromptRenderer
 from worker.redis_outage import OutagePolicy
 from worker.settings import Settings
+from worker.tenants import TenantsSource
 from worker.webhooks.sender import WebhookSender, policy_from
 
 #: Connections beyond the task concurrency, for the heartbeat and bookkeeping.
@@ -83,6 +84,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             events_maxlen=settings.events_maxlen,
             outage=outage,
             default_max_tokens=settings.default_max_tokens,
+            usage_ttl_s=settings.usage_retention_days * 86_400,
         ),
         observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
         broker_acks=BrokerAcks(
@@ -91,10 +93,12 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             settled=broker.settle,
         ),
     )
+    tenants = TenantsSource(settings)  # an invalid tenants file stops the worker at start
     webhooks = WebhookSender(
         client,
         policy_from(settings),
         on_outcome=lambda outcome: process_metrics().webhooks.labels(outcome).inc(),
+        tenant_secret=lambda name: tenants.current().webhook_secret_of(name),
     )
     return WorkerRuntime(
         redis=client, targets=targets, running=running, generation=generation, webhooks=webhooks

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     api_key_hashes: Annotated[tuple[str, ...], NoDecode] = ()
     #: Submissions per minute per API key (0: no limit); over it, 429 with Retry-After.
     api_rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)
+    #: A TOML file of named tenants (keys, weight, limits, webhook secret): worker/tenants.py.
+    tenants_file: Path | None = Field(default=None, validation_alias="GENQUEUE_TENANTS_FILE")
+    #: Days of per-tenant usage (tasks, tokens, GPU-seconds) kept, by UTC day.
+    usage_retention_days: int = Field(default=90, ge=1, le=3_660)
     #: A data directory for ``genqueue up`` (the embedded Redis keeps its files there).
     data_dir: Path = Path(".genqueue")
 

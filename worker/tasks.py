@@ -38,6 +38,7 @@ from worker.pipeline.generation import ABANDONED, DUPLICATE, Delivery
 from worker.pipeline.retry_decision import RetryLater
 from worker.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.resources import runtime_for
+from worker.tenants import tenant_of_message
 from worker.webhooks.sender import WEBHOOK_TASK_NAME, webhook_url_of
 
 log = logging.getLogger("genqueue.webhook")
@@ -54,7 +55,12 @@ def _enqueue_webhook(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     try:
         task.app.send_task(
             WEBHOOK_TASK_NAME,
-            kwargs={"task_id": task_id, "url": url, "first_at": time.time()},
+            kwargs={
+                "task_id": task_id,
+                "url": url,
+                "first_at": time.time(),
+                "tenant": tenant_of_message(args, kwargs),
+            },
             queue=QUEUE_NAME,
             # Flower shows this: the URL's path and query may hold the receiver's token.
             argsrepr=NO_ARGS,
@@ -255,10 +261,11 @@ class WebhookTask(SummarizedTask):
     ignore_result=True,
     track_started=False,
 )
-def webhook(self: Task, task_id: str, url: str, first_at: float) -> None:
-    """Post the final status of ``task_id`` to ``url``; retried with backoff, then given up."""
+def webhook(self: Task, task_id: str, url: str, first_at: float, tenant: str | None = None) -> None:
+    """Post the final status of ``task_id`` to ``url``, signed with its tenant's secret (else
+    the server's); retried with backoff, then given up."""
     sender = runtime_for(self.app.genqueue_settings).webhooks
     assert sender is not None
-    delivery = sender.deliver(task_id, url, first_at, self.request.retries or 0)
+    delivery = sender.deliver(task_id, url, first_at, self.request.retries or 0, tenant)
     if delivery.outcome == "retry" and delivery.retry_in_s is not None:
         raise self.retry(countdown=delivery.retry_in_s, max_retries=None)

@@ -31,6 +31,8 @@ ENQUEUE_CHUNK = 500
 READ_CHUNK = 1000
 
 F_TOTAL = "total"
+#: The tenant the batch belongs to (absent: ``internal``).
+F_TENANT = "tenant"
 F_CREATED = "created_at"
 F_CANCELLED = "cancelled_at"
 

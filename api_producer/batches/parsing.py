@@ -9,7 +9,7 @@ from collections.abc import Generator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from api_producer.batches.models import (
     CUSTOM_ID_MAX_CHARS,
@@ -260,10 +260,12 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def check_webhooks(lines: Sequence[BatchLine], settings: Settings) -> None:
+def check_webhooks(
+    lines: Sequence[BatchLine], settings: Settings, tenant_secret: SecretStr | None = None
+) -> None:
     """Refuse a ``webhook_url`` this server may not post to (resolves host names: blocking)."""
     verdicts: dict[str, str | None] = {}
-    secret = settings.webhook_secret
+    secret = tenant_secret or settings.webhook_secret
     for line in lines:
         url = line.request.webhook_url
         if url is None:

@@ -2,8 +2,8 @@
 
 A batch is two Redis keys, both kept for ``GENQUEUE_RESULT_TTL_S`` like its tasks:
 
-- ``genqueue:batch:<id>``, a hash: ``created_at``, ``total`` and, once cancelled,
-  ``cancelled_at``;
+- ``genqueue:batch:<id>``, a hash: ``created_at``, ``total``, ``tenant`` (its owner) and,
+  once cancelled, ``cancelled_at``;
 - ``genqueue:batch:<id>:tasks``, a list of ``<task_id> <custom_id>`` in input order.
 
 Its tasks are ordinary genqueue tasks (enqueued with :meth:`DirectProducer.submit_many`, a chunk
@@ -27,6 +27,7 @@ from api_producer.batches.models import (
     ENQUEUE_CHUNK,
     F_CANCELLED,
     F_CREATED,
+    F_TENANT,
     F_TOTAL,
     MISSING,
     READ_CHUNK,
@@ -38,11 +39,14 @@ from api_producer.batches.models import (
     BatchStatus,
 )
 from api_producer.producers.direct import DirectProducer, EnqueueError, describe_redis_error
+from api_producer.producers.enqueue import Reservation
+from api_producer.quota import TokenBudget
 from api_producer.store import add_cancel
 from worker import connections, keys
 from worker.contract import TaskState
 from worker.delivery import records
 from worker.settings import Settings
+from worker.tenants import INTERNAL, Tenant
 
 
 def task_state(raw_record: dict[Any, Any], raw_meta: bytes | str | None) -> TaskState:
@@ -82,6 +86,13 @@ def result_line(
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
+def _part(held: Reservation | None, start: int, count: int) -> Reservation | None:
+    """The holds of the tasks ``start`` to ``start + count`` of a batch's reservation."""
+    if held is None:
+        return None
+    return Reservation(day=held.day, tokens=held.tokens[start : start + count])
+
+
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
@@ -112,28 +123,48 @@ class BatchStore:
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def create(self, lines: Sequence[BatchLine]) -> BatchCreated:
+    async def create(
+        self,
+        lines: Sequence[BatchLine],
+        tenant: Tenant | None = None,
+        budget: TokenBudget | None = None,
+    ) -> BatchCreated:
         """Enqueue every line's task and store the batch, or leave nothing runnable behind.
 
+        The batch belongs to ``tenant``; its whole token estimate is held against the
+        tenant's day budget first (:class:`QuotaExceeded` when it would pass it).
         Raises :class:`EnqueueError` when Redis fails midway; the tasks already sent are
-        cancelled (they never reach the endpoint unless a worker took them meanwhile).
+        cancelled (they never reach the endpoint unless a worker took them meanwhile; each
+        gives its hold back as it ends) and the holds of those not sent are given back.
         """
         batch_id = f"batch_{uuid.uuid4().hex}"
         created_at = records.utcnow_iso()
         task_ids: list[str] = []
+        owner = tenant or Tenant(name=INTERNAL)
+        held = await budget.reserve(owner, [line.request for line in lines]) if budget else None
         try:
             for start in range(0, len(lines), ENQUEUE_CHUNK):
                 chunk = [line.request for line in lines[start : start + ENQUEUE_CHUNK]]
-                accepted = await asyncio.to_thread(self._producer.submit_many, chunk)
+                part = _part(held, start, len(chunk))
+                accepted = await asyncio.to_thread(self._producer.submit_many, chunk, None, part)
                 task_ids += accepted.task_ids
-            await self._store(batch_id, created_at, lines, task_ids)
+            await self._store(batch_id, created_at, lines, task_ids, owner.name)
         except BaseException as err:
+            if budget is not None:
+                await asyncio.shield(budget.release(owner, held, len(task_ids)))
             await asyncio.shield(self._withdraw(task_ids))
             if isinstance(err, redis.RedisError | OSError):
                 reason = describe_redis_error(err)
                 raise EnqueueError(f"could not store the batch: {reason}") from err
             raise
         return BatchCreated(batch_id=batch_id, total=len(lines))
+
+    async def owner(self, batch_id: str) -> str | None:
+        """The tenant the batch belongs to; ``None`` for an unknown batch."""
+        info = await self._info(batch_id)
+        if info is None:
+            return None
+        return info.get(F_TENANT, INTERNAL)
 
     async def status(self, batch_id: str) -> BatchStatus | None:
         """Counts by state, read from every task; ``None`` for an unknown batch."""
@@ -210,7 +241,12 @@ class BatchStore:
         return list(zip(replies[0::2], replies[1::2], strict=True))
 
     async def _store(
-        self, batch_id: str, created_at: str, lines: Sequence[BatchLine], task_ids: list[str]
+        self,
+        batch_id: str,
+        created_at: str,
+        lines: Sequence[BatchLine],
+        task_ids: list[str],
+        tenant: str,
     ) -> None:
         entries = [
             f"{task_id} {line.custom_id}" for task_id, line in zip(task_ids, lines, strict=True)
@@ -221,7 +257,10 @@ class BatchStore:
             pipe.rpush(list_key, *entries[start : start + READ_CHUNK])
         pipe.expire(list_key, self._ttl_s)
         # The hash last: a batch is found only once its task list is complete.
-        pipe.hset(keys.batch(batch_id), mapping={F_CREATED: created_at, F_TOTAL: len(entries)})
+        pipe.hset(
+            keys.batch(batch_id),
+            mapping={F_CREATED: created_at, F_TOTAL: len(entries), F_TENANT: tenant},
+        )
         pipe.expire(keys.batch(batch_id), self._ttl_s)
         await pipe.execute()
 

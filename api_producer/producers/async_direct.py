@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from api_producer.producers import submission
-from api_producer.producers.enqueue import Accepted, EnqueuePlan
+from api_producer.producers.enqueue import Accepted, EnqueuePlan, Reservation
 from api_producer.producers.submission import Step
 from worker.contract import GenerationRequest
 from worker.settings import Settings
@@ -33,11 +33,14 @@ class AsyncProducer:
         self._plan = plan
 
     async def submit_many(
-        self, requests: Sequence[GenerationRequest], idempotency_key: str | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        idempotency_key: str | None = None,
+        reservation: Reservation | None = None,
     ) -> Accepted:
         """Enqueue all of ``requests`` or none of them (:func:`submission.submit`)."""
         ttl_s = self._settings.idempotency_ttl_s
-        steps = submission.submit(self._plan, requests, idempotency_key, ttl_s)
+        steps = submission.submit(self._plan, requests, idempotency_key, ttl_s, reservation)
         return await submission.arun(steps, self._execute)
 
     async def _execute(self, step: Step) -> Any:

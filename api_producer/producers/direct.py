@@ -19,6 +19,7 @@ from api_producer.producers.enqueue import (
     EnqueueError,
     EnqueuePlan,
     IdempotencyConflict,
+    Reservation,
     celery_priority,
     db_of,
     queue_of,
@@ -104,11 +105,14 @@ class DirectProducer:
         return self.submit_many([request]).task_ids[0]
 
     def submit_many(
-        self, requests: Sequence[GenerationRequest], idempotency_key: str | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        idempotency_key: str | None = None,
+        reservation: Reservation | None = None,
     ) -> Accepted:
         """Enqueue all of ``requests`` or none of them (:func:`submission.submit`)."""
         ttl_s = self._settings.idempotency_ttl_s
-        steps = submission.submit(self.plan, requests, idempotency_key, ttl_s)
+        steps = submission.submit(self.plan, requests, idempotency_key, ttl_s, reservation)
         return submission.run(steps, self._execute)
 
     def requeue(self, task_id: str, request: GenerationRequest) -> None:

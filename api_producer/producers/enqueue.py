@@ -24,6 +24,7 @@ from worker.delivery import records
 from worker.errors import GenQueueError
 from worker.observability.flower_summaries import payload_summary
 from worker.settings import Settings
+from worker.tenants import tenant_of
 
 #: A Redis command and its arguments, as ``execute_command`` takes them.
 Command = tuple[Any, ...]
@@ -39,6 +40,15 @@ class IdempotencyConflict(GenQueueError):
     """Raised when an idempotency key was used before with a different body."""
 
     error_type = "idempotency_conflict"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Tokens held against a tenant's day budget (UTC ``day``), one count per task, in order;
+    each task's end settles its own (worker/delivery/scripts/task_end.lua)."""
+
+    day: str
+    tokens: Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -107,27 +117,38 @@ class EnqueuePlan:
         task_ids: Sequence[str],
         requests: Sequence[GenerationRequest],
         payloads: Sequence[dict[str, Any]],
+        reservation: Reservation | None = None,
     ) -> list[Command]:
         """Records, inbox entries, messages and events of new tasks."""
         now = time.time()
         commands: list[Command] = []
-        for task_id, request, payload in zip(task_ids, requests, payloads, strict=True):
-            commands += self._record(task_id, request, payload, now)
+        for index, (task_id, request, payload) in enumerate(
+            zip(task_ids, requests, payloads, strict=True)
+        ):
+            record = self._record(task_id, request, payload)
+            if reservation is not None:
+                record[records.F_RESERVED] = str(reservation.tokens[index])
+                record[records.F_RESERVED_DAY] = reservation.day
+            commands += self._write(task_id, record, now)
         commands.append(("EXPIRE", keys.inbox(), self._ttl_s))
         for task_id, request, payload in zip(task_ids, requests, payloads, strict=True):
             commands += self.send(task_id, request, payload)
         return commands
 
     def _record(
-        self, task_id: str, request: GenerationRequest, payload: dict[str, Any], now: float
-    ) -> list[Command]:
-        """The record, with what a lost message needs to be sent again
+        self, task_id: str, request: GenerationRequest, payload: dict[str, Any]
+    ) -> dict[str, str]:
+        """The record, with its owner and what a lost message needs to be sent again
         (worker/delivery/lost_message_sweep.py)."""
-        key = keys.task_record(task_id)
         record = records.new_record(request.metadata)
+        record[records.F_TENANT] = tenant_of(request)
         record[records.F_PAYLOAD] = json.dumps(payload, separators=(",", ":"))
         record[records.F_QUEUE] = queue_of(request)
         record[records.F_PRIORITY] = str(celery_priority(request))
+        return record
+
+    def _write(self, task_id: str, record: dict[str, str], now: float) -> list[Command]:
+        key = keys.task_record(task_id)
         fields = [item for pair in record.items() for item in pair]
         return [
             ("HSET", key, *fields),

@@ -24,6 +24,7 @@ from api_producer.producers.enqueue import (
     Command,
     EnqueueError,
     EnqueuePlan,
+    Reservation,
     claim_key,
     claim_value,
     earlier_answer,
@@ -55,6 +56,7 @@ def submit(
     requests: Sequence[GenerationRequest],
     idempotency_key: str | None,
     idempotency_ttl_s: int,
+    reservation: Reservation | None = None,
 ) -> Steps[Accepted]:
     """Enqueue all of ``requests`` or none of them.
 
@@ -74,7 +76,7 @@ def submit(
         if earlier is not None:
             return earlier_answer(earlier, digest)
     try:
-        yield Step(plan.accept(task_ids, requests, payloads), transaction=True)
+        yield Step(plan.accept(task_ids, requests, payloads, reservation), transaction=True)
     except REDIS_ERRORS as err:
         if claim is not None:
             with contextlib.suppress(*REDIS_ERRORS):
@@ -96,7 +98,7 @@ def requeue(
         yield Step(
             [
                 ("DEL", keys.celery_result(task_id)),
-                ("HDEL", key, records.F_ERROR, records.F_FINISHED, records.F_FIRST_ATTEMPT, *stale),
+                ("HDEL", key, *_CLEARED_ON_REQUEUE, *stale),
                 ("HSET", key, records.F_ATTEMPTS, "0"),
                 ("HSETNX", key, records.F_CREATED, records.utcnow_iso()),
                 ("EXPIRE", key, result_ttl_s),
@@ -107,6 +109,15 @@ def requeue(
     except REDIS_ERRORS as err:
         raise _failed("send", err) from err
     plan.sent([request])
+
+
+#: A requeued task starts afresh: its outcome goes, and its usage is counted again at its end.
+_CLEARED_ON_REQUEUE = (
+    records.F_ERROR,
+    records.F_FINISHED,
+    records.F_FIRST_ATTEMPT,
+    records.F_COUNTED,
+)
 
 
 def _claim(redis_key: str, value: str, ttl_s: int) -> Generator[Step, Any, bytes | str | None]:

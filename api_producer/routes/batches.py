@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -22,10 +23,12 @@ from api_producer.batches import (
     check_webhooks,
 )
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
+from api_producer.ownership import check_batch_owner, no_batch, tenant_problem
 from api_producer.rate_limit import Charge, RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import ANY_ROUTE, InvalidInput, problem
 from api_producer.uploads import UploadSlots
+from worker.tenants import Tenant
 
 _T = TypeVar("_T")
 PATH = "/v1/batches"
@@ -152,7 +155,7 @@ async def create_batch(
     response: Response,
     state: StateDep,
     batches: BatchesDep,
-    _caller: CallerDep,
+    caller: CallerDep,
     charge: RateLimitDep,
     counted: MetricsDep,
 ) -> BatchCreated:
@@ -165,12 +168,13 @@ async def create_batch(
         endpoints=state.endpoints,
         endpoint_specs=state.endpoint_specs,
     )
+    tenant = state.keys.tenant(caller)
     async with get_upload_slots(request).slot():
         try:
             parser = BatchParser(request.headers.get("content-type", ""), rules)
-            lines = await _read(request, parser, charge)
-            await run_in_threadpool(check_webhooks, lines, settings)
-            accepted = await batches.create(lines)
+            lines = _owned(state, tenant, await _read(request, parser, charge))
+            await run_in_threadpool(check_webhooks, lines, settings, tenant.webhook_secret)
+            accepted = await batches.create(lines, tenant, state.budget)
         except BaseException as err:
             await asyncio.shield(charge.refund())  # refused: the batch counts for nothing
             if isinstance(err, BatchRefused):
@@ -179,6 +183,21 @@ async def create_batch(
     counted.submitted.inc(len(lines))
     response.headers["Location"] = f"{PATH}/{accepted.batch_id}"
     return accepted
+
+
+def _owned(state: StateDep, tenant: Tenant, lines: list[BatchLine]) -> list[BatchLine]:
+    """The lines stamped with the caller's tenant, after the tenant's own checks (422)."""
+    problems = []
+    for line in lines:
+        problem = tenant_problem(tenant, line.request, state.endpoint_specs)
+        if problem is not None:
+            problems.append(f"{line.where}: {problem}")
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="; ".join(problems[:10]))
+    return [
+        replace(line, request=line.request.model_copy(update={"tenant": tenant.name}))
+        for line in lines
+    ]
 
 
 async def _read(request: Request, parser: BatchParser, charge: Charge) -> list[BatchLine]:
@@ -202,28 +221,35 @@ async def _check(items: list[Item], parser: BatchParser, charge: Charge) -> None
 
 
 @router.get("/{batch_id}", response_model=BatchStatus, responses=_ONE_BATCH)
-async def get_batch(batch_id: BatchId, batches: BatchesDep, _caller: CallerDep) -> BatchStatus:
+async def get_batch(
+    batch_id: BatchId, state: StateDep, batches: BatchesDep, caller: CallerDep
+) -> BatchStatus:
     """The batch's state and its tasks counted by state."""
+    check_batch_owner(state, caller, batch_id, await batches.owner(batch_id))
     return _found(batch_id, await batches.status(batch_id))
 
 
 @router.get("/{batch_id}/results", response_class=NdjsonResponse, responses=_RESULTS)
 async def get_batch_results(
-    batch_id: BatchId, batches: BatchesDep, _caller: CallerDep
+    batch_id: BatchId, state: StateDep, batches: BatchesDep, caller: CallerDep
 ) -> NdjsonResponse:
     """One JSON line per request, in input order, streamed (unfinished tasks included)."""
+    check_batch_owner(state, caller, batch_id, await batches.owner(batch_id))
     found = _found(batch_id, await batches.results(batch_id))
     # The total lets a client tell a complete download from one cut short.
     return NdjsonResponse(found.lines, media_type=NDJSON, headers={TOTAL_HEADER: str(found.total)})
 
 
 @router.delete("/{batch_id}", response_model=BatchStatus, responses=_ONE_BATCH)
-async def cancel_batch(batch_id: BatchId, batches: BatchesDep, _caller: CallerDep) -> BatchStatus:
+async def cancel_batch(
+    batch_id: BatchId, state: StateDep, batches: BatchesDep, caller: CallerDep
+) -> BatchStatus:
     """Cancel every task of the batch not final yet; queued ones never reach the endpoint."""
+    check_batch_owner(state, caller, batch_id, await batches.owner(batch_id))
     return _found(batch_id, await batches.cancel(batch_id))
 
 
 def _found(batch_id: str, value: _T | None) -> _T:
     if value is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no batch {batch_id}")
+        raise no_batch(batch_id)
     return value

@@ -8,15 +8,16 @@ metrics are served by each worker process (``GENQUEUE_WORKER_METRICS_PORT``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
-from worker import connections
+from api_producer.deps import StateDep
+from worker import connections, keys
 from worker.endpoints.config import load_endpoints
 from worker.observability.snapshot import EndpointState, Snapshot, endpoint_caps
 from worker.settings import Settings
@@ -120,19 +121,55 @@ def _endpoint_families(endpoints: tuple[EndpointState, ...]) -> list[Metric]:
     return [in_flight, cap, failures, state]
 
 
+def tenant_families(totals: dict[bytes, bytes], label_of: Callable[[str], str]) -> list[Metric]:
+    """Each tenant's tokens and GPU-seconds since counting began, by endpoint.
+
+    Only tenants named in the tenants file get their own ``tenant`` label; every other one
+    (a plain key's, a Celery producer's) is summed under ``other``, so label values stay few.
+    """
+    tokens: dict[tuple[str, str, str], float] = {}
+    gpu: dict[tuple[str, str], float] = {}
+    for raw_field, raw_value in totals.items():
+        tenant, _, rest = raw_field.decode().partition("|")
+        endpoint, _, kind = rest.partition("|")
+        label = label_of(tenant)
+        if kind == "gpu_ms":
+            gpu[(label, endpoint)] = gpu.get((label, endpoint), 0.0) + int(raw_value) / 1000
+        else:
+            at = (label, endpoint, kind)
+            tokens[at] = tokens.get(at, 0.0) + int(raw_value)
+    token_family = CounterMetricFamily(
+        "genqueue_tenant_tokens",
+        "Tokens of finished tasks as the endpoint counted them, by tenant, endpoint and kind.",
+        labels=["tenant", "endpoint", "kind"],
+    )
+    for labels, value in sorted(tokens.items()):
+        token_family.add_metric(list(labels), value)
+    gpu_family = CounterMetricFamily(
+        "genqueue_tenant_gpu_seconds",
+        "Durations of the endpoint calls that gave finished tasks' results, by tenant.",
+        labels=["tenant", "endpoint"],
+    )
+    for pair, value in sorted(gpu.items()):
+        gpu_family.add_metric(list(pair), value)
+    return [token_family, gpu_family]
+
+
 @router.get(
     "/metrics",
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(own: MetricsDep) -> Response:
+async def metrics(own: MetricsDep, state: StateDep) -> Response:
     """Prometheus metrics of the API and of the shared state in Redis."""
     families = list(own.registry.collect())
     try:
         pipe = own.redis.pipeline(transaction=False)
         Snapshot.commands(pipe, own.caps)
-        results = await pipe.execute()
+        pipe.hgetall(keys.usage_totals())
+        *results, totals = await pipe.execute()
         families += snapshot_families(Snapshot.parse(results, own.caps))
+        families += tenant_families(totals, state.keys.tenants.label_of)
     except (RedisError, OSError):
         families.append(_gauge("genqueue_redis_up", "1 when Redis answered this scrape.", 0))
     return Response(generate_latest(_Families(families)), media_type=CONTENT_TYPE)

@@ -38,9 +38,10 @@ from api_producer.openai_format import (
     usage_chunk,
 )
 from api_producer.producers.direct import EnqueueError, describe_redis_error
+from api_producer.quota import QuotaExceeded
 from api_producer.rate_limit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
-from api_producer.routes.tasks import check_request
+from api_producer.routes.tasks import check_request, enqueue, owned_requests
 from api_producer.token_follow import Piece, TooManyStreams
 from api_producer.waiters import TooManyWaiters
 from worker.contract import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, TaskState, TaskStatus
@@ -70,6 +71,9 @@ class OpenAIRoute(KeyFirstRoute):
                 return JSONResponse(body, status, headers=dict(err.headers or {}))
             except RequestValidationError as err:
                 return JSONResponse(error_body(_invalid(err), "invalid_request_error"), 400)
+            except QuotaExceeded as err:
+                body = error_body(str(err), "rate_limit_error", err.error_type)
+                return JSONResponse(body, 429, headers={"Retry-After": str(err.retry_after_s)})
             except (EnqueueError, redis.RedisError, OSError) as err:
                 reason = str(err) if isinstance(err, EnqueueError) else describe_redis_error(err)
                 body = error_body(f"service unavailable: {reason}", "service_unavailable")
@@ -130,7 +134,8 @@ async def _serve(
     priority: str | None,
 ) -> Response:
     endpoint = _endpoint(state, body.model)
-    request = to_request(body, endpoint, _priority(priority))
+    tenant = state.keys.tenant(caller)
+    [request] = owned_requests(state, tenant, [to_request(body, endpoint, _priority(priority))])
     check_request(state, request)
     if body.stream:
         try:
@@ -138,8 +143,7 @@ async def _serve(
         except TooManyStreams as err:
             raise _busy(str(err)) from None
     await charge(1)
-    # The tenant seam: ``caller`` (the key's id) is who the task belongs to.
-    accepted = await state.enqueuer.submit_many([request], None)
+    accepted = await enqueue(state, tenant, [request], None)
     counted.submitted.inc()
     task_id = accepted.task_ids[0]
     if body.stream:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Header, HTTPException, status
 from fastapi.responses import StreamingResponse
 
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
+from api_producer.ownership import owned_task
 from api_producer.routes.tasks import ANY_ROUTE, TaskId, problem
 from api_producer.token_follow import EVENT_ID, Event, Piece, TokenFollower, TooManyStreams
 from worker.contract import TaskStatus
@@ -61,7 +62,7 @@ async def _events(
     },
 )
 async def stream_task(
-    task_id: TaskId, state: StateDep, _caller: CallerDep, last_event_id: LastEventId = None
+    task_id: TaskId, state: StateDep, caller: CallerDep, last_event_id: LastEventId = None
 ) -> StreamingResponse:
     """Follow a task's tokens as they come (a task still queued is waited for)."""
     if last_event_id is not None and not EVENT_ID.match(last_event_id):
@@ -69,9 +70,8 @@ async def stream_task(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail="Last-Event-ID: not an event id of this stream (like 1700000000000-0)",
         )
-    # The tenant seam: ownership of the task is checked here, once tenants own tasks.
-    if await state.store.get(task_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id}")
+    # Another tenant's task is the 404 of an unknown id.
+    await owned_task(state, caller, task_id, before_wait=True)
     follower = state.tokens
     try:
         follower.check()

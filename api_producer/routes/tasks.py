@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -10,12 +11,14 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
+from api_producer.ownership import no_task, owned_task, tenant_problem
 from api_producer.producers.direct import Accepted, IdempotencyConflict
 from api_producer.rate_limit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.waiters import TooManyWaiters
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
 from worker.endpoints.params import request_problem
+from worker.tenants import Tenant
 from worker.webhooks.sender import WebhookRefused, check_webhook_url
 
 
@@ -46,7 +49,8 @@ _SUBMIT: dict[int | str, dict[str, Any]] = {
     409: problem("this Idempotency-Key was used with a different body"),
     413: problem("the request body is larger than GENQUEUE_API_MAX_BODY_BYTES"),
     429: problem(
-        "over this key's GENQUEUE_API_RATE_LIMIT_PER_MINUTE; nothing was enqueued",
+        "over the tenant's requests per minute (GENQUEUE_API_RATE_LIMIT_PER_MINUTE or its "
+        "requests_per_minute) or its tokens_per_day (type quota_exceeded); nothing was enqueued",
         headers={
             "Retry-After": {
                 "description": "seconds until the limit resets",
@@ -91,23 +95,48 @@ class BatchAccepted(BaseModel):
     tasks: list[TaskAccepted]
 
 
-async def _enqueue(
-    state: StateDep, caller: str, requests: list[GenerationRequest], key: str | None
+async def enqueue(
+    state: StateDep, caller: Tenant, requests: list[GenerationRequest], key: str | None
 ) -> Accepted:
-    scoped_key = f"{caller}:{key}" if key is not None else None
+    """Hold the tenant's token budget, then enqueue; the hold is given back if that fails."""
+    scoped_key = f"{caller.name}:{key}" if key is not None else None
+    reservation = await state.budget.reserve(caller, requests) if state.budget else None
     try:
-        return await state.enqueuer.submit_many(requests, scoped_key)
-    except IdempotencyConflict as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
+        accepted = await state.enqueuer.submit_many(requests, scoped_key, reservation)
+    except BaseException as err:
+        if state.budget is not None:
+            await asyncio.shield(state.budget.release(caller, reservation))
+        if isinstance(err, IdempotencyConflict):
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
+        raise
+    if accepted.replayed and state.budget is not None:
+        await state.budget.release(caller, reservation)  # nothing new was enqueued
+    return accepted
 
 
-async def _check_webhooks(state: StateDep, requests: list[GenerationRequest]) -> None:
+def owned_requests(
+    state: StateDep, caller: Tenant, requests: list[GenerationRequest]
+) -> list[GenerationRequest]:
+    """Each request stamped with the caller's tenant, after the tenant's own checks (422)."""
+    owned = []
+    for request in requests:
+        problem = tenant_problem(caller, request, state.endpoint_specs)
+        if problem is not None:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problem)
+        owned.append(request.model_copy(update={"tenant": caller.name}))
+    return owned
+
+
+async def _check_webhooks(
+    state: StateDep, caller: Tenant, requests: list[GenerationRequest]
+) -> None:
     """Refuse (422) a ``webhook_url`` this server may not post to, before anything is stored."""
     settings = state.settings
+    secret = caller.webhook_secret or settings.webhook_secret
     for request in requests:
         if request.webhook_url is None:
             continue
-        if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        if secret is None or not secret.get_secret_value():
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 detail="webhook_url: webhooks are off on this server (no GENQUEUE_WEBHOOK_SECRET)",
@@ -136,10 +165,16 @@ async def submit_task(
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Enqueue one generation task."""
+    tenant = state.keys.tenant(caller)
+    requests = owned_requests(state, tenant, [body])
     check_request(state, body)
-    await _check_webhooks(state, [body])
+    await _check_webhooks(state, tenant, requests)
     await charge(1)
-    accepted = await _enqueue(state, caller, [body], idempotency_key)
+    try:
+        accepted = await enqueue(state, tenant, requests, idempotency_key)
+    except BaseException:
+        await asyncio.shield(charge.refund())
+        raise
     if not accepted.replayed:
         counted.submitted.inc()
     task_id = accepted.task_ids[0]
@@ -165,11 +200,17 @@ async def submit_batch(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"a batch holds at most {limit} requests, this one has {len(body.requests)}",
         )
-    for request in body.requests:
+    tenant = state.keys.tenant(caller)
+    requests = owned_requests(state, tenant, list(body.requests))
+    for request in requests:
         check_request(state, request)
-    await _check_webhooks(state, body.requests)
-    await charge(len(body.requests))
-    accepted = await _enqueue(state, caller, body.requests, idempotency_key)
+    await _check_webhooks(state, tenant, requests)
+    await charge(len(requests))
+    try:
+        accepted = await enqueue(state, tenant, requests, idempotency_key)
+    except BaseException:
+        await asyncio.shield(charge.refund())
+        raise
     if not accepted.replayed:
         counted.submitted.inc(len(accepted.task_ids))
     return BatchAccepted(tasks=[TaskAccepted(task_id=task_id) for task_id in accepted.task_ids])
@@ -179,11 +220,14 @@ async def submit_batch(
 async def get_task(
     task_id: TaskId,
     state: StateDep,
-    _caller: CallerDep,
+    caller: CallerDep,
     wait: Annotated[float, Query(ge=0, description="seconds to wait for a final status")] = 0,
 ) -> TaskStatus:
     """A task's status; with ``?wait=S``, held up to S seconds for a final one."""
     timeout_s = min(wait, state.settings.api_wait_max_s)
+    found_now = await owned_task(state, caller, task_id, before_wait=timeout_s > 0)
+    if timeout_s <= 0 or found_now.status.is_final:
+        return found_now
     try:
         found = await state.store.wait(task_id, timeout_s)
     except TooManyWaiters:
@@ -195,16 +239,17 @@ async def get_task(
             headers={"Retry-After": str(WAIT_RETRY_AFTER_S)},
         ) from None
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id}")
+        raise no_task(task_id)
     return found
 
 
 @router.delete("/{task_id}", response_model=TaskStatus, responses=_ONE_TASK)
-async def cancel_task(task_id: TaskId, state: StateDep, _caller: CallerDep) -> TaskStatus:
+async def cancel_task(task_id: TaskId, state: StateDep, caller: CallerDep) -> TaskStatus:
     """Cancel a task: a queued one never reaches the endpoint."""
+    await owned_task(state, caller, task_id)
     found = await state.store.cancel(task_id)
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no task {task_id}")
+        raise no_task(task_id)
     return found
 
 

@@ -12,6 +12,7 @@ from api_producer.main import create_app, settle_heap
 from genqueue.cli.api_processes import reuseport_supported, serve_processes
 from worker.errors import SettingsError
 from worker.settings import Settings
+from worker.tenants import load_tenants
 
 
 def is_loopback(host: str) -> bool:
@@ -24,7 +25,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: Settings, host: str, port: int) -> int:
-    has_keys = bool(settings.api_keys or settings.api_key_hashes)
+    has_keys = load_tenants(settings).keyed  # an invalid tenants file stops it here
+
     if not has_keys and not is_loopback(host) and not settings.api_insecure_no_auth:
         raise SettingsError(
             f"refusing to serve on {host} without GENQUEUE_API_KEYS; set keys, or "

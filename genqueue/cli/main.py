@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_batch_parser(sub)
 
+    from genqueue.cli.usage import add_parser as add_usage_parser
+
+    add_usage_parser(sub)
+
     bench = sub.add_parser(
         "bench",
         help="measure throughput, overhead and latency against the simulator",

@@ -22,7 +22,7 @@ from api_producer.client import GenQueueClient, RateLimited, TaskFailed
 from api_producer.producers.direct import DirectProducer, make_plan
 from api_producer.store import WAIT_READS
 from genqueue.embedded_redis import free_port
-from tests.api.conftest import API_KEY
+from tests.api.conftest import API_KEY, API_TENANT
 from worker import connections, keys
 from worker.contract import GenerationRequest
 from worker.delivery import records
@@ -73,7 +73,9 @@ def enqueue(redis_url: str, count: int) -> list[str]:
     client = connections.sync_client(settings)
     producer = DirectProducer(settings, client, make_plan(settings, client))
     try:
-        request = GenerationRequest(prompt="question", template="raw", params={"max_tokens": 4})
+        request = GenerationRequest(
+            prompt="question", template="raw", params={"max_tokens": 4}, tenant=API_TENANT
+        )
         return producer.submit_many([request] * count).task_ids
     finally:
         producer.close()

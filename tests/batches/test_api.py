@@ -166,12 +166,12 @@ def test_a_failure_midway_withdraws_the_sent_chunks(redis_url, redis_client, mon
     calls = 0
     submit_many = producer.submit_many
 
-    def failing(requests_, idempotency_key=None):
+    def failing(requests_, idempotency_key=None, reservation=None):
         nonlocal calls
         calls += 1
         if calls == 2:
             raise EnqueueError("could not send the task: Redis is unreachable")
-        return submit_many(requests_, idempotency_key)
+        return submit_many(requests_, idempotency_key, reservation)
 
     monkeypatch.setattr(producer, "submit_many", failing)
     monkeypatch.setattr(batches_storage, "ENQUEUE_CHUNK", 4)

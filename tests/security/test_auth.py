@@ -17,6 +17,7 @@ from genqueue.cli import flower
 from tests.security.helpers import run_flower
 from worker.errors import SettingsError
 from worker.settings import Settings
+from worker.tenants import TenantsSource
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,6 +34,10 @@ def _settings(**fields: Any) -> Settings:
 
 
 # --------------------------------------------------------------------------- KeyChecker
+
+
+def _checker(keys: tuple[str, ...] = (), key_hashes: tuple[str, ...] = ()) -> KeyChecker:
+    return KeyChecker(TenantsSource(_settings(api_keys=keys, api_key_hashes=key_hashes)))
 
 
 @pytest.mark.parametrize(
@@ -52,26 +57,28 @@ def _settings(**fields: Any) -> Settings:
     ],
 )
 def test_plain_and_hashed_keys(authorization: str | None, accepted: bool) -> None:
-    checker = KeyChecker([PLAIN], [hash_key(HASHED)])
+    checker = _checker((PLAIN,), (hash_key(HASHED),))
     caller = checker.caller(authorization)
     assert (caller is not None) is accepted
     if caller is not None:
-        # The caller id is a digest prefix: never the key.
+        # The caller is a tenant named by a digest prefix: never the key.
         assert PLAIN not in caller and HASHED not in caller
-        assert len(caller) == 12
+        assert caller.startswith("key-") and len(caller) == 12
 
 
-def test_each_key_has_its_own_caller_id() -> None:
-    checker = KeyChecker([PLAIN], [hash_key(HASHED).upper()])
+def test_each_key_is_a_tenant_of_its_own() -> None:
+    checker = _checker((PLAIN,), (hash_key(HASHED).upper(),))
     plain, hashed = checker.caller(f"Bearer {PLAIN}"), checker.caller(f"Bearer {HASHED}")
     assert plain is not None and hashed is not None and plain != hashed
-    assert hashed == hash_key(HASHED)[:12]
+    assert hashed == "key-" + hash_key(HASHED)[:8]
+    assert not checker.tenant(hashed).admin
 
 
-def test_no_keys_means_anonymous() -> None:
-    checker = KeyChecker([], [])
+def test_no_keys_means_one_anonymous_caller_who_reaches_everything() -> None:
+    checker = _checker()
     assert not checker.enabled
     assert checker.caller(None) == "anonymous"
+    assert checker.tenant("anonymous").admin
 
 
 @pytest.mark.parametrize(
@@ -257,6 +264,17 @@ def test_api_serves_loopback_or_with_keys(
 ) -> None:
     assert server.serve(_settings(**fields), host=host, port=8123) == 0
     assert [(call["host"], call["port"]) for call in fake_uvicorn.calls] == [(host, 8123)]
+
+
+def test_api_serves_a_public_host_with_keys_in_the_tenants_file_only(
+    fake_uvicorn: _FakeUvicorn, tmp_path: Path
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(f'[tenants.a]\nkey_hashes = ["{hash_key(HASHED)}"]\n', encoding="utf-8")
+    assert server.serve(_settings(tenants_file=path), host="0.0.0.0", port=8125) == 0
+    path.write_text("[tenants.a]\nadmin = 'maybe'\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"tenants.toml:2: tenants.a.admin"):
+        server.serve(_settings(tenants_file=path), host="0.0.0.0", port=8125)
 
 
 def test_api_serves_a_public_host_with_only_hashed_keys(fake_uvicorn: _FakeUvicorn) -> None:

@@ -17,6 +17,7 @@ from api_producer.auth import hash_key
 from api_producer.rate_limit import KEY_TTL_S, WINDOW_S, RateLimiter
 from tests.security.conftest import API_KEY, queued_messages
 from worker import keys
+from worker.tenants import Tenant
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,8 +58,8 @@ def test_fourth_submission_in_a_minute_is_429(
     assert "3 tasks per minute" in refused.json()["detail"]
     assert refused.headers["content-type"] == "application/json"
     assert queued_messages(redis_client) == 3
-    # The counter is per key, named by the key's digest prefix, and expires.
-    caller = hash_key(API_KEY)[:12]
+    # The counter is per tenant (a plain key's: named by its digest prefix), and expires.
+    caller = "key-" + hash_key(API_KEY)[:8]
     [key] = list(redis_client.scan_iter(match="genqueue:rate:*"))
     assert key.decode() == keys.api_rate(caller, int(time.time() // WINDOW_S))
     assert API_KEY.encode() not in key
@@ -125,7 +126,7 @@ def test_the_window_rolls_over_and_retry_after_counts_down(redis_url: str) -> No
         for at, cost in [(0, 1), (10, 1), (15.5, 1), (59.2, 1), (60, 2), (61, 1)]:
             clock.now = 6_000_000.0 + at
             try:
-                await limiter.charge("caller-a", cost)
+                await limiter.charge(Tenant(name="caller-a"), cost)
                 seen.append("ok")
             except HTTPException as err:
                 seen.append((err.status_code, (err.headers or {}).get("Retry-After")))
@@ -149,7 +150,7 @@ def test_concurrent_charges_never_pass_the_limit(redis_url: str) -> None:
 
         async def one() -> bool:
             try:
-                await limiter.charge("caller-b", 1)
+                await limiter.charge(Tenant(name="caller-b"), 1)
             except HTTPException:
                 return False
             return True

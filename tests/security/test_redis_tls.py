@@ -29,6 +29,7 @@ from worker import connections
 from worker.celery_app import GenQueueCelery, celery_config
 from worker.contract import GenerationRequest
 from worker.settings import Settings
+from worker.tenants import key_tenant
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,7 +139,11 @@ def test_worker_api_producer_and_status_over_tls(
     # The direct producer, with its own clients.
     producer = DirectProducer(tls_redis.settings())
     try:
-        task_id = producer.submit(GenerationRequest(prompt="direct", params={"max_tokens": 3}))
+        # For the key's tenant: a producer's task is read over HTTP by the tenant it names.
+        request = GenerationRequest(
+            prompt="direct", params={"max_tokens": 3}, tenant=key_tenant(key)
+        )
+        task_id = producer.submit(request)
     finally:
         producer.close()
     assert _wait(api.url, task_id, key)["result"]["usage"]["completion_tokens"] == 3

@@ -43,6 +43,13 @@ F_POLLS = "polls"
 F_PAYLOAD = "payload"
 F_QUEUE = "queue"
 F_PRIORITY = "priority"
+#: The tenant the task belongs to (absent: ``internal``), what its submission reserved of the
+#: tenant's day budget and on which day (settled by the end script), and whether its usage was
+#: counted (once: the end script sets it).
+F_TENANT = "tenant"
+F_RESERVED = "reserved_tokens"
+F_RESERVED_DAY = "reserved_day"
+F_COUNTED = "usage_counted"
 #: Prefix of the per-message delivery counters (``deliveries:<retry round>``).
 F_DELIVERIES = "deliveries"
 

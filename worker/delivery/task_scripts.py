@@ -33,6 +33,7 @@ from worker.delivery import records
 from worker.limits.guard import GrantedSlot, SlotOffer, SlotRelease
 from worker.observability import completion_stream as events
 from worker.redis_outage import REDIS_DOWN
+from worker.tenants import INTERNAL
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,41 @@ class Ending:
     result: dict[str, Any] | None = None
     error_type: str = ""
     error_message: str = ""
+    #: Whose usage it adds to, and the endpoint it used last (``None``: it never reached one).
+    tenant: str = INTERNAL
+    endpoint: str | None = None
+
+
+#: The endpoint usage is counted under when the task never reached one (an invalid request).
+NO_ENDPOINT = "-"
+#: How long usage is kept unless told (``GENQUEUE_USAGE_RETENTION_DAYS``).
+USAGE_TTL_S = 90 * 86_400
+
+
+def usage_args(ending: Ending, usage_ttl_s: int) -> list[str | int]:
+    """The end script's usage arguments: tenant, endpoint, tokens, GPU-milliseconds, TTL."""
+    result = ending.result or {}
+    usage = result.get("usage") or {}
+    endpoint = result.get("endpoint") or ending.endpoint or NO_ENDPOINT
+    return [
+        ending.tenant,
+        endpoint,
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        int(result.get("latency_ms") or 0),
+        usage_ttl_s,
+    ]
+
+
+def usage_keys(tenant: str) -> list[str]:
+    """The end script's usage keys for ``tenant``, today (UTC)."""
+    day = datetime.now(UTC).date().isoformat()
+    return [
+        keys.usage(tenant, day),
+        keys.usage_tenants(day),
+        keys.usage_totals(),
+        keys.reserved_tokens(tenant),
+    ]
 
 
 def celery_meta(task_id: str, status: str, result: Any, done: bool) -> str:
@@ -103,6 +139,7 @@ class Lifecycle:
     :param client: the Redis client of the task records (and Celery's results).
     :param record_ttl_s: how long a record and a result are kept.
     :param events_maxlen: the completion stream's approximate length cap.
+    :param usage_ttl_s: how long a tenant's usage of a day is kept.
     """
 
     def __init__(
@@ -111,8 +148,10 @@ class Lifecycle:
         record_ttl_s: int,
         events_maxlen: int,
         broker: BrokerAcks | None = None,
+        usage_ttl_s: int = USAGE_TTL_S,
     ) -> None:
         self._record_ttl_s = record_ttl_s
+        self._usage_ttl_s = usage_ttl_s
         self._events_maxlen = events_maxlen
         self._broker = broker
         self._begin = lua.register(client, "worker.delivery", "task_start")
@@ -186,6 +225,7 @@ class Lifecycle:
             self._broker.unacked_index_key if self._broker else keys.UNACKED_INDEX,
             self._broker.unacked_key if self._broker else keys.UNACKED,
             keys.inbox(),
+            *usage_keys(ending.tenant),
         ]
         tag = message_tag if self._broker is not None and message_tag else ""
         release_args: tuple[str | int, ...] = ()
@@ -207,6 +247,7 @@ class Lifecycle:
                     meta,
                     claim_token or "",
                     tag,
+                    *usage_args(ending, self._usage_ttl_s),
                     *release_args,
                 ],
             )

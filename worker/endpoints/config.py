@@ -26,7 +26,6 @@ stops the service at start with the line and the field at fault.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -37,6 +36,7 @@ from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
 from worker.settings import POD_PROXY_TIMEOUT_S, Settings, env_name
+from worker.toml_lines import line_of
 
 DEFAULT_ENDPOINT = "default"
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
@@ -203,28 +203,11 @@ def _parse_file(path: Path) -> EndpointsFile:
         return EndpointsFile.model_validate(raw)
     except ValidationError as err:
         problems = [
-            f"{path}:{_line_of(text, problem['loc'])}: "
+            f"{path}:{line_of(text, problem['loc'])}: "
             f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
             for problem in err.errors(include_input=False, include_url=False)
         ]
         raise SettingsError("invalid endpoints file:\n  " + "\n  ".join(problems)) from None
-
-
-def _line_of(text: str, loc: tuple[int | str, ...]) -> int:
-    """The line of the table (and key) at ``loc``: ``[endpoints.NAME]`` then ``key =``."""
-    lines = text.splitlines()
-    start = 0
-    if len(loc) >= 2 and loc[0] == "endpoints":
-        header = re.compile(rf"^\s*\[\s*endpoints\.\"?{re.escape(str(loc[1]))}\"?\s*\]")
-        start = next((i for i, line in enumerate(lines) if header.match(line)), 0)
-    if len(loc) >= 3:
-        key = re.compile(rf"^\s*{re.escape(str(loc[2]))}\s*=")
-        for i in range(start + 1, len(lines)):
-            if lines[i].lstrip().startswith("["):
-                break
-            if key.match(lines[i]):
-                return i + 1
-    return start + 1
 
 
 def _check_references(specs: dict[str, EndpointSpec], default: str, path: Path | None) -> None:

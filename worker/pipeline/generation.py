@@ -23,7 +23,14 @@ from worker.contract import GenerationRequest, GenerationResult
 from worker.delivery import records
 from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
-from worker.delivery.task_scripts import BrokerAcks, Ending, Finished, Lifecycle, Progress
+from worker.delivery.task_scripts import (
+    USAGE_TTL_S,
+    BrokerAcks,
+    Ending,
+    Finished,
+    Lifecycle,
+    Progress,
+)
 from worker.delivery.token_stream import TokenStream
 from worker.endpoints.clients import EndpointTarget
 from worker.endpoints.config import Endpoints, EndpointSpec
@@ -69,6 +76,7 @@ from worker.pipeline.retry_decision import (
     retry_or_give_up,
 )
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
+from worker.tenants import tenant_of_message
 
 log = logging.getLogger("genqueue.task")
 
@@ -122,6 +130,8 @@ class GenerationPolicy:
     outage: OutagePolicy = field(default_factory=OutagePolicy)
     #: ``max_tokens`` of a request that gives none.
     default_max_tokens: int = 512
+    #: How long a tenant's usage of a day is kept.
+    usage_ttl_s: int = USAGE_TTL_S
 
     @property
     def retry_limits(self) -> RetryLimits:
@@ -163,7 +173,7 @@ class Generation:
         self._dead_letters = dead_letters
         self._policy = policy
         self._lifecycle = Lifecycle(
-            redis_client, policy.record_ttl_s, policy.events_maxlen, broker_acks
+            redis_client, policy.record_ttl_s, policy.events_maxlen, broker_acks, policy.usage_ttl_s
         )
         self._observe = observer or TaskObserver()
         self._faults = RequestFaults(redis_client)
@@ -559,11 +569,19 @@ class Generation:
         nor announced: the caller finishes the task again as cancelled).
         """
         task_id = delivery.task_id
+        tenant = tenant_of_message(delivery.args, delivery.kwargs)
+        endpoint = CURRENT_ENDPOINT.get()
         if error is None:
-            ending = Ending("succeeded", result=result)
+            ending = Ending("succeeded", result=result, tenant=tenant, endpoint=endpoint)
         else:
             status = "cancelled" if isinstance(error, TaskCancelled) else "failed"
-            ending = Ending(status, error_type=error.error_type, error_message=error.message)
+            ending = Ending(
+                status,
+                error_type=error.error_type,
+                error_message=error.message,
+                tenant=tenant,
+                endpoint=endpoint,
+            )
         if result is not None:
             self._keep(task_id, GenerationResult.model_validate(result))
         claim_token = self._running.take(task_id)

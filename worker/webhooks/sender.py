@@ -154,6 +154,8 @@ class WebhookSender:
     :param resolve: looks host names up (the system's resolver; tests give their own).
     :param ca_certs: the CA bundle HTTPS receivers' certificates are checked against (the
         ``certifi`` bundle ``requests`` uses, by default).
+    :param tenant_secret: a tenant's own signing secret, if it has one (the tenants file);
+        the others' webhooks are signed with ``GENQUEUE_WEBHOOK_SECRET``.
     """
 
     def __init__(
@@ -163,9 +165,11 @@ class WebhookSender:
         on_outcome: Callable[[str], None] | None = None,
         resolve: Resolver = resolve_host,
         ca_certs: str | None = None,
+        tenant_secret: Callable[[str], SecretStr | None] | None = None,
     ) -> None:
         self._redis = client
         self._policy = policy
+        self._tenant_secret = tenant_secret
         self._on_outcome = on_outcome
         self._resolve = resolve
         self._ca_certs = ca_certs or DEFAULT_CA_BUNDLE_PATH
@@ -178,9 +182,12 @@ class WebhookSender:
     def close(self) -> None:
         """Nothing to release: each delivery opens and closes its own connection."""
 
-    def deliver(self, task_id: str, url: str, first_at: float, attempt: int) -> Delivery:
+    def deliver(
+        self, task_id: str, url: str, first_at: float, attempt: int, tenant: str | None = None
+    ) -> Delivery:
         """One attempt (``attempt`` counts from 0); never raises for a receiver's failure."""
-        delivery = self._attempt(task_id, url, first_at, attempt)
+        secret = self._secret(tenant)
+        delivery = self._attempt(task_id, url, secret, attempt)
         retry_at = time.time() + (delivery.retry_in_s or 0.0)
         if delivery.retry_in_s is not None and retry_at - first_at > self._policy.retry_for_s:
             log.warning(
@@ -192,8 +199,12 @@ class WebhookSender:
             self._on_outcome(delivery.outcome)
         return delivery
 
-    def _attempt(self, task_id: str, url: str, first_at: float, attempt: int) -> Delivery:
-        secret = self._policy.secret
+    def _secret(self, tenant: str | None) -> SecretStr | None:
+        """The tenant's own secret, else the server's."""
+        own = self._tenant_secret(tenant) if tenant and self._tenant_secret else None
+        return own or self._policy.secret
+
+    def _attempt(self, task_id: str, url: str, secret: SecretStr | None, attempt: int) -> Delivery:
         if secret is None or not secret.get_secret_value():
             log.warning("webhook of task %s not sent: GENQUEUE_WEBHOOK_SECRET is not set", task_id)
             return Delivery("given_up")
@@ -208,7 +219,8 @@ class WebhookSender:
             return Delivery("given_up")
         if not status.status.is_final:  # Celery stores the result a moment after the end
             return Delivery("retry", retry_in_s=_NOT_FINAL_DELAY_S)
-        return self._post(task_id, checked, status.model_dump_json().encode(), attempt)
+        body = status.model_dump_json().encode()
+        return self._post(task_id, checked, body, sign_with=secret, attempt=attempt)
 
     def _checked(self, url: str) -> CheckedWebhook:
         """The check, with the addresses to connect to: those judged, or (for an allowlisted
@@ -227,13 +239,21 @@ class WebhookSender:
             raise WebhookRefused("the webhook host could not be resolved")
         return CheckedWebhook(target, addresses)
 
-    def _post(self, task_id: str, checked: CheckedWebhook, body: bytes, attempt: int) -> Delivery:
+    def _post(
+        self,
+        task_id: str,
+        checked: CheckedWebhook,
+        body: bytes,
+        *,
+        sign_with: SecretStr,
+        attempt: int,
+    ) -> Delivery:
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "genqueue-webhook/1",
             TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(self._policy.secret or "", body, timestamp),
+            SIGNATURE_HEADER: sign(sign_with, body, timestamp),
         }
         timeouts = PostTimeouts(min(self._policy.timeout_s, 5.0), self._policy.timeout_s)
         host = checked.target.host

@@ -22,6 +22,13 @@ LEASE, BREAKER, PROBE, RATE = (
     keys.breaker_probe(EP),
     keys.rate(EP),
 )
+TENANT, DAY = "acme", "2026-01-01"
+USAGE, TENANTS, TOTALS, RESERVED = (
+    keys.usage(TENANT, DAY),
+    keys.usage_tenants(DAY),
+    keys.usage_totals(),
+    keys.reserved_tokens(TENANT),
+)
 SUCCESS = json.dumps({"status": "SUCCESS", "result": {"text": "hi"}, "task_id": TASK})
 ERROR = json.dumps({"type": "endpoint_timeout", "message": "too slow"})
 
@@ -42,13 +49,18 @@ def held(redis_client: redis.Redis) -> None:
 
 
 def _end(
-    script: Script, status: str = "succeeded", release: tuple[str, int] | None = None
+    script: Script,
+    status: str = "succeeded",
+    release: tuple[str, int] | None = None,
+    tokens: tuple[int, int, int] = (0, 0, 0),
 ) -> list[Any]:
     succeeded = status == "succeeded"
     script_keys = [RECORD, EVENTS, RESULT, RUNNING, INDEX, UNACKED, INBOX]
+    script_keys += [USAGE, TENANTS, TOTALS, RESERVED]
     args: list[Any] = [
         600, 100, TASK, status, "" if succeeded else "endpoint_timeout", "2026-01-01T00:00:01",
         "" if succeeded else ERROR, 300, SUCCESS if succeeded else "", "claim-1", TAG,
+        TENANT, EP, *tokens, 3600,
     ]  # fmt: skip
     if release is not None:
         outcome, threshold = release
@@ -148,8 +160,9 @@ def test_a_replayed_success_gets_no_second_stream_entry(
 
 def test_no_delivery_tag_leaves_the_broker_entries(end: Script, redis_client: redis.Redis) -> None:
     redis_client.hset(UNACKED, TAG, "[message]")
-    args = [600, 100, TASK, "failed", "x", "now", "", 300, "", "", ""]
-    end(keys=[RECORD, EVENTS, RESULT, RUNNING, INDEX, UNACKED, INBOX], args=args)
+    args = [600, 100, TASK, "failed", "x", "now", "", 300, "", "", "", TENANT, EP, 0, 0, 0, 60]
+    end(keys=[RECORD, EVENTS, RESULT, RUNNING, INDEX, UNACKED, INBOX, USAGE, TENANTS, TOTALS,
+              RESERVED], args=args)  # fmt: skip
     assert redis_client.hget(UNACKED, TAG) == b"[message]"
     assert redis_client.hget(RECORD, "finished_at") == b"now"
 
@@ -186,3 +199,59 @@ def test_the_guards_function_is_included_not_copied() -> None:
     assert "#include" not in text
     assert lua.source("worker.limits", "release_slot") in text
     assert text.count("local function release_slot(") == 1
+
+
+# --------------------------------------------------------------------------- usage
+
+
+@pytest.mark.usefixtures("held")
+def test_usage_is_counted_once_however_often_the_end_runs(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    for _ in range(3):  # a redelivered message, a replayed result
+        _end(end, tokens=(10, 20, 1500))
+
+    assert redis_client.hgetall(USAGE) == {
+        b"ep:succeeded": b"1",
+        b"ep:prompt_tokens": b"10",
+        b"ep:completion_tokens": b"20",
+        b"ep:gpu_ms": b"1500",
+        b"total_tokens": b"30",
+    }
+    assert 0 < redis_client.ttl(USAGE) <= 3600
+    assert redis_client.smembers(TENANTS) == {TENANT.encode()}
+    assert redis_client.hget(TOTALS, f"{TENANT}|{EP}|completion") == b"20"
+
+
+@pytest.mark.usefixtures("held")
+def test_a_failure_counts_as_a_failed_task_without_tokens(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    _end(end, status="failed")
+    assert redis_client.hgetall(USAGE) == {b"ep:failed": b"1"}
+
+
+@pytest.mark.usefixtures("held")
+def test_the_end_settles_the_reservation_of_the_submission(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(RECORD, mapping={"reserved_tokens": 500, "reserved_day": "2025-12-31"})
+    redis_client.hset(RESERVED, mapping={"2025-12-31": 800})
+
+    _end(end, tokens=(10, 20, 0))
+    _end(end, tokens=(10, 20, 0))
+
+    assert redis_client.hget(RESERVED, "2025-12-31") == b"300"
+    assert redis_client.hget(RECORD, "reserved_tokens") is None
+    assert redis_client.hget(USAGE, "total_tokens") == b"30"
+
+
+@pytest.mark.usefixtures("held")
+def test_a_success_found_cancelled_is_counted_by_the_cancelled_end(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(RECORD, "cancel_requested", "1")
+    _end(end, tokens=(10, 20, 0))
+    assert redis_client.exists(USAGE) == 0
+    _end(end, status="cancelled")
+    assert redis_client.hgetall(USAGE) == {b"ep:cancelled": b"1"}

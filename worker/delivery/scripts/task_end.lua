@@ -7,6 +7,9 @@
 -- result) gets no second stream entry. A final end removes the message's unacked entries (what
 -- kombu's ack does) and the task from the inbox of the lost-message sweep
 -- (worker.delivery.lost_message_sweep), which then holds only the tasks that have not ended.
+-- The first final end adds to the tenant's usage (tasks by outcome, tokens, GPU-milliseconds,
+-- per endpoint and UTC day) and settles what the submission reserved of its day budget; the
+-- record's usage_counted flag makes a redelivered or replayed end count for nothing.
 --
 -- KEYS[1]  record_key         the task's record (genqueue:task:<id>)
 -- KEYS[2]  events_key         the completion stream
@@ -15,11 +18,15 @@
 -- KEYS[5]  unacked_index_key  kombu's unacked index
 -- KEYS[6]  unacked_key        kombu's unacked hash
 -- KEYS[7]  inbox_key          the inbox of the lost-message sweep
+-- KEYS[8]  usage_key          the tenant's usage of the day (genqueue:usage:<tenant>:<day>)
+-- KEYS[9]  usage_tenants_key  the tenants with usage that day
+-- KEYS[10] usage_totals_key   every tenant's totals since it was first counted (metrics)
+-- KEYS[11] reserved_key       the tenant's reserved tokens by day (the token budget)
 --   With a slot to release (its keys, as worker.limits.guard.SlotRelease.keys):
--- KEYS[8]  lease_key          the endpoint's leases (the concurrency cap)
--- KEYS[9]  breaker_key        the endpoint's circuit breaker
--- KEYS[10] probe_key          the breaker's probe
--- KEYS[11] rate_key           the endpoint's per-minute counts
+-- KEYS[12] lease_key          the endpoint's leases (the concurrency cap)
+-- KEYS[13] breaker_key        the endpoint's circuit breaker
+-- KEYS[14] probe_key          the breaker's probe
+-- KEYS[15] rate_key           the endpoint's per-minute counts
 --
 -- ARGV[1]  record_ttl_s       the record's time to live
 -- ARGV[2]  events_maxlen      the completion stream's approximate length cap
@@ -32,20 +39,31 @@
 -- ARGV[9]  success_meta       Celery's SUCCESS meta (JSON), or ''
 -- ARGV[10] claim_token        this worker's running claim token, or ''
 -- ARGV[11] delivery_tag       the message's delivery tag, or '' (no broker entries to remove)
+-- ARGV[12] tenant             the tenant the task belongs to
+-- ARGV[13] endpoint           the endpoint it used last, or '-'
+-- ARGV[14] prompt_tokens      as the endpoint counted them (0 without a result)
+-- ARGV[15] completion_tokens
+-- ARGV[16] gpu_ms             the duration of the endpoint call that gave the result
+-- ARGV[17] usage_ttl_s        how long the usage keys are kept
 --   With a slot to release:
--- ARGV[12..16]                the release's arguments (worker.limits.guard.SlotRelease.args):
+-- ARGV[18..22]                the release's arguments (worker.limits.guard.SlotRelease.args):
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
 local record_key, events_key, result_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local unacked_index_key, unacked_key, inbox_key = KEYS[5], KEYS[6], KEYS[7]
-local lease_key, breaker_key, probe_key, rate_key = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local usage_key, usage_tenants_key, usage_totals_key = KEYS[8], KEYS[9], KEYS[10]
+local reserved_key = KEYS[11]
+local lease_key, breaker_key, probe_key, rate_key = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local record_ttl_s, events_maxlen, task_id, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local error_type, finished_at, error_json = ARGV[5], ARGV[6], ARGV[7]
 local result_ttl_s, success_meta = ARGV[8], ARGV[9]
 local claim_token, delivery_tag = ARGV[10], ARGV[11]
-local slot_token, outcome, failure_threshold = ARGV[12], ARGV[13], ARGV[14]
-local cooldown, tokens_used = ARGV[15], ARGV[16]
+local tenant, endpoint = ARGV[12], ARGV[13]
+local prompt_tokens, completion_tokens = tonumber(ARGV[14]), tonumber(ARGV[15])
+local gpu_ms, usage_ttl_s = tonumber(ARGV[16]), ARGV[17]
+local slot_token, outcome, failure_threshold = ARGV[18], ARGV[19], ARGV[20]
+local cooldown, tokens_used = ARGV[21], ARGV[22]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
 -- #include worker.limits:now_ms
@@ -62,6 +80,38 @@ local function acknowledge()
     redis.call('HDEL', unacked_key, delivery_tag)
   end
 end
+-- The tenant's usage, counted at the task's first final end only.
+local function add(key, field, amount)
+  if amount > 0 then redis.call('HINCRBY', key, field, amount) end
+end
+local function settle_reservation()
+  local reserved = redis.call('HMGET', record_key, 'reserved_tokens', 'reserved_day')
+  if not reserved[1] then return end
+  local left = redis.call('HINCRBY', reserved_key, reserved[2], -tonumber(reserved[1]))
+  if left <= 0 then redis.call('HDEL', reserved_key, reserved[2]) end
+  redis.call('HDEL', record_key, 'reserved_tokens', 'reserved_day')
+end
+local function count_usage()
+  if redis.call('HSETNX', record_key, 'usage_counted', '1') == 0 then return end
+  local at = endpoint .. ':'
+  redis.call('HINCRBY', usage_key, at .. status, 1)
+  add(usage_key, at .. 'prompt_tokens', prompt_tokens)
+  add(usage_key, at .. 'completion_tokens', completion_tokens)
+  add(usage_key, at .. 'gpu_ms', gpu_ms)
+  add(usage_key, 'total_tokens', prompt_tokens + completion_tokens)
+  redis.call('EXPIRE', usage_key, usage_ttl_s)
+  redis.call('SADD', usage_tenants_key, tenant)
+  redis.call('EXPIRE', usage_tenants_key, usage_ttl_s)
+  local total = tenant .. '|' .. endpoint .. '|'
+  add(usage_totals_key, total .. 'prompt', prompt_tokens)
+  add(usage_totals_key, total .. 'completion', completion_tokens)
+  add(usage_totals_key, total .. 'gpu_ms', gpu_ms)
+  redis.call('EXPIRE', usage_totals_key, usage_ttl_s)
+  settle_reservation()
+end
+
+-- A task sent through Celery has a record only from its start: its tenant is written here.
+redis.call('HSETNX', record_key, 'tenant', tenant)
 local prior = redis.call('HGET', record_key, 'finished_at')
 redis.call('HSET', record_key, 'finished_at', finished_at)
 if error_json ~= '' then redis.call('HSET', record_key, 'error', error_json) end
@@ -72,6 +122,7 @@ end
 local found = redis.call('HMGET', record_key, 'cancel_requested', 'attempts', 'created_at')
 if status == 'succeeded' then
   if found[1] then return found end
+  count_usage()
   if success_meta ~= '' then
     redis.call('SET', result_key, success_meta, 'EX', result_ttl_s)
     redis.call('PUBLISH', result_key, success_meta)
@@ -79,6 +130,7 @@ if status == 'succeeded' then
   acknowledge()
   if prior then return found end
 else
+  count_usage()
   acknowledge()
 end
 redis.call('XADD', events_key, 'MAXLEN', '~', events_maxlen, '*',

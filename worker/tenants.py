@@ -1,0 +1,328 @@
+"""Tenants: the named callers of genqueue, each with its keys, share, limits and secret.
+
+Every API key belongs to exactly one tenant. A plain key in ``GENQUEUE_API_KEYS`` (or a digest
+in ``GENQUEUE_API_KEY_HASHES``) is a tenant of its own, named ``key-`` + the first 8 hex digits
+of its SHA-256. ``GENQUEUE_TENANTS_FILE`` names more::
+
+    # GENQUEUE_TENANTS_FILE=tenants.toml
+    [tenants.billing]
+    key_hashes = ["9f86d081884c7d65..."]     # SHA-256 hex digests of its keys
+    keys_env = "BILLING_API_KEYS"            # and/or a variable holding comma-separated keys
+    weight = 2.0                             # its share of a busy endpoint
+    max_priority = 7                         # the highest priority it may ask for
+    requests_per_minute = 600                # submissions a minute (default: the global limit)
+    tokens_per_day = 2_000_000               # prompt + completion tokens a UTC day
+    endpoints = ["big", "small"]             # the endpoints it may use (default: all)
+    webhook_secret_env = "BILLING_WEBHOOK_SECRET"   # signs its webhooks
+    admin = false                            # an operator: reads and cancels everything
+
+An invalid file stops the service at start with the file, line and field at fault; the API
+re-reads it when it changes (:class:`TenantsSource`). Tasks sent without a key (a plain Celery
+producer, the direct producer) belong to the request's ``tenant`` or to :data:`INTERNAL`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from worker.contract import PRIORITY_MAX, TENANT_NAME_PATTERN, GenerationRequest
+from worker.errors import SettingsError
+from worker.settings import Settings, env_name
+from worker.toml_lines import line_of
+
+log = logging.getLogger("genqueue.tenants")
+
+#: The tenant of tasks that name none and came with no key.
+INTERNAL = "internal"
+#: The tenant of every caller when the API has no keys at all (nothing to tell callers apart).
+ANONYMOUS = "anonymous"
+#: Prefix of the tenant a plain key makes on its own.
+KEY_TENANT_PREFIX = "key-"
+#: The label unnamed tenants share in metrics (label values stay bounded).
+OTHER_LABEL = "other"
+_SHA256_HEX_CHARS = 64
+
+
+def tenant_of(request: GenerationRequest) -> str:
+    """The tenant a request belongs to: the one it names, else :data:`INTERNAL`."""
+    return request.tenant or INTERNAL
+
+
+_TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
+
+
+def tenant_of_message(args: Any, kwargs: Any) -> str:
+    """The tenant of a ``genqueue.generate`` message, even one whose request is invalid."""
+    raw = args[0] if args and len(args) == 1 else (kwargs or {}).get("request")
+    name = raw.get("tenant") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) and _TENANT_NAME.match(name) else INTERNAL
+
+
+class TenantSpec(BaseModel):
+    """One ``[tenants.NAME]`` table of the tenants file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=TENANT_NAME_PATTERN)
+    key_hashes: tuple[str, ...] = ()
+    keys_env: str | None = Field(default=None, min_length=1)
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    max_priority: int = Field(default=PRIORITY_MAX, ge=0, le=PRIORITY_MAX)
+    requests_per_minute: int | None = Field(default=None, ge=0, le=1_000_000)
+    tokens_per_day: int | None = Field(default=None, ge=0)
+    endpoints: tuple[str, ...] | None = None
+    webhook_secret_env: str | None = Field(default=None, min_length=1)
+    admin: bool = False
+
+
+class TenantsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenants: dict[str, TenantSpec] = {}
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A caller of genqueue: its name, its share and limits, and its webhook secret."""
+
+    name: str
+    weight: float = 1.0
+    max_priority: int = PRIORITY_MAX
+    #: ``None``: the global ``GENQUEUE_API_RATE_LIMIT_PER_MINUTE``.
+    requests_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    #: Endpoint names it may use; ``None``: every one.
+    endpoints: frozenset[str] | None = None
+    webhook_secret: SecretStr | None = None
+    admin: bool = False
+    #: Named in the tenants file (its metrics get its name as a label).
+    configured: bool = False
+
+    def may_use(self, endpoint: str) -> bool:
+        return self.endpoints is None or endpoint in self.endpoints
+
+
+@dataclass(frozen=True)
+class Tenants:
+    """The tenants of one reading of the configuration.
+
+    :param by_name: every tenant.
+    :param by_digest: the tenant of each key's SHA-256 digest.
+    """
+
+    by_name: Mapping[str, Tenant] = field(default_factory=dict)
+    by_digest: Mapping[bytes, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> Tenant:
+        """The tenant ``name``; one with the defaults if it is unknown."""
+        found = self.by_name.get(name)
+        return found if found is not None else Tenant(name=name)
+
+    def weight_of(self, name: str) -> float:
+        """The tenant's share of a busy endpoint (1.0 for an unknown tenant)."""
+        found = self.by_name.get(name)
+        return found.weight if found is not None else 1.0
+
+    def max_priority_of(self, name: str) -> int:
+        return self.get(name).max_priority
+
+    def webhook_secret_of(self, name: str) -> SecretStr | None:
+        found = self.by_name.get(name)
+        return found.webhook_secret if found is not None else None
+
+    def label_of(self, name: str) -> str:
+        """The metrics label of ``name``: its own for a configured tenant, else ``other``."""
+        found = self.by_name.get(name)
+        return name if found is not None and found.configured else OTHER_LABEL
+
+    @property
+    def keyed(self) -> bool:
+        """Whether any key is configured (else the API is open)."""
+        return bool(self.by_digest)
+
+
+def key_tenant_name(digest: bytes) -> str:
+    """The tenant a plain key makes on its own: ``key-`` + 8 hex digits of its digest."""
+    return KEY_TENANT_PREFIX + digest.hex()[:8]
+
+
+def key_tenant(key: str) -> str:
+    """The tenant the plain key ``key`` makes on its own (when no tenants file names it)."""
+    return key_tenant_name(hashlib.sha256(key.encode()).digest())
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest of ``key`` (a ``GENQUEUE_API_KEY_HASHES`` entry)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_key_hash(value: str, where: str = "GENQUEUE_API_KEY_HASHES") -> bytes:
+    """A SHA-256 digest from its hex form; :class:`SettingsError` naming ``where`` if not one."""
+    text = value.strip().lower()
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if len(text) != _SHA256_HEX_CHARS or len(digest) * 2 != _SHA256_HEX_CHARS:
+        # Never echo the value: an operator may have pasted a plain key here by mistake.
+        raise SettingsError(f"{where}: each entry must be a SHA-256 digest, 64 hex characters")
+    return digest
+
+
+def load_tenants(settings: Settings, environ: Mapping[str, str] | None = None) -> Tenants:
+    """The tenants of the settings' keys and of the tenants file; :class:`SettingsError`."""
+    env = os.environ if environ is None else environ
+    by_name: dict[str, Tenant] = {}
+    by_digest: dict[bytes, str] = {}
+    plain = [hashlib.sha256(key.get_secret_value().encode()).digest() for key in settings.api_keys]
+    hashed = [parse_key_hash(value) for value in settings.api_key_hashes]
+    for digest in [*plain, *hashed]:
+        name = key_tenant_name(digest)
+        by_name.setdefault(name, Tenant(name=name))
+        by_digest[digest] = name
+    if settings.tenants_file is not None:
+        for tenant, digests in _read_file(settings.tenants_file, env):
+            by_name[tenant.name] = tenant
+            for digest in digests:
+                _drop_key_tenant(by_name, by_digest, digest)
+                by_digest[digest] = tenant.name
+    return Tenants(by_name=by_name, by_digest=by_digest)
+
+
+def _drop_key_tenant(
+    by_name: dict[str, Tenant], by_digest: dict[bytes, str], digest: bytes
+) -> None:
+    """A key named in the file belongs to the file's tenant, not to one of its own."""
+    earlier = by_digest.get(digest)
+    if earlier is not None and earlier.startswith(KEY_TENANT_PREFIX):
+        by_name.pop(earlier, None)
+
+
+def _read_file(path: Path, env: Mapping[str, str]) -> list[tuple[Tenant, list[bytes]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SettingsError(
+            f"{env_name('tenants_file')}: cannot read {path}: {err.strerror}"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{path}: {err}") from None
+    for name, table in (raw.get("tenants") or {}).items():
+        if isinstance(table, dict):
+            table.setdefault("name", name)
+    try:
+        parsed = TenantsFile.model_validate(raw)
+    except ValidationError as err:
+        problems = [
+            f"{path}:{line_of(text, problem['loc'])}: "
+            f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+            for problem in err.errors(include_input=False, include_url=False)
+        ]
+        raise SettingsError("invalid tenants file:\n  " + "\n  ".join(problems)) from None
+    read = [_tenant(path, text, spec, env) for spec in parsed.tenants.values()]
+    _check_unique_keys(path, text, read)
+    return read
+
+
+def _tenant(
+    path: Path, text: str, spec: TenantSpec, env: Mapping[str, str]
+) -> tuple[Tenant, list[bytes]]:
+    def where(key: str) -> str:
+        return f"{path}:{line_of(text, ('tenants', spec.name, key))}: tenants.{spec.name}.{key}"
+
+    digests = [parse_key_hash(value, where("key_hashes")) for value in spec.key_hashes]
+    if spec.keys_env is not None:
+        value = env.get(spec.keys_env)
+        if value is None:
+            raise SettingsError(f"{where('keys_env')}: the variable {spec.keys_env} is not set")
+        plain = [key.strip() for key in value.split(",") if key.strip()]
+        digests += [hashlib.sha256(key.encode()).digest() for key in plain]
+    secret = None
+    if spec.webhook_secret_env is not None:
+        value = env.get(spec.webhook_secret_env)
+        if not value:
+            raise SettingsError(
+                f"{where('webhook_secret_env')}: the variable {spec.webhook_secret_env} is not set"
+            )
+        secret = SecretStr(value)
+    tenant = Tenant(
+        name=spec.name,
+        weight=spec.weight,
+        max_priority=spec.max_priority,
+        requests_per_minute=spec.requests_per_minute,
+        tokens_per_day=spec.tokens_per_day,
+        endpoints=frozenset(spec.endpoints) if spec.endpoints is not None else None,
+        webhook_secret=secret,
+        admin=spec.admin,
+        configured=True,
+    )
+    return tenant, digests
+
+
+def _check_unique_keys(path: Path, text: str, read: Iterable[tuple[Tenant, list[bytes]]]) -> None:
+    owner: dict[bytes, str] = {}
+    for tenant, digests in read:
+        for digest in digests:
+            other = owner.setdefault(digest, tenant.name)
+            if other != tenant.name:
+                line = line_of(text, ("tenants", tenant.name, "key_hashes"))
+                raise SettingsError(
+                    f"{path}:{line}: tenants.{tenant.name}: a key of this tenant is also a key "
+                    f"of tenants.{other}; every key belongs to exactly one tenant"
+                )
+
+
+class TenantsSource:
+    """The current tenants, read again when the tenants file changes.
+
+    The file's modification time and size are looked at most once per ``check_every_s``; a
+    new version that does not load is logged and the previous one kept (a typo never locks
+    every caller out). Keys in environment variables change only with a restart.
+    """
+
+    def __init__(self, settings: Settings, check_every_s: float = 1.0) -> None:
+        self._settings = settings
+        self._check_every_s = check_every_s
+        self._stamp = self._file_stamp()
+        self._tenants = load_tenants(settings)  # an invalid file stops the service at start
+        self._checked_at = time.monotonic()
+
+    def current(self) -> Tenants:
+        if self._settings.tenants_file is None:
+            return self._tenants
+        now = time.monotonic()
+        if now - self._checked_at < self._check_every_s:
+            return self._tenants
+        self._checked_at = now
+        stamp = self._file_stamp()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._tenants = load_tenants(self._settings)
+                log.info("tenants file re-read: %d tenants", len(self._tenants.by_name))
+            except SettingsError as err:
+                log.error("tenants file not re-read, the previous version stays: %s", err)
+        return self._tenants
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        path = self._settings.tenants_file
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
