@@ -82,7 +82,23 @@ class OpenAIRoute(KeyFirstRoute):
         return openai_errors
 
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+def _openai_error(description: str) -> dict[str, Any]:
+    return {"description": f"{description} (OpenAI's error shape)"}
+
+
+# Every status these routes may answer, so the OpenAPI document lists each one.
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _openai_error("invalid request"),
+    401: _openai_error("missing or invalid API key"),
+    404: _openai_error("no such model (a model is a configured endpoint)"),
+    413: _openai_error("the body is over the limit"),
+    429: _openai_error("a rate limit or the day's token quota is spent; see Retry-After"),
+    502: _openai_error("the task failed; its id and error are in the message"),
+    503: _openai_error("Redis cannot be reached"),
+    504: _openai_error("the wait ran out; the task carries on and its id is in the message"),
+}
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, responses=OPENAI_ERRORS)
 
 PriorityHeader = Annotated[
     str | None, Header(alias="X-Genqueue-Priority", description="the task's priority, 0-9")

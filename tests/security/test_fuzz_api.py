@@ -105,15 +105,19 @@ def _protected() -> list[tuple[str, str]]:
     ]
 
 
-def test_the_protected_operations_are_the_task_and_usage_routes() -> None:
+def test_the_protected_operations_are_the_task_usage_and_openai_routes() -> None:
     assert sorted(_protected()) == [
         ("DELETE", "/v1/batches/{batch_id}"),
         ("DELETE", "/v1/tasks/{task_id}"),
         ("GET", "/v1/batches/{batch_id}"),
         ("GET", "/v1/batches/{batch_id}/results"),
+        ("GET", "/v1/models"),
         ("GET", "/v1/tasks/{task_id}"),
+        ("GET", "/v1/tasks/{task_id}/stream"),
         ("GET", "/v1/usage"),
         ("POST", "/v1/batches"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
         ("POST", "/v1/tasks"),
         ("POST", "/v1/tasks/batch"),
     ]
