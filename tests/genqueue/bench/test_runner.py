@@ -51,4 +51,23 @@ def test_quick_bench_drains_with_genqueue_and_bare_celery(redis_url: str, tmp_pa
         assert figures["throughput_per_s"]["median"] > 0
         assert figures["cpu_ms_per_task"]["median"] > 0
         assert figures["peak_rss_mb"]["median"] > 0
+        _assert_redis_figures(figures)
     assert report["ratios"]["drain_throughput"]["median"] > 0
+
+
+def _assert_redis_figures(figures: dict) -> None:
+    """Redis's own cost per task: CPU, commands, the core's ceiling, the most called commands."""
+    cpu_us = figures["redis_cpu_us_per_task"]["median"]
+    assert cpu_us > 0
+    assert figures["redis_core_saturates_at_per_s"]["median"] == pytest.approx(1e6 / cpu_us, 0.01)
+    commands = figures["redis_commands_per_task"]["median"]
+    top = figures["redis_top_commands_per_task"]
+    assert 5 < commands < 100
+    assert 1 <= figures["redis_enqueue_commands_per_task"]["median"] < commands
+    enqueue_us = figures["redis_enqueue_cpu_us_per_task"]["median"]
+    drain_us = figures["redis_drain_cpu_us_per_task"]["median"]
+    assert enqueue_us + drain_us == pytest.approx(cpu_us, 0.01)
+    medians = [summary["median"] for summary in top.values()]
+    assert 5 <= len(medians) <= 12 and min(medians) > 0
+    assert medians == sorted(medians, reverse=True)
+    assert sum(medians) <= commands + 0.01
