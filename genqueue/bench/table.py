@@ -72,6 +72,9 @@ def _other_rows(results: dict[str, Any]) -> list:
             ("  CPU per request: API server / load generator, ms",
              f"{_fmt(api['api_cpu_ms_per_request'], 2)} / "
              f"{_fmt(api['client_cpu_ms_per_request'], 2)}", "", ""),
+            ("  Redis per request: CPU, µs / commands",
+             f"{_fmt(api.get('redis_cpu_us_per_request'))} / "
+             f"{_fmt(api.get('redis_commands_per_request'), 1)}", "", ""),
             ("direct producer submit(), tasks/s", _fmt(enqueue["direct_submit_per_s"]), "", ""),
             (f"direct producer submit_many({BATCH}), tasks/s",
              _fmt(enqueue["direct_submit_many_per_s"]), "", ""),

@@ -71,3 +71,25 @@ def _assert_redis_figures(figures: dict) -> None:
     assert 5 <= len(medians) <= 12 and min(medians) > 0
     assert medians == sorted(medians, reverse=True)
     assert sum(medians) <= commands + 0.01
+
+
+@pytest.mark.timeout(180)
+def test_quick_enqueue_measures_redis_per_api_request(redis_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQUEUE_", "RUNPOD_"))}
+    env["REDIS_URL"] = redis_url
+    command = [sys.executable, "-m", "genqueue", "bench", "--quick", "--only", "enqueue"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        _kill_session(process.pid)
+        process.wait()
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    api = json.loads(stdout.decode().strip().splitlines()[-1])["results"]["enqueue"]["api"]
+    assert api["requests_per_s"]["median"] > 0
+    assert api["redis_cpu_us_per_request"]["median"] > 0
+    # one submission: record, its expiry, inbox entry, message, task-sent event, in a MULTI
+    assert 5 <= api["redis_commands_per_request"]["median"] < 20
