@@ -138,11 +138,13 @@ EVENTS_STREAM = f"{PREFIX}:events"
 #: The exchange and routing key of Celery's task-sent event (a fanout exchange on Redis).
 EVENT_EXCHANGE = "celeryev"
 EVENT_ROUTING_KEY = "task.sent"
+#: The routing key of several task events in one message (a list), as Celery sends a group.
+EVENT_MULTI_ROUTING_KEY = "task.multi"
 
 
-def event_topic(db: int) -> str:
-    """The pub/sub channel of the task-sent event (kombu's fanout prefix names the database)."""
-    return f"/{db}.{EVENT_EXCHANGE}/{EVENT_ROUTING_KEY}"
+def event_topic(db: int, routing_key: str = EVENT_ROUTING_KEY) -> str:
+    """The pub/sub channel of a task event (kombu's fanout prefix names the database)."""
+    return f"/{db}.{EVENT_EXCHANGE}/{routing_key}"
 
 
 #: Pub/sub channel the API's result listener always subscribes to (nothing is published on it).

@@ -22,7 +22,7 @@ from celery.utils.time import utcoffset
 from kombu.utils.json import dumps
 
 from worker import keys
-from worker.keys import EVENT_EXCHANGE, EVENT_ROUTING_KEY
+from worker.keys import EVENT_EXCHANGE, EVENT_MULTI_ROUTING_KEY, EVENT_ROUTING_KEY
 
 #: kombu's delivery modes: tasks are persistent, events transient.
 PERSISTENT = 2
@@ -38,6 +38,8 @@ class Outgoing:
     message: str
     topic: str
     event: str
+    #: The event's own fields, for a ``task.multi`` of several (:meth:`MessageBuilder.multi_event`).
+    event_fields: dict[str, Any]
 
 
 def _encoded(payload: Any) -> str:
@@ -53,6 +55,7 @@ class MessageBuilder:
 
     def __init__(self, app: Celery, db: int) -> None:
         self._app = app
+        self._db = db
         self._topic = keys.event_topic(db)
         self._pid = -1
         self._hostname = ""
@@ -113,12 +116,24 @@ class MessageBuilder:
             "headers": headers,
             "properties": properties,
         }
-        event = self._sent_event(node, task_id, name, kwargsrepr, queue)
-        return Outgoing(keys.queue_list(queue, priority), dumps(message), self._topic, event)
+        fields = self._sent_fields(node, task_id, name, kwargsrepr, queue)
+        event = _event(node, fields, EVENT_ROUTING_KEY)
+        return Outgoing(
+            keys.queue_list(queue, priority), dumps(message), self._topic, event, fields
+        )
 
-    def _sent_event(self, node: str, task_id: str, name: str, kwargsrepr: str, queue: str) -> str:
+    def multi_event(self, events: list[dict[str, Any]]) -> tuple[str, str]:
+        """The channel and message of several task events in one publish: a ``task.multi``
+        list, as Celery's EventDispatcher sends a buffered group, which every event receiver
+        (Flower's included) unpacks."""
+        topic = keys.event_topic(self._db, EVENT_MULTI_ROUTING_KEY)
+        return topic, _event(self._node(), events, EVENT_MULTI_ROUTING_KEY)
+
+    def _sent_fields(
+        self, node: str, task_id: str, name: str, kwargsrepr: str, queue: str
+    ) -> dict[str, Any]:
         """Celery's ``task-sent`` event, as its EventDispatcher publishes it."""
-        fields = {
+        return {
             "hostname": node,
             "utcoffset": utcoffset(),
             "pid": self._pid,
@@ -138,17 +153,21 @@ class MessageBuilder:
             "timestamp": time.time(),
             "type": "task-sent",
         }
-        event = {
-            "body": _encoded(fields),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {"hostname": node},
-            "properties": {
-                "delivery_mode": TRANSIENT,
-                "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": EVENT_ROUTING_KEY},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-        return dumps(event)
+
+
+def _event(node: str, body: Any, routing_key: str) -> str:
+    """An event message as kombu publishes it on Celery's ``celeryev`` fanout exchange."""
+    event = {
+        "body": _encoded(body),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"hostname": node},
+        "properties": {
+            "delivery_mode": TRANSIENT,
+            "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": routing_key},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return dumps(event)

@@ -2,7 +2,8 @@
 
 One transaction (``MULTI``/``EXEC``) holds all of a submission: each task's record (what
 ``GET /v1/tasks/{id}`` and the lost-message sweep read), its inbox entry, its Celery message and
-its task-sent event. Redis applies all of them or none, so nothing is ever half-enqueued.
+its task-sent event (the events of several tasks in one ``task.multi`` publish). Redis applies
+all of them or none, so nothing is ever half-enqueued.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from api_producer.producers.celery_message import MessageBuilder
+from api_producer.producers.celery_message import MessageBuilder, Outgoing
 from worker import keys
 from worker.contract import PRIORITY_MAX, TASK_NAME, GenerationRequest
 from worker.delivery import records
@@ -28,6 +29,8 @@ from worker.tenants import tenant_of
 
 #: A Redis command and its arguments, as ``execute_command`` takes them.
 Command = tuple[Any, ...]
+#: Task-sent events in one ``task.multi`` publish at most (a batch's chunk of ``submit_many``).
+EVENTS_PER_PUBLISH = 100
 
 
 class EnqueueError(GenQueueError):
@@ -131,9 +134,25 @@ class EnqueuePlan:
                 record[records.F_RESERVED_DAY] = reservation.day
             commands += self._write(task_id, record, now)
         commands.append(("EXPIRE", keys.inbox(), self._ttl_s))
+        sent = []
         for task_id, request, payload in zip(task_ids, requests, payloads, strict=True):
-            commands += self.send(task_id, request, payload)
-        return commands
+            pushes, out = self._message(task_id, request, payload)
+            commands += pushes
+            sent.append(out)
+        return commands + self._events(sent)
+
+    def _events(self, sent: list[Outgoing]) -> list[Command]:
+        """The task-sent events of a submission: one task's as Celery sends it, several in
+        ``task.multi`` lists of ``EVENTS_PER_PUBLISH`` (one PUBLISH instead of one per task)."""
+        if len(sent) == 1:
+            return [("PUBLISH", sent[0].topic, sent[0].event)]
+        return [
+            ("PUBLISH", *self._builder.multi_event([out.event_fields for out in chunk]))
+            for chunk in (
+                sent[start : start + EVENTS_PER_PUBLISH]
+                for start in range(0, len(sent), EVENTS_PER_PUBLISH)
+            )
+        ]
 
     def _record(
         self, task_id: str, request: GenerationRequest, payload: dict[str, Any]
@@ -160,6 +179,13 @@ class EnqueuePlan:
         self, task_id: str, request: GenerationRequest, payload: dict[str, Any]
     ) -> list[Command]:
         """The Celery message and task-sent event of one task (and its queue's binding, once)."""
+        commands, out = self._message(task_id, request, payload)
+        return [*commands, ("PUBLISH", out.topic, out.event)]
+
+    def _message(
+        self, task_id: str, request: GenerationRequest, payload: dict[str, Any]
+    ) -> tuple[list[Command], Outgoing]:
+        """The push of one task's Celery message (and its queue's binding, once); its event."""
         queue = queue_of(request)
         commands: list[Command] = []
         if queue not in self._declared:
@@ -172,8 +198,8 @@ class EnqueuePlan:
             celery_priority(request),
             payload_summary(payload),
         )
-        commands += [("LPUSH", out.list_key, out.message), ("PUBLISH", out.topic, out.event)]
-        return commands
+        commands.append(("LPUSH", out.list_key, out.message))
+        return commands, out
 
     def sent(self, requests: Sequence[GenerationRequest]) -> None:
         """Note that the transaction ran: the queues' bindings exist."""

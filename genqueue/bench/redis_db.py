@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -35,8 +37,51 @@ def choose_redis(settings: Settings, children: Children) -> str:
     return embedded.url
 
 
-def redis_usage(client: redis.Redis) -> tuple[float, int]:
-    """The Redis server's CPU seconds and commands processed so far (all clients)."""
-    info = client.info("cpu") | client.info("stats")
-    cpu_s = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-    return cpu_s, int(info["total_commands_processed"])
+TOP_COMMANDS = 12
+
+
+@dataclass(frozen=True)
+class RedisUsage:
+    """The Redis server's CPU seconds and calls per command so far (all clients; the commands
+    a Lua script runs count as calls of their own, beside the script's ``EVALSHA``)."""
+
+    cpu_s: float
+    calls: dict[str, int]
+
+    @property
+    def commands(self) -> int:
+        return sum(self.calls.values())
+
+
+def redis_usage(client: redis.Redis) -> RedisUsage:
+    cpu = client.info("cpu")
+    stats = client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+    return RedisUsage(float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), calls)
+
+
+def redis_per_task(
+    enqueued: tuple[RedisUsage, RedisUsage], drained: tuple[RedisUsage, RedisUsage], tasks: int
+) -> dict[str, Any]:
+    """Redis's cost of ``tasks`` tasks, enqueued (the producer) and drained (the worker): CPU in
+    µs and commands per task, the rate at which their sum fills one core, and the
+    ``TOP_COMMANDS`` most called commands per task of both. The ``INFO`` reads between the
+    snapshots count too (a handful of commands per window)."""
+    (e0, e1), (d0, d1) = enqueued, drained
+    enqueue_us = (e1.cpu_s - e0.cpu_s) * 1e6 / tasks
+    drain_us = (d1.cpu_s - d0.cpu_s) * 1e6 / tasks
+    calls: dict[str, int] = {}
+    for before, after in enqueued, drained:
+        for name, n in after.calls.items():
+            calls[name] = calls.get(name, 0) + n - before.calls.get(name, 0)
+    top = sorted((item for item in calls.items() if item[1] > 0), key=lambda i: -i[1])
+    total_us = enqueue_us + drain_us
+    return {
+        "redis_cpu_us_per_task": total_us,
+        "redis_enqueue_cpu_us_per_task": enqueue_us,
+        "redis_drain_cpu_us_per_task": drain_us,
+        "redis_commands_per_task": sum(calls.values()) / tasks,
+        "redis_enqueue_commands_per_task": (e1.commands - e0.commands) / tasks,
+        "redis_core_saturates_at_per_s": 1e6 / total_us if total_us > 0 else None,
+        "redis_top_commands_per_task": {name: n / tasks for name, n in top[:TOP_COMMANDS]},
+    }

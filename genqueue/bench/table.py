@@ -43,12 +43,21 @@ def _drain_rows(results: dict[str, Any], found: dict[str, Any], a: str, b: str, 
          _fmt(gb.get("peak_rss_mb")), _fmt(found.get(f"{tag}_peak_rss"), 2)),
         ("  Redis commands per task", _fmt(ga.get("redis_commands_per_task"), 1),
          _fmt(gb.get("redis_commands_per_task"), 1), ""),
-        ("  simulator / Redis CPU per task, ms",
-         f"{_fmt(ga.get('simulator_cpu_ms_per_task'), 2)} / "
-         f"{_fmt(ga.get('redis_cpu_ms_per_task'), 2)}" if ga else "-",
-         f"{_fmt(gb.get('simulator_cpu_ms_per_task'), 2)} / "
-         f"{_fmt(gb.get('redis_cpu_ms_per_task'), 2)}" if gb else "-", ""),
+        ("  simulator CPU per task, ms", _fmt(ga.get("simulator_cpu_ms_per_task"), 2),
+         _fmt(gb.get("simulator_cpu_ms_per_task"), 2), ""),
+        ("  Redis CPU per task, µs", _fmt(ga.get("redis_cpu_us_per_task")),
+         _fmt(gb.get("redis_cpu_us_per_task")), ""),
+        ("  one Redis core saturates at (1 s / Redis CPU per task), tasks/s",
+         _fmt(ga.get("redis_core_saturates_at_per_s")),
+         _fmt(gb.get("redis_core_saturates_at_per_s")), ""),
+        ("  Redis commands per task, most called",
+         _top_commands(ga), _top_commands(gb), ""),
     ]  # fmt: skip
+
+
+def _top_commands(figures: dict[str, Any], count: int = 6) -> str:
+    top = list(figures.get("redis_top_commands_per_task", {}).items())[:count]
+    return " ".join(f"{name} {summary['median']:.1f}" for name, summary in top) or "-"
 
 
 def _other_rows(results: dict[str, Any]) -> list:
@@ -63,6 +72,9 @@ def _other_rows(results: dict[str, Any]) -> list:
             ("  CPU per request: API server / load generator, ms",
              f"{_fmt(api['api_cpu_ms_per_request'], 2)} / "
              f"{_fmt(api['client_cpu_ms_per_request'], 2)}", "", ""),
+            ("  Redis per request: CPU, µs / commands",
+             f"{_fmt(api.get('redis_cpu_us_per_request'))} / "
+             f"{_fmt(api.get('redis_commands_per_request'), 1)}", "", ""),
             ("direct producer submit(), tasks/s", _fmt(enqueue["direct_submit_per_s"]), "", ""),
             (f"direct producer submit_many({BATCH}), tasks/s",
              _fmt(enqueue["direct_submit_many_per_s"]), "", ""),

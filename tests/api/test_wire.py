@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import time
@@ -102,3 +103,37 @@ def test_one_submission_writes_record_message_and_event(redis_url, redis_client)
     assert len(raw) == 1 and json.loads(raw[0])["headers"]["id"] == task_id
     for key, member in keys.queue_bindings("genqueue"):
         assert redis_client.sismember(key, member)
+
+
+def _commandstats(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+
+
+@pytest.mark.parametrize(("tasks", "publishes"), [(5, 1), (150, 2)])
+def test_a_batch_sends_its_task_sent_events_in_one_publish(
+    redis_url, redis_client, tasks: int, publishes: int
+) -> None:
+    """Flower's receiver (Celery's EventReceiver) sees every task of a ``submit_many``, from one
+    ``task.multi`` publish per 100 tasks instead of one publish per task."""
+    app = producer_celery(Settings(redis_url=redis_url))
+    seen: list[dict] = []
+    requests = [GenerationRequest.model_validate(REQUEST)] * tasks
+    producer = DirectProducer(Settings(redis_url=redis_url))
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"task-sent": seen.append})
+        with receiver.consumer_context() as (conn, _, _):
+            with contextlib.suppress(TimeoutError):  # kombu subscribes on its first read
+                conn.drain_events(timeout=0.2)
+            before = _commandstats(redis_client)
+            task_ids = producer.submit_many(requests).task_ids
+            after = _commandstats(redis_client)
+            deadline = time.monotonic() + 5
+            while len(seen) < len(task_ids) and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.5)
+    producer.close()
+    app.close()
+    assert [event["uuid"] for event in seen] == task_ids
+    assert all(event["name"] == TASK_NAME and event["queue"] == "genqueue" for event in seen)
+    assert after["publish"] - before.get("publish", 0) == publishes

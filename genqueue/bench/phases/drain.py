@@ -12,7 +12,7 @@ from genqueue.bench.figures import littles_limit, ratio, steady_rate, summarize
 from genqueue.bench.harness import Harness
 from genqueue.bench.processes import tree_cpu_s, tree_peak_rss_mb
 from genqueue.bench.progress import progress
-from genqueue.bench.redis_db import redis_usage
+from genqueue.bench.redis_db import RedisUsage, redis_per_task, redis_usage
 from genqueue.bench.simulator_process import SimProcess
 from genqueue.bench.workers import Kind
 from worker import keys
@@ -52,12 +52,14 @@ def _count_results(harness: Harness, task_ids: list[str]) -> tuple[int, int]:
 
 def drain_once(harness: Harness, kind: Kind, sim: SimProcess) -> dict[str, Any]:
     harness.redis.flushdb()
+    enqueue0 = redis_usage(harness.redis)
     task_ids = kind.enqueue(harness.cfg.tasks)
+    enqueued = (enqueue0, redis_usage(harness.redis))
     queues = _hold_queues(harness, kind, harness.cfg.tasks)
     sim.reset()
     worker = harness.start_worker(kind, sim)
     try:
-        return _measure_drain(harness, sim, worker, task_ids, queues)
+        return _measure_drain(harness, sim, worker, task_ids, queues, enqueued)
     finally:
         harness.stop_worker(worker)
 
@@ -68,6 +70,7 @@ def _measure_drain(
     worker: subprocess.Popen[bytes],
     task_ids: list[str],
     queues: list[bytes],
+    enqueued: tuple[RedisUsage, RedisUsage],
 ) -> dict[str, Any]:
     harness.watcher.begin(task_ids)
     cpu0, sim0, redis0 = tree_cpu_s(worker.pid), sim.cpu_s(), redis_usage(harness.redis)
@@ -91,8 +94,7 @@ def _measure_drain(
         "first_to_last_s": times[-1] - times[0] if times else None,
         "cpu_ms_per_task": (cpu1 - cpu0) * 1000 / done,
         "simulator_cpu_ms_per_task": (sim1 - sim0) * 1000 / done,
-        "redis_cpu_ms_per_task": (redis1[0] - redis0[0]) * 1000 / done,
-        "redis_commands_per_task": (redis1[1] - redis0[1]) / done,
+        **redis_per_task(enqueued, (redis0, redis1), done),
         "peak_rss_mb": rss_mb,
         "simulator_max_in_flight": stats.get("max_in_flight"),
         "simulator_calls": stats.get("calls"),
@@ -140,14 +142,29 @@ def _drain_figures(
         "first_to_last_s",
         "cpu_ms_per_task",
         "simulator_cpu_ms_per_task",
-        "redis_cpu_ms_per_task",
+        "redis_cpu_us_per_task",
+        "redis_enqueue_cpu_us_per_task",
+        "redis_drain_cpu_us_per_task",
         "redis_commands_per_task",
+        "redis_enqueue_commands_per_task",
+        "redis_core_saturates_at_per_s",
         "peak_rss_mb",
         "simulator_max_in_flight",
     ):
         figures[key] = summarize([run[key] for run in runs])
+    figures["redis_top_commands_per_task"] = _top_commands(runs)
     figures["littles_ratio"] = summarize([ratio(run["throughput_per_s"], limit) for run in runs])
     figures["steady_littles_ratio"] = summarize(
         [ratio(run["steady_throughput_per_s"], limit) for run in runs]
     )
     return figures
+
+
+def _top_commands(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each command among any run's most called, per task, over the runs (most called first)."""
+    names = {name for run in runs for name in run["redis_top_commands_per_task"]}
+    per_name = {
+        name: summarize([run["redis_top_commands_per_task"].get(name, 0.0) for run in runs])
+        for name in names
+    }
+    return dict(sorted(per_name.items(), key=lambda item: -(item[1]["median"] or 0)))

@@ -17,6 +17,7 @@ from genqueue.bench.harness import Harness
 from genqueue.bench.phases.api_load import API_KEY, api_load
 from genqueue.bench.processes import START_TIMEOUT_S, base_env, tree_cpu_s
 from genqueue.bench.progress import progress
+from genqueue.bench.redis_db import redis_usage
 from genqueue.bench.workers import BATCH, REQUEST
 from genqueue.embedded_redis import free_port
 from worker.contract import GenerationRequest
@@ -44,6 +45,8 @@ def run_enqueue(harness: Harness) -> dict[str, Any]:
             "p99_ms": summarize([run["p99_ms"] for run in api_runs]),
             "api_cpu_ms_per_request": summarize([run["api_cpu_ms"] for run in api_runs]),
             "client_cpu_ms_per_request": summarize([run["client_cpu_ms"] for run in api_runs]),
+            "redis_cpu_us_per_request": summarize([run["redis_cpu_us"] for run in api_runs]),
+            "redis_commands_per_request": summarize([run["redis_commands"] for run in api_runs]),
         },
         "direct_submit_per_s": summarize(direct[1]),
         "direct_submit_many_per_s": summarize(direct[BATCH]),
@@ -53,10 +56,14 @@ def run_enqueue(harness: Harness) -> dict[str, Any]:
 def _api_run(harness: Harness, api: subprocess.Popen[bytes], port: int, rep: int) -> dict[str, Any]:
     """One timed API run, with the CPU the server and this load generator spent."""
     server0, client0 = tree_cpu_s(api.pid), time.process_time()
+    redis0 = redis_usage(harness.redis)
     run = asyncio.run(api_load(port, harness.cfg.clients, harness.cfg.enqueue_s))
+    redis1 = redis_usage(harness.redis)
     done = max(run["requests"], 1)
     run["api_cpu_ms"] = (tree_cpu_s(api.pid) - server0) * 1000 / done
     run["client_cpu_ms"] = (time.process_time() - client0) * 1000 / done
+    run["redis_cpu_us"] = (redis1.cpu_s - redis0.cpu_s) * 1e6 / done
+    run["redis_commands"] = (redis1.commands - redis0.commands) / done
     progress(
         f"API enqueue {rep + 1}/{harness.cfg.repeat}: {run['requests_per_s']:.0f}/s, "
         f"p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms, {run['errors']} errors, "

@@ -255,3 +255,43 @@ def test_a_success_found_cancelled_is_counted_by_the_cancelled_end(
     assert redis_client.exists(USAGE) == 0
     _end(end, status="cancelled")
     assert redis_client.hgetall(USAGE) == {b"ep:cancelled": b"1"}
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def _commands_run(client: redis.Redis, action: Any) -> dict[str, int]:
+    """The commands Redis ran (script calls included) while ``action`` ran, per name."""
+
+    def calls() -> dict[str, int]:
+        stats = client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+
+    before = calls()
+    action()
+    after = calls()
+    changed = {name: n - before.get(name, 0) for name, n in after.items()}
+    return {name: n for name, n in changed.items() if n and name not in ("info", "evalsha")}
+
+
+@pytest.mark.usefixtures("held")
+def test_a_success_costs_one_read_of_the_record(end: Script, redis_client: redis.Redis) -> None:
+    """Every command of the end script is paid for by every task (docs/redis.md)."""
+    _end(end)  # loads the script (the first EVALSHA falls back to EVAL)
+    redis_client.hdel(RECORD, "finished_at")
+    counted = _commands_run(redis_client, lambda: _end(end))
+    assert counted.get("hget", 0) + counted.get("hmget", 0) == 1
+    assert counted.get("hset") == 1
+    assert _stream(redis_client)[-1][b"status"] == b"succeeded"
+
+
+@pytest.mark.usefixtures("held")
+def test_a_failure_writes_its_end_and_error_at_once(end: Script, redis_client: redis.Redis) -> None:
+    _end(end, "failed")
+    redis_client.hdel(RECORD, "finished_at", "error")
+    counted = _commands_run(redis_client, lambda: _end(end, "failed"))
+    assert counted.get("hget", 0) + counted.get("hmget", 0) == 1
+    assert counted.get("hset") == 1
+    record = redis_client.hgetall(RECORD)
+    assert record[b"finished_at"] == b"2026-01-01T00:00:01"
+    assert json.loads(record[b"error"]) == json.loads(ERROR)

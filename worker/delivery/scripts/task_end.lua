@@ -112,14 +112,20 @@ end
 
 -- A task sent through Celery has a record only from its start: its tenant is written here.
 redis.call('HSETNX', record_key, 'tenant', tenant)
-local prior = redis.call('HGET', record_key, 'finished_at')
-redis.call('HSET', record_key, 'finished_at', finished_at)
-if error_json ~= '' then redis.call('HSET', record_key, 'error', error_json) end
+-- One read and one write of the record (each command here is paid by every task): the fields
+-- read are not among those written.
+local read = redis.call('HMGET', record_key, 'finished_at', 'cancel_requested', 'attempts',
+  'created_at')
+local prior, found = read[1], {read[2], read[3], read[4]}
+if error_json ~= '' then
+  redis.call('HSET', record_key, 'finished_at', finished_at, 'error', error_json)
+else
+  redis.call('HSET', record_key, 'finished_at', finished_at)
+end
 redis.call('EXPIRE', record_key, record_ttl_s)
 if claim_token ~= '' and redis.call('GET', running_key) == claim_token then
   redis.call('DEL', running_key)
 end
-local found = redis.call('HMGET', record_key, 'cancel_requested', 'attempts', 'created_at')
 if status == 'succeeded' then
   if found[1] then return found end
   count_usage()
