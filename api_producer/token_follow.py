@@ -18,7 +18,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,7 @@ class TokenFollower:
         if self.streams >= self.max_streams:
             raise TooManyStreams(f"{self.streams} streams already followed by this API process")
 
-    async def follow(self, task_id: str, last_id: str | None) -> AsyncIterator[Event]:
+    async def follow(self, task_id: str, last_id: str | None) -> AsyncGenerator[Event, None]:
         """The events of ``task_id`` after ``last_id`` (all of them when ``None``), then its
         final status (counted among the follows while it runs)."""
         self.streams += 1

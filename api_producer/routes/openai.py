@@ -12,6 +12,7 @@ wait ran out (the task carries on; its id is in the message). See
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -221,9 +222,11 @@ async def _stream(
     sent = False
     if kind == "chat":
         yield chunk(kind, task_id, model, created, "")
-    async for event in state.tokens.follow(task_id, None):
+    async for event in _until_started(state, task_id):
         if event is None:
             yield b": keep-alive\n\n"
+        elif isinstance(event, OpenAIError):
+            yield data(event.body())
         elif isinstance(event, Piece):
             if event.kind == "token":
                 sent = True
@@ -240,6 +243,34 @@ async def _stream(
             yield DONE
         else:
             yield data(failure(event).body())
+
+
+async def _until_started(state: StateDep, task_id: str) -> AsyncIterator[Any]:
+    """The task's events; a task with no token and no end within GENQUEUE_API_OPENAI_WAIT_S
+    ends the stream with an error naming it (it carries on, as a timed-out wait's does)."""
+    wait_s = state.settings.api_openai_wait_s
+    deadline = asyncio.get_running_loop().time() + wait_s
+    events = state.tokens.follow(task_id, None)
+    started = False
+    try:
+        while True:
+            left_s = deadline - asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(None if started else max(left_s, 0.0)):
+                    event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                message = (
+                    f"task {task_id} did not start within {wait_s:g}s "
+                    f"(GENQUEUE_API_OPENAI_WAIT_S); it carries on: GET /v1/tasks/{task_id}"
+                )
+                yield OpenAIError(504, message, "timeout", "timeout")
+                return
+            started = started or (event is not None)
+            yield event
+    finally:
+        await events.aclose()
 
 
 def _code(status: int) -> str | None:

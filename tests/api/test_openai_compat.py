@@ -132,6 +132,23 @@ def test_a_wait_that_runs_out_is_504_and_the_task_carries_on(
     assert status["status"] == "succeeded"
 
 
+def test_a_stream_whose_task_does_not_start_in_time_ends_naming_it(
+    redis_url, simulator, api_factory
+) -> None:
+    # No worker: the task stays queued.
+    api = api_factory(redis_url, runpod_endpoint_url=simulator.url, api_openai_wait_s=0.5)
+    with pytest.raises(openai.APIError) as timed_out:
+        stream = client(api.url).completions.create(
+            model="default", prompt="x", max_tokens=2, stream=True
+        )
+        list(stream)
+    message = str(timed_out.value)
+    assert "did not start within 0.5s" in message
+    task_id = message.split("task ", 1)[1].split()[0]
+    status = requests.get(f"{api.url}/v1/tasks/{task_id}", headers=AUTH, timeout=10).json()
+    assert status["status"] == "queued"
+
+
 def test_priority_header_sets_the_task_priority(service, redis_client) -> None:
     answer = requests.post(
         f"{service.url}/v1/completions", headers={**AUTH, "X-Genqueue-Priority": "8"},
