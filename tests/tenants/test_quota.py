@@ -80,3 +80,18 @@ def test_the_day_budget_refuses_at_the_boundary_resets_and_settles(
         time.sleep(0.1)
     used = int(redis_client.hget(keys.usage("metered", today), "total_tokens") or 0)
     assert used == sum(totals)  # counted on the day each task ended
+
+
+@pytest.mark.timeout(60)
+def test_an_openai_call_past_the_budget_is_429_in_openai_shape(
+    api_factory, redis_url, redis_client, tmp_path
+) -> None:
+    tenants_file = write_tenants(tmp_path / "tenants.toml", TENANTS)
+    api = api_factory(redis_url, api_keys="", tenants_file=tenants_file, api_openai_wait_s=0.2)
+    body = {"model": "default", "prompt": "abcd", "max_tokens": 200}  # 201 > 100
+    refused = requests.post(f"{api.url}/v1/completions", json=body, headers=auth(KEY), timeout=10)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "quota_exceeded" and error["type"] == "rate_limit_error"
+    assert abs(int(refused.headers["Retry-After"]) - seconds_to_midnight(time.time())) <= 2
+    assert queued_messages(redis_client) == 0
