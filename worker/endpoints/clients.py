@@ -57,6 +57,7 @@ def build_target(
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s,
             cooldown_max_s=settings.breaker_cooldown_max_s,
+            oldest_every=settings.oldest_band_every,
             requests_per_minute=spec.requests_per_minute,
             tokens_per_minute=spec.tokens_per_minute,
             outage=OutagePolicy(budget_s=settings.redis_outage_s),

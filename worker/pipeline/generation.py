@@ -340,11 +340,19 @@ class Generation:
             return None
         if request.deadline is not None and request.deadline <= datetime.now(UTC):
             return None
-        return target.guard.offer(self._claim(task_id, name))
+        return target.guard.offer(self._claim(task_id, name, request))
 
-    def _claim(self, task_id: str, endpoint: str) -> Claim:
-        """A new running claim on ``task_id``, to take with a slot on ``endpoint``."""
-        return Claim(task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, endpoint)
+    def _claim(self, task_id: str, endpoint: str, request: GenerationRequest) -> Claim:
+        """A new running claim on ``task_id``, to take with a slot on ``endpoint``; the
+        request's priority and tenant place it in the endpoint's admission queue."""
+        return Claim(
+            task_id,
+            uuid.uuid4().hex,
+            self._running.claim_ttl_ms,
+            endpoint,
+            priority=request.priority,
+            tenant=getattr(request, "tenant", None),
+        )
 
     def _on_endpoint(
         self,
@@ -367,7 +375,11 @@ class Generation:
         if granted is not None and granted.offer.guard is not target.guard:
             granted.offer.guard.release_granted(granted)  # not this endpoint's after all
             granted = None
-        claim = granted.offer.claim if granted is not None else self._claim(task_id, spec.name)
+        claim = (
+            granted.offer.claim
+            if granted is not None
+            else self._claim(task_id, spec.name, request)
+        )
         try:
             # Granted together with the slot: the task's running claim and its attempt count.
             with target.guard.slot(claim, granted) as slot:

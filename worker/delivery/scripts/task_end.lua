@@ -20,6 +20,8 @@
 -- KEYS[9]  breaker_key        the endpoint's circuit breaker
 -- KEYS[10] probe_key          the breaker's probe
 -- KEYS[11] rate_key           the endpoint's per-minute counts
+-- KEYS[12..14]                the endpoint's admission queue: admit, info, age (optional:
+--                             with them, the freed slot goes to the queue's head)
 --
 -- ARGV[1]  record_ttl_s       the record's time to live
 -- ARGV[2]  events_maxlen      the completion stream's approximate length cap
@@ -35,6 +37,8 @@
 --   With a slot to release:
 -- ARGV[12..16]                the release's arguments (worker.limits.guard.SlotRelease.args):
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
+-- ARGV[17..18]                with the admission queue: limit, every (worker.limits'
+--                             admission.lua)
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
 local record_key, events_key, result_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -46,6 +50,8 @@ local result_ttl_s, success_meta = ARGV[8], ARGV[9]
 local claim_token, delivery_tag = ARGV[10], ARGV[11]
 local slot_token, outcome, failure_threshold = ARGV[12], ARGV[13], ARGV[14]
 local cooldown, tokens_used = ARGV[15], ARGV[16]
+local admit_key, admit_info_key, admit_age_key = KEYS[12], KEYS[13], KEYS[14]
+local limit, every = ARGV[17], ARGV[18]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
 -- #include worker.limits:now_ms
@@ -53,7 +59,8 @@ local cooldown, tokens_used = ARGV[15], ARGV[16]
 
 if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
-    failure_threshold, cooldown, tokens_used, now)
+    failure_threshold, cooldown, tokens_used, now, admit_key and {admit = admit_key,
+      info = admit_info_key, age = admit_age_key, limit = limit, every = every})
 end
 local function acknowledge()
   redis.call('ZREM', inbox_key, task_id)
