@@ -31,6 +31,12 @@ def admission(endpoint_id: str) -> str:
     return f"{PREFIX}:admit:{endpoint_id}"
 
 
+def admission_by_age(endpoint_id: str) -> str:
+    """Sorted set (by member): the admission queue's waiters of each band and tenant, oldest
+    first. TTL: as :func:`admission`'s."""
+    return f"{PREFIX}:admit-byage:{endpoint_id}"
+
+
 def admission_info(endpoint_id: str) -> str:
     """Hash: each waiter of the admission queue (its place, grant list, expiry), and each band's
     and tenant's virtual clock. TTL: as :func:`admission`'s."""

@@ -69,6 +69,7 @@ class Admission:
         self._lease = keys.lease(endpoint_id)
         self.keys = (
             keys.admission(endpoint_id),
+            keys.admission_by_age(endpoint_id),
             keys.admission_info(endpoint_id),
             keys.admission_age(endpoint_id),
         )

@@ -20,7 +20,7 @@
 -- KEYS[9]  breaker_key        the endpoint's circuit breaker
 -- KEYS[10] probe_key          the breaker's probe
 -- KEYS[11] rate_key           the endpoint's per-minute counts
--- KEYS[12..14]                the endpoint's admission queue: admit, info, age (optional:
+-- KEYS[12..15]                the endpoint's admission queue: admit, byage, info, age (optional:
 --                             with them, the freed slot goes to the queue's head)
 --
 -- ARGV[1]  record_ttl_s       the record's time to live
@@ -50,7 +50,8 @@ local result_ttl_s, success_meta = ARGV[8], ARGV[9]
 local claim_token, delivery_tag = ARGV[10], ARGV[11]
 local slot_token, outcome, failure_threshold = ARGV[12], ARGV[13], ARGV[14]
 local cooldown, tokens_used = ARGV[15], ARGV[16]
-local admit_key, admit_info_key, admit_age_key = KEYS[12], KEYS[13], KEYS[14]
+local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[12], KEYS[13], KEYS[14],
+  KEYS[15]
 local limit, every = ARGV[17], ARGV[18]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
@@ -60,7 +61,7 @@ local limit, every = ARGV[17], ARGV[18]
 if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
     failure_threshold, cooldown, tokens_used, now, admit_key and {admit = admit_key,
-      info = admit_info_key, age = admit_age_key, limit = limit, every = every})
+      byage = admit_byage_key, info = admit_info_key, age = admit_age_key, limit = limit, every = every})
 end
 local function acknowledge()
   redis.call('ZREM', inbox_key, task_id)

@@ -3,8 +3,8 @@
 -- guard's slot_acquire.lua and by the script that starts a task (worker.delivery's
 -- task_start.lua), which tries for a slot in passing. With a `running` claim key (and the task
 -- `record`), the task is claimed for this worker and its attempt counted in the same step.
--- With `queue` (the endpoint's admission queue, admission.lua: a table of its keys admit, info,
--- age and the waiter's band, tenant, weight, owner (its grant list), every, and wait), a free
+-- With `queue` (the endpoint's admission queue, admission.lua: a table of its keys admit, byage,
+-- info, age and the waiter's band, tenant, weight, owner (its grant list), every, wait), a free
 -- slot is taken only when no task waits for one; with `queue.wait`, a task that finds none
 -- joins the queue (or keeps its place). A token the queue granted a slot to takes it here.
 -- Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
@@ -17,7 +17,7 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
   local function refuse(answer)
     if granted then
       redis.call('ZREM', lease, token)
-      admit_next(lease, queue.admit, queue.info, queue.age, limit, queue.every, now)
+      admit_next(lease, queue, limit, queue.every, now)
     end
     return answer
   end
@@ -47,7 +47,7 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
   end
   if not granted then
     if queue then
-      admit_next(lease, queue.admit, queue.info, queue.age, limit, queue.every, now)
+      admit_next(lease, queue, limit, queue.every, now)
       granted = redis.call('ZSCORE', lease, token)  -- a waiter asking again may be next
     else
       redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
@@ -57,8 +57,9 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
     if full then
       if probing then redis.call('DEL', probe) end
       if queue and queue.wait then
-        admit_enqueue(queue.admit, queue.info, queue.age, token, queue.band, queue.tenant,
-          queue.weight, queue.owner, ttl, now)
+        local created = record and redis.call('HGET', record, 'created_at')
+        admit_enqueue(queue, token, queue.band, queue.tenant, queue.weight, queue.owner, ttl,
+          admit_created(created, now), now)
       end
       return {0, 0}
     end

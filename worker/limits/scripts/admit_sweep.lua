@@ -2,10 +2,11 @@
 -- of the endpoint's admission queue (admission.lua). Run by a worker with waiters, when its
 -- grant list has been quiet for a while. Returns how many slots were granted.
 --
--- KEYS: lease, admit, info, age
+-- KEYS: lease, admit, byage, info, age
 -- ARGV: limit, every (see admission.lua)
-local lease, admit, info, age = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lease = KEYS[1]
+local q = {admit = KEYS[2], byage = KEYS[3], info = KEYS[4], age = KEYS[5]}
 local limit, every = ARGV[1], ARGV[2]
 -- #include worker.limits:now_ms
 -- #include worker.limits:admission
-return admit_next(lease, admit, info, age, limit, every, now)
+return admit_next(lease, q, limit, every, now)

@@ -2,7 +2,7 @@
 -- A library: the function `release_slot`, the end of an endpoint call. Included by the
 -- guard's slot_release.lua and by the script that ends a task (worker.delivery's task_end.lua),
 -- which takes over the release of a successful call's slot. `cooldown` is "first_ms:max_ms".
--- With `queue` (the endpoint's admission queue: a table of its keys admit, info, age, and
+-- With `queue` (the endpoint's admission queue: a table of its keys admit, byage, info, age, and
 -- limit and every, see admission.lua), the freed slot goes to the queue's head at once.
 -- Returns the cooldown in ms when this call opened the breaker, else 0.
 local BREAKER_TTL_MS = 3600000
@@ -10,7 +10,7 @@ local function release_slot(lease, breaker, probe, rate, token, outcome, thresho
                             tokens, now, queue)
   redis.call('ZREM', lease, token)
   if queue then
-    admit_next(lease, queue.admit, queue.info, queue.age, queue.limit, queue.every, now)
+    admit_next(lease, queue, queue.limit, queue.every, now)
   end
   if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
     redis.call('HINCRBY', rate, 't', tokens)
