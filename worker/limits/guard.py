@@ -172,9 +172,7 @@ class EndpointGuard:
         # The scripts' cooldown argument: the first and the longest, in ms.
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
-        self._admission = Admission(
-            client, endpoint_id, policy.limit, policy.oldest_every, weights
-        )
+        self._admission = Admission(client, endpoint_id, policy.limit, policy.oldest_every, weights)
         self._held: set[str] = set()
         self._acquire = lua.register(client, "worker.limits", "slot_acquire")
         self._release_script = lua.register(client, "worker.limits", "slot_release")

@@ -376,9 +376,7 @@ class Generation:
             granted.offer.guard.release_granted(granted)  # not this endpoint's after all
             granted = None
         claim = (
-            granted.offer.claim
-            if granted is not None
-            else self._claim(task_id, spec.name, request)
+            granted.offer.claim if granted is not None else self._claim(task_id, spec.name, request)
         )
         try:
             # Granted together with the slot: the task's running claim and its attempt count.

@@ -15,7 +15,8 @@ EP = "ep"
 LIMIT = 1
 TTL_MS = 30_000
 OWNER = keys.grants("test-owner")
-LEASE, BREAKER, PROBE, RATE = keys.lease(EP), keys.breaker(EP), keys.breaker_probe(EP), keys.rate(EP)
+LEASE, BREAKER = keys.lease(EP), keys.breaker(EP)
+PROBE, RATE = keys.breaker_probe(EP), keys.rate(EP)
 QUEUE = [
     keys.admission(EP), keys.admission_by_age(EP), keys.admission_info(EP), keys.admission_age(EP),
 ]  # fmt: skip
