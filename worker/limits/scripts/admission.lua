@@ -91,6 +91,7 @@ end
 -- The member whose turn is next: the queue's head, or every `every`-th time the head of the
 -- band of the longest-waiting task.
 local function admit_pick(q, every)
+  if redis.call('EXISTS', q.admit) == 0 then return nil end  -- (and counts nothing)
   every = tonumber(every)
   if every > 0 and redis.call('HINCRBY', q.info, 'n', 1) % every == 0 then
     local oldest = redis.call('ZRANGE', q.age, 0, 0)[1]
