@@ -33,7 +33,7 @@ from worker.contract import PRIORITY_MAX
 log = logging.getLogger(__name__)
 
 #: How long the grant list may stay quiet before this process sweeps for lapsed leases.
-SWEEP_S = 1.0
+SWEEP_S = 0.5
 #: The tenant of a task that names none.
 DEFAULT_TENANT = "internal"
 
@@ -74,6 +74,8 @@ class Admission:
             keys.admission_age(endpoint_id),
         )
         self.owner = keys.grants(f"{endpoint_id}:{uuid.uuid4().hex}")
+        #: The queues the endpoint's tasks come from, whose Redis lists a release looks into.
+        self.queues = ",".join(dict.fromkeys([*keys.GENERAL_QUEUES, keys.queue_for(endpoint_id)]))
         self._limit = limit
         self.every = every
         self._weights = weights

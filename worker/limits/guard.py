@@ -246,7 +246,7 @@ class EndpointGuard:
         slot.handed_off = True
         args = (
             slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self._policy.limit, self._admission.every,
+            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
         )  # fmt: skip
         return SlotRelease(self, (*self._keys, *self._admission.keys), args, slot.token)
 
@@ -311,7 +311,7 @@ class EndpointGuard:
     def _release(self, token: str, slot: Slot) -> None:
         args = [
             token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self._policy.limit, self._admission.every,
+            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
         ]  # fmt: skip
         script_keys = [*self._keys, *self._admission.keys]
         try:

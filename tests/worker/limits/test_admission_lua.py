@@ -50,10 +50,10 @@ class Endpoint:
             self.holder = token
         return code
 
-    def next(self) -> str | None:
+    def next(self, queues: str = "") -> str | None:
         """Release the holder's slot; the token the queue handed it to (now the holder)."""
         assert self.holder is not None
-        args = [self.holder, "ok", 5, "1000:5000", 0, LIMIT, self.every]
+        args = [self.holder, "ok", 5, "1000:5000", 0, LIMIT, self.every, queues]
         self._release(keys=[LEASE, BREAKER, PROBE, RATE, *QUEUE], args=args)
         granted = self.client.lpop(OWNER)
         self.holder = granted.decode() if granted else None
@@ -174,7 +174,7 @@ def test_a_granted_slot_refused_goes_on_to_the_next(
 ) -> None:
     endpoint.ask("first", priority=5)
     endpoint.ask("second", priority=5)
-    args = [endpoint.holder, "ok", 5, "1000:5000", 0, LIMIT, 0]
+    args = [endpoint.holder, "ok", 5, "1000:5000", 0, LIMIT, 0, ""]
     lua.register(redis_client, "worker.limits", "slot_release")(
         keys=[LEASE, BREAKER, PROBE, RATE, *QUEUE], args=args
     )
@@ -189,3 +189,30 @@ def test_a_granted_slot_refused_goes_on_to_the_next(
     leave = lua.register(redis_client, "worker.limits", "admit_leave")
     assert leave(keys=[LEASE, *QUEUE], args=["second", LIMIT, 0]) == 2
     assert redis_client.lpop(OWNER) == b"third"
+
+
+def test_a_freed_slot_waits_a_moment_for_an_urgent_task_still_in_redis(
+    redis_client: redis.Redis, endpoint: Endpoint
+) -> None:
+    endpoint.ask("batch-0", priority=2)
+    endpoint.ask("batch-1", priority=2)
+    # An urgent message not fetched yet, in the Redis list of its priority step (9 - 9 = 0).
+    redis_client.lpush(keys.queue_list("genqueue", 0), "an urgent message")
+    assert endpoint.next(queues="genqueue,celery") is None  # held for it
+    assert endpoint.ask("batch-late", priority=2) == 0  # not for a less urgent newcomer
+    redis_client.delete(keys.queue_list("genqueue", 0))  # fetched by a worker
+    assert endpoint.ask("urgent", priority=9) == 1
+    assert endpoint.next(queues="genqueue,celery") == "batch-0"
+
+
+def test_a_held_slot_goes_to_the_queue_if_no_urgent_task_comes(
+    redis_client: redis.Redis, endpoint: Endpoint
+) -> None:
+    endpoint.ask("batch-0", priority=2)
+    redis_client.lpush(keys.queue_list("celery", 3), "a message for another endpoint")
+    assert endpoint.next(queues="genqueue,celery") is None
+    sweep = lua.register(redis_client, "worker.limits", "admit_sweep")
+    assert sweep(keys=[LEASE, *QUEUE], args=[LIMIT, 0]) == 0  # held
+    time.sleep(0.3)
+    assert sweep(keys=[LEASE, *QUEUE], args=[LIMIT, 0]) == 1
+    assert redis_client.lpop(OWNER) == b"batch-0"

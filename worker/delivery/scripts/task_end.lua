@@ -37,7 +37,7 @@
 --   With a slot to release:
 -- ARGV[12..16]                the release's arguments (worker.limits.guard.SlotRelease.args):
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
--- ARGV[17..18]                with the admission queue: limit, every (worker.limits'
+-- ARGV[17..19]                with the admission queue: limit, every, queues (worker.limits'
 --                             admission.lua)
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
@@ -52,7 +52,7 @@ local slot_token, outcome, failure_threshold = ARGV[12], ARGV[13], ARGV[14]
 local cooldown, tokens_used = ARGV[15], ARGV[16]
 local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[12], KEYS[13], KEYS[14],
   KEYS[15]
-local limit, every = ARGV[17], ARGV[18]
+local limit, every, queues = ARGV[17], ARGV[18], ARGV[19]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
 -- #include worker.limits:now_ms
@@ -61,7 +61,8 @@ local limit, every = ARGV[17], ARGV[18]
 if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
     failure_threshold, cooldown, tokens_used, now, admit_key and {admit = admit_key,
-      byage = admit_byage_key, info = admit_info_key, age = admit_age_key, limit = limit, every = every})
+      byage = admit_byage_key, info = admit_info_key, age = admit_age_key, limit = limit,
+      every = every, queues = queues})
 end
 local function acknowledge()
   redis.call('ZREM', inbox_key, task_id)

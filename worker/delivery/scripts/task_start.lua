@@ -74,7 +74,7 @@ if lease_key and not succeeded and not cancel_requested and not moved_to and not
   slot = acquire_slot(lease_key, breaker_key, probe_key, rate_key, running_key, claim_record_key,
     limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute, tokens_per_minute,
     claim_token, claim_ttl_ms, endpoint, now, admit_key and {admit = admit_key,
-      byage = admit_byage_key, info = admit_info_key, age = admit_age_key, band = band, tenant = tenant,
-      weight = weight, owner = grant_list, every = every, wait = false})
+      byage = admit_byage_key, info = admit_info_key, age = admit_age_key, band = band,
+      tenant = tenant, weight = weight, owner = grant_list, every = every, wait = false})
 end
 return {deliveries, fields, meta, slot}

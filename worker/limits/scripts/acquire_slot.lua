@@ -52,15 +52,32 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
     else
       redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
     end
-    -- With a queue, the slots left free go to its waiters first: a free one means none waits.
+    -- With a queue, the slots left free go to its waiters first: a free one means none waits,
+    -- or one is held for a task more urgent than the queue's head (admit_next).
     local full = not granted and redis.call('ZCARD', lease) >= tonumber(limit)
+    if queue and not granted and not full then
+      local head = redis.call('ZRANGE', queue.admit, 0, 0)[1]
+      if head and tonumber(string.sub(head, 1, 1)) <= tonumber(queue.band) then
+        full = true  -- not more urgent than the head: the held slot is not for this one
+      else
+        redis.call('HDEL', queue.info, 'hold')
+      end
+    end
+    if full and queue and queue.wait then
+      local created = record and redis.call('HGET', record, 'created_at')
+      admit_enqueue(queue, token, queue.band, queue.tenant, queue.weight, queue.owner, ttl,
+        admit_created(created, now), now)
+      -- A slot held for a task more urgent than the queue's head: this one, if it is the head.
+      local head = redis.call('ZRANGE', queue.admit, 0, 0)[1]
+      if head and string.sub(head, -#token) == token
+          and redis.call('ZCARD', lease) < tonumber(limit) then
+        admit_drop(queue, token, admit_entry(queue, token))
+        redis.call('HDEL', queue.info, 'hold')
+        full = false
+      end
+    end
     if full then
       if probing then redis.call('DEL', probe) end
-      if queue and queue.wait then
-        local created = record and redis.call('HGET', record, 'created_at')
-        admit_enqueue(queue, token, queue.band, queue.tenant, queue.weight, queue.owner, ttl,
-          admit_created(created, now), now)
-      end
       return {0, 0}
     end
   end

@@ -122,16 +122,43 @@ local function admit_oldest(q, member, token, e)
   return other, o
 end
 
+-- How long a freed slot is held for a more urgent task still in the Redis lists (see
+-- admit_next), in ms.
+local HOLD_MS = 250
+
+-- Whether a message more urgent than `band` waits in the Redis lists of `queues` ("a,b"):
+-- a list's priority step is the band (kombu's "<queue>\x06\x16<step>", step 0 the queue).
+local function admit_sooner(queues, band)
+  for queue in string.gmatch(queues or '', '[^,]+') do
+    for step = 0, band - 1 do
+      if redis.call('LLEN', step == 0 and queue or (queue .. '\6\22' .. step)) > 0 then
+        return true
+      end
+    end
+  end
+  return false
+end
+
 -- Free slots (lapsed leases too) go to the queue's head, one by one: each granted token gets a
 -- lease and is pushed on its worker's grant list. Returns how many were granted.
+-- With `q.queues` (a release), a slot whose head is less urgent than a message still in the
+-- Redis lists is held free for HOLD_MS, for that task to take when its worker fetches it
+-- (acquire_slot); while one is held, the others are granted (unless `q.force`).
 local function admit_next(lease, q, limit, every, now)
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
   local granted = 0
   limit = tonumber(limit)
+  if not q.force and tonumber(redis.call('HGET', q.info, 'hold') or '0') > now then
+    limit = limit - 1
+  end
   while redis.call('ZCARD', lease) < limit do
     local member = admit_pick(q, every)
     if not member then break end
     local band, finish, token = string.match(member, '^(%d):([%d.]+):(.+)$')
+    if q.queues and band ~= '0' and admit_sooner(q.queues, tonumber(band)) then
+      redis.call('HSET', q.info, 'hold', now + HOLD_MS)
+      break
+    end
     local e = admit_entry(q, token)
     if not e then
       redis.call('ZREM', q.admit, member)
