@@ -13,7 +13,8 @@
 -- the next in the queue.
 local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
                             cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now, queue)
-  local granted = queue and redis.call('ZSCORE', lease, token)
+  -- Only a waiter (queue.wait) may have been granted a slot already.
+  local granted = queue and queue.wait and redis.call('ZSCORE', lease, token)
   local function refuse(answer)
     if granted then
       redis.call('ZREM', lease, token)
@@ -46,11 +47,9 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
     probing = true
   end
   if not granted then
-    if queue then
-      admit_next(lease, queue, limit, queue.every, now)
+    redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
+    if queue and admit_next(lease, queue, limit, queue.every, now) > 0 and queue.wait then
       granted = redis.call('ZSCORE', lease, token)  -- a waiter asking again may be next
-    else
-      redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
     end
     -- With a queue, the slots left free go to its waiters first: a free one means none waits,
     -- or one is held for a task more urgent than the queue's head (admit_next).

@@ -91,7 +91,6 @@ end
 -- The member whose turn is next: the queue's head, or every `every`-th time the head of the
 -- band of the longest-waiting task.
 local function admit_pick(q, every)
-  if redis.call('EXISTS', q.admit) == 0 then return nil end  -- (and counts nothing)
   every = tonumber(every)
   if every > 0 and redis.call('HINCRBY', q.info, 'n', 1) % every == 0 then
     local oldest = redis.call('ZRANGE', q.age, 0, 0)[1]
@@ -145,6 +144,7 @@ end
 -- Redis lists is held free for HOLD_MS, for that task to take when its worker fetches it
 -- (acquire_slot); while one is held, the others are granted (unless `q.force`).
 local function admit_next(lease, q, limit, every, now)
+  if redis.call('EXISTS', q.admit) == 0 then return 0 end  -- nobody waits: nothing to do
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
   local granted = 0
   limit = tonumber(limit)
@@ -153,7 +153,7 @@ local function admit_next(lease, q, limit, every, now)
   end
   while redis.call('ZCARD', lease) < limit do
     local member = admit_pick(q, every)
-    if not member then break end
+    if not member then break end  -- (the last pick counted one grant too many: no matter)
     local band, finish, token = string.match(member, '^(%d):([%d.]+):(.+)$')
     if q.queues and band ~= '0' and admit_sooner(q.queues, tonumber(band)) then
       redis.call('HSET', q.info, 'hold', now + HOLD_MS)
