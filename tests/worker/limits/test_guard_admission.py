@@ -22,7 +22,10 @@ WEIGHTS = {"a": 3.0, "b": 1.0}
 @pytest.fixture
 def guard(redis_client: redis.Redis) -> Iterator[EndpointGuard]:
     guard = EndpointGuard(
-        redis_client, "ep", GuardPolicy(limit=1, oldest_every=0), weights=lambda tenant: WEIGHTS.get(tenant, 1.0)
+        redis_client,
+        "ep",
+        GuardPolicy(limit=1, oldest_every=0),
+        weights=lambda tenant: WEIGHTS.get(tenant, 1.0),
     )
     yield guard
     guard.close()
