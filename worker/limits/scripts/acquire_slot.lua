@@ -58,8 +58,8 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
       local head = redis.call('ZRANGE', queue.admit, 0, 0)[1]
       if head and tonumber(string.sub(head, 1, 1)) <= tonumber(queue.band) then
         full = true  -- not more urgent than the head: the held slot is not for this one
-      else
-        redis.call('HDEL', queue.info, 'hold')
+      elseif head then
+        redis.call('HDEL', queue.info, 'hold')  -- more urgent: the held slot is this one's
       end
     end
     if full and queue and queue.wait then
