@@ -216,3 +216,7 @@ def test_a_held_slot_goes_to_the_queue_if_no_urgent_task_comes(
     time.sleep(0.3)
     assert sweep(keys=[LEASE, *QUEUE], args=[LIMIT, 0]) == 1
     assert redis_client.lpop(OWNER) == b"batch-0"
+    endpoint.holder = "batch-0"
+    # A hold nobody took: the next one waits a second, so the message costs little.
+    endpoint.ask("batch-1", priority=2)
+    assert endpoint.next(queues="genqueue,celery") == "batch-1"

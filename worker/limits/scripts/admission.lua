@@ -124,6 +124,9 @@ end
 -- How long a freed slot is held for a more urgent task still in the Redis lists (see
 -- admit_next), in ms.
 local HOLD_MS = 250
+-- After a hold that no task took, how long until the next may start, in ms: a message that is
+-- never fetched (for another endpoint's workers) costs one slot at most 250 ms in 1.25 s.
+local HOLD_GAP_MS = 1000
 
 -- Whether a message more urgent than `band` waits in the Redis lists of `queues` ("a,b"):
 -- a list's priority step is the band (kombu's "<queue>\x06\x16<step>", step 0 the queue).
@@ -142,20 +145,20 @@ end
 -- lease and is pushed on its worker's grant list. Returns how many were granted.
 -- With `q.queues` (a release), a slot whose head is less urgent than a message still in the
 -- Redis lists is held free for HOLD_MS, for that task to take when its worker fetches it
--- (acquire_slot); while one is held, the others are granted (unless `q.force`).
+-- (acquire_slot); while one is held, the others are granted.
 local function admit_next(lease, q, limit, every, now)
   if redis.call('EXISTS', q.admit) == 0 then return 0 end  -- nobody waits: nothing to do
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
   local granted = 0
   limit = tonumber(limit)
-  if not q.force and tonumber(redis.call('HGET', q.info, 'hold') or '0') > now then
-    limit = limit - 1
-  end
+  local hold = tonumber(redis.call('HGET', q.info, 'hold') or '0')
+  if hold > now then limit = limit - 1 end
   while redis.call('ZCARD', lease) < limit do
     local member = admit_pick(q, every)
     if not member then break end  -- (the last pick counted one grant too many: no matter)
     local band, finish, token = string.match(member, '^(%d):([%d.]+):(.+)$')
-    if q.queues and band ~= '0' and admit_sooner(q.queues, tonumber(band)) then
+    if q.queues and band ~= '0' and now >= hold + HOLD_GAP_MS
+        and admit_sooner(q.queues, tonumber(band)) then
       redis.call('HSET', q.info, 'hold', now + HOLD_MS)
       break
     end
