@@ -30,6 +30,37 @@ def lease(endpoint_id: str) -> str:
     return f"{PREFIX}:lease:{endpoint_id}"
 
 
+def admission(endpoint_id: str) -> str:
+    """Sorted set: the endpoint's admission queue, tasks held by workers and waiting for a
+    slot, in the order they get one (``worker/limits/scripts/admission.lua``). TTL: four lease
+    TTLs after its last change; each waiter lapses by itself unless its worker renews it."""
+    return f"{PREFIX}:admit:{endpoint_id}"
+
+
+def admission_by_age(endpoint_id: str) -> str:
+    """Sorted set (by member): the admission queue's waiters of each band and tenant, oldest
+    first. TTL: as :func:`admission`'s."""
+    return f"{PREFIX}:admit-byage:{endpoint_id}"
+
+
+def admission_info(endpoint_id: str) -> str:
+    """Hash: each waiter of the admission queue (its place, grant list, expiry), and each band's
+    and tenant's virtual clock. TTL: as :func:`admission`'s."""
+    return f"{PREFIX}:admit-info:{endpoint_id}"
+
+
+def admission_age(endpoint_id: str) -> str:
+    """Sorted set: each waiter of the admission queue scored by when it joined. TTL: as
+    :func:`admission`'s."""
+    return f"{PREFIX}:admit-age:{endpoint_id}"
+
+
+def grants(owner: str) -> str:
+    """List: the slot tokens the admission queue granted to one worker process's waiters, popped
+    by that process. TTL: a lease's."""
+    return f"{PREFIX}:grants:{owner}"
+
+
 #: Celery's Redis result backend's key prefix (its default naming).
 CELERY_RESULT_PREFIX = "celery-task-meta-"
 

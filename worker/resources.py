@@ -56,8 +56,14 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     endpoints = require_endpoints(settings)
     concurrency = settings.worker_concurrency
     client = redis_client(settings, concurrency + SPARE_CONNECTIONS)
+    tenants = TenantsSource(settings)  # an invalid tenants file stops the worker at start
+
+    def weight_of(tenant: str) -> float:
+        # Read at each use: the tenants file is re-read when it changes.
+        return tenants.current().weight_of(tenant)
+
     targets = {
-        name: build_target(spec, settings, client, concurrency, LEASE_TTL_S)
+        name: build_target(spec, settings, client, concurrency, LEASE_TTL_S, weight_of)
         for name, spec in endpoints.specs.items()
     }
     # A claim outlives its worker by less than the visibility timeout, so a redelivered task
@@ -93,7 +99,6 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             settled=broker.settle,
         ),
     )
-    tenants = TenantsSource(settings)  # an invalid tenants file stops the worker at start
     webhooks = WebhookSender(
         client,
         policy_from(settings),

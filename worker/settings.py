@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     #: probe makes the next wait 1.5 times longer, up to ``breaker_cooldown_max_s``.
     breaker_cooldown_s: float = Field(default=1.0, gt=0, le=3_600)
     breaker_cooldown_max_s: float = Field(default=5.0, gt=0, le=3_600)
+    #: Every how many endpoint slots one goes to the priority band of the task that has waited
+    #: longest, so low priorities progress under a steady stream of high ones (0: strict
+    #: priority). See docs/scheduling.md.
+    oldest_band_every: int = Field(default=10, ge=0, le=1_000_000)
     #: ``max_tokens`` sent when a request gives none (servers' own defaults differ).
     default_max_tokens: int = Field(default=512, ge=1, le=32_768)
     #: How long a task's Redis round trip (start, slot, end, retry) is retried while Redis is

@@ -9,6 +9,7 @@ from pathlib import Path
 from worker.errors import GenQueueError
 
 PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
+SCENARIOS = ("standard", "mixed")
 
 
 class BenchError(GenQueueError):
@@ -47,6 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drain-timeout", type=float, default=300.0, help="seconds a drain may take (300)"
     )
     parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="standard",
+        help="standard: the phases; mixed: a batch backlog and interactive tasks on a capped "
+        "endpoint (docs/scheduling.md)",
+    )
+    parser.add_argument(
+        "--mixed-batch", type=int, default=10_000, help="mixed: batch tasks (10000)"
+    )
+    parser.add_argument(
+        "--mixed-seconds", type=float, default=60.0, help="mixed: seconds measured (60)"
+    )
+    parser.add_argument(
+        "--mixed-every", type=float, default=1.0, help="mixed: an interactive task every (1 s)"
+    )
+    parser.add_argument(
         "--flush", action="store_true", help="empty the bench's Redis database even if not empty"
     )
 
@@ -63,6 +80,10 @@ class BenchConfig:
     drain_timeout_s: float
     flush: bool
     quick: bool
+    scenario: str = "standard"
+    mixed_batch: int = 10_000
+    mixed_s: float = 60.0
+    mixed_every_s: float = 1.0
 
 
 def resolve_config(args: argparse.Namespace) -> BenchConfig:
@@ -87,4 +108,8 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
         drain_timeout_s=min(args.drain_timeout, 60.0) if args.quick else args.drain_timeout,
         flush=args.flush,
         quick=args.quick,
+        scenario=args.scenario,
+        mixed_batch=min(args.mixed_batch, 400) if args.quick else args.mixed_batch,
+        mixed_s=min(args.mixed_seconds, 15.0) if args.quick else args.mixed_seconds,
+        mixed_every_s=args.mixed_every,
     )

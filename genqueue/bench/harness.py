@@ -51,9 +51,11 @@ class Harness:
 
     # ---- workers
 
-    def start_worker(self, kind: Kind, sim: SimProcess) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, kind: Kind, sim: SimProcess, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         name = f"{kind.name}-worker"
-        proc = self.children.spawn(name, kind.argv(), kind.env(sim.url))
+        proc = self.children.spawn(name, kind.argv(), kind.env(sim.url) | (env or {}))
         deadline = time.monotonic() + START_TIMEOUT_S
         while self._ping(kind.processes) < kind.processes:
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -74,6 +74,11 @@ class ResultWatcher:
         with self._cond:
             return sorted(t for task_id, (t, _) in self._done.items() if task_id in self._expected)
 
+    def done_at(self, task_ids: list[str]) -> dict[str, float]:
+        """When each of ``task_ids`` that reached a final state was seen to."""
+        with self._cond:
+            return {t: self._done[t][0] for t in task_ids if t in self._done}
+
     def wait_for(self, task_id: str, timeout_s: float) -> float | None:
         """When ``task_id``'s final state was seen (``None`` after ``timeout_s``)."""
         with self._cond:

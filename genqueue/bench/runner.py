@@ -18,6 +18,7 @@ from genqueue.bench.harness import Harness
 from genqueue.bench.phases.drain import run_drains
 from genqueue.bench.phases.enqueue import run_enqueue
 from genqueue.bench.phases.latency import run_latency
+from genqueue.bench.phases.mixed import run_mixed
 from genqueue.bench.processes import Children
 from genqueue.bench.progress import progress
 from genqueue.bench.redis_db import choose_redis
@@ -32,6 +33,8 @@ BUSY_LOAD = 0.5
 
 def run_phases(harness: Harness) -> dict[str, Any]:
     """Run the phases of ``harness.cfg``; their results by name."""
+    if harness.cfg.scenario == "mixed":
+        return {"mixed": run_mixed(harness)}
     phases = set(harness.cfg.phases)
     results: dict[str, Any] = {}
     if "enqueue" in phases:

@@ -79,6 +79,22 @@ def _other_rows(results: dict[str, Any]) -> list:
             (f"direct producer submit_many({BATCH}), tasks/s",
              _fmt(enqueue["direct_submit_many_per_s"]), "", ""),
         ]  # fmt: skip
+    mixed = results.get("mixed")
+    if mixed:
+        g, b = mixed["genqueue"], mixed["bare"]
+        rows += [
+            (f"mixed: {mixed['batch_tasks']} batch tasks (priority 2), an interactive one "
+             f"(priority 9) every {mixed['interactive_every_s']:g} s, cap {mixed['cap']}, "
+             f"L={mixed['latency_ms']:g} ms", "", "", ""),
+            ("  interactive time to start p50 / p99, s",
+             f"{g['time_to_start_p50_s']} / {g['time_to_start_p99_s']}",
+             f"{b['time_to_start_p50_s']} / {b['time_to_start_p99_s']}", ""),
+            ("  interactive unfinished at the end (their wait: a lower bound)",
+             str(g["interactive_unfinished"]), str(b["interactive_unfinished"]), ""),
+            ("  batch tasks/s", str(g["batch_per_s"]), str(b["batch_per_s"]), ""),
+            (f"  endpoint use (calls/s over {mixed['endpoint_limit_per_s']:g}/s)",
+             str(g["endpoint_use"]), str(b["endpoint_use"]), ""),
+        ]  # fmt: skip
     latency = results.get("latency")
     if latency:
         for label, key in (("p50", "p50_ms"), ("p99", "p99_ms")):

@@ -90,6 +90,8 @@ class BareKind:
         prompt = PromptRenderer(None).render(request)
         params = request.params.model_dump(mode="json", exclude_none=True)
         self._kwargs: dict[str, Any] = {"prompt": prompt, "params": params}
+        #: The bare task's keyword arguments.
+        self.task_kwargs = self._kwargs
         #: What the bare task POSTs (and what the direct call of the latency phase sends).
         self.completion_body: dict[str, Any] = {**params, "prompt": prompt}
 

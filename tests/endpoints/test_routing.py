@@ -327,3 +327,27 @@ max_concurrency = 8
     finally:
         client.close()
         api.stop()
+
+
+def test_serverless_jobs_outstanding_at_runpod_stay_within_the_cap(
+    tmp_path, redis_url, redis_client, simulator, start_worker, celery_client
+) -> None:
+    """``max_concurrency`` caps the jobs submitted and not finished, not only the /run calls."""
+    env = endpoints_file(
+        tmp_path,
+        f"""
+[endpoints.gpu]
+kind = "runpod-serverless"
+url = "{simulator.url}"
+max_concurrency = 2
+""",
+    )
+    start_worker(redis_url, "", **env)
+    simulator.configure(latency_s=1.0)
+    results = [
+        send(celery_client, {"prompt": f"job {n}", "params": {"max_tokens": 4}}) for n in range(6)
+    ]
+    for result in results:
+        assert result.get(timeout=60)["usage"]["completion_tokens"] == 4
+    assert simulator.stats()["max_in_flight"] == 2
+    assert redis_client.zcard("genqueue:lease:gpu") == 0  # every job's slot given back

@@ -53,9 +53,9 @@ def test_a_ready_task_gets_its_slot_claim_and_attempt_in_the_start_script(
     assert redis_client.zcard(keys.lease("ep")) == 1
     assert redis_client.get(keys.running("t1")) == b"claim-t1"
     assert json.loads(redis_client.get(keys.celery_result("t1")))["status"] == "STARTED"
-    # This process's permit is taken, and the shared cap (1) too: another worker's start
-    # script gets no slot and counts no attempt.
-    assert guard.offer(Claim("t2", "claim-t2", 20_000, "default")) is None
+    # The shared cap (1) is taken: neither this process's start script nor another worker's
+    # gets a slot, and neither counts an attempt.
+    assert _begin(lifecycle, guard, "t2").granted is None
     elsewhere = EndpointGuard(redis_client, "ep", GuardPolicy(limit=1))
     try:
         assert _begin(lifecycle, elsewhere, "t2").granted is None

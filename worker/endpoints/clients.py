@@ -9,6 +9,7 @@ import redis
 from worker.endpoints.completions import CompletionClient, EndpointConfig, endpoint_session
 from worker.endpoints.config import EndpointSpec
 from worker.endpoints.serverless import ServerlessClient
+from worker.limits.admission import Weights, equal_weights
 from worker.limits.guard import EndpointGuard, GuardPolicy
 from worker.redis_outage import OutagePolicy
 from worker.settings import Settings, env_name
@@ -46,8 +47,10 @@ def build_target(
     client: redis.Redis,
     pool_size: int,
     lease_ttl_s: float,
+    weights: Weights = equal_weights,
 ) -> EndpointTarget:
-    """The clients and the guard of ``spec``, for a process with ``pool_size`` slots."""
+    """The clients and the guard of ``spec``, for a process with ``pool_size`` slots;
+    ``weights`` gives a tenant's share of the endpoint when tasks wait for it."""
     guard = EndpointGuard(
         client,
         endpoint_id(spec.name),
@@ -57,10 +60,12 @@ def build_target(
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s,
             cooldown_max_s=settings.breaker_cooldown_max_s,
+            oldest_every=settings.oldest_band_every,
             requests_per_minute=spec.requests_per_minute,
             tokens_per_minute=spec.tokens_per_minute,
             outage=OutagePolicy(budget_s=settings.redis_outage_s),
         ),
+        weights=weights,
     )
     target = EndpointTarget(spec=spec, guard=guard)
     api_key = _api_key(spec, settings)

@@ -15,17 +15,16 @@
   endpoint that is down (see :mod:`worker.faults`).
 
 Both live in the same Lua scripts, so a call costs one round trip to start and one to end.
-Waiting is cheap: a local semaphore lets at most ``limit`` callers of this process contend for
-Redis, and they poll with a jittered backoff capped at ``poll_max_s``.
+A caller that finds every slot taken joins the endpoint's admission queue
+(:mod:`worker.limits.admission`) and sleeps until a freed slot is handed to it: by priority,
+then by its tenant's fair share, across every worker (see docs/scheduling.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,9 @@ from enum import Enum
 import redis
 
 from worker import keys, lua
+from worker.contract import PRIORITY_DEFAULT
 from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError
+from worker.limits.admission import Admission, Weights, equal_weights
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,9 @@ class Slot:
 
 @dataclass(frozen=True)
 class SlotOffer:
-    """A slot to try for in passing, in another script that calls :data:`ACQUIRE_FUNCTION`
-    with ``keys`` and ``args`` (its ``acquire_slot(...)`` arguments, ``now`` aside). This
-    process's local permit is already held for it: :meth:`EndpointGuard.slot` takes it over
-    once granted, :meth:`EndpointGuard.withdraw` gives it back otherwise."""
+    """A slot to try for in passing, in another script that calls ``acquire_slot`` with
+    ``keys`` and ``args`` (its arguments, ``now`` aside, then the admission queue's keys and
+    arguments): taken only if it is free and no task waits for one."""
 
     guard: EndpointGuard
     keys: tuple[str, ...]
@@ -119,6 +119,9 @@ class Claim:
     token: str
     ttl_ms: int
     endpoint: str
+    #: Where the task waits in the endpoint's admission queue: its priority and tenant.
+    priority: int = PRIORITY_DEFAULT
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,9 @@ class GuardPolicy:
     #: ``cooldown_max_s``.
     cooldown_s: float = 1.0
     cooldown_max_s: float = 5.0
-    poll_max_s: float = 0.25
+    #: Every how many slots one goes to the priority band of the task that has waited longest
+    #: (0: strict priority; see :mod:`worker.limits.admission`).
+    oldest_every: int = 10
     #: Shared per-minute limits (0: none); tokens are counted after each call.
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
@@ -144,9 +149,16 @@ class EndpointGuard:
     :param client: the Redis client.
     :param endpoint_id: a short secret-free name of the endpoint (see :mod:`worker.keys`).
     :param policy: the cap, the lease TTL and the breaker's threshold and cooldown.
+    :param weights: a tenant's weight in the admission queue's fair shares.
     """
 
-    def __init__(self, client: redis.Redis, endpoint_id: str, policy: GuardPolicy) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        endpoint_id: str,
+        policy: GuardPolicy,
+        weights: Weights = equal_weights,
+    ) -> None:
         self._client = client
         self._keys = [
             keys.lease(endpoint_id),
@@ -160,7 +172,7 @@ class EndpointGuard:
         # The scripts' cooldown argument: the first and the longest, in ms.
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
-        self._local = threading.BoundedSemaphore(policy.limit)
+        self._admission = Admission(client, endpoint_id, policy.limit, policy.oldest_every, weights)
         self._held: set[str] = set()
         self._acquire = lua.register(client, "worker.limits", "slot_acquire")
         self._release_script = lua.register(client, "worker.limits", "slot_release")
@@ -170,15 +182,17 @@ class EndpointGuard:
         self._stopped = threading.Event()
 
     def offer(self, claim: Claim) -> SlotOffer | None:
-        """A slot for ``claim`` to try for in passing, if this process's local permits are not
-        all taken (no waiting here)."""
-        if not self._local.acquire(blocking=False):
-            return None
+        """A slot for ``claim`` to try for in passing (no waiting here)."""
         token = uuid.uuid4().hex
         policy = self._policy
         return SlotOffer(
             guard=self,
-            keys=(*self._keys, keys.running(claim.task_id), keys.task_record(claim.task_id)),
+            keys=(
+                *self._keys,
+                keys.running(claim.task_id),
+                keys.task_record(claim.task_id),
+                *self._admission.keys,
+            ),
             args=(
                 policy.limit,
                 self._ttl_ms,
@@ -189,21 +203,18 @@ class EndpointGuard:
                 claim.token,
                 claim.ttl_ms,
                 claim.endpoint,
+                *self._admission.args(claim.priority, claim.tenant),
             ),
             token=token,
             claim=claim,
         )
 
     def withdraw(self, offer: SlotOffer) -> None:
-        """The script did not grant ``offer``: give its local permit back."""
-        self._local.release()
+        """The script did not grant ``offer`` (nothing is held for it)."""
 
     def release_granted(self, granted: GrantedSlot) -> None:
         """Release a granted slot that no call took over (the task ended before its call)."""
-        try:
-            self._release(granted.offer.token, Slot())
-        finally:
-            self._local.release()
+        self._release(granted.offer.token, Slot())
 
     @contextlib.contextmanager
     def slot(
@@ -220,21 +231,13 @@ class EndpointGuard:
             self._held.add(token)
             self._ensure_heartbeat()
         else:
-            self._local.acquire()
-            try:
-                slot.token = token = self._wait_for_slot(claim, slot)
-            except BaseException:
-                self._local.release()
-                raise
+            slot.token = token = self._wait_for_slot(claim, slot)
         try:
             yield slot
         finally:
             if not slot.handed_off:
                 self._held.discard(token)
-                try:
-                    self._release(token, slot)
-                finally:
-                    self._local.release()
+                self._release(token, slot)
 
     def hand_off(self, slot: Slot) -> SlotRelease:
         """Leave the release of ``slot`` (a successful call) to another script, so that it
@@ -243,56 +246,64 @@ class EndpointGuard:
         slot.handed_off = True
         args = (
             slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens,
+            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
         )  # fmt: skip
-        return SlotRelease(self, tuple(self._keys), args, slot.token)
+        return SlotRelease(self, (*self._keys, *self._admission.keys), args, slot.token)
 
     def settle(self, release: SlotRelease) -> None:
         """Another script released the slot of ``release``: stop renewing it, and let the
         next caller of this process contend for a slot (once per handed-off slot)."""
         self._held.discard(release.token)
-        self._local.release()
 
     def release(self, release: SlotRelease) -> None:
         """Release a handed-off slot after all (its script did not run); once per slot."""
         self._held.discard(release.token)
         outcome, tokens = Outcome(release.args[1]), int(release.args[4])
-        try:
-            self._release(release.token, Slot(outcome=outcome, tokens=tokens))
-        finally:
-            self._local.release()
+        self._release(release.token, Slot(outcome=outcome, tokens=tokens))
 
     def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
+        """Take a slot, or wait in the admission queue until one is handed over."""
         token = uuid.uuid4().hex
-        delay_s = 0.005
         policy = self._policy
-        script_keys = self._keys
+        admission = self._admission
+        script_keys = [*self._keys, *admission.keys]
+        priority, tenant = (claim.priority, claim.tenant) if claim else (PRIORITY_DEFAULT, None)
         args: list[int | str] = [
             policy.limit, self._ttl_ms, token, self._cooldown_ms,
             policy.requests_per_minute, policy.tokens_per_minute,
+            *admission.args(priority, tenant),
         ]  # fmt: skip
         if claim is not None:
-            task_keys = [keys.running(claim.task_id), keys.task_record(claim.task_id)]
-            script_keys = [*script_keys, *task_keys]
+            script_keys += [keys.running(claim.task_id), keys.task_record(claim.task_id)]
             args += [claim.token, claim.ttl_ms, claim.endpoint]
 
         def acquire() -> list[int]:
             return [int(n) for n in self._acquire(keys=script_keys, args=args)]
 
-        while True:
-            code, wait_ms, *attempts = ride_out(acquire, "its endpoint slot", policy.outage)
-            if code == 1:
-                if attempts:
-                    slot.attempt, slot.attempt_on_endpoint = attempts
-                break
-            if code == 2:
-                raise circuit_open(wait_ms / 1000)
-            if code == 3:
-                raise rate_limited(wait_ms / 1000)
-            if code == 4:
-                raise AlreadyRunning()
-            time.sleep(random.uniform(delay_s / 2, delay_s))
-            delay_s = min(delay_s * 2, self._policy.poll_max_s)
+        granted = admission.expect(token)
+        answered = False
+        try:
+            while True:
+                granted.clear()
+                code, wait_ms, *attempts = ride_out(acquire, "its endpoint slot", policy.outage)
+                if code != 0:
+                    answered = True
+                    break
+                self._ensure_heartbeat()  # it renews this waiter's place too
+                granted.wait()
+        finally:
+            if answered:
+                admission.forget(token)
+            else:  # interrupted while waiting: the place (or a slot handed over) goes on
+                admission.leave(token)
+        if code == 2:
+            raise circuit_open(wait_ms / 1000)
+        if code == 3:
+            raise rate_limited(wait_ms / 1000)
+        if code == 4:
+            raise AlreadyRunning()
+        if attempts:
+            slot.attempt, slot.attempt_on_endpoint = attempts
         self._held.add(token)
         self._ensure_heartbeat()
         return token
@@ -300,12 +311,13 @@ class EndpointGuard:
     def _release(self, token: str, slot: Slot) -> None:
         args = [
             token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens,
+            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
         ]  # fmt: skip
+        script_keys = [*self._keys, *self._admission.keys]
         try:
             # Ridden out: a lease left behind holds a slot of the cap until it lapses.
             opened = ride_out(
-                lambda: self._release_script(keys=self._keys, args=args),
+                lambda: self._release_script(keys=script_keys, args=args),
                 "releasing its endpoint slot",
                 self._policy.outage,
             )
@@ -337,12 +349,13 @@ class EndpointGuard:
         interval_s = self._ttl_ms / 3000
         while not self._stopped.wait(interval_s):
             held = list(self._held)
-            if not held:
-                continue
             try:
-                self._renew(keys=self._keys[:1], args=[*held, self._ttl_ms])
+                if held:
+                    self._renew(keys=self._keys[:1], args=[*held, self._ttl_ms])
+                self._admission.renew(self._ttl_ms)
             except redis.RedisError:
-                log.warning("could not renew %d concurrency leases", len(held))
+                log.warning("could not renew %d concurrency leases or waiters", len(held))
 
     def close(self) -> None:
         self._stopped.set()
+        self._admission.close()

@@ -116,6 +116,13 @@ class _Call:
     stream: bool = False
 
 
+#: A serverless job is polled in the task that submitted it, holding its endpoint slot, every
+#: JOB_POLL_FIRST_S doubling to JOB_POLL_MAX_S, for up to JOB_HOLD_S; then from the queue.
+JOB_POLL_FIRST_S = 0.25
+JOB_POLL_MAX_S = 2.0
+JOB_HOLD_S = 300.0
+
+
 def _message_dicts(request: GenerationRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in as_messages(request)]
 
@@ -362,11 +369,19 @@ class Generation:
             return None
         if request.deadline is not None and request.deadline <= datetime.now(UTC):
             return None
-        return target.guard.offer(self._claim(task_id, name))
+        return target.guard.offer(self._claim(task_id, name, request))
 
-    def _claim(self, task_id: str, endpoint: str) -> Claim:
-        """A new running claim on ``task_id``, to take with a slot on ``endpoint``."""
-        return Claim(task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, endpoint)
+    def _claim(self, task_id: str, endpoint: str, request: GenerationRequest) -> Claim:
+        """A new running claim on ``task_id``, to take with a slot on ``endpoint``; the
+        request's priority and tenant place it in the endpoint's admission queue."""
+        return Claim(
+            task_id,
+            uuid.uuid4().hex,
+            self._running.claim_ttl_ms,
+            endpoint,
+            priority=request.priority,
+            tenant=getattr(request, "tenant", None),
+        )
 
     def _on_endpoint(
         self,
@@ -390,7 +405,9 @@ class Generation:
         if granted is not None and granted.offer.guard is not target.guard:
             granted.offer.guard.release_granted(granted)  # not this endpoint's after all
             granted = None
-        claim = granted.offer.claim if granted is not None else self._claim(task_id, spec.name)
+        claim = (
+            granted.offer.claim if granted is not None else self._claim(task_id, spec.name, request)
+        )
         try:
             # Granted together with the slot: the task's running claim and its attempt count.
             with target.guard.slot(claim, granted) as slot:
@@ -431,6 +448,8 @@ class Generation:
         try:
             with self._running.cancellable(task_id):
                 result = self._send(task_id, target, call, read_timeout_s)
+                if isinstance(result, Job):
+                    result = self._await_job(request, target, result)
         except RetryableEndpointError as err:
             latency_s = self._called(started)
             verdict = self._faults.judge(task_id, target.spec.name, target.spec.base_url, err)
@@ -478,6 +497,26 @@ class Generation:
             return target.client.chat(call.messages, call.params, read_timeout_s, on_piece)
         return target.client.complete(call.prompt or "", call.params, read_timeout_s, on_piece)
 
+    def _await_job(self, request: GenerationRequest, target: EndpointTarget, job: Job) -> Job:
+        """Poll a job just submitted, here, holding its endpoint slot: ``max_concurrency`` caps
+        the jobs outstanding at RunPod, not only the ``/run`` calls. A job still pending after
+        :data:`JOB_HOLD_S` is polled from the queue instead (its slot given back)."""
+        assert target.serverless is not None
+        until = time.monotonic() + JOB_HOLD_S
+        delay_s = JOB_POLL_FIRST_S
+        try:
+            while job.state in PENDING_STATES and time.monotonic() + delay_s < until:
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, JOB_POLL_MAX_S)
+                try:
+                    job = target.serverless.status(job.job_id, request.params.max_tokens)
+                except RetryableEndpointError as err:
+                    log.info("serverless job %s: %s; polling again", job.job_id, err)
+        except TaskCancelled:
+            self._cancel_job_id(target, job.job_id)
+            raise
+        return job
+
     def _poll_job(
         self, task_id: str, request: GenerationRequest, target: EndpointTarget, progress: Progress
     ) -> GenerationResult | RetryLater:
@@ -519,10 +558,14 @@ class Generation:
     def _cancel_job(self, target: EndpointTarget, progress: Progress) -> None:
         if target.serverless is None or progress.job_id is None:
             return
+        self._cancel_job_id(target, progress.job_id)
+
+    def _cancel_job_id(self, target: EndpointTarget, job_id: str) -> None:
+        assert target.serverless is not None
         try:
-            target.serverless.cancel(progress.job_id)
+            target.serverless.cancel(job_id)
         except GenQueueError as err:
-            log.warning("could not cancel serverless job %s: %s", progress.job_id, err)
+            log.warning("could not cancel serverless job %s: %s", job_id, err)
 
     def _fall_back(
         self,

@@ -18,7 +18,7 @@ from genqueue.bench.workers import Kind
 from worker import keys
 
 
-def _hold_queues(harness: Harness, kind: Kind, count: int) -> list[bytes]:
+def hold_queues(harness: Harness, kind: Kind, count: int) -> list[bytes]:
     """Move the backlog aside (RENAME), so the worker starts idle; check it is all there."""
     queues = [k for k in harness.redis.scan_iter(count=1000) if harness.redis.type(k) == b"list"]
     total = sum(int(harness.redis.llen(q)) for q in queues)
@@ -32,7 +32,7 @@ def _hold_queues(harness: Harness, kind: Kind, count: int) -> list[bytes]:
     return queues
 
 
-def _release(harness: Harness, queues: list[bytes]) -> None:
+def release_queues(harness: Harness, queues: list[bytes]) -> None:
     pipe = harness.redis.pipeline(transaction=True)
     for queue in queues:
         pipe.rename(keys.bench_held(queue), queue)
@@ -55,7 +55,7 @@ def drain_once(harness: Harness, kind: Kind, sim: SimProcess) -> dict[str, Any]:
     enqueue0 = redis_usage(harness.redis)
     task_ids = kind.enqueue(harness.cfg.tasks)
     enqueued = (enqueue0, redis_usage(harness.redis))
-    queues = _hold_queues(harness, kind, harness.cfg.tasks)
+    queues = hold_queues(harness, kind, harness.cfg.tasks)
     sim.reset()
     worker = harness.start_worker(kind, sim)
     try:
@@ -75,7 +75,7 @@ def _measure_drain(
     harness.watcher.begin(task_ids)
     cpu0, sim0, redis0 = tree_cpu_s(worker.pid), sim.cpu_s(), redis_usage(harness.redis)
     released = time.monotonic()
-    _release(harness, queues)
+    release_queues(harness, queues)
     finished = harness.watcher.wait_all(harness.cfg.drain_timeout_s)
     cpu1, sim1, redis1 = tree_cpu_s(worker.pid), sim.cpu_s(), redis_usage(harness.redis)
     rss_mb = tree_peak_rss_mb(worker.pid)

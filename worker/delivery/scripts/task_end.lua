@@ -27,6 +27,8 @@
 -- KEYS[13] breaker_key        the endpoint's circuit breaker
 -- KEYS[14] probe_key          the breaker's probe
 -- KEYS[15] rate_key           the endpoint's per-minute counts
+-- KEYS[16..19]                the endpoint's admission queue: admit, byage, info, age (optional:
+--                             with them, the freed slot goes to the queue's head)
 --
 -- ARGV[1]  record_ttl_s       the record's time to live
 -- ARGV[2]  events_maxlen      the completion stream's approximate length cap
@@ -48,6 +50,8 @@
 --   With a slot to release:
 -- ARGV[18..22]                the release's arguments (worker.limits.guard.SlotRelease.args):
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
+-- ARGV[23..25]                with the admission queue: limit, every, queues (worker.limits'
+--                             admission.lua)
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
 local record_key, events_key, result_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -64,6 +68,9 @@ local prompt_tokens, completion_tokens = tonumber(ARGV[14]), tonumber(ARGV[15])
 local gpu_ms, usage_ttl_s = tonumber(ARGV[16]), ARGV[17]
 local slot_token, outcome, failure_threshold = ARGV[18], ARGV[19], ARGV[20]
 local cooldown, tokens_used = ARGV[21], ARGV[22]
+local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[16], KEYS[17], KEYS[18],
+  KEYS[19]
+local limit, every, queues = ARGV[23], ARGV[24], ARGV[25]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
 -- #include worker.limits:now_ms
@@ -71,7 +78,9 @@ local cooldown, tokens_used = ARGV[21], ARGV[22]
 
 if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
-    failure_threshold, cooldown, tokens_used, now)
+    failure_threshold, cooldown, tokens_used, now, admit_key and {admit = admit_key,
+      byage = admit_byage_key, info = admit_info_key, age = admit_age_key, limit = limit,
+      every = every, queues = queues})
 end
 local function acknowledge()
   redis.call('ZREM', inbox_key, task_id)

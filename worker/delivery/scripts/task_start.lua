@@ -15,6 +15,8 @@
 -- KEYS[6]  rate_key          the endpoint's per-minute counts
 -- KEYS[7]  running_key       the task's running claim
 -- KEYS[8]  claim_record_key  the task's record again (where the attempt is counted)
+-- KEYS[9..12]                the endpoint's admission queue: admit, byage, info, age (optional:
+--                            without them the slot is taken whenever one is free)
 --
 -- ARGV[1]  created_at        the record's created_at, if it has none yet (ISO time)
 -- ARGV[2]  deliveries_field  the record's field counting this retry round's deliveries
@@ -26,6 +28,9 @@
 -- ARGV[7..15]                the offer's arguments (worker.limits.guard.SlotOffer.args):
 --          limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute,
 --          tokens_per_minute, claim_token, claim_ttl_ms, endpoint
+-- ARGV[16..20]               with the admission queue: band, tenant, weight, grant list,
+--                            every (worker.limits' admission.lua); the slot is taken only
+--                            when no task waits in the queue (this one does not join it)
 --
 -- Returns {deliveries, progress fields, result meta, slot answer}: the progress fields are the
 -- record's attempts, first_attempt_at, cancel_requested, endpoint, endpoints_tried, job_id
@@ -39,6 +44,9 @@ local max_deliveries = ARGV[6]
 local limit, lease_ttl_ms, slot_token, cooldown = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local requests_per_minute, tokens_per_minute = ARGV[11], ARGV[12]
 local claim_token, claim_ttl_ms, endpoint = ARGV[13], ARGV[14], ARGV[15]
+local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[9], KEYS[10], KEYS[11],
+  KEYS[12]
+local band, tenant, weight, grant_list, every = ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 
 -- The guard's own function, written once in worker/limits/scripts/acquire_slot.lua.
 -- #include worker.limits:now_ms
@@ -65,6 +73,8 @@ if lease_key and not succeeded and not cancel_requested and not moved_to and not
     and deliveries <= tonumber(max_deliveries) then
   slot = acquire_slot(lease_key, breaker_key, probe_key, rate_key, running_key, claim_record_key,
     limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute, tokens_per_minute,
-    claim_token, claim_ttl_ms, endpoint, now)
+    claim_token, claim_ttl_ms, endpoint, now, admit_key and {admit = admit_key,
+      byage = admit_byage_key, info = admit_info_key, age = admit_age_key, band = band,
+      tenant = tenant, weight = weight, owner = grant_list, every = every, wait = false})
 end
 return {deliveries, fields, meta, slot}

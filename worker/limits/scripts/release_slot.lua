@@ -1,11 +1,18 @@
+-- #include worker.limits:admission
 -- A library: the function `release_slot`, the end of an endpoint call. Included by the
 -- guard's slot_release.lua and by the script that ends a task (worker.delivery's task_end.lua),
 -- which takes over the release of a successful call's slot. `cooldown` is "first_ms:max_ms".
+-- With `queue` (the endpoint's admission queue: a table of its keys admit, byage, info, age, and
+-- limit, every and queues, see admission.lua), the freed slot goes to the queue's head at once
+-- (or is held a moment for a more urgent task still in the Redis lists of the queues).
 -- Returns the cooldown in ms when this call opened the breaker, else 0.
 local BREAKER_TTL_MS = 3600000
 local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
-                            tokens, now)
+                            tokens, now, queue)
   redis.call('ZREM', lease, token)
+  if queue then
+    admit_next(lease, queue, queue.limit, queue.every, now)
+  end
   if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
     redis.call('HINCRBY', rate, 't', tokens)
   end
