@@ -62,3 +62,41 @@ def test_an_urgent_task_overtakes_a_batch_the_workers_already_hold(
     batch_order = [task for task in order if task != urgent.id]
     first = batch_order[0]
     assert batch_order[1:] == [t for t in batch_ids if t != first]
+
+
+def test_two_tenants_share_a_busy_endpoint_by_weight(
+    tmp_path, redis_url, redis_client, simulator, start_worker, celery_client
+) -> None:
+    # Weights from the tenants file; the tasks name their tenant, as a Celery producer may.
+    tenants_file = tmp_path / "tenants.toml"
+    tenants_file.write_text(
+        "[tenants.big]\nkey_hashes = []\nweight = 3\n\n"
+        "[tenants.small]\nkey_hashes = []\nweight = 1\n"
+    )
+    simulator.configure(latency_s=0.05)
+    start_worker(
+        redis_url, simulator.url, RUNPOD_MAX_CONCURRENCY=1, GENQUEUE_WORKER_CONCURRENCY=100,
+        GENQUEUE_TENANTS_FILE=str(tenants_file),
+    )  # fmt: skip
+    tenant_of: dict[str, str] = {}
+    results = []
+    # The small tenant's backlog is sent first: order must not decide the shares.
+    for tenant in ("small", "big"):
+        for n in range(40):
+            task_id = str(uuid.uuid4())
+            redis_client.hset(keys.task_record(task_id), "created_at", records.utcnow_iso())
+            request = {"prompt": f"{tenant} {n}", "tenant": tenant, "params": {"max_tokens": 4}}
+            results.append(
+                celery_client.send_task(
+                    "genqueue.generate", kwargs={"request": request}, task_id=task_id
+                )
+            )
+            tenant_of[task_id] = tenant
+    for result in results:
+        result.get(timeout=90)
+    order = [tenant_of[task] for task in finish_order(redis_client)]
+    assert len(order) == 80
+    # While both have work waiting (the first 40 calls, after the one taken in passing),
+    # calls go 3:1 within 10 %.
+    window = order[2:42]
+    assert 27 <= window.count("big") <= 33, window
