@@ -16,8 +16,9 @@ from worker.delivery.task_scripts import BrokerAcks
 from worker.endpoints.clients import EndpointTarget, build_target
 from worker.endpoints.config import require_endpoints
 from worker.observability.metrics import TaskObserver, process_metrics
+from worker.pipeline.attempt import GenerationPolicy
 from worker.pipeline.backoff import RetryPolicy
-from worker.pipeline.generation import Generation, GenerationPolicy
+from worker.pipeline.generation import Generation
 from worker.pipeline.render import PromptRenderer
 from worker.redis_outage import OutagePolicy
 from worker.settings import Settings

@@ -34,7 +34,7 @@ from worker.observability.flower_summaries import (
     result_summary,
     webhook_summary,
 )
-from worker.pipeline.generation import ABANDONED, DUPLICATE, Delivery
+from worker.pipeline.attempt import ABANDONED, DUPLICATE, Delivery
 from worker.pipeline.retry_decision import RetryLater
 from worker.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.resources import runtime_for

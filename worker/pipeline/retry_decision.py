@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from worker.contract import GenerationRequest
 from worker.errors import DeadlineExpired, GenQueueError, RetriesExhausted, RetryableEndpointError
@@ -75,6 +76,16 @@ def retry_or_give_up(
             f"would pass before the next one: {err.message}"
         ) from err
     return later(request, err, attempt, delay_s)
+
+
+def time_left(request: GenerationRequest) -> float | None:
+    """Seconds until the request's deadline (``None`` without one); expired if none are left."""
+    if request.deadline is None:
+        return None
+    left_s = (request.deadline - datetime.now(UTC)).total_seconds()
+    if left_s <= 0:
+        raise DeadlineExpired(f"the deadline {request.deadline.isoformat()} passed")
+    return left_s
 
 
 def next_endpoint(chain: Sequence[str], tried: Sequence[str]) -> str | None:
