@@ -16,7 +16,7 @@ from worker.redis_outage import OutagePolicy
 #: Returned when another live worker runs the same task: this copy is dropped.
 DUPLICATE = "duplicate"
 #: Returned when Redis stayed away past the outage budget: nothing was written, and the
-#: message is left to come back (see :meth:`Generation._abandon`).
+#: message is left to come back (see :meth:`~worker.pipeline.recording.TaskRecorder.abandon`).
 ABANDONED = "abandoned"
 #: Finished results this process could not store, kept until their task's message comes back.
 UNSTORED_MAX = 10_000
