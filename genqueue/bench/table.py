@@ -95,6 +95,12 @@ def _other_rows(results: dict[str, Any]) -> list:
             (f"  endpoint use (calls/s over {mixed['endpoint_limit_per_s']:g}/s)",
              str(g["endpoint_use"]), str(b["endpoint_use"]), ""),
         ]  # fmt: skip
+        fair = mixed.get("fairness")
+        if fair:
+            rows.append(
+                (f"  share of the calls to the weight-3 tenant (3:1 is 0.75; "
+                 f"{fair['calls_counted']} calls)", str(fair["heavy_share"]), "", "")
+            )  # fmt: skip
     latency = results.get("latency")
     if latency:
         for label, key in (("p50", "p50_ms"), ("p99", "p99_ms")):

@@ -4,14 +4,18 @@ A batch backlog at priority 2 (one tenant) is released to the workers; interacti
 priority 9 (another tenant) arrive at a steady rate meanwhile. The simulator answers in
 ``MIXED_LATENCY_S`` and the cap is ``MIXED_CAP`` calls. Measured for genqueue and for bare
 Celery (first in, first out, ``-c MIXED_CAP``) in the same run: the interactive tasks' time to
-start (their time to a result, less the call's latency) and the batch's throughput.
+start (their time to a result, less the call's latency) and the batch's throughput. Then, for
+genqueue: two tenants of weights 3 and 1 (a tenants file) with backlogs at one priority, the
+lighter one's sent first: their shares of the calls while both have work waiting.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -29,6 +33,10 @@ MIXED_LATENCY_S = 1.0
 BATCH_PRIORITY, INTERACTIVE_PRIORITY = 2, 9
 #: How long the interactive tasks sent last may take to finish after the window.
 TAIL_S = 10.0
+#: The fairness run: each tenant's backlog, their weights, the call's latency.
+FAIR_TASKS = 200
+FAIR_WEIGHTS = {"heavy": 3, "light": 1}
+FAIR_LATENCY_S = 0.2
 
 
 def run_mixed(harness: Harness) -> dict[str, Any]:
@@ -53,8 +61,54 @@ def run_mixed(harness: Harness) -> dict[str, Any]:
                 f" ({found['interactive_unfinished']} unfinished), batch "
                 f"{found['batch_per_s']:.2f}/s"
             )
+    with harness.simulator(FAIR_LATENCY_S) as sim:
+        figures["fairness"] = _fairness_once(harness, sim)
+        progress(f"mixed, fairness: {figures['fairness']['heavy_share']:.3f} of the calls to "
+                 f"weight 3 (0.75 is 3:1)")  # fmt: skip
     harness.redis.flushdb()
     return figures
+
+
+def _fairness_once(harness: Harness, sim: SimProcess) -> dict[str, Any]:
+    """Two tenants' same-priority backlogs, the lighter one's sent first; the share of the calls
+    while both have work waiting (the first ``FAIR_TASKS`` calls) that went to the heavier."""
+    from api_producer.producers.direct import DirectProducer
+
+    harness.redis.flushdb()
+    tenants = Path(tempfile.mkdtemp(prefix="genqueue-bench-")) / "tenants.toml"
+    tenants.write_text(
+        "".join(f"[tenants.{n}]\nkey_hashes = []\nweight = {w}\n" for n, w in FAIR_WEIGHTS.items())
+    )
+    producer = DirectProducer(harness.settings)
+    tenant_of: dict[str, str] = {}
+    try:
+        for name in sorted(FAIR_WEIGHTS, key=FAIR_WEIGHTS.__getitem__):
+            request = GenerationRequest.model_validate({**REQUEST, "tenant": name})
+            for start in range(0, FAIR_TASKS, BATCH):
+                chunk = [request] * min(BATCH, FAIR_TASKS - start)
+                tenant_of.update(dict.fromkeys(producer.submit_many(chunk).task_ids, name))
+    finally:
+        producer.close()
+    queues = hold_queues(harness, harness.genqueue, len(tenant_of))
+    sim.reset()
+    env = {"RUNPOD_MAX_CONCURRENCY": str(MIXED_CAP), "GENQUEUE_TENANTS_FILE": str(tenants)}
+    worker = harness.start_worker(harness.genqueue, sim, env)
+    try:
+        harness.watcher.begin(list(tenant_of))
+        release_queues(harness, queues)
+        for task_id in tenant_of:
+            harness.watcher.wait_for(task_id, 120.0)
+        done = harness.watcher.done_at(list(tenant_of))
+    finally:
+        harness.stop_worker(worker)
+    order = [tenant_of[t] for t in sorted(done, key=done.__getitem__)]
+    window = order[MIXED_CAP : MIXED_CAP + FAIR_TASKS]  # after the first calls, taken in passing
+    return {
+        "weights": FAIR_WEIGHTS,
+        "tasks_per_tenant": FAIR_TASKS,
+        "calls_counted": len(window),
+        "heavy_share": round(window.count("heavy") / max(1, len(window)), 3),
+    }
 
 
 def _mixed_once(harness: Harness, kind: Kind, sim: SimProcess) -> dict[str, Any]:
