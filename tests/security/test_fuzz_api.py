@@ -35,6 +35,9 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 30
+#: The OpenAI routes wait for their task: with no worker running, a valid call's wait runs out,
+#: a documented 504 (the task carries on), not a crash. Every other 5xx still fails the test.
+WAITING_ROUTES = {"/v1/completions", "/v1/chat/completions"}
 
 
 def _openapi() -> dict[str, Any]:
@@ -70,6 +73,9 @@ def test_fuzz_operation(api_factory, redis_url, label: str, mode: GenerationMode
     api = api_factory(
         redis_url, api_wait_max_s=0, api_rate_limit_per_minute=20, api_openai_wait_s=0.2
     )
+    checks_for = CHECKS
+    if operation.path in WAITING_ROUTES:  # status_code_conformance still holds them to the doc
+        checks_for = [check for check in CHECKS if check is not checks.not_a_server_error]
     statuses: list[int] = []
 
     @settings(
@@ -80,12 +86,13 @@ def test_fuzz_operation(api_factory, redis_url, label: str, mode: GenerationMode
     )
     @given(case=operation.as_strategy(generation_mode=mode))
     def fuzz(case: Any) -> None:
-        response = case.call_and_validate(base_url=api.url, headers=AUTH, checks=CHECKS)
+        response = case.call_and_validate(base_url=api.url, headers=AUTH, checks=checks_for)
         statuses.append(response.status_code)
 
     fuzz()
     assert statuses, "no request was made"
-    assert all(status < 500 or status == 503 for status in statuses)
+    allowed = {503, 504} if operation.path in WAITING_ROUTES else {503}
+    assert all(status < 500 or status in allowed for status in statuses)
     if mode is GenerationMode.NEGATIVE and operation.path.startswith("/v1/tasks"):
         assert {401, 404, 413, 422} & set(statuses), f"no refusal among {sorted(set(statuses))}"
 
