@@ -28,18 +28,17 @@ import logging
 import os
 import re
 import time
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from worker.contract import PRIORITY_MAX, TENANT_NAME_PATTERN, GenerationRequest
 from worker.errors import SettingsError
 from worker.settings import Settings, env_name
-from worker.toml_lines import line_of
+from worker.toml_lines import line_of, read_named_tables
 
 log = logging.getLogger("genqueue.tenants")
 
@@ -210,28 +209,7 @@ def _drop_key_tenant(
 
 
 def _read_file(path: Path, env: Mapping[str, str]) -> list[tuple[Tenant, list[bytes]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise SettingsError(
-            f"{env_name('tenants_file')}: cannot read {path}: {err.strerror}"
-        ) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SettingsError(f"{path}: {err}") from None
-    for name, table in (raw.get("tenants") or {}).items():
-        if isinstance(table, dict):
-            table.setdefault("name", name)
-    try:
-        parsed = TenantsFile.model_validate(raw)
-    except ValidationError as err:
-        problems = [
-            f"{path}:{line_of(text, problem['loc'])}: "
-            f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
-            for problem in err.errors(include_input=False, include_url=False)
-        ]
-        raise SettingsError("invalid tenants file:\n  " + "\n  ".join(problems)) from None
+    parsed, text = read_named_tables(path, "tenants", TenantsFile, env_name("tenants_file"))
     read = [_tenant(path, text, spec, env) for spec in parsed.tenants.values()]
     _check_unique_keys(path, text, read)
     return read

@@ -1,8 +1,45 @@
-"""Where a value sits in a TOML file of named tables, for errors that name the line."""
+"""A TOML file of named tables (``[endpoints.NAME]``, ``[tenants.NAME]``), read and validated
+with errors that name the file, the line and the field."""
 
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from worker.errors import SettingsError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def read_named_tables(
+    path: Path, table: str, model: type[Model], setting: str
+) -> tuple[Model, str]:
+    """The file at ``path`` (named by ``setting``) as ``model`` (each ``[table.NAME]`` gets its
+    ``name``), and its text; a :class:`SettingsError` naming file, line and field otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SettingsError(f"{setting}: cannot read {path}: {err.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{path}: {err}") from None
+    for name, entry in (raw.get(table) or {}).items():
+        if isinstance(entry, dict):
+            entry.setdefault("name", name)
+    try:
+        return model.model_validate(raw), text
+    except ValidationError as err:
+        problems = [
+            f"{path}:{line_of(text, problem['loc'])}: "
+            f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+            for problem in err.errors(include_input=False, include_url=False)
+        ]
+        raise SettingsError(f"invalid {table} file:\n  " + "\n  ".join(problems)) from None
 
 
 def line_of(text: str, loc: tuple[int | str, ...]) -> int:

@@ -26,17 +26,16 @@ stops the service at start with the line and the field at fault.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
 from worker.settings import POD_PROXY_TIMEOUT_S, Settings, env_name
-from worker.toml_lines import line_of
+from worker.toml_lines import read_named_tables
 
 DEFAULT_ENDPOINT = "default"
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
@@ -187,27 +186,8 @@ def require_endpoints(settings: Settings) -> Endpoints:
 
 
 def _parse_file(path: Path) -> EndpointsFile:
-    where = env_name("endpoints_file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise SettingsError(f"{where}: cannot read {path}: {err.strerror}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SettingsError(f"{path}: {err}") from None
-    for name, table in (raw.get("endpoints") or {}).items():
-        if isinstance(table, dict):
-            table.setdefault("name", name)
-    try:
-        return EndpointsFile.model_validate(raw)
-    except ValidationError as err:
-        problems = [
-            f"{path}:{line_of(text, problem['loc'])}: "
-            f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
-            for problem in err.errors(include_input=False, include_url=False)
-        ]
-        raise SettingsError("invalid endpoints file:\n  " + "\n  ".join(problems)) from None
+    parsed, _ = read_named_tables(path, "endpoints", EndpointsFile, env_name("endpoints_file"))
+    return parsed
 
 
 def _check_references(specs: dict[str, EndpointSpec], default: str, path: Path | None) -> None:
