@@ -99,6 +99,14 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     504: _openai_error("the wait ran out; the task carries on and its id is in the message"),
 }
 
+#: A call's answer: OpenAI's JSON, or with ``"stream": true`` its server-sent events.
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "OpenAI's response, or its chunks as server-sent events when streaming",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    }
+}
+
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, responses=OPENAI_ERRORS)
 
 PriorityHeader = Annotated[
@@ -115,7 +123,7 @@ async def list_models(state: StateDep, _caller: CallerDep) -> dict[str, Any]:
     return {"object": "list", "data": models}
 
 
-@router.post("/completions")
+@router.post("/completions", responses=ANSWERS)
 async def completions(
     body: CompletionBody,
     state: StateDep,
@@ -128,7 +136,7 @@ async def completions(
     return await _serve("completion", body, state, caller, charge, counted, priority)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=ANSWERS)
 async def chat_completions(
     body: ChatBody,
     state: StateDep,
