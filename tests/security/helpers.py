@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import ssl
 import subprocess
@@ -173,3 +174,14 @@ def redis_contents(client: redis.Redis) -> dict[bytes, bytes]:
         parts = [key, client.dump(key) or b"", *_values(client, key)]
         contents[_as_bytes(key)] = b"\n".join(_as_bytes(part) for part in parts if part)
     return contents
+
+
+def wait_error(client: redis.Redis, task_id: str, timeout_s: float) -> dict[str, Any]:
+    """The ``error`` a task's record holds, once the worker has written it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        raw = client.hget(f"genqueue:task:{task_id}", "error")
+        if raw:
+            return dict(json.loads(raw))
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} has no error after {timeout_s}s")

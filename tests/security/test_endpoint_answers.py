@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from genqueue.embedded_redis import free_port
 from tests.conftest import SimulatorControl
-from tests.security.helpers import wait_http
+from tests.security.helpers import wait_error, wait_http
 from worker.endpoints.answers import RESPONSE_BYTES_PER_TOKEN, RESPONSE_OVERHEAD_BYTES
 from worker.endpoints.completions import CompletionClient, EndpointConfig, endpoint_session
 from worker.endpoints.serverless import ServerlessClient, job_input
@@ -183,14 +183,8 @@ def _send(celery_client: Any) -> Any:
     return celery_client.send_task("genqueue.generate", kwargs={"request": request})
 
 
-def _wait_error(client: redis.Redis, task_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        raw = client.hget(f"genqueue:task:{task_id}", "error")
-        if raw:
-            return dict(json.loads(raw))
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} has no error after {timeout_s}s")
+def _wait_error(client: redis.Redis, task_id: str) -> dict[str, Any]:
+    return wait_error(client, task_id, timeout_s=60)
 
 
 def _peak_rss_bytes(pid: int) -> int:

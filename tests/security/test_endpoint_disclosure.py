@@ -7,7 +7,6 @@ tracebacks too), the completion stream and the dead letters are searched for the
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ import redis
 from celery import Celery
 
 from genqueue.embedded_redis import free_port
-from tests.security.helpers import redis_contents
+from tests.security.helpers import redis_contents, wait_error
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,16 +26,8 @@ def _send(client: Celery, **request: Any) -> Any:
     return client.send_task("genqueue.generate", kwargs={"request": body})
 
 
-def _wait_error(client: redis.Redis, task_id: str, timeout_s: float = 30) -> dict[str, Any]:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        raw = client.hget(f"genqueue:task:{task_id}", "error")
-        if raw:
-            return dict(json.loads(raw))
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} has no error after {timeout_s}s")
+def _wait_error(client: redis.Redis, task_id: str) -> dict[str, Any]:
+    return wait_error(client, task_id, timeout_s=30)
 
 
 def _everything(client: redis.Redis) -> bytes:
