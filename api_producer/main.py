@@ -27,6 +27,7 @@ from api_producer.quota import QuotaExceeded, TokenBudget
 from api_producer.rate_limit import RateLimiter
 from api_producer.routes import batches, health, metrics, openai, stream, tasks, usage
 from api_producer.store import TaskStore
+from api_producer.task_redis import TaskRedis
 from api_producer.token_follow import TokenFollower
 from api_producer.uploads import UploadSlots
 from api_producer.usage import UsageReader
@@ -48,7 +49,7 @@ def _templates(settings: Settings) -> frozenset[str] | None:
 
 def listener(settings: Settings) -> ResultListener:
     """The process's one pub/sub connection for ``?wait=`` (a client of its own)."""
-    client = connections.async_client(settings, max_connections=2)
+    client = connections.async_client(settings, max_connections=2, results=True)
     return ResultListener(client, settings.api_max_waiters)
 
 
@@ -57,7 +58,7 @@ def build_state(settings: Settings) -> ApiState:
     async_client = connections.async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
     endpoints = load_endpoints(settings)  # an invalid file stops the API at start
-    store = TaskStore(async_client, settings.result_ttl_s, listener(settings))
+    store = TaskStore(TaskRedis.from_settings(settings, async_client, 1024), listener(settings))
     # A blocked XREAD holds its connection: the follows have a client of their own.
     follows_client = connections.async_client(settings, max_connections=settings.api_max_streams)
     return ApiState(

@@ -7,8 +7,8 @@ import contextlib
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
+from api_producer.task_redis import TaskRedis
 from api_producer.waiters import ResultListener, TooManyWaiters
 from worker import keys
 from worker.contract import TaskState, TaskStatus
@@ -32,21 +32,19 @@ class OwnedStatus:
 class TaskStore:
     """Task status from the record and Celery's result key.
 
-    :param client: an asyncio Redis client on genqueue's Redis.
-    :param result_ttl_s: how long a cancelled task's result is kept.
-    :param listener: the process's one pub/sub connection, for waits.
+    :param tasks: the records' and the results' Redis.
+    :param listener: the process's one pub/sub connection (on the results' Redis), for waits.
     """
 
-    def __init__(self, client: aioredis.Redis, result_ttl_s: int, listener: ResultListener) -> None:
-        self._redis = client
-        self._result_ttl_s = result_ttl_s
+    def __init__(self, tasks: TaskRedis, listener: ResultListener) -> None:
+        self._tasks = tasks
         self._listener = listener
         self._wait_reads = asyncio.Semaphore(WAIT_READS)
 
     @property
     def client(self) -> aioredis.Redis:
-        """The asyncio Redis client it reads with (shared with other readers of the API)."""
-        return self._redis
+        """The asyncio client on ``REDIS_URL``'s Redis (shared with other readers of the API)."""
+        return self._tasks.client
 
     async def get(self, task_id: str) -> TaskStatus | None:
         """The status, or ``None`` for an id genqueue never accepted (or has forgotten)."""
@@ -62,10 +60,7 @@ class TaskStore:
         if throttled:
             async with self._wait_reads:
                 return await self.get_owned(task_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(keys.task_record(task_id))
-        pipe.get(keys.celery_result(task_id))
-        record, meta = await pipe.execute()
+        [(record, meta)] = await self._tasks.read([task_id])
         if not record and meta is None:
             return None
         owner = record.get(records.F_TENANT.encode()) if record else None
@@ -104,16 +99,17 @@ class TaskStore:
             return await self.get(task_id)
 
     async def aclose(self) -> None:
+        """Close the listener and the results' client of its own (``client`` is shared)."""
         await self._listener.aclose()
+        if self._tasks.apart:
+            await self._tasks.results.aclose()
 
     async def cancel(self, task_id: str) -> TaskStatus | None:
         """Ask for cancellation; a task not yet running is marked cancelled at once."""
         status = await self.get(task_id)
         if status is None or status.status.is_final:
             return status
-        pipe = self._redis.pipeline(transaction=True)
-        add_cancel(pipe, task_id, status.status, self._result_ttl_s)
-        await pipe.execute()
+        await self._tasks.cancel([(task_id, status.status)])
         if status.status is TaskState.QUEUED:
             return await self.get(task_id)
         try:
@@ -121,27 +117,11 @@ class TaskStore:
         except TooManyWaiters:
             return await self.get(task_id)  # asked for: the worker acknowledges on its own
 
-    async def ping(self) -> bool:
-        return bool(await self._redis.ping())
-
-
-def add_cancel(pipe: Pipeline, task_id: str, state: TaskState, result_ttl_s: int) -> None:
-    """Add to ``pipe`` what cancels a task now in ``state`` (not final), for tasks and batches.
-
-    The cancel flag always (a worker drops a flagged task before calling the endpoint). A queued
-    task gets Celery's REVOKED result at once, so plain Celery clients see the cancellation too;
-    a running or retrying one is announced on the cancel channel, so the worker running it
-    aborts its endpoint call.
-    """
-    pipe.hset(keys.task_record(task_id), records.F_CANCEL, "1")
-    if state is not TaskState.QUEUED:
-        pipe.publish(keys.CANCEL_CHANNEL, task_id)
-        return
-    meta = records.revoked_meta(task_id)
-    result_key = keys.celery_result(task_id)
-    pipe.set(result_key, meta, ex=result_ttl_s)
-    pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())
-    pipe.publish(result_key, meta)
+    async def ping(self) -> None:
+        """Raises unless Redis answers (and the results' Redis, when it is another)."""
+        await self._tasks.client.ping()
+        if self._tasks.apart:
+            await self._tasks.results.ping()
 
 
 async def _until(event: asyncio.Event, deadline: float) -> None:

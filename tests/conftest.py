@@ -59,6 +59,18 @@ def redis_url(redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_redis_url(redis_server: str, redis_url: str) -> Iterator[str]:
+    """Another database of this test's own (not ``redis_url``'s), flushed around the test."""
+    url = f"{redis_server}/{next(_databases)}"
+    assert url != redis_url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client

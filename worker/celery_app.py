@@ -71,10 +71,12 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self._heartbeat: Heartbeat | None = None
         self._client: redis.Redis | None = None
+        self._results: redis.Redis | None = None
 
     def start(self, parent: Any) -> None:
         settings = parent.app.genqueue_settings
         self._client = connections.sync_client(settings, max_connections=4)
+        self._results = connections.results_client(settings, self._client, max_connections=2)
         channel = parent.task_consumer.channel
         renew = unacked_renewer(self._client, channel)
         queues = [queue.name for queue in parent.task_consumer.queues]
@@ -87,7 +89,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
         """A beat that, in one worker at a time, sends again the tasks whose message was lost
         (see :mod:`worker.delivery.lost_message_sweep`)."""
         assert self._client is not None
-        client = self._client
+        client, results = self._client, self._results
         interval_ms = int(settings.heartbeat_interval_s * REAPER_EVERY_BEATS * 1000)
         send = sender(app)
 
@@ -101,6 +103,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
                 unacked_key,
                 grace_s=settings.visibility_timeout_s * 2,
                 retention_s=settings.result_ttl_s,
+                results=results,
             )
 
         return reap_lost
@@ -115,9 +118,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     pool_size = settings.worker_concurrency + SPARE_CONNECTIONS
     return {
         "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "result_backend": settings.results_url,
         **connections.celery_tls_config(settings),
-        "result_backend_transport_options": connections.sentinel_options(settings),
+        "result_backend_transport_options": connections.sentinel_options(
+            settings, settings.results_url
+        ),
         # JSON only: a pickled message is refused, never executed.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 
 import redis
+from redis import Redis
 
 from worker import connections
 from worker.delivery import broker
@@ -38,6 +39,8 @@ class WorkerRuntime:
     running: RunningTasks
     generation: Generation
     webhooks: WebhookSender | None = None
+    #: The Redis of Celery's results, when it is not ``redis`` (GENQUEUE_RESULT_REDIS_URL).
+    results: Redis | None = None
 
     def close(self) -> None:
         if self.webhooks is not None:
@@ -46,6 +49,8 @@ class WorkerRuntime:
             target.close()
         self.running.close()
         self.redis.close()
+        if self.results is not None:
+            self.results.close()
 
 
 def redis_client(settings: Settings, max_connections: int) -> redis.Redis:
@@ -57,6 +62,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     endpoints = require_endpoints(settings)
     concurrency = settings.worker_concurrency
     client = redis_client(settings, concurrency + SPARE_CONNECTIONS)
+    results = connections.results_client(settings, client, concurrency + SPARE_CONNECTIONS)
     tenants = TenantsSource(settings)  # an invalid tenants file stops the worker at start
 
     def weight_of(tenant: str) -> float:
@@ -99,15 +105,22 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             unacked_index_key=broker.UNACKED_INDEX_KEY,
             settled=broker.settle,
         ),
+        result_client=results,
     )
     webhooks = WebhookSender(
         client,
         policy_from(settings),
         on_outcome=lambda outcome: process_metrics().webhooks.labels(outcome).inc(),
         tenant_secret=lambda name: tenants.current().webhook_secret_of(name),
+        results=results,
     )
     return WorkerRuntime(
-        redis=client, targets=targets, running=running, generation=generation, webhooks=webhooks
+        redis=client,
+        targets=targets,
+        running=running,
+        generation=generation,
+        webhooks=webhooks,
+        results=results if results is not client else None,
     )
 
 

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         default=(), validation_alias="GENQUEUE_API_KEYS"
     )
 
+    #: A Redis of its own for Celery's task results (``celery-task-meta-*`` and their
+    #: channels); unset: the results live in ``REDIS_URL``'s Redis (docs/redis.md).
+    result_redis_url: str | None = Field(default=None, repr=False)
+
     # --- TLS to Redis (``rediss://``; the server's certificate and host name are verified) ---
     #: CA certificates (PEM) that Redis's certificate must chain to; unset: the system's.
     redis_ca_file: FilePath | None = None
@@ -230,6 +234,31 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss://, unix:// or sentinel://")
         return value
+
+    @field_validator("result_redis_url")
+    @classmethod
+    def _check_result_redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if redis_sentinel.is_sentinel(value):
+            raise ValueError(
+                "a result Redis behind Sentinel is not supported: give its primary as "
+                "redis:// or rediss://, or leave it unset to keep the results in REDIS_URL"
+            )
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def results_apart(self) -> bool:
+        """Whether Celery's results live in a Redis of their own (``result_redis_url``)."""
+        return self.result_redis_url is not None and self.result_redis_url != self.redis_url
+
+    @property
+    def results_url(self) -> str:
+        """The URL of the Redis holding Celery's results."""
+        return self.result_redis_url or self.redis_url
 
     @model_validator(mode="after")
     def _check_redis_tls(self) -> Settings:

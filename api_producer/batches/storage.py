@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from api_producer.batches.models import (
     ENQUEUE_CHUNK,
@@ -41,7 +40,7 @@ from api_producer.batches.models import (
 from api_producer.producers.direct import DirectProducer, EnqueueError, describe_redis_error
 from api_producer.producers.enqueue import Reservation
 from api_producer.quota import TokenBudget
-from api_producer.store import add_cancel
+from api_producer.task_redis import RawTask, TaskRedis
 from worker import connections, keys
 from worker.contract import TaskState
 from worker.delivery import records
@@ -106,22 +105,25 @@ class BatchStore:
     """Batches in Redis: created from validated lines, read and cancelled through their tasks.
 
     :param producer: enqueues the tasks, :data:`ENQUEUE_CHUNK` at a time.
-    :param client: an asyncio Redis client on genqueue's Redis.
+    :param tasks: the tasks' records and results (a client on genqueue's Redis, and one on the
+        results' when they are apart).
     :param result_ttl_s: how long a batch is kept (as long as its tasks' records).
     """
 
-    def __init__(self, producer: DirectProducer, client: aioredis.Redis, result_ttl_s: int) -> None:
+    def __init__(self, producer: DirectProducer, tasks: TaskRedis, result_ttl_s: int) -> None:
         self._producer = producer
-        self._redis = client
+        self._tasks = tasks
+        self._redis = tasks.client
         self._ttl_s = result_ttl_s
 
     @classmethod
     def from_settings(cls, settings: Settings, producer: DirectProducer) -> BatchStore:
         client = connections.async_client(settings, max_connections=64)
-        return cls(producer, client, settings.result_ttl_s)
+        tasks = TaskRedis.from_settings(settings, client, max_connections=64)
+        return cls(producer, tasks, settings.result_ttl_s)
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self._tasks.aclose()
 
     async def create(
         self,
@@ -231,14 +233,9 @@ class BatchStore:
                 return  # expired meanwhile
             yield [_entry(item) for item in raw]
 
-    async def _read(self, task_ids: Sequence[str]) -> list[tuple[dict[Any, Any], bytes | None]]:
-        """Each task's record and Celery result, in one pipeline."""
-        pipe = self._redis.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hgetall(keys.task_record(task_id))
-            pipe.get(keys.celery_result(task_id))
-        replies = await pipe.execute()
-        return list(zip(replies[0::2], replies[1::2], strict=True))
+    async def _read(self, task_ids: Sequence[str]) -> list[RawTask]:
+        """Each task's record and Celery result."""
+        return await self._tasks.read(task_ids)
 
     async def _store(
         self,
@@ -265,19 +262,16 @@ class BatchStore:
         await pipe.execute()
 
     async def _cancel_tasks(self, task_ids: Sequence[str]) -> int:
-        """Cancel the tasks not final yet (:func:`api_producer.store.add_cancel`); how many."""
+        """Cancel the tasks not final yet (:meth:`TaskRedis.cancel`); how many."""
         replies = await self._read(task_ids)
-        pipe = self._redis.pipeline(transaction=False)
-        cancelled = 0
+        cancels = []
         for task_id, (record, meta) in zip(task_ids, replies, strict=True):
             state = task_state(record, meta)
-            if state.is_final:
-                continue
-            cancelled += 1
-            add_cancel(pipe, task_id, state, self._ttl_s)
-        if cancelled:
-            await pipe.execute()
-        return cancelled
+            if not state.is_final:
+                cancels.append((task_id, state))
+        if cancels:
+            await self._tasks.cancel(cancels)
+        return len(cancels)
 
     async def _withdraw(self, task_ids: Sequence[str]) -> None:
         """Cancel the tasks of a batch that could not be accepted whole.

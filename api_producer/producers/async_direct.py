@@ -44,6 +44,7 @@ class AsyncProducer:
         return await submission.arun(steps, self._execute)
 
     async def _execute(self, step: Step) -> Any:
+        assert not step.results, "a submission's steps all run on the broker's Redis"
         if not step.transaction:
             return await self._redis.execute_command(*step.commands[0])
         pipe = self._redis.pipeline(transaction=True)

@@ -95,10 +95,13 @@ class DirectProducer:
     ) -> None:
         self._settings = settings
         self._redis = redis_client or connections.sync_client(settings)
+        self._results = connections.results_client(settings, self._redis, max_connections=4)
         self.plan = plan or make_plan(settings, self._redis)
 
     def close(self) -> None:
         self._redis.close()
+        if self._results is not self._redis:
+            self._results.close()
 
     def submit(self, request: GenerationRequest) -> str:
         """Enqueue one request; its task id."""
@@ -122,9 +125,10 @@ class DirectProducer:
         submission.run(submission.requeue(self.plan, task_id, request, ttl_s), self._execute)
 
     def _execute(self, step: Step) -> Any:
+        client = self._results if step.results else self._redis
         if not step.transaction:
-            return self._redis.execute_command(*step.commands[0])
-        pipe = self._redis.pipeline(transaction=True)
+            return client.execute_command(*step.commands[0])
+        pipe = client.pipeline(transaction=True)
         for command in step.commands:
             pipe.execute_command(*command)
         return pipe.execute()

@@ -44,6 +44,9 @@ class Step:
 
     commands: list[Command]
     transaction: bool = False
+    #: Run on the Redis of Celery's results (``GENQUEUE_RESULT_REDIS_URL``; the one Redis
+    #: when that is unset).
+    results: bool = False
 
 
 T = TypeVar("T")
@@ -95,9 +98,10 @@ def requeue(
     try:
         fields = yield Step([("HKEYS", key)])
         stale = [field for field in map(_text, fields) if field.startswith(records.F_DELIVERIES)]
+        # The old outcome first: the new run's states are written after the message is sent.
+        yield Step([("DEL", keys.celery_result(task_id))], results=True)
         yield Step(
             [
-                ("DEL", keys.celery_result(task_id)),
                 ("HDEL", key, *_CLEARED_ON_REQUEUE, *stale),
                 ("HSET", key, records.F_ATTEMPTS, "0"),
                 ("HSETNX", key, records.F_CREATED, records.utcnow_iso()),

@@ -19,7 +19,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Redis is unreachable"}})
 async def readyz(state: StateDep) -> JSONResponse:
-    """Ready when Redis answers."""
+    """Ready when Redis answers (and the results' Redis, ``GENQUEUE_RESULT_REDIS_URL``)."""
     try:
         await state.store.ping()
     except (RedisError, OSError):

@@ -13,7 +13,7 @@ from api_producer.batches import BatchRules, BatchStore, parse_batch
 from api_producer.batches import storage as batches_storage
 from api_producer.producers.direct import DirectProducer, EnqueueError
 from tests.batches.conftest import get_json, jsonl, line, post_batch, queue_depth, results
-from worker import connections, keys
+from worker import keys
 from worker.delivery import records
 from worker.settings import Settings
 
@@ -179,7 +179,7 @@ def test_a_failure_midway_withdraws_the_sent_chunks(redis_url, redis_client, mon
     lines = parse_batch(jsonl(line(i) for i in range(10)), "application/x-ndjson", rules)
 
     async def create() -> None:
-        store = BatchStore(producer, connections.async_client(settings), settings.result_ttl_s)
+        store = BatchStore.from_settings(settings, producer)
         try:
             await store.create(lines)
         finally:

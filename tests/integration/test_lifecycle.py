@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
 from worker import keys
-from worker.delivery.task_scripts import BrokerAcks, Ending, Lifecycle
+from worker.delivery.task_scripts import BrokerAcks, Ending, Lifecycle, celery_meta
 from worker.limits.guard import Claim, EndpointGuard, GuardPolicy
 
 MAX_DELIVERIES = 3
@@ -123,3 +124,76 @@ def test_a_success_cancelled_meanwhile_keeps_its_message_until_the_cancelled_end
     lifecycle.finish("t1", Ending("cancelled", error_type="cancelled"), None, None, TAG)
     assert redis_client.hlen("unacked") == 0 and settled == [TAG]
     assert redis_client.zcard(keys.inbox()) == 0
+
+
+@pytest.fixture
+def results_client(other_redis_url):
+    """Another database as the results' Redis (GENQUEUE_RESULT_REDIS_URL)."""
+    client = redis.Redis.from_url(other_redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def apart(redis_client, results_client, settled):
+    acks = BrokerAcks("unacked", "unacked_index", settled.append)
+    return Lifecycle(
+        redis_client, record_ttl_s=60, events_maxlen=100, broker=acks, results=results_client
+    )
+
+
+RESULT = {
+    "text": "hi",
+    "finish_reason": "stop",
+    "model": "m",
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    "latency_ms": 5,
+}
+
+
+def test_with_the_results_apart_start_and_end_write_them_there_only(
+    redis_client, results_client, apart, guard, settled
+):
+    progress = _begin(apart, guard)
+    assert progress.granted is not None and progress.stored_result is None
+    result_key = keys.celery_result("t1")
+    assert json.loads(results_client.get(result_key))["status"] == "STARTED"
+
+    end = apart.finish("t1", Ending("succeeded", result=RESULT), "claim-t1", message_tag=TAG)
+
+    assert end.cancel_requested is False
+    stored = json.loads(results_client.get(result_key))
+    assert (stored["status"], stored["result"]) == ("SUCCESS", RESULT)
+    assert 50 <= results_client.ttl(result_key) <= 60
+    assert redis_client.exists(result_key) == 0
+    assert redis_client.hget(keys.task_record("t1"), "finished_at") is not None
+    assert settled == [TAG]
+
+
+def test_with_the_results_apart_a_stored_success_is_found_and_takes_no_slot(
+    redis_client, results_client, apart, guard
+):
+    success = celery_meta("t1", "SUCCESS", RESULT, done=True)
+    results_client.set(keys.celery_result("t1"), success)
+
+    progress = _begin(apart, guard)
+
+    assert progress.granted is None
+    assert progress.stored_result is not None and progress.stored_result.text == "hi"
+    assert results_client.get(keys.celery_result("t1")) == success.encode()  # no STARTED over it
+    assert redis_client.zcard(keys.lease("ep")) == 0
+
+
+def test_with_the_results_apart_a_cancel_after_the_success_is_stored_loses(
+    redis_client, results_client, apart, guard, settled
+):
+    """The success is written to the results' Redis first; a cancellation that arrives before
+    the end script comes too late, and the task ends succeeded, acknowledged, not cancelled."""
+    _begin(apart, guard)
+    redis_client.hset(keys.task_record("t1"), "cancel_requested", "1")
+
+    end = apart.finish("t1", Ending("succeeded", result=RESULT), "claim-t1", message_tag=TAG)
+
+    assert end.cancel_requested is False
+    assert json.loads(results_client.get(keys.celery_result("t1")))["status"] == "SUCCESS"
+    assert settled == [TAG]

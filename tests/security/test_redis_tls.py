@@ -228,3 +228,48 @@ def test_the_worker_refuses_a_server_the_ca_did_not_sign(
         os.killpg(process.pid, 9)
         process.wait(10)
     assert impostor.proxy.handshakes == 0
+
+
+def test_a_result_redis_over_tls_is_verified_with_the_same_files(
+    redis_url: str,
+    other_redis_url: str,
+    authority: Authority,
+    simulator: Any,
+    start_worker: Callable[..., Any],
+    api_factory: Callable[..., Any],
+    auth: dict[str, str],
+) -> None:
+    """``GENQUEUE_RESULT_REDIS_URL=rediss://...`` beside a plain ``REDIS_URL``: the worker's
+    result writes, Celery's backend and the API's reads and waits go through the TLS proxy,
+    checked against ``GENQUEUE_REDIS_CA_FILE`` and with the client certificate."""
+    client = authority.issue("client", server=False)
+    server = authority.issue("server", server=True)
+    proxy, results_url = _serve(other_redis_url, server, authority.ca.cert_file)
+    files = {
+        "redis_ca_file": str(authority.ca.cert_file),
+        "redis_cert_file": str(client.cert_file),
+        "redis_key_file": str(client.key_file),
+    }
+    try:
+        env = {f"GENQUEUE_{name.upper()}": path for name, path in files.items()}
+        start_worker(redis_url, simulator.url, GENQUEUE_RESULT_REDIS_URL=results_url, **env)
+        api = api_factory(redis_url, result_redis_url=results_url, **files)
+        sent = requests.post(
+            f"{api.url}/v1/tasks", json={"prompt": "hi", "params": {"max_tokens": 4}},
+            headers=auth, timeout=10,
+        )  # fmt: skip
+        assert sent.status_code == 202, sent.text
+        task_id = sent.json()["task_id"]
+        done = _wait(api.url, task_id, auth["Authorization"].removeprefix("Bearer "))
+        assert done["status"] == "succeeded", done
+        assert proxy.handshakes >= 3  # the worker's client, Celery's backend, the API's
+    finally:
+        proxy.stop()
+    results = connections.sync_client(Settings(redis_url=other_redis_url))
+    broker = connections.sync_client(Settings(redis_url=redis_url))
+    try:
+        assert results.exists(f"celery-task-meta-{task_id}") == 1
+        assert broker.exists(f"celery-task-meta-{task_id}") == 0
+    finally:
+        results.close()
+        broker.close()

@@ -272,3 +272,35 @@ def test_an_invalid_sentinel_url_says_why_without_echoing_it(
     assert "  REDIS_URL: " in message
     assert reason in message
     assert "hunter2" not in message
+
+
+def test_the_results_stay_in_redis_url_unless_a_result_redis_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@broker:6379/0")
+    settings = load_settings()
+    assert (settings.results_apart, settings.results_url) == (False, settings.redis_url)
+    monkeypatch.setenv("GENQUEUE_RESULT_REDIS_URL", "rediss://:hunter3@results:6380/2")
+    settings = load_settings()
+    assert settings.results_apart is True
+    assert settings.results_url == "rediss://:hunter3@results:6380/2"
+    assert "hunter3" not in repr(settings)
+    # The same URL twice is one Redis.
+    monkeypatch.setenv("GENQUEUE_RESULT_REDIS_URL", "redis://:hunter2@broker:6379/0")
+    assert load_settings().results_apart is False
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("sentinel://:hunter2@h1:26379/0", "a result Redis behind Sentinel is not supported"),
+        ("http://:hunter2@h1:6379/0", "must start with redis://, rediss:// or unix://"),
+    ],
+)
+def test_an_invalid_result_redis_url_says_why_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    message = settings_error(monkeypatch, GENQUEUE_RESULT_REDIS_URL=url)
+    assert "  GENQUEUE_RESULT_REDIS_URL: " in message
+    assert reason in message
+    assert "hunter2" not in message

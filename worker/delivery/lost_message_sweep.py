@@ -50,8 +50,13 @@ def sweep(
     unacked_key: str,
     grace_s: float,
     retention_s: int,
+    results: redis.Redis | None = None,
 ) -> list[str]:
-    """One sweep; the ids of the tasks sent again. Does nothing while the queues hold work."""
+    """One sweep; the ids of the tasks sent again. Does nothing while the queues hold work.
+
+    ``results``: a client on the Redis of Celery's results, when not ``client``'s (a task
+    whose final state is stored there is not lost).
+    """
     now = time.time()
     client.zremrangebyscore(keys.inbox(), "-inf", now - retention_s)
     pipe = client.pipeline(transaction=False)
@@ -66,15 +71,18 @@ def sweep(
     if not candidates:
         return []
     in_flight = _unacked_task_ids(client, unacked_key)
+    metas: list[bytes | None] = (results or client).mget(  # type: ignore[assignment]
+        [keys.celery_result(task_id) for task_id in candidates]
+    )
     pipe = client.pipeline(transaction=False)
     for task_id in candidates:
-        pipe.get(keys.celery_result(task_id))
         pipe.exists(keys.running(task_id))
         pipe.hmget(keys.task_record(task_id), *_RESEND_FIELDS)
     answers = pipe.execute()
     resent = []
     for index, task_id in enumerate(candidates):
-        meta, running, (payload, queue, priority) = answers[index * 3 : index * 3 + 3]
+        meta = metas[index]
+        running, (payload, queue, priority) = answers[index * 2 : index * 2 + 2]
         if (meta and any(state in meta for state in _FINAL)) or payload is None:
             client.zrem(keys.inbox(), task_id)
             continue

@@ -11,6 +11,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
+
+from worker import keys
 from worker.contract import ErrorInfo, GenerationResult, TaskState, TaskStatus
 
 # Celery's states, as genqueue reports them.
@@ -89,6 +92,22 @@ def _state(record: dict[str, str], meta: dict[str, Any]) -> TaskState:
 def state_from(raw_record: dict[Any, Any], raw_meta: bytes | str | None) -> TaskState:
     """The state :func:`status_from` reports, without building the whole status."""
     return _state(_decode(raw_record), _meta(raw_meta))
+
+
+def read_status(client: redis.Redis, results: redis.Redis, task_id: str) -> TaskStatus | None:
+    """A task's status, read from its record (``client``) and its result (``results``, the
+    Redis of Celery's results): one round trip when they are one Redis. ``None``: unknown."""
+    if results is client:
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(keys.task_record(task_id))
+        pipe.get(keys.celery_result(task_id))
+        record, meta = pipe.execute()
+    else:
+        record = client.hgetall(keys.task_record(task_id))
+        meta = results.get(keys.celery_result(task_id))
+    if not record and meta is None:
+        return None
+    return status_from(task_id, record, meta)
 
 
 def status_from(

@@ -14,11 +14,19 @@
   neither costs a round trip of its own).
 
 Celery's result key stays in Celery's format, so ``AsyncResult`` and Flower read it as theirs.
+
+With a result Redis of its own (``GENQUEUE_RESULT_REDIS_URL``) the two Redis servers share no
+transaction, and the order of the writes keeps a task from being called twice: the start reads
+the result there before its script (a stored success is ended without a call) and writes
+``STARTED`` after it; the end stores the success there first, idempotently, then runs its script.
+A worker that dies between the two leaves a message that comes back, and whose start finds the
+success.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +42,8 @@ from worker.limits.guard import GrantedSlot, SlotOffer, SlotRelease
 from worker.observability import completion_stream as events
 from worker.redis_outage import REDIS_DOWN
 from worker.tenants import INTERNAL
+
+log = logging.getLogger("genqueue.task")
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,8 @@ class Lifecycle:
     :param record_ttl_s: how long a record and a result are kept.
     :param events_maxlen: the completion stream's approximate length cap.
     :param usage_ttl_s: how long a tenant's usage of a day is kept.
+    :param results: a client on the Redis of Celery's results when it is not ``client``'s
+        (``GENQUEUE_RESULT_REDIS_URL``); ``None``: they live in ``client``'s.
     """
 
     def __init__(
@@ -149,6 +161,7 @@ class Lifecycle:
         events_maxlen: int,
         broker: BrokerAcks | None = None,
         usage_ttl_s: int = USAGE_TTL_S,
+        results: redis.Redis | None = None,
     ) -> None:
         self._record_ttl_s = record_ttl_s
         self._usage_ttl_s = usage_ttl_s
@@ -156,6 +169,10 @@ class Lifecycle:
         self._broker = broker
         self._begin = lua.register(client, "worker.delivery", "task_start")
         self._finish = lua.register(client, "worker.delivery", "task_end")
+        self._results = results
+        self._store_result = (
+            lua.register(results, "worker.delivery", "store_result") if results else None
+        )
 
     def begin(
         self,
@@ -168,14 +185,24 @@ class Lifecycle:
         """Count the delivery (of Celery's retry round ``delivery_round``), read the progress,
         and write ``STARTED`` with ``hostname`` (the worker's name), as Celery does; try for
         the slot of ``offer`` in passing (see ``scripts/task_start.lua``)."""
-        started = {"pid": os.getpid(), "hostname": hostname}
-        script_keys = [keys.task_record(task_id), keys.celery_result(task_id)]
+        started = celery_meta(
+            task_id, "STARTED", {"pid": os.getpid(), "hostname": hostname}, done=False
+        )
+        result_key = keys.celery_result(task_id)
+        stored: GenerationResult | None = None
+        result_apart = ""
+        if self._results is not None:
+            meta_there: bytes | None = self._results.get(result_key)  # type: ignore[assignment]
+            stored = stored_result(meta_there)
+            result_apart = "succeeded" if stored is not None else "pending"
+        script_keys = [keys.task_record(task_id), result_key]
         args: list[str | int] = [
             records.utcnow_iso(),
             f"{records.F_DELIVERIES}:{delivery_round}",
             self._record_ttl_s,
             self._record_ttl_s,
-            celery_meta(task_id, "STARTED", started, done=False),
+            started,
+            result_apart,
         ]
         if offer is not None:
             script_keys += offer.keys
@@ -187,18 +214,32 @@ class Lifecycle:
         attempts, first, cancel, endpoint, tried, job_id, polls = (
             value.decode() if value is not None else None for value in fields
         )
+        if self._results is None:
+            stored = stored_result(meta)
+        elif stored is None and not cancel:
+            self._mark_started(task_id, result_key, started)
         return Progress(
             attempts=int(attempts or 0),
             deliveries=int(deliveries),
             first_attempt_at=float(first) if first else None,
             cancel_requested=bool(cancel),
-            stored_result=stored_result(meta),
+            stored_result=stored,
             endpoint=endpoint,
             tried=tuple(tried.split(",")) if tried else (),
             job_id=job_id,
             polls=int(polls or 0),
             granted=granted,
         )
+
+    def _mark_started(self, task_id: str, result_key: str, meta: str) -> None:
+        """Write ``STARTED`` to the result Redis (never over a success). It only informs
+        (Flower, ``AsyncResult.state``): when that Redis is away the task goes on without it,
+        its start being counted already."""
+        assert self._store_result is not None
+        try:
+            self._store_result(keys=[result_key], args=[meta, self._record_ttl_s, "SUCCESS"])
+        except REDIS_DOWN as err:
+            log.warning("task %s: its STARTED state was not stored (%s)", task_id, err)
 
     def finish(
         self,
@@ -217,6 +258,7 @@ class Lifecycle:
         meta = ""
         if ending.result is not None:
             meta = celery_meta(task_id, "SUCCESS", ending.result, done=True)
+        store_apart = self._store_result if meta else None
         script_keys = [
             keys.task_record(task_id),
             events.EVENTS_STREAM,
@@ -233,6 +275,12 @@ class Lifecycle:
             script_keys += slot_release.keys
             release_args = slot_release.args
         try:
+            if store_apart is not None:
+                # First, and idempotent: a success stored twice (a redelivered message) is one.
+                store_apart(
+                    keys=[keys.celery_result(task_id)],
+                    args=[meta, self._record_ttl_s, "SUCCESS"],
+                )
             answer = self._finish(
                 keys=script_keys,
                 args=[
@@ -244,7 +292,8 @@ class Lifecycle:
                     records.utcnow_iso(),
                     error,
                     self._record_ttl_s,
-                    meta,
+                    "" if store_apart is not None else meta,
+                    "1" if store_apart is not None else "",
                     claim_token or "",
                     tag,
                     *usage_args(ending, self._usage_ttl_s),

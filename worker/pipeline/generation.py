@@ -90,6 +90,8 @@ class Generation:
     :param policy: attempts, backoff, deadline, retention, deliveries.
     :param observer: counts and logs each state change (metrics and task log lines).
     :param broker_acks: how a task's end acknowledges its message (``None``: Celery does).
+    :param result_client: for Celery's results, when they live in a Redis of their own
+        (``GENQUEUE_RESULT_REDIS_URL``); ``None``: in ``redis_client``'s.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Generation:
         policy: GenerationPolicy,
         observer: TaskObserver | None = None,
         broker_acks: BrokerAcks | None = None,
+        result_client: redis.Redis | None = None,
     ) -> None:
         self._redis = redis_client
         self._renderer = renderer
@@ -118,7 +121,12 @@ class Generation:
         #: Slots granted by the task's start script, until the call takes them over.
         self._granted: dict[str, GrantedSlot] = {}
         lifecycle = Lifecycle(
-            redis_client, policy.record_ttl_s, policy.events_maxlen, broker_acks, policy.usage_ttl_s
+            redis_client,
+            policy.record_ttl_s,
+            policy.events_maxlen,
+            broker_acks,
+            policy.usage_ttl_s,
+            results=result_client if result_client is not redis_client else None,
         )
         self._record = TaskRecorder(
             lifecycle, running, policy.outage, policy.max_deliveries, broker_acks

@@ -31,7 +31,6 @@ import urllib3
 from pydantic import SecretStr
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
-from worker import keys
 from worker.contract import TaskStatus
 from worker.delivery import records
 from worker.pipeline.backoff import RetryPolicy, compute_delay_s
@@ -156,6 +155,7 @@ class WebhookSender:
         ``certifi`` bundle ``requests`` uses, by default).
     :param tenant_secret: a tenant's own signing secret, if it has one (the tenants file);
         the others' webhooks are signed with ``GENQUEUE_WEBHOOK_SECRET``.
+    :param results: a client on the Redis of Celery's results, when not ``client``'s.
     """
 
     def __init__(
@@ -166,8 +166,10 @@ class WebhookSender:
         resolve: Resolver = resolve_host,
         ca_certs: str | None = None,
         tenant_secret: Callable[[str], SecretStr | None] | None = None,
+        results: redis.Redis | None = None,
     ) -> None:
         self._redis = client
+        self._results = results or client
         self._policy = policy
         self._tenant_secret = tenant_secret
         self._on_outcome = on_outcome
@@ -285,13 +287,7 @@ class WebhookSender:
         return Delivery("retry", retry_in_s=delay_s, status_code=code)
 
     def _status(self, task_id: str) -> TaskStatus | None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(keys.task_record(task_id))
-        pipe.get(keys.celery_result(task_id))
-        record, meta = pipe.execute()
-        if not record and meta is None:
-            return None
-        return records.status_from(task_id, record, meta)
+        return records.read_status(self._redis, self._results, task_id)
 
 
 def policy_from(settings: Settings) -> WebhookPolicy:

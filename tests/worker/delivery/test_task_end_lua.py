@@ -53,13 +53,15 @@ def _end(
     status: str = "succeeded",
     release: tuple[str, int] | None = None,
     tokens: tuple[int, int, int] = (0, 0, 0),
+    success_apart: bool = False,
 ) -> list[Any]:
     succeeded = status == "succeeded"
+    meta = SUCCESS if succeeded and not success_apart else ""
     script_keys = [RECORD, EVENTS, RESULT, RUNNING, INDEX, UNACKED, INBOX]
     script_keys += [USAGE, TENANTS, TOTALS, RESERVED]
     args: list[Any] = [
         600, 100, TASK, status, "" if succeeded else "endpoint_timeout", "2026-01-01T00:00:01",
-        "" if succeeded else ERROR, 300, SUCCESS if succeeded else "", "claim-1", TAG,
+        "" if succeeded else ERROR, 300, meta, "1" if success_apart else "", "claim-1", TAG,
         TENANT, EP, *tokens, 3600,
     ]  # fmt: skip
     if release is not None:
@@ -160,7 +162,7 @@ def test_a_replayed_success_gets_no_second_stream_entry(
 
 def test_no_delivery_tag_leaves_the_broker_entries(end: Script, redis_client: redis.Redis) -> None:
     redis_client.hset(UNACKED, TAG, "[message]")
-    args = [600, 100, TASK, "failed", "x", "now", "", 300, "", "", "", TENANT, EP, 0, 0, 0, 60]
+    args = [600, 100, TASK, "failed", "x", "now", "", 300, "", "", "", "", TENANT, EP, 0, 0, 0, 60]
     end(keys=[RECORD, EVENTS, RESULT, RUNNING, INDEX, UNACKED, INBOX, USAGE, TENANTS, TOTALS,
               RESERVED], args=args)  # fmt: skip
     assert redis_client.hget(UNACKED, TAG) == b"[message]"
@@ -295,3 +297,19 @@ def test_a_failure_writes_its_end_and_error_at_once(end: Script, redis_client: r
     record = redis_client.hgetall(RECORD)
     assert record[b"finished_at"] == b"2026-01-01T00:00:01"
     assert json.loads(record[b"error"]) == json.loads(ERROR)
+
+
+@pytest.mark.usefixtures("held")
+def test_a_success_stored_apart_is_acknowledged_and_wins_over_a_late_cancel(
+    end: Script, redis_client: redis.Redis
+) -> None:
+    """GENQUEUE_RESULT_REDIS_URL: the caller stored the success in the results' Redis first;
+    this script writes no result here, and a cancellation asked meanwhile came too late."""
+    redis_client.hset(RECORD, "cancel_requested", "1")
+
+    assert _end(end, success_apart=True) == [None, b"2", b"then"]
+
+    assert redis_client.exists(RESULT) == 0
+    assert _acknowledged(redis_client)
+    assert [e[b"status"] for e in _stream(redis_client)] == [b"succeeded"]
+    assert redis_client.hget(RECORD, "finished_at") == b"2026-01-01T00:00:01"

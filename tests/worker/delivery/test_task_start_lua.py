@@ -32,8 +32,9 @@ def start(redis_client: redis.Redis) -> Script:
     return lua.register(redis_client, "worker.delivery", "task_start")
 
 
-def _start(script: Script, offer: bool = False, rpm: int = 0) -> list[Any]:
-    script_keys, args = [RECORD, RESULT], ["2026-01-01T00:00:00", "deliveries:0", 600, 300, STARTED]
+def _start(script: Script, offer: bool = False, rpm: int = 0, result_apart: str = "") -> list[Any]:
+    script_keys = [RECORD, RESULT]
+    args = ["2026-01-01T00:00:00", "deliveries:0", 600, 300, STARTED, result_apart]
     if offer:
         script_keys += OFFER_KEYS
         # max deliveries, then the offer: limit, lease ttl, slot token, cooldown, rpm, tpm, claim
@@ -157,3 +158,21 @@ def test_the_guards_function_is_included_not_copied() -> None:
     assert "#include" not in text
     assert lua.source("worker.limits", "acquire_slot") in text
     assert text.count("local function acquire_slot(") == 1
+
+
+@pytest.mark.parametrize("stored", ["pending", "succeeded"])
+def test_with_the_results_apart_the_result_key_is_neither_read_nor_written(
+    start: Script, redis_client: redis.Redis, stored: str
+) -> None:
+    """GENQUEUE_RESULT_REDIS_URL: the caller read the result there; the script takes its word
+    (a slot only for a pending task) and leaves this Redis's result key alone."""
+    redis_client.set(RESULT, "left alone")
+    deliveries, _, meta, slot = _start(start, offer=True, result_apart=stored)
+    assert (deliveries, meta) == (1, None)
+    assert redis_client.get(RESULT) == b"left alone"
+    if stored == "succeeded":
+        assert slot is None
+        assert redis_client.exists(RUNNING, keys.lease(EP)) == 0
+    else:
+        assert slot == [1, 0, 1, 1]
+        assert redis_client.get(RUNNING) == b"claim-1"

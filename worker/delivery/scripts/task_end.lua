@@ -3,10 +3,11 @@
 -- is skipped), adds the completion stream's entry, and releases the endpoint slot of a
 -- successful call (handed off by worker.limits.guard) and the message's unacked entries.
 -- A success found cancelled meanwhile is neither stored nor announced nor acknowledged (the
--- caller finishes the task again, cancelled); a task that had already finished (a replayed
--- result) gets no second stream entry. A final end removes the message's unacked entries (what
--- kombu's ack does) and the task from the inbox of the lost-message sweep
--- (worker.delivery.lost_message_sweep), which then holds only the tasks that have not ended.
+-- caller finishes the task again, cancelled), unless it is stored already in a result Redis of
+-- its own (ARGV[10]); a task that had already finished (a replayed result) gets no second stream
+-- entry. A final end removes the message's unacked entries (what kombu's ack does) and the
+-- task from the inbox of the lost-message sweep (worker.delivery.lost_message_sweep), which
+-- then holds only the tasks that have not ended.
 -- The first final end adds to the tenant's usage (tasks by outcome, tokens, GPU-milliseconds,
 -- per endpoint and UTC day) and settles what the submission reserved of its day budget; the
 -- record's usage_counted flag makes a redelivered or replayed end count for nothing.
@@ -39,18 +40,22 @@
 -- ARGV[7]  error_json         the record's error ({type, message} JSON), or ''
 -- ARGV[8]  result_ttl_s       the SUCCESS result's time to live
 -- ARGV[9]  success_meta       Celery's SUCCESS meta (JSON), or ''
--- ARGV[10] claim_token        this worker's running claim token, or ''
--- ARGV[11] delivery_tag       the message's delivery tag, or '' (no broker entries to remove)
--- ARGV[12] tenant             the tenant the task belongs to
--- ARGV[13] endpoint           the endpoint it used last, or '-'
--- ARGV[14] prompt_tokens      as the endpoint counted them (0 without a result)
--- ARGV[15] completion_tokens
--- ARGV[16] gpu_ms             the duration of the endpoint call that gave the result
--- ARGV[17] usage_ttl_s        how long the usage keys are kept
+-- ARGV[10] success_apart      '1' when Celery's results live in a Redis of their own
+--                             (GENQUEUE_RESULT_REDIS_URL) and the caller stored the success
+--                             there already: it is not written here, and a cancellation asked
+--                             meanwhile loses to it (the end goes on as a success); else ''
+-- ARGV[11] claim_token        this worker's running claim token, or ''
+-- ARGV[12] delivery_tag       the message's delivery tag, or '' (no broker entries to remove)
+-- ARGV[13] tenant             the tenant the task belongs to
+-- ARGV[14] endpoint           the endpoint it used last, or '-'
+-- ARGV[15] prompt_tokens      as the endpoint counted them (0 without a result)
+-- ARGV[16] completion_tokens
+-- ARGV[17] gpu_ms             the duration of the endpoint call that gave the result
+-- ARGV[18] usage_ttl_s        how long the usage keys are kept
 --   With a slot to release:
--- ARGV[18..22]                the release's arguments (worker.limits.guard.SlotRelease.args):
+-- ARGV[19..23]                the release's arguments (worker.limits.guard.SlotRelease.args):
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
--- ARGV[23..25]                with the admission queue: limit, every, queues (worker.limits'
+-- ARGV[24..26]                with the admission queue: limit, every, queues (worker.limits'
 --                             admission.lua)
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
@@ -61,16 +66,16 @@ local reserved_key = KEYS[11]
 local lease_key, breaker_key, probe_key, rate_key = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local record_ttl_s, events_maxlen, task_id, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local error_type, finished_at, error_json = ARGV[5], ARGV[6], ARGV[7]
-local result_ttl_s, success_meta = ARGV[8], ARGV[9]
-local claim_token, delivery_tag = ARGV[10], ARGV[11]
-local tenant, endpoint = ARGV[12], ARGV[13]
-local prompt_tokens, completion_tokens = tonumber(ARGV[14]), tonumber(ARGV[15])
-local gpu_ms, usage_ttl_s = tonumber(ARGV[16]), ARGV[17]
-local slot_token, outcome, failure_threshold = ARGV[18], ARGV[19], ARGV[20]
-local cooldown, tokens_used = ARGV[21], ARGV[22]
+local result_ttl_s, success_meta, success_apart = ARGV[8], ARGV[9], ARGV[10]
+local claim_token, delivery_tag = ARGV[11], ARGV[12]
+local tenant, endpoint = ARGV[13], ARGV[14]
+local prompt_tokens, completion_tokens = tonumber(ARGV[15]), tonumber(ARGV[16])
+local gpu_ms, usage_ttl_s = tonumber(ARGV[17]), ARGV[18]
+local slot_token, outcome, failure_threshold = ARGV[19], ARGV[20], ARGV[21]
+local cooldown, tokens_used = ARGV[22], ARGV[23]
 local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[16], KEYS[17], KEYS[18],
   KEYS[19]
-local limit, every, queues = ARGV[23], ARGV[24], ARGV[25]
+local limit, every, queues = ARGV[24], ARGV[25], ARGV[26]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
 -- #include worker.limits:now_ms
@@ -136,7 +141,10 @@ if claim_token ~= '' and redis.call('GET', running_key) == claim_token then
   redis.call('DEL', running_key)
 end
 if status == 'succeeded' then
-  if found[1] then return found end
+  if found[1] then
+    if success_apart == '' then return found end
+    found[1] = false  -- stored already: the success stands, the cancellation came too late
+  end
   count_usage()
   if success_meta ~= '' then
     redis.call('SET', result_key, success_meta, 'EX', result_ttl_s)

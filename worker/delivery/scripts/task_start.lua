@@ -23,16 +23,21 @@
 -- ARGV[3]  record_ttl_s      the record's time to live
 -- ARGV[4]  result_ttl_s      the STARTED state's time to live
 -- ARGV[5]  started_meta      Celery's STARTED meta (JSON)
+-- ARGV[6]  result_apart      '' when Celery's results live in this Redis (KEYS[2] is read, and
+--                            STARTED written, here); otherwise they live in a Redis of their
+--                            own (GENQUEUE_RESULT_REDIS_URL), KEYS[2] is not touched, and this
+--                            says what the caller read there: 'succeeded' or 'pending'
 --   With a slot offer:
--- ARGV[6]  max_deliveries    past this many deliveries, no slot is tried for
--- ARGV[7..15]                the offer's arguments (worker.limits.guard.SlotOffer.args):
+-- ARGV[7]  max_deliveries    past this many deliveries, no slot is tried for
+-- ARGV[8..16]                the offer's arguments (worker.limits.guard.SlotOffer.args):
 --          limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute,
 --          tokens_per_minute, claim_token, claim_ttl_ms, endpoint
--- ARGV[16..20]               with the admission queue: band, tenant, weight, grant list,
+-- ARGV[17..21]               with the admission queue: band, tenant, weight, grant list,
 --                            every (worker.limits' admission.lua); the slot is taken only
 --                            when no task waits in the queue (this one does not join it)
 --
--- Returns {deliveries, progress fields, result meta, slot answer}: the progress fields are the
+-- Returns {deliveries, progress fields, result meta (false when apart), slot answer}: the
+-- progress fields are the
 -- record's attempts, first_attempt_at, cancel_requested, endpoint, endpoints_tried, job_id
 -- and polls; the slot answer is acquire_slot's, or false when no slot was tried for.
 local record_key, result_key = KEYS[1], KEYS[2]
@@ -40,13 +45,13 @@ local lease_key, breaker_key, probe_key, rate_key = KEYS[3], KEYS[4], KEYS[5], K
 local running_key, claim_record_key = KEYS[7], KEYS[8]
 local created_at, deliveries_field = ARGV[1], ARGV[2]
 local record_ttl_s, result_ttl_s, started_meta = ARGV[3], ARGV[4], ARGV[5]
-local max_deliveries = ARGV[6]
-local limit, lease_ttl_ms, slot_token, cooldown = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local requests_per_minute, tokens_per_minute = ARGV[11], ARGV[12]
-local claim_token, claim_ttl_ms, endpoint = ARGV[13], ARGV[14], ARGV[15]
+local result_apart, max_deliveries = ARGV[6], ARGV[7]
+local limit, lease_ttl_ms, slot_token, cooldown = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local requests_per_minute, tokens_per_minute = ARGV[12], ARGV[13]
+local claim_token, claim_ttl_ms, endpoint = ARGV[14], ARGV[15], ARGV[16]
 local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[9], KEYS[10], KEYS[11],
   KEYS[12]
-local band, tenant, weight, grant_list, every = ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
+local band, tenant, weight, grant_list, every = ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]
 
 -- The guard's own function, written once in worker/limits/scripts/acquire_slot.lua.
 -- #include worker.limits:now_ms
@@ -58,13 +63,16 @@ local fields = redis.call('HMGET', record_key, 'attempts', 'first_attempt_at', '
   'endpoint', 'endpoints_tried', 'job_id', 'polls')
 local cancel_requested, moved_to, job_id = fields[3], fields[4], fields[6]
 redis.call('EXPIRE', record_key, record_ttl_s)
-local meta = redis.call('GET', result_key)
-local succeeded = false
-if meta then
-  local ok, stored = pcall(cjson.decode, meta)
-  succeeded = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
+local meta = false
+local succeeded = result_apart == 'succeeded'
+if result_apart == '' then
+  meta = redis.call('GET', result_key)
+  if meta then
+    local ok, stored = pcall(cjson.decode, meta)
+    succeeded = ok and type(stored) == 'table' and stored['status'] == 'SUCCESS'
+  end
 end
-if not succeeded and not cancel_requested then
+if result_apart == '' and not succeeded and not cancel_requested then
   redis.call('SET', result_key, started_meta, 'EX', result_ttl_s)
   redis.call('PUBLISH', result_key, started_meta)
 end

@@ -1,0 +1,101 @@
+"""Where the API reads a task's status and writes its cancellation: the task's record in
+``REDIS_URL``'s Redis, Celery's result in the Redis of the results (``GENQUEUE_RESULT_REDIS_URL``,
+the same Redis when unset). One pipeline when they are one Redis, one per Redis otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from celery import states
+
+from worker import connections, keys, lua
+from worker.contract import TaskState
+from worker.delivery import records
+from worker.settings import Settings
+
+#: A task's record (its raw hash) and Celery's raw result meta (``None``: none stored).
+RawTask = tuple[dict[Any, Any], bytes | None]
+
+
+class TaskRedis:
+    """Reads records with their results, and writes cancellations, across the two Redis.
+
+    :param client: an asyncio client on ``REDIS_URL``'s Redis (the records).
+    :param results: an asyncio client on the Redis of Celery's results; ``client`` itself when
+        they are one Redis.
+    :param result_ttl_s: how long a cancelled task's ``REVOKED`` result is kept.
+    """
+
+    def __init__(self, client: aioredis.Redis, results: aioredis.Redis, result_ttl_s: int) -> None:
+        self.client = client
+        self.results = results
+        self._result_ttl_s = result_ttl_s
+        # Never over a success: a task that finished since its state was read stays finished.
+        self._revoke = lua.register(results, "worker.delivery", "store_result")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, client: aioredis.Redis, max_connections: int
+    ) -> TaskRedis:
+        """Records on ``client``; results there too, or on a client of their own."""
+        results = client
+        if settings.results_apart:
+            results = connections.async_client(
+                settings, max_connections=max_connections, results=True
+            )
+        return cls(client, results, settings.result_ttl_s)
+
+    @property
+    def apart(self) -> bool:
+        return self.results is not self.client
+
+    async def read(self, task_ids: Sequence[str]) -> list[RawTask]:
+        """Each task's record and result meta, in the order of ``task_ids``."""
+        if not self.apart:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hgetall(keys.task_record(task_id))
+                pipe.get(keys.celery_result(task_id))
+            replies = await pipe.execute()
+            return list(zip(replies[0::2], replies[1::2], strict=True))
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hgetall(keys.task_record(task_id))
+        found, metas = await asyncio.gather(
+            pipe.execute(), self.results.mget([keys.celery_result(t) for t in task_ids])
+        )
+        return list(zip(found, cast(list[bytes | None], metas), strict=True))
+
+    async def cancel(self, cancels: Sequence[tuple[str, TaskState]]) -> None:
+        """Cancel each task, now in the (not final) state given with it.
+
+        The cancel flag always (a worker drops a flagged task before calling the endpoint). A
+        queued task gets Celery's ``REVOKED`` result at once, so plain Celery clients see the
+        cancellation too; a running or retrying one is announced on the cancel channel, so the
+        worker running it aborts its endpoint call. With the results apart, the flag is written
+        first: a crash between the two leaves a flagged task that the worker drops at its start.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        results_pipe = self.results.pipeline(transaction=False) if self.apart else pipe
+        revoked = 0
+        for task_id, state in cancels:
+            pipe.hset(keys.task_record(task_id), records.F_CANCEL, "1")
+            if state is not TaskState.QUEUED:
+                pipe.publish(keys.CANCEL_CHANNEL, task_id)
+                continue
+            pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())
+            meta = records.revoked_meta(task_id)
+            args = [meta, self._result_ttl_s, states.SUCCESS]
+            await self._revoke(keys=[keys.celery_result(task_id)], args=args, client=results_pipe)
+            revoked += 1
+        await pipe.execute()
+        if revoked and results_pipe is not pipe:
+            await results_pipe.execute()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self.apart:
+            await self.results.aclose()
