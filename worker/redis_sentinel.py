@@ -17,6 +17,10 @@ with ``UNBLOCKED``. redis-py turns a plain ``READONLY`` into a reconnect, but Re
 one a Lua script hits in a script error, and ``UNBLOCKED`` is a plain error too: kombu would
 take either for a failed command. :class:`FailoverConnection` turns all three into a
 ``ConnectionError`` after dropping the connection, so the retry reconnects to the new primary.
+
+When no sentinel names a primary, the error says why each sentinel failed (a certificate the
+CA did not sign, say): redis-py 8 puts only ``network:ConnectionError`` there
+(:class:`ExplainingSentinel`).
 """
 
 from __future__ import annotations
@@ -32,8 +36,21 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+
+#: The redis-py methods this module copies (``discover_master``, with each sentinel's error in
+#: the ``MasterNotFoundError``), and a digest of their source in redis-py of worker.upstream.TESTED.
+UPSTREAM_COPIES = {
+    "redis.sentinel:Sentinel.discover_master": "be0e08b13e1d05e5",
+    "redis.asyncio.sentinel:Sentinel.discover_master": "ee8da2cc3dcb3fa4",
+}
 
 SCHEME = "sentinel://"
 SEPARATOR = ";"
@@ -155,6 +172,59 @@ class AsyncFailoverSSLConnection(AsyncFailoverConnection, aioredis.SSLConnection
     pass
 
 
+def _no_master(service_name: str, errors: list[tuple[Any, BaseException]]) -> str:
+    """``MasterNotFoundError``'s text: redis-py's, with each sentinel's error as text (redis-py 8
+    gives ``repr(err)``, which is ``network:ConnectionError`` and no more)."""
+    reasons = ", ".join(f"sentinel {_address(client)} - {err}" for client, err in errors)
+    return f"No master found for {service_name!r}" + (f" : {reasons}" if reasons else "")
+
+
+def _address(client: Any) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+class ExplainingSentinel(Sentinel):
+    """redis-py's ``Sentinel`` whose ``MasterNotFoundError`` says why each sentinel failed."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        # redis-py's, but for the errors' text (UPSTREAM_COPIES).
+        errors: list[tuple[Any, BaseException]] = []
+        for sentinel_no, sentinel in enumerate(self.sentinels):
+            try:
+                masters: Any = sentinel.sentinel_masters()  # read as a dict, as redis-py does
+            except (RedisConnectionError, RedisTimeoutError) as err:
+                errors.append((sentinel, err))
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[sentinel_no] = sentinel, self.sentinels[0]
+                forced = self._force_master_ip
+                return (forced if forced is not None else state["ip"]), state["port"]
+        last = errors[-1][1] if errors else None
+        raise MasterNotFoundError(_no_master(service_name, errors)) from last
+
+
+class AsyncExplainingSentinel(async_sentinel.Sentinel):
+    """:class:`ExplainingSentinel` for asyncio clients."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors: list[tuple[Any, BaseException]] = []
+        for sentinel_no, sentinel in enumerate(self.sentinels):
+            try:
+                masters: Any = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as err:
+                errors.append((sentinel, err))
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[sentinel_no] = sentinel, self.sentinels[0]
+                forced = self._force_master_ip
+                return (forced if forced is not None else state["ip"]), state["port"]
+        last = errors[-1][1] if errors else None
+        raise async_sentinel.MasterNotFoundError(_no_master(service_name, errors)) from last
+
+
 class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
     """A Sentinel pool that waits for a free connection rather than fail past its size."""
 
@@ -203,7 +273,9 @@ def sync_client(
 ) -> redis.Redis:
     """A client on the primary named ``master`` (``pool``: the pool's options)."""
     target = parse(url)
-    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs(password, tls))
+    manager = ExplainingSentinel(
+        list(target.sentinels), sentinel_kwargs=sentinel_kwargs(password, tls)
+    )
     kwargs = _master_kwargs(target, tls, FailoverSSLConnection, FailoverConnection)
     client: redis.Redis = manager.master_for(
         master, connection_pool_class=BlockingSentinelPool, **kwargs, **pool
@@ -216,7 +288,7 @@ def async_client(
 ) -> aioredis.Redis:
     """:func:`sync_client` for asyncio."""
     target = parse(url)
-    manager = async_sentinel.Sentinel(
+    manager = AsyncExplainingSentinel(
         list(target.sentinels), sentinel_kwargs=sentinel_kwargs(password, tls, asynchronous=True)
     )
     kwargs = _master_kwargs(target, tls, AsyncFailoverSSLConnection, AsyncFailoverConnection)

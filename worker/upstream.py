@@ -23,7 +23,12 @@ from typing import Any
 #: The releases genqueue was tested with; pyproject.toml pins their minor versions.
 TESTED = {"kombu": "5.7.0", "celery": "5.7.0", "redis": "8.1.0"}
 #: The modules with an ``UPSTREAM_COPIES`` table.
-COPYING_MODULES = ("worker.delivery.broker", "worker.delivery.result_backend", "worker.tasks")
+COPYING_MODULES = (
+    "worker.delivery.broker",
+    "worker.delivery.result_backend",
+    "worker.tasks",
+    "worker.redis_sentinel",
+)
 
 log = logging.getLogger(__name__)
 

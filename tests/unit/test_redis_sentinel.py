@@ -1,11 +1,18 @@
-"""The pure parts of worker.redis_sentinel: the URL's parts, and which errors mean "demoted"."""
+"""The pure parts of worker.redis_sentinel: the URL's parts, which errors mean "demoted", and
+what a client says when no sentinel answers."""
 
 from __future__ import annotations
 
-import pytest
-from redis.exceptions import ResponseError
+import asyncio
 
-from worker import redis_sentinel
+import pytest
+from redis.asyncio.sentinel import MasterNotFoundError as AsyncMasterNotFoundError
+from redis.exceptions import ConnectionError, ResponseError
+from redis.sentinel import MasterNotFoundError
+
+from genqueue.embedded_redis import free_port
+from worker import connections, redis_sentinel
+from worker.settings import Settings
 
 
 def test_a_url_names_every_sentinel_and_the_first_address_s_credentials() -> None:
@@ -49,3 +56,32 @@ def test_genqueue_up_hides_the_password_of_every_address() -> None:
 
     shown = _hide_password("sentinel://:s3cret@h1:26379/0;sentinel://:s3cret@h2:26379/0")
     assert shown == "sentinel://***@h1:26379/0;sentinel://***@h2:26379/0"
+
+
+def test_no_primary_found_says_why_each_sentinel_failed() -> None:
+    """redis-py 8 reports a sentinel's error as ``network:ConnectionError`` only; genqueue's
+    clients keep its text (a refused connection here, a refused certificate over TLS)."""
+    ports = [free_port(), free_port()]  # nothing listens there
+    url = ";".join(f"sentinel://127.0.0.1:{port}" for port in ports) + "/0"
+    settings = Settings(redis_url=url)
+    client = connections.sync_client(settings)
+    with pytest.raises(MasterNotFoundError) as caught:
+        client.ping()
+    client.close()
+
+    async def async_ping() -> None:
+        client = connections.async_client(settings)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    with pytest.raises(AsyncMasterNotFoundError) as caught_async:
+        asyncio.run(async_ping())
+    for err in (caught.value, caught_async.value):
+        text = str(err)
+        assert text.startswith("No master found for 'mymaster' : "), text
+        assert "network:ConnectionError" not in text
+        for port in ports:
+            assert f"sentinel 127.0.0.1:{port} - Error 111 connecting to" in text, text
+        assert isinstance(err.__cause__, ConnectionError)
