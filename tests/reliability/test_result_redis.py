@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -81,7 +82,8 @@ def test_results_live_in_the_result_redis_and_every_reader_finds_them(
     # The plain Celery task, sent for the key's tenant, is readable through the API too.
     assert status(api, auth, sent.id)["result"] == plain
 
-    assert sorted(result_keys(results)) == sorted(
+    # Nothing but the results in the results' Redis, and none of them in REDIS_URL's.
+    assert sorted(results.keys()) == sorted(
         keys.celery_result(t).encode() for t in (task_id, sent.id)
     )
     assert result_keys(redis_client) == []
@@ -105,9 +107,16 @@ def test_a_queued_task_cancelled_is_revoked_in_the_result_redis_and_never_called
 ) -> None:
     api = api_factory(redis_url, result_redis_url=own_redis.url)
     task_id = submit(api, auth)  # no worker yet: it waits in the queue
-    response = requests.delete(f"{api.url}/v1/tasks/{task_id}", headers=auth, timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "cancelled"
+    channel = keys.celery_result(task_id).encode()
+    with ThreadPoolExecutor(1) as pool:
+        # A ?wait= listens on the results' Redis, and the cancellation's REVOKED wakes it.
+        waiting = pool.submit(status, api, auth, task_id, 30)
+        wait_for(lambda: channel in results.pubsub_channels(), 10, "the wait's subscription")
+        assert channel not in redis_client.pubsub_channels()
+        response = requests.delete(f"{api.url}/v1/tasks/{task_id}", headers=auth, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "cancelled"
+        assert waiting.result(timeout=10)["status"] == "cancelled"
     meta = json.loads(results.get(keys.celery_result(task_id)) or "{}")
     assert meta["status"] == "REVOKED"
     assert redis_client.hget(keys.task_record(task_id), "cancel_requested") == b"1"
