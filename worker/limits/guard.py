@@ -173,7 +173,13 @@ class EndpointGuard:
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
         self._admission = Admission(client, endpoint_id, policy.limit, policy.oldest_every, weights)
+        #: The slots this process holds, renewed by the heartbeat; those of them whose call
+        #: ended, their release left to another script (:meth:`hand_off`).
         self._held: set[str] = set()
+        self._handed_off: set[str] = set()
+        #: Taken by the heartbeat's renewal and by a release's end of renewing: a lease renewed
+        #: (re-added) after its release would hold a slot nobody uses until it lapses.
+        self._renew_lock = threading.Lock()
         self._acquire = lua.register(client, "worker.limits", "slot_acquire")
         self._release_script = lua.register(client, "worker.limits", "slot_release")
         self._renew = lua.register(client, "worker.limits", "lease_renew")
@@ -236,7 +242,8 @@ class EndpointGuard:
             yield slot
         finally:
             if not slot.handed_off:
-                self._held.discard(token)
+                with self._renew_lock:
+                    self._held.discard(token)
                 self._release(token, slot)
 
     def hand_off(self, slot: Slot) -> SlotRelease:
@@ -244,6 +251,7 @@ class EndpointGuard:
         costs no round trip of its own; the ``with`` block then ends without releasing it, and
         :meth:`settle` (or :meth:`release`) must follow."""
         slot.handed_off = True
+        self._handed_off.add(slot.token)
         args = (
             slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
             slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
@@ -254,10 +262,12 @@ class EndpointGuard:
         """Another script released the slot of ``release``: stop renewing it, and let the
         next caller of this process contend for a slot (once per handed-off slot)."""
         self._held.discard(release.token)
+        self._handed_off.discard(release.token)
 
     def release(self, release: SlotRelease) -> None:
         """Release a handed-off slot after all (its script did not run); once per slot."""
         self._held.discard(release.token)
+        self._handed_off.discard(release.token)
         outcome, tokens = Outcome(release.args[1]), int(release.args[4])
         self._release(release.token, Slot(outcome=outcome, tokens=tokens))
 
@@ -350,11 +360,21 @@ class EndpointGuard:
         while not self._stopped.wait(interval_s):
             held = list(self._held)
             try:
-                if held:
-                    self._renew(keys=self._keys[:1], args=[*held, self._ttl_ms])
+                with self._renew_lock:
+                    self._renew_held()
                 self._admission.renew(self._ttl_ms)
             except redis.RedisError:
                 log.warning("could not renew %d concurrency leases or waiters", len(held))
+
+    def _renew_held(self) -> None:
+        """Renew the held leases; those of running calls are added back if Redis lost them
+        (``scripts/lease_renew.lua``)."""
+        held = list(self._held)
+        if not held:
+            return
+        running = [token for token in held if token not in self._handed_off]
+        ended = [token for token in held if token in self._handed_off]
+        self._renew(keys=self._keys[:1], args=[len(running), *running, *ended, self._ttl_ms])
 
     def close(self) -> None:
         self._stopped.set()

@@ -1,12 +1,25 @@
--- Push the expiry of this process's slot leases (those that still exist) a lease ttl ahead.
+-- Push the expiry of this process's slot leases a lease ttl ahead.
+--
+-- The lease of a call still running is added back when it is missing: it lapsed while Redis
+-- was away longer than a lease ttl (another worker's acquire then pruned it), or Redis came
+-- back without it. The call holds its slot whatever Redis forgot, and a cap that no longer
+-- counted it would let one call too many reach the endpoint. The lease of a call that ended,
+-- whose release another script does (worker.limits.guard's hand-off), is renewed only while it
+-- exists: that script may have released it already.
 --
 -- KEYS: lease
--- ARGV: token..., lease ttl ms (the last argument)
+-- ARGV: the number n of running calls' tokens, their n tokens, the ended calls' tokens, and
+--       the lease ttl ms (the last argument)
 local lease = KEYS[1]
+local running = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[#ARGV])
 -- #include worker.limits:now_ms
-for i = 1, #ARGV - 1 do
-  redis.call('ZADD', lease, 'XX', now + ttl, ARGV[i])
+for i = 2, #ARGV - 1 do
+  if i <= running + 1 then
+    redis.call('ZADD', lease, now + ttl, ARGV[i])
+  else
+    redis.call('ZADD', lease, 'XX', now + ttl, ARGV[i])
+  end
 end
 redis.call('PEXPIRE', lease, ttl * 2)
 return 1
