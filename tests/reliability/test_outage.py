@@ -106,12 +106,16 @@ def celery_result_within(url: str, task_id: str, timeout_s: float) -> Any:
         celery.close()
 
 
+@pytest.mark.parametrize(
+    "status_code",
+    [503, 500],  # a 500 is also judged (is it this request's fault?), from the task's record
+)
 def test_a_retry_scheduled_while_redis_is_down_runs_when_it_is_back(
-    own_redis, api_factory, auth, simulator, start_worker
+    own_redis, api_factory, auth, simulator, start_worker, status_code
 ) -> None:
     api = api_factory(own_redis.url)
     worker = start_worker(own_redis.url, simulator.url)
-    simulator.script({"status": 503, "delay_s": 2.5})
+    simulator.script({"status": status_code, "delay_s": 2.5})
     task_id = submit(api, auth)
     wait_for(lambda: in_flight(simulator) == 1, 15, "the first endpoint call")
     own_redis.stop()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import redis
 
@@ -73,9 +75,10 @@ from worker.pipeline.retry_decision import (
     time_left,
 )
 from worker.pipeline.serverless_jobs import ServerlessJobs
-from worker.redis_outage import RedisOutage
+from worker.redis_outage import RedisOutage, ride_out
 
 log = logging.getLogger("genqueue.task")
+T = TypeVar("T")
 
 
 class Generation:
@@ -117,7 +120,7 @@ class Generation:
         self._policy = policy
         self._observe = observer or TaskObserver()
         self._faults = RequestFaults(redis_client)
-        self._jobs = ServerlessJobs(redis_client)
+        self._jobs = ServerlessJobs(redis_client, policy.outage)
         #: Slots granted by the task's start script, until the call takes them over.
         self._granted: dict[str, GrantedSlot] = {}
         lifecycle = Lifecycle(
@@ -172,7 +175,9 @@ class Generation:
             outcome = self._attempt(delivery)
         except GenQueueError as err:
             if isinstance(err, PoisonTask):
-                self._dead_letters.add(task_id, kwargs.get("request", args), err.message)
+                letter = kwargs.get("request", args)
+                add = partial(self._dead_letters.add, task_id, letter, err.message)
+                self._ride_out(add, "its dead letter")
             end = self._record.finish(delivery, err)
             self._observe.failed(
                 task_id, end.attempts, err.error_type, err.message, seconds_since(end.created_at)
@@ -346,7 +351,10 @@ class Generation:
                     result = self._jobs.await_job(request, target, result)
         except RetryableEndpointError as err:
             latency_s = self._called(started)
-            verdict = self._faults.judge(task_id, target.spec.name, target.spec.base_url, err)
+            judge = partial(
+                self._faults.judge, task_id, target.spec.name, target.spec.base_url, err
+            )
+            verdict = self._ride_out(judge, "judging its failure")
             # A failure that follows this request says nothing of the endpoint's health.
             slot.outcome = Outcome.NEUTRAL if verdict.request_caused else Outcome.FAILURE
             if verdict.fault is not None:
@@ -395,12 +403,21 @@ class Generation:
         following = next_endpoint(self._endpoints.chain(request.endpoint), tried)
         if following is None:
             return None
-        self._redis.hset(
-            keys.task_record(task_id),
-            mapping={records.F_ENDPOINT: following, records.F_TRIED: ",".join(tried)},
+        self._ride_out(
+            lambda: self._redis.hset(
+                keys.task_record(task_id),
+                mapping={records.F_ENDPOINT: following, records.F_TRIED: ",".join(tried)},
+            ),
+            "its move to the next endpoint",
         )
         log.info("task %s moves from endpoint %s to %s: %s", task_id, name, following, err)
         return fall_back_to(following, name, err, progress.attempts)
+
+    def _ride_out(self, call: Callable[[], T], what: str) -> T:
+        """``call()`` (a bookkeeping round trip of the task), riding out an unreachable Redis
+        as the task's start and end do; :class:`RedisOutage` past the budget abandons the task
+        (its message comes back)."""
+        return ride_out(call, what, self._policy.outage)
 
     def _called(self, started: float) -> float:
         latency_s = time.perf_counter() - started

@@ -25,6 +25,7 @@ from worker.errors import (
     TaskCancelled,
 )
 from worker.pipeline.retry_decision import RetryLater, later, poll_delay_s
+from worker.redis_outage import OutagePolicy, ride_out
 
 log = logging.getLogger("genqueue.task")
 
@@ -40,10 +41,12 @@ class ServerlessJobs:
     """The serverless side of :class:`~worker.pipeline.generation.Generation`'s attempts.
 
     :param redis_client: for the task's record (its job id, when it was sent, its polls).
+    :param outage: how long each of those writes rides out an unreachable Redis.
     """
 
-    def __init__(self, redis_client: redis.Redis) -> None:
+    def __init__(self, redis_client: redis.Redis, outage: OutagePolicy) -> None:
         self._redis = redis_client
+        self._outage = outage
 
     def submit(
         self,
@@ -60,9 +63,14 @@ class ServerlessJobs:
             job = target.serverless.run_sync(body)
         else:
             job = target.serverless.submit(body)
-        self._redis.hset(
-            keys.task_record(task_id),
-            mapping={records.F_JOB: job.job_id, records.F_JOB_AT: repr(time.time())},
+        sent_at = repr(time.time())
+        ride_out(
+            lambda: self._redis.hset(
+                keys.task_record(task_id),
+                mapping={records.F_JOB: job.job_id, records.F_JOB_AT: sent_at},
+            ),
+            f"noting its serverless job {job.job_id}",
+            self._outage,
         )
         return job
 
@@ -109,11 +117,19 @@ class ServerlessJobs:
     ) -> GenerationResult | RetryLater:
         """A serverless job's state as a result, a poll later, or a final error."""
         if job.state == "COMPLETED":
-            submitted = self._redis.hget(keys.task_record(task_id), records.F_JOB_AT)
+            submitted = ride_out(
+                lambda: self._redis.hget(keys.task_record(task_id), records.F_JOB_AT),
+                "reading when its serverless job was sent",
+                self._outage,
+            )
             latency_s = time.time() - float(submitted) if submitted else 0.0
             return result_from(job, int(latency_s * 1000))
         if job.state in PENDING_STATES:
-            self._redis.hincrby(keys.task_record(task_id), records.F_POLLS, 1)
+            ride_out(
+                lambda: self._redis.hincrby(keys.task_record(task_id), records.F_POLLS, 1),
+                "counting its poll",
+                self._outage,
+            )
             pending = JobPending(f"serverless job {job.job_id} is {job.state}")
             return later(request, pending, attempt, poll_delay_s(polls))
         if job.state == "CANCELLED":
