@@ -116,3 +116,23 @@ def test_usage_is_the_sum_of_the_results_counted_once(
     )
     assert 'tenant="other"' in metrics and TENANT_A not in metrics
     assert "genqueue_tenant_gpu_seconds_total" in metrics
+
+
+@pytest.mark.timeout(60)
+def test_the_gpu_time_of_a_failed_call_is_counted_too(
+    api_factory, redis_url, simulator, start_worker
+) -> None:
+    """A call that failed after a second of work (a 500) is retried; the tenant's GPU time is
+    both calls', not only the one that gave the result."""
+    start_worker(redis_url, simulator.url)
+    api = api_factory(redis_url, api_keys=KEY_A)
+    simulator.script({"status": 500, "delay_s": 1.0})
+    done = wait_final(api.url, KEY_A, submit(api.url, KEY_A))
+    assert done["status"] == "succeeded" and done["attempts"] == 2
+    assert simulator.stats()["calls"] == 2
+
+    today = datetime.now(UTC).date().isoformat()
+    [row] = _rows(_usage(api.url, KEY_A, **{"from": today, "to": today}))
+    assert row["tasks"] == {"succeeded": 1, "failed": 0, "cancelled": 0}
+    succeeded_s = done["result"]["latency_ms"] / 1000
+    assert 1.0 + succeeded_s <= row["gpu_seconds"] < 2.0 + succeeded_s

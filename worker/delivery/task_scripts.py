@@ -163,6 +163,7 @@ class Lifecycle:
         usage_ttl_s: int = USAGE_TTL_S,
         results: redis.Redis | None = None,
     ) -> None:
+        self._client = client
         self._record_ttl_s = record_ttl_s
         self._usage_ttl_s = usage_ttl_s
         self._events_maxlen = events_maxlen
@@ -230,6 +231,22 @@ class Lifecycle:
             polls=int(polls or 0),
             granted=granted,
         )
+
+    def add_call_time(self, tenant: str, endpoint: str, gpu_ms: int) -> None:
+        """Add the duration of a call that gave no result (it failed, or was cancelled) to
+        ``tenant``'s usage on ``endpoint``, now: the GPU spent it whatever becomes of the task.
+        The call that gives the result is counted by the end script."""
+        if gpu_ms <= 0:
+            return
+        usage_key, tenants_key, totals_key, _ = usage_keys(tenant)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hincrby(usage_key, f"{endpoint}:gpu_ms", gpu_ms)
+        pipe.expire(usage_key, self._usage_ttl_s)
+        pipe.sadd(tenants_key, tenant)
+        pipe.expire(tenants_key, self._usage_ttl_s)
+        pipe.hincrby(totals_key, f"{tenant}|{endpoint}|gpu_ms", gpu_ms)
+        pipe.expire(totals_key, self._usage_ttl_s)
+        pipe.execute()
 
     def _mark_started(self, task_id: str, result_key: str, meta: str) -> None:
         """Write ``STARTED`` to the result Redis (never over a success). It only informs

@@ -76,6 +76,7 @@ from worker.pipeline.retry_decision import (
 )
 from worker.pipeline.serverless_jobs import ServerlessJobs
 from worker.redis_outage import RedisOutage, ride_out
+from worker.tenants import INTERNAL
 
 log = logging.getLogger("genqueue.task")
 T = TypeVar("T")
@@ -351,6 +352,7 @@ class Generation:
                     result = self._jobs.await_job(request, target, result)
         except RetryableEndpointError as err:
             latency_s = self._called(started)
+            self._record.failed_call(request.tenant or INTERNAL, target.spec.name, latency_s)
             judge = partial(
                 self._faults.judge, task_id, target.spec.name, target.spec.base_url, err
             )
@@ -365,7 +367,12 @@ class Generation:
             return replace(later, attempt=attempt, latency_ms=int(latency_s * 1000))
         except PermanentEndpointError:
             slot.outcome = Outcome.OK  # the endpoint is up; it refused this request
-            self._called(started)
+            latency_s = self._called(started)
+            self._record.failed_call(request.tenant or INTERNAL, target.spec.name, latency_s)
+            raise
+        except TaskCancelled:  # the call was cut short: the GPU worked until then
+            latency_s = time.perf_counter() - started
+            self._record.failed_call(request.tenant or INTERNAL, target.spec.name, latency_s)
             raise
         self._called(started)
         slot.outcome = Outcome.OK

@@ -94,6 +94,16 @@ class TaskRecorder:
                 offer.guard.withdraw(offer)
             raise
 
+    def failed_call(self, tenant: str, endpoint: str, latency_s: float) -> None:
+        """Count a call that gave no result in the tenant's GPU time, riding out an unreachable
+        Redis (:meth:`Lifecycle.add_call_time`)."""
+        gpu_ms = int(latency_s * 1000)
+        ride_out(
+            lambda: self._lifecycle.add_call_time(tenant, endpoint, gpu_ms),
+            "counting its call's GPU time",
+            self._outage,
+        )
+
     def finish(
         self, delivery: Delivery, error: GenQueueError | None, result: dict[str, Any] | None = None
     ) -> Finished:
