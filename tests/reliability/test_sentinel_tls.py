@@ -8,7 +8,6 @@ serves TLS (the system's, tried by ``tls_redis_server``) and skip when there is 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api_producer.producers.direct import describe_redis_error
+from tests.redis_clients import ping_async
 from tests.reliability.conftest import wait_for
 from tests.reliability.sentinel_cluster import (
     SentinelCluster,
@@ -177,15 +177,8 @@ def test_a_client_that_trusts_another_ca_is_refused(
         assert "certificate" in text, text
     assert "GENQUEUE_REDIS_CA_FILE" in describe_redis_error(caught.value)
 
-    async def async_ping() -> None:
-        client = connections.async_client(settings)
-        try:
-            await client.ping()
-        finally:
-            await client.aclose()
-
     with pytest.raises(redis.ConnectionError) as caught_async:
-        asyncio.run(async_ping())
+        ping_async(settings)
     assert "certificate" in describe_redis_error(caught_async.value)
 
     env = {**os.environ, "REDIS_URL": tls_cluster.url, **_env(tls_files)}

@@ -8,7 +8,6 @@ whose certificates a CA made by the test signs. The proxy asks for a client cert
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import requests
 
 from api_producer.producers.direct import DirectProducer, describe_redis_error, producer_celery
 from tests.conftest import worker_env
+from tests.redis_clients import ping_async
 from tests.security.tls_proxy import Authority, Issued, TlsProxy, server_context
 from worker import connections
 from worker.celery_app import GenQueueCelery, celery_config
@@ -177,14 +177,7 @@ def test_a_server_the_ca_did_not_sign_is_refused(impostor: TlsRedis, tmp_path: P
     assert "GENQUEUE_REDIS_CA_FILE" in text
     sync.close()
 
-    async def async_ping() -> None:
-        client = connections.async_client(settings)
-        try:
-            await client.ping()
-        finally:
-            await client.aclose()
-
-    _verify_failed(lambda: asyncio.run(async_ping()))
+    _verify_failed(lambda: ping_async(settings))
 
     app = GenQueueCelery("tls-test", set_as_current=False)
     app.genqueue_settings = settings

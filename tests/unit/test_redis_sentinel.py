@@ -3,14 +3,13 @@ what a client says when no sentinel answers."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from redis.asyncio.sentinel import MasterNotFoundError as AsyncMasterNotFoundError
 from redis.exceptions import ConnectionError, ResponseError
 from redis.sentinel import MasterNotFoundError
 
 from genqueue.embedded_redis import free_port
+from tests.redis_clients import ping_async
 from worker import connections, redis_sentinel
 from worker.settings import Settings
 
@@ -69,15 +68,8 @@ def test_no_primary_found_says_why_each_sentinel_failed() -> None:
         client.ping()
     client.close()
 
-    async def async_ping() -> None:
-        client = connections.async_client(settings)
-        try:
-            await client.ping()
-        finally:
-            await client.aclose()
-
     with pytest.raises(AsyncMasterNotFoundError) as caught_async:
-        asyncio.run(async_ping())
+        ping_async(settings)
     for err in (caught.value, caught_async.value):
         text = str(err)
         assert text.startswith("No master found for 'mymaster' : "), text
