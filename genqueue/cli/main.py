@@ -167,10 +167,16 @@ def _run_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from genqueue.cli.worker import exec_supervisor, worker_argvs, worker_queues
+    from genqueue.cli.worker import (
+        exec_supervisor,
+        warn_redis_problems,
+        worker_argvs,
+        worker_queues,
+    )
     from worker.endpoints.config import require_endpoints
 
     queues = worker_queues(require_endpoints(settings), only=args.endpoint)
+    warn_redis_problems(settings)
     exec_supervisor(worker_argvs(settings, queues, hostname=args.hostname))
 
 

@@ -14,7 +14,10 @@ import socket
 import sys
 from typing import NoReturn
 
-from worker import keys
+import redis
+
+from api_producer.producers.submission import describe_redis_error
+from worker import connections, keys
 from worker.endpoints.config import Endpoints
 from worker.errors import SettingsError
 from worker.settings import Settings
@@ -66,6 +69,39 @@ def worker_argvs(
             name = hostname if index == 0 else f"{index}-{hostname}"
         argvs.append(worker_argv(settings, index, queues, name))
     return argvs
+
+
+def redis_problems(settings: Settings) -> list[str]:
+    """Why Redis (and the results' Redis, when apart) does not answer now, if it does not.
+
+    The workers start anyway and keep trying, since Redis may come up after them; this says
+    the reason once, in genqueue's words (a refused certificate, a sentinel that names no
+    primary), where Celery's own retry lines may only say ``ConnectionError``.
+    """
+    targets = [("REDIS_URL", False)]
+    if settings.results_apart:
+        targets.append(("GENQUEUE_RESULT_REDIS_URL", True))
+    problems = []
+    for name, results in targets:
+        client = connections.sync_client(
+            settings, max_connections=1, socket_timeout_s=2, results=results
+        )
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as err:
+            problems.append(f"{name}: {describe_redis_error(err)}")
+        finally:
+            client.close()
+    return problems
+
+
+def warn_redis_problems(settings: Settings) -> None:
+    for problem in redis_problems(settings):
+        print(
+            f"genqueue worker: Redis does not answer yet ({problem}); the workers start and "
+            "keep trying",
+            file=sys.stderr,
+        )
 
 
 def exec_supervisor(argvs: list[list[str]]) -> NoReturn:

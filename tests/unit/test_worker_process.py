@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import get_args
 
 import pytest
 
-from genqueue.cli.worker import worker_argv
+from genqueue.cli.worker import redis_problems, worker_argv
+from genqueue.embedded_redis import free_port
+from tests.conftest import worker_env
 from worker import process
 from worker.settings import Settings, WorkerPool
 
@@ -34,3 +42,36 @@ def test_an_unknown_pool_is_refused_with_its_name(capsys: pytest.CaptureFixture[
         )
     assert exit_.value.code == 2
     assert "eventlet" in capsys.readouterr().err
+
+
+def test_the_worker_says_why_redis_does_not_answer(redis_url: str) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    assert redis_problems(Settings(redis_url=redis_url)) == []
+    assert redis_problems(Settings(redis_url=closed)) == ["REDIS_URL: Redis is unreachable"]
+    apart = Settings(redis_url=redis_url, result_redis_url=closed)
+    assert redis_problems(apart) == ["GENQUEUE_RESULT_REDIS_URL: Redis is unreachable"]
+
+
+@pytest.mark.timeout(60)
+def test_genqueue_worker_starts_when_redis_does_not_answer_and_says_so(tmp_path: Path) -> None:
+    """Redis may come up after the workers: they start and keep trying, and the reason is
+    said once, first."""
+    port = free_port()
+    env = worker_env(f"redis://:hunter2@127.0.0.1:{port}/0", "http://127.0.0.1:9")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genqueue", "worker"],
+        env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert first == (
+            "genqueue worker: Redis does not answer yet (REDIS_URL: Redis is unreachable); "
+            "the workers start and keep trying\n"
+        )
+        time.sleep(2)
+        assert process.poll() is None  # still running, still trying
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert "hunter2" not in first
