@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
+from celery import Celery
 
 from genqueue.cli.worker import redis_problems, worker_argv
-from genqueue.embedded_redis import free_port
+from genqueue.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import worker_env
 from worker import process
 from worker.settings import Settings, WorkerPool
@@ -52,12 +53,15 @@ def test_the_worker_says_why_redis_does_not_answer(redis_url: str) -> None:
     assert redis_problems(apart) == ["GENQUEUE_RESULT_REDIS_URL: Redis is unreachable"]
 
 
-@pytest.mark.timeout(60)
-def test_genqueue_worker_starts_when_redis_does_not_answer_and_says_so(tmp_path: Path) -> None:
-    """Redis may come up after the workers: they start and keep trying, and the reason is
-    said once, first."""
+@pytest.mark.timeout(90)
+def test_a_worker_started_before_redis_says_so_and_serves_once_redis_is_up(
+    tmp_path: Path, simulator: Any
+) -> None:
+    """Redis may come up after the workers: they start and keep trying, the reason said once,
+    first; a task sent once Redis is up is served by them."""
     port = free_port()
-    env = worker_env(f"redis://:hunter2@127.0.0.1:{port}/0", "http://127.0.0.1:9")
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+    env = {**worker_env(url, simulator.url), "GENQUEUE_WORKER_PROCESSES": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "genqueue", "worker"],
         env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -69,9 +73,18 @@ def test_genqueue_worker_starts_when_redis_does_not_answer_and_says_so(tmp_path:
             "genqueue worker: Redis does not answer yet (REDIS_URL: Redis is unreachable); "
             "the workers start and keep trying\n"
         )
+        assert "hunter2" not in first
         time.sleep(2)
         assert process.poll() is None  # still running, still trying
+        with EmbeddedRedis(tmp_path / "redis", port, password="hunter2"):
+            celery = Celery(broker=url, backend=url, set_as_current=False)
+            try:
+                sent = celery.send_task(
+                    "genqueue.generate", kwargs={"request": {"prompt": "late", "params": {}}}
+                )
+                assert sent.get(timeout=60)["usage"]["completion_tokens"] > 0
+            finally:
+                celery.close()
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    assert "hunter2" not in first
