@@ -189,6 +189,8 @@ def test_either_redis_away_at_the_end_of_a_call_stores_the_result_once(
     wait_for(lambda: in_flight(simulator) == 0, 15, "the end of the call")
     ready = requests.get(f"{api.url}/readyz", timeout=10)
     assert ready.status_code == 503, ready.text
+    read = requests.get(f"{api.url}/v1/tasks/{task_id}", headers=auth, timeout=10)
+    assert read.status_code == 503, read.text  # a status needs both: said, not guessed
     time.sleep(3)  # the worker finds that Redis away when it ends the task
     own_redis.start()
 
