@@ -19,6 +19,7 @@ import requests
 
 from genqueue.embedded_redis import EmbeddedRedis
 from tests.api.conftest import API_TENANT
+from tests.observability.conftest import Receiver, receiver
 from tests.reliability.conftest import send, wait_for
 from tests.reliability.test_outage import BODY, final, in_flight, status, submit
 from worker import keys
@@ -29,6 +30,8 @@ from worker.observability.completion_stream import EVENTS_STREAM
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(150)
+
+__all__ = ["receiver"]  # a fixture of tests/observability, used here
 
 
 @pytest.fixture
@@ -238,3 +241,28 @@ def test_a_requeued_dead_letter_starts_afresh_in_the_result_redis(
     done = final(api, auth, task_id)
     assert done["status"] == "succeeded", done
     assert simulator.stats()["calls"] == 1
+
+
+def test_a_webhook_carries_the_result_read_from_the_result_redis(
+    redis_url: str,
+    own_redis: EmbeddedRedis,
+    api_factory: Any,
+    auth: dict[str, str],
+    simulator: Any,
+    start_worker: Any,
+    receiver: Receiver,
+) -> None:
+    secret = "whsec-test-0123456789"
+    hooks = {"webhook_secret": secret, "webhook_allowlist": "127.0.0.1"}
+    start_worker(
+        redis_url, simulator.url, GENQUEUE_RESULT_REDIS_URL=own_redis.url,
+        **{f"GENQUEUE_{name.upper()}": value for name, value in hooks.items()},
+    )  # fmt: skip
+    api = api_factory(redis_url, result_redis_url=own_redis.url, **hooks)
+    body = {**BODY, "webhook_url": f"{receiver.url}/hook"}
+    sent = requests.post(f"{api.url}/v1/tasks", json=body, headers=auth, timeout=10)
+    assert sent.status_code == 202, sent.text
+    done = status(api, auth, sent.json()["task_id"], wait=20)
+    assert done["status"] == "succeeded"
+    wait_for(lambda: receiver.received, 20, "the webhook")
+    assert json.loads(receiver.received[0].body) == done  # the result included

@@ -57,8 +57,19 @@ F_COUNTED = "usage_counted"
 F_DELIVERIES = "deliveries"
 
 
+def utcnow_ms() -> datetime:
+    """Now, in UTC, to the millisecond (the precision of every time genqueue writes)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
+
+
+def iso(moment: datetime) -> str:
+    """``moment`` (UTC) as the records write it: ``2026-11-30T16:26:26.853Z``."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utcnow_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(utcnow_ms())
 
 
 def new_record(metadata: dict[str, Any] | None) -> dict[str, str]:

@@ -129,15 +129,18 @@ def usage_keys(tenant: str) -> list[str]:
     ]
 
 
-def celery_meta(task_id: str, status: str, result: Any, done: bool) -> str:
-    """Celery's result meta, as its Redis backend stores it (``result_extended`` off)."""
+def celery_meta(
+    task_id: str, status: str, result: Any, done: bool, done_at: datetime | None = None
+) -> str:
+    """Celery's result meta, as its Redis backend stores it (``result_extended`` off); a final
+    one is dated ``done_at`` (now, unless given), to the millisecond as the records are."""
     return json.dumps(
         {
             "status": status,
             "result": result,
             "traceback": None,
             "children": [],
-            "date_done": datetime.now(UTC).isoformat() if done else None,
+            "date_done": (done_at or records.utcnow_ms()).isoformat() if done else None,
             "task_id": task_id,
         }
     )
@@ -272,9 +275,12 @@ class Lifecycle:
         error = ""
         if ending.status != "succeeded":
             error = json.dumps({"type": ending.error_type, "message": ending.error_message})
+        # One moment for the record's finished_at and the result's date_done: a status read
+        # between the two writes (results apart) says the same time as one read after.
+        ended = records.utcnow_ms()
         meta = ""
         if ending.result is not None:
-            meta = celery_meta(task_id, "SUCCESS", ending.result, done=True)
+            meta = celery_meta(task_id, "SUCCESS", ending.result, done=True, done_at=ended)
         store_apart = self._store_result if meta else None
         script_keys = [
             keys.task_record(task_id),
@@ -306,7 +312,7 @@ class Lifecycle:
                     task_id,
                     ending.status,
                     ending.error_type,
-                    records.utcnow_iso(),
+                    records.iso(ended),
                     error,
                     self._record_ttl_s,
                     "" if store_apart is not None else meta,
