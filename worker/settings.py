@@ -25,6 +25,8 @@ from worker.errors import SettingsError
 from worker.webhooks.url_check import WebhookRefused, check_allowlist_entry
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Why a unix:// URL is refused: Celery's Redis transport and result backend know no unix://.
+_NO_SOCKET = "a unix socket is not supported (Celery's Redis transport has no unix://)"
 #: RunPod's pod proxy answers 524 to any request still open after 100 s.
 POD_PROXY_TIMEOUT_S = 100.0
 
@@ -231,8 +233,10 @@ class Settings(BaseSettings):
         if redis_sentinel.is_sentinel(value):
             redis_sentinel.parse(value)  # its ValueError never quotes the URL
             return value
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss://, unix:// or sentinel://")
+        if value.startswith("unix://"):
+            raise ValueError(_NO_SOCKET)
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis://, rediss:// or sentinel://")
         return value
 
     @field_validator("result_redis_url")
@@ -246,8 +250,10 @@ class Settings(BaseSettings):
                 "a result Redis behind Sentinel is not supported: give its primary as "
                 "redis:// or rediss://, or leave it unset to keep the results in REDIS_URL"
             )
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if value.startswith("unix://"):
+            raise ValueError(_NO_SOCKET)
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
         return value
 
     @property

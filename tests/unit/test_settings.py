@@ -294,7 +294,7 @@ def test_the_results_stay_in_redis_url_unless_a_result_redis_is_given(
     ("url", "reason"),
     [
         ("sentinel://:hunter2@h1:26379/0", "a result Redis behind Sentinel is not supported"),
-        ("http://:hunter2@h1:6379/0", "must start with redis://, rediss:// or unix://"),
+        ("http://:hunter2@h1:6379/0", "must start with redis:// or rediss://"),
     ],
 )
 def test_an_invalid_result_redis_url_says_why_without_echoing_it(
@@ -304,3 +304,10 @@ def test_an_invalid_result_redis_url_says_why_without_echoing_it(
     assert "  GENQUEUE_RESULT_REDIS_URL: " in message
     assert reason in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("name", ["REDIS_URL", "GENQUEUE_RESULT_REDIS_URL"])
+def test_a_unix_socket_is_refused_saying_why(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    message = settings_error(monkeypatch, **{name: "unix:///run/redis/redis.sock"})
+    assert f"  {name}: " in message
+    assert "a unix socket is not supported" in message
