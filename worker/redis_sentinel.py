@@ -172,7 +172,11 @@ class AsyncFailoverSSLConnection(AsyncFailoverConnection, aioredis.SSLConnection
     pass
 
 
-def _no_master(service_name: str, errors: list[tuple[Any, BaseException]]) -> str:
+#: A sentinel that could not be asked, and why.
+SentinelErrors = list[tuple[Any, BaseException]]
+
+
+def _no_master(service_name: str, errors: SentinelErrors) -> str:
     """``MasterNotFoundError``'s text: redis-py's, with each sentinel's error as text (redis-py 8
     gives ``repr(err)``, which is ``network:ConnectionError`` and no more)."""
     reasons = ", ".join(f"sentinel {_address(client)} - {err}" for client, err in errors)
@@ -184,23 +188,35 @@ def _address(client: Any) -> str:
     return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
+def _primary_from(
+    manager: Any, masters: Any, service_name: str, sentinel_no: int
+) -> tuple[str, int] | None:
+    """The primary's address in sentinel ``sentinel_no``'s answer (``SENTINEL MASTERS``, read
+    as a dict as redis-py does), that sentinel moved first for next time; ``None`` when it
+    names no healthy primary. The body of redis-py's ``discover_master`` loop, sync or not."""
+    state = masters.get(service_name)
+    if not state or not manager.check_master_state(state, service_name):
+        return None
+    sentinels = manager.sentinels
+    sentinels[0], sentinels[sentinel_no] = sentinels[sentinel_no], sentinels[0]
+    forced = manager._force_master_ip
+    return (forced if forced is not None else state["ip"]), state["port"]
+
+
 class ExplainingSentinel(Sentinel):
     """redis-py's ``Sentinel`` whose ``MasterNotFoundError`` says why each sentinel failed."""
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         # redis-py's, but for the errors' text (UPSTREAM_COPIES).
-        errors: list[tuple[Any, BaseException]] = []
+        errors: SentinelErrors = []
         for sentinel_no, sentinel in enumerate(self.sentinels):
             try:
-                masters: Any = sentinel.sentinel_masters()  # read as a dict, as redis-py does
+                masters = sentinel.sentinel_masters()
             except (RedisConnectionError, RedisTimeoutError) as err:
                 errors.append((sentinel, err))
                 continue
-            state = masters.get(service_name)
-            if state and self.check_master_state(state, service_name):
-                self.sentinels[0], self.sentinels[sentinel_no] = sentinel, self.sentinels[0]
-                forced = self._force_master_ip
-                return (forced if forced is not None else state["ip"]), state["port"]
+            if (found := _primary_from(self, masters, service_name, sentinel_no)) is not None:
+                return found
         last = errors[-1][1] if errors else None
         raise MasterNotFoundError(_no_master(service_name, errors)) from last
 
@@ -209,18 +225,15 @@ class AsyncExplainingSentinel(async_sentinel.Sentinel):
     """:class:`ExplainingSentinel` for asyncio clients."""
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
-        errors: list[tuple[Any, BaseException]] = []
+        errors: SentinelErrors = []
         for sentinel_no, sentinel in enumerate(self.sentinels):
             try:
-                masters: Any = await sentinel.sentinel_masters()
+                masters = await sentinel.sentinel_masters()
             except (RedisConnectionError, RedisTimeoutError) as err:
                 errors.append((sentinel, err))
                 continue
-            state = masters.get(service_name)
-            if state and self.check_master_state(state, service_name):
-                self.sentinels[0], self.sentinels[sentinel_no] = sentinel, self.sentinels[0]
-                forced = self._force_master_ip
-                return (forced if forced is not None else state["ip"]), state["port"]
+            if (found := _primary_from(self, masters, service_name, sentinel_no)) is not None:
+                return found
         last = errors[-1][1] if errors else None
         raise async_sentinel.MasterNotFoundError(_no_master(service_name, errors)) from last
 

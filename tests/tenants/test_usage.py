@@ -136,3 +136,31 @@ def test_the_gpu_time_of_a_failed_call_is_counted_too(
     assert row["tasks"] == {"succeeded": 1, "failed": 0, "cancelled": 0}
     succeeded_s = done["result"]["latency_ms"] / 1000
     assert 1.0 + succeeded_s <= row["gpu_seconds"] < 2.0 + succeeded_s
+
+
+@pytest.mark.timeout(60)
+def test_the_gpu_time_of_a_call_cancelled_while_it_ran_is_counted(
+    api_factory, redis_url, simulator, start_worker
+) -> None:
+    start_worker(redis_url, simulator.url)
+    api = api_factory(redis_url, api_keys=KEY_A)
+    simulator.configure(latency_s=30)
+    task_id = submit(api.url, KEY_A)
+    deadline = time.monotonic() + 15
+    while simulator.stats()["in_flight"] != 1:
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # a second of the GPU's work
+    cancelled = requests.delete(f"{api.url}/v1/tasks/{task_id}", headers=auth(KEY_A), timeout=20)
+    assert cancelled.status_code == 200, cancelled.text
+    assert wait_final(api.url, KEY_A, task_id)["status"] == "cancelled"
+
+    today = datetime.now(UTC).date().isoformat()
+    deadline = time.monotonic() + 10
+    while True:  # counted as the cut call ends, in the worker
+        rows = _rows(_usage(api.url, KEY_A, **{"from": today, "to": today}))
+        if rows and rows[0]["tasks"]["cancelled"] == 1:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.1)
+    assert 1.0 <= rows[0]["gpu_seconds"] < 10.0

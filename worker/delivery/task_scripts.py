@@ -235,6 +235,14 @@ class Lifecycle:
             granted=granted,
         )
 
+    def move(self, task_id: str, endpoint: str, tried: list[str]) -> None:
+        """Note on the record that the task moves to ``endpoint`` (a fallback), having tried
+        the endpoints ``tried``: its next start reads them (``scripts/task_start.lua``)."""
+        self._client.hset(
+            keys.task_record(task_id),
+            mapping={records.F_ENDPOINT: endpoint, records.F_TRIED: ",".join(tried)},
+        )
+
     def add_call_time(self, tenant: str, endpoint: str, gpu_ms: int) -> None:
         """Add the duration of a call that gave no result (it failed, or was cancelled) to
         ``tenant``'s usage on ``endpoint``, now: the GPU spent it whatever becomes of the task.

@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from worker.errors import InvalidRequest
+
 if TYPE_CHECKING:
     from worker.contract import GenerationRequest
-    from worker.endpoints.config import Endpoints
+    from worker.endpoints.config import Endpoints, EndpointSpec
 
 #: The OpenAI completions API's sampler fields, which every kind takes.
 OPENAI_PARAMS = frozenset(
@@ -104,6 +106,18 @@ def describe_refusal(endpoint: str, kind: str, names: list[str]) -> str:
         f"endpoint {endpoint!r} (kind {kind}) does not take {listed}; a server of that kind "
         "would ignore it (set strict_params = false on the endpoint to send it anyway)"
     )
+
+
+def call_params(
+    request: GenerationRequest, spec: EndpointSpec, default_max_tokens: int
+) -> dict[str, Any]:
+    """The request's ``params`` as the endpoint's kind takes them (the API refuses the
+    others at submission; a task sent straight to Celery fails here, :class:`InvalidRequest`)."""
+    params = request.params.model_dump(mode="json", exclude_none=True)
+    unknown = refused(spec.kind, params)
+    if unknown and spec.strict_params:
+        raise InvalidRequest(describe_refusal(spec.name, spec.kind, unknown))
+    return for_server(spec.kind, params, default_max_tokens)
 
 
 def request_problem(endpoints: Endpoints, request: GenerationRequest) -> str | None:

@@ -11,17 +11,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 
-from worker import keys
 from worker.contract import GenerationRequest, GenerationResult
-from worker.delivery import records
 from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
 from worker.delivery.task_scripts import (
@@ -31,8 +28,8 @@ from worker.delivery.task_scripts import (
 )
 from worker.delivery.token_stream import TokenStream
 from worker.endpoints.clients import EndpointTarget
-from worker.endpoints.config import Endpoints, EndpointSpec
-from worker.endpoints.params import describe_refusal, for_server, refused
+from worker.endpoints.config import Endpoints
+from worker.endpoints.params import call_params
 from worker.endpoints.serverless import Job
 from worker.errors import (
     AlreadyRunning,
@@ -79,7 +76,6 @@ from worker.redis_outage import RedisOutage, ride_out
 from worker.tenants import INTERNAL
 
 log = logging.getLogger("genqueue.task")
-T = TypeVar("T")
 
 
 class Generation:
@@ -120,7 +116,7 @@ class Generation:
         self._dead_letters = dead_letters
         self._policy = policy
         self._observe = observer or TaskObserver()
-        self._faults = RequestFaults(redis_client)
+        self._faults = RequestFaults(redis_client, policy.outage)
         self._jobs = ServerlessJobs(redis_client, policy.outage)
         #: Slots granted by the task's start script, until the call takes them over.
         self._granted: dict[str, GrantedSlot] = {}
@@ -178,7 +174,7 @@ class Generation:
             if isinstance(err, PoisonTask):
                 letter = kwargs.get("request", args)
                 add = partial(self._dead_letters.add, task_id, letter, err.message)
-                self._ride_out(add, "its dead letter")
+                ride_out(add, "its dead letter", self._policy.outage)
             end = self._record.finish(delivery, err)
             self._observe.failed(
                 task_id, end.attempts, err.error_type, err.message, seconds_since(end.created_at)
@@ -296,7 +292,7 @@ class Generation:
         call = Call(
             prompt=None if chat else self._renderer.render(request, template),
             messages=[dict(m) for m in message_dicts(request)] if chat else None,
-            params=self._params(request, spec),
+            params=call_params(request, spec, self._policy.default_max_tokens),
             stream=request.stream,
         )
         if spec.kind == "runpod-serverless" and progress.job_id is not None:
@@ -323,15 +319,6 @@ class Generation:
                 return moved
             return later(request, error, progress.attempts, after(error))
 
-    def _params(self, request: GenerationRequest, spec: EndpointSpec) -> dict[str, Any]:
-        """The request's ``params`` as the endpoint's kind takes them (the API refuses the
-        others at submission; a task sent straight to Celery fails here)."""
-        params = request.params.model_dump(mode="json", exclude_none=True)
-        unknown = refused(spec.kind, params)
-        if unknown and spec.strict_params:
-            raise InvalidRequest(describe_refusal(spec.name, spec.kind, unknown))
-        return for_server(spec.kind, params, self._policy.default_max_tokens)
-
     def _call(
         self,
         task_id: str,
@@ -353,10 +340,7 @@ class Generation:
         except RetryableEndpointError as err:
             latency_s = self._called(started)
             self._record.failed_call(request.tenant or INTERNAL, target.spec.name, latency_s)
-            judge = partial(
-                self._faults.judge, task_id, target.spec.name, target.spec.base_url, err
-            )
-            verdict = self._ride_out(judge, "judging its failure")
+            verdict = self._faults.judge(task_id, target.spec.name, target.spec.base_url, err)
             # A failure that follows this request says nothing of the endpoint's health.
             slot.outcome = Outcome.NEUTRAL if verdict.request_caused else Outcome.FAILURE
             if verdict.fault is not None:
@@ -410,21 +394,9 @@ class Generation:
         following = next_endpoint(self._endpoints.chain(request.endpoint), tried)
         if following is None:
             return None
-        self._ride_out(
-            lambda: self._redis.hset(
-                keys.task_record(task_id),
-                mapping={records.F_ENDPOINT: following, records.F_TRIED: ",".join(tried)},
-            ),
-            "its move to the next endpoint",
-        )
+        self._record.move(task_id, following, tried)
         log.info("task %s moves from endpoint %s to %s: %s", task_id, name, following, err)
         return fall_back_to(following, name, err, progress.attempts)
-
-    def _ride_out(self, call: Callable[[], T], what: str) -> T:
-        """``call()`` (a bookkeeping round trip of the task), riding out an unreachable Redis
-        as the task's start and end do; :class:`RedisOutage` past the budget abandons the task
-        (its message comes back)."""
-        return ride_out(call, what, self._policy.outage)
 
     def _called(self, started: float) -> float:
         latency_s = time.perf_counter() - started

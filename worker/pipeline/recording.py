@@ -94,6 +94,15 @@ class TaskRecorder:
                 offer.guard.withdraw(offer)
             raise
 
+    def move(self, task_id: str, endpoint: str, tried: list[str]) -> None:
+        """Record the task's move to ``endpoint`` (a fallback), having tried ``tried``, riding
+        out an unreachable Redis."""
+        ride_out(
+            lambda: self._lifecycle.move(task_id, endpoint, tried),
+            "its move to the next endpoint",
+            self._outage,
+        )
+
     def failed_call(self, tenant: str, endpoint: str, latency_s: float) -> None:
         """Count a call that gave no result in the tenant's GPU time, riding out an unreachable
         Redis (:meth:`Lifecycle.add_call_time`)."""

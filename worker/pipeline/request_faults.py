@@ -33,6 +33,7 @@ from worker.errors import (
     PoisonTask,
     RetryableEndpointError,
 )
+from worker.redis_outage import OutagePolicy, ride_out
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,15 @@ DROP_WINDOW_MS = 500
 
 
 class RequestFaults:
-    """Judges each retryable failure of a task; state in the task's record, one hash."""
+    """Judges each retryable failure of a task; state in the task's record, one hash.
 
-    def __init__(self, redis_client: redis.Redis) -> None:
+    :param outage: how long a judgement's round trips ride out an unreachable Redis (as the
+        task's start and end do; :class:`RedisOutage` past it).
+    """
+
+    def __init__(self, redis_client: redis.Redis, outage: OutagePolicy | None = None) -> None:
         self._redis = redis_client
+        self._outage = outage or OutagePolicy()
         self._in_flight_at_drop = redis_client.register_script(_IN_FLIGHT_AT_DROP)
 
     def _dropped_alone(self, endpoint: str) -> bool:
@@ -117,6 +123,15 @@ class RequestFaults:
     ) -> Verdict:
         """Whether ``err``, a retryable failure of ``task_id`` on ``endpoint``, is the fault of
         the task's request."""
+        return ride_out(
+            lambda: self._judge(task_id, endpoint, base_url, err),
+            "judging its failure",
+            self._outage,
+        )
+
+    def _judge(
+        self, task_id: str, endpoint: str, base_url: str, err: RetryableEndpointError
+    ) -> Verdict:
         if isinstance(err, ConnectionDropped):
             if not self._dropped_alone(endpoint):
                 return Verdict()  # several calls dropped at once: none can be blamed
