@@ -13,7 +13,6 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import redis
@@ -72,7 +71,7 @@ from worker.pipeline.retry_decision import (
     time_left,
 )
 from worker.pipeline.serverless_jobs import ServerlessJobs
-from worker.redis_outage import RedisOutage, ride_out
+from worker.redis_outage import RedisOutage
 from worker.tenants import INTERNAL
 
 log = logging.getLogger("genqueue.task")
@@ -113,7 +112,6 @@ class Generation:
         self._endpoints = endpoints
         self._targets = targets
         self._running = running
-        self._dead_letters = dead_letters
         self._policy = policy
         self._observe = observer or TaskObserver()
         self._faults = RequestFaults(redis_client, policy.outage)
@@ -129,7 +127,7 @@ class Generation:
             results=result_client if result_client is not redis_client else None,
         )
         self._record = TaskRecorder(
-            lifecycle, running, policy.outage, policy.max_deliveries, broker_acks
+            lifecycle, running, policy.outage, policy.max_deliveries, broker_acks, dead_letters
         )
         self._tokens = TokenStream(redis_client, policy.record_ttl_s)
         #: Tasks whose call streamed in this attempt: their stream is marked at the end.
@@ -167,14 +165,12 @@ class Generation:
                 granted.offer.guard.release_granted(granted)
 
     def _run(self, delivery: Delivery) -> Any:
-        task_id, args, kwargs = delivery.task_id, delivery.args, delivery.kwargs
+        task_id = delivery.task_id
         try:
             outcome = self._attempt(delivery)
         except GenQueueError as err:
             if isinstance(err, PoisonTask):
-                letter = kwargs.get("request", args)
-                add = partial(self._dead_letters.add, task_id, letter, err.message)
-                ride_out(add, "its dead letter", self._policy.outage)
+                self._record.dead_letter(delivery, err.message)
             end = self._record.finish(delivery, err)
             self._observe.failed(
                 task_id, end.attempts, err.error_type, err.message, seconds_since(end.created_at)

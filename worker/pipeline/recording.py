@@ -8,6 +8,7 @@ from collections import OrderedDict
 from typing import Any
 
 from worker.contract import GenerationResult
+from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
 from worker.delivery.task_scripts import BrokerAcks, Ending, Finished, Lifecycle, Progress
 from worker.errors import GenQueueError, TaskCancelled
@@ -28,6 +29,7 @@ class TaskRecorder:
     :param outage: how long a round trip rides out an unreachable Redis.
     :param max_deliveries: deliveries of a message whose worker never finished it, at most.
     :param broker_acks: how a task's end acknowledges its message (``None``: Celery does).
+    :param dead_letters: where a poison task's request goes.
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class TaskRecorder:
         outage: OutagePolicy,
         max_deliveries: int,
         broker_acks: BrokerAcks | None,
+        dead_letters: DeadLetters,
     ) -> None:
         self._lifecycle = lifecycle
+        self._dead_letters = dead_letters
         self._running = running
         self._outage = outage
         self._max_deliveries = max_deliveries
@@ -93,6 +97,16 @@ class TaskRecorder:
             if offer is not None:
                 offer.guard.withdraw(offer)
             raise
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Keep a poison task's request on the dead-letter list, riding out an unreachable
+        Redis."""
+        letter = (delivery.kwargs or {}).get("request", delivery.args)
+        ride_out(
+            lambda: self._dead_letters.add(delivery.task_id, letter, reason),
+            "its dead letter",
+            self._outage,
+        )
 
     def move(self, task_id: str, endpoint: str, tried: list[str]) -> None:
         """Record the task's move to ``endpoint`` (a fallback), having tried ``tried``, riding
