@@ -50,6 +50,12 @@ ANONYMOUS = "anonymous"
 KEY_TENANT_PREFIX = "key-"
 #: The label unnamed tenants share in metrics (label values stay bounded).
 OTHER_LABEL = "other"
+#: Names the tenants file may not give (nor any starting :data:`KEY_TENANT_PREFIX`), any case.
+RESERVED_NAMES = {
+    INTERNAL: "tasks sent with no key",
+    ANONYMOUS: "every caller of an API without keys",
+    OTHER_LABEL: "the metrics label of unnamed tenants",
+}
 _SHA256_HEX_CHARS = 64
 
 
@@ -196,7 +202,21 @@ def load_tenants(settings: Settings, environ: Mapping[str, str] | None = None) -
             for digest in digests:
                 _drop_key_tenant(by_name, by_digest, digest)
                 by_digest[digest] = tenant.name
+    _check_key_tenants(by_digest)
     return Tenants(by_name=by_name, by_digest=by_digest)
+
+
+def _check_key_tenants(by_digest: Mapping[bytes, str]) -> None:
+    """Two keys never share a ``key-`` tenant: 8 hex digits can collide (one pair in about
+    65,000 keys), and two services would then read and cancel each other's tasks."""
+    seen: dict[str, bytes] = {}
+    for digest, name in by_digest.items():
+        if name.startswith(KEY_TENANT_PREFIX) and seen.setdefault(name, digest) != digest:
+            raise SettingsError(
+                f"{env_name('api_keys')} / {env_name('api_key_hashes')}: two keys make the same "
+                f"tenant {name} (their SHA-256 digests share the first 8 hex digits); replace "
+                "one of them, or name each in the tenants file"
+            )
 
 
 def _drop_key_tenant(
@@ -204,15 +224,41 @@ def _drop_key_tenant(
 ) -> None:
     """A key named in the file belongs to the file's tenant, not to one of its own."""
     earlier = by_digest.get(digest)
-    if earlier is not None and earlier.startswith(KEY_TENANT_PREFIX):
-        by_name.pop(earlier, None)
+    alone = earlier is not None and list(by_digest.values()).count(earlier) == 1
+    if alone and earlier is not None and earlier.startswith(KEY_TENANT_PREFIX):
+        by_name.pop(earlier, None)  # (kept while another key still makes it)
 
 
 def _read_file(path: Path, env: Mapping[str, str]) -> list[tuple[Tenant, list[bytes]]]:
     parsed, text = read_named_tables(path, "tenants", TenantsFile, env_name("tenants_file"))
+    for table, spec in parsed.tenants.items():
+        _check_name(path, text, table, spec.name)
     read = [_tenant(path, text, spec, env) for spec in parsed.tenants.values()]
     _check_unique_keys(path, text, read)
     return read
+
+
+def reserved_name(name: str) -> str | None:
+    """Why ``name`` may not be a tenants file's tenant (``None`` if it may): genqueue gives
+    these names itself, and a tenant named so would own others' tasks."""
+    folded = name.lower()
+    if folded in RESERVED_NAMES:
+        return f"the name {folded!r} is genqueue's own ({RESERVED_NAMES[folded]})"
+    if folded.startswith(KEY_TENANT_PREFIX):
+        return f"names starting {KEY_TENANT_PREFIX!r} are the tenants of plain keys"
+    return None
+
+
+def _check_name(path: Path, text: str, table: str, name: str) -> None:
+    if name != table:
+        line = line_of(text, ("tenants", table, "name"))
+        raise SettingsError(
+            f"{path}:{line}: tenants.{table}.name: a tenant is named by its table; leave 'name' out"
+        )
+    problem = reserved_name(name)
+    if problem is not None:
+        line = line_of(text, ("tenants", table))
+        raise SettingsError(f"{path}:{line}: tenants.{table}: {problem}; choose another name")
 
 
 def _tenant(
@@ -268,7 +314,11 @@ class TenantsSource:
 
     The file's modification time and size are looked at most once per ``check_every_s``; a
     new version that does not load is logged and the previous one kept (a typo never locks
-    every caller out). Keys in environment variables change only with a restart.
+    every caller out), and so is a version with no keys at all where the running one has
+    some: with no keys the API lets anyone in, so an emptied file (``cat new > tenants.toml``
+    caught half-way, the last key removed) never opens it. A reload never raises: the tenants
+    are read in the middle of requests and tasks. Keys in environment variables change only
+    with a restart.
     """
 
     def __init__(self, settings: Settings, check_every_s: float = 1.0) -> None:
@@ -288,12 +338,31 @@ class TenantsSource:
         stamp = self._file_stamp()
         if stamp != self._stamp:
             self._stamp = stamp
-            try:
-                self._tenants = load_tenants(self._settings)
-                log.info("tenants file re-read: %d tenants", len(self._tenants.by_name))
-            except SettingsError as err:
-                log.error("tenants file not re-read, the previous version stays: %s", err)
+            self._reload()
         return self._tenants
+
+    def _reload(self) -> None:
+        try:
+            tenants = load_tenants(self._settings)
+        except SettingsError as err:
+            log.error("tenants file not re-read, the previous version stays: %s", err)
+            return
+        except Exception as err:  # a request or a task never fails of an edit
+            # Its type only: an exception's text or arguments may carry the file.
+            log.error(
+                "tenants file not re-read, the previous version stays: %s", type(err).__name__
+            )
+            return
+        if self._tenants.keyed and not tenants.keyed:
+            log.error(
+                "tenants file not re-read, the previous version stays: it has no keys, and "
+                "with none the API would let every caller in as an admin; to open it, restart "
+                "it without keys (on loopback, or with %s=true)",
+                env_name("api_insecure_no_auth"),
+            )
+            return
+        self._tenants = tenants
+        log.info("tenants file re-read: %d tenants", len(self._tenants.by_name))
 
     def _file_stamp(self) -> tuple[int, int] | None:
         path = self._settings.tenants_file

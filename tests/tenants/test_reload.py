@@ -1,0 +1,93 @@
+"""The tenants file edited under a running API and worker: a version without keys never opens
+the API, a version that does not load changes nothing, and no task fails of either."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.observability.conftest import wait_for
+from tests.tenants.conftest import BODY, auth, submit, wait_final, write_tenants
+from worker.tenants import hash_key
+
+KEY_RED, KEY_OPS = "red-reload-key", "ops-reload-key"
+#: Stands for what a tenants file holds that no caller may see (digests, names, limits).
+MARK = "private-tenant-limits"
+TENANTS = f"""# {MARK}
+[tenants.red]
+key_hashes = ["{hash_key(KEY_RED)}"]
+weight = 2
+
+[tenants.ops]
+key_hashes = ["{hash_key(KEY_OPS)}"]
+admin = true
+"""
+BROKEN = {
+    "empty": b"",
+    "last-key-removed": f"# {MARK}\n[tenants.red]\nweight = 2\n".encode(),
+    "half-written": TENANTS.encode()[: TENANTS.index("key_hashes") + 20],
+    "not-utf8": f"# {MARK}\n[tenants.red]\nweight = 2\n# \xff\xfe\n".encode("latin-1"),
+    "tenants-a-number": f"# {MARK}\ntenants = 5\n".encode(),
+}
+
+
+def _rewrite(path: Path, content: bytes) -> None:
+    """Rewritten in place (as ``cat new > tenants.toml``), with a new modification time."""
+    stamp = path.stat().st_mtime_ns + 1_000_000_000
+    path.write_bytes(content)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def _ask(url: str) -> bool:
+    """A request whose key is checked (so the tenants are looked at)."""
+    requests.get(f"{url}/v1/usage", timeout=5)
+    return True
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("tenants file not re-read" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.timeout(150)
+def test_no_edit_of_the_tenants_file_opens_the_api_or_fails_a_task(
+    api_factory, redis_url, simulator, start_worker, tmp_path, caplog
+) -> None:
+    path = write_tenants(tmp_path / "tenants.toml", TENANTS)
+    worker = start_worker(redis_url, simulator.url, genqueue_tenants_file=path)
+    api = api_factory(redis_url, api_keys="", tenants_file=path)
+    first = submit(api.url, KEY_RED)
+    assert wait_final(api.url, KEY_RED, first)["status"] == "succeeded"
+    caplog.set_level(logging.ERROR, logger="genqueue.tenants")
+    for name, content in BROKEN.items():
+        refused = _refusals(caplog)
+        _rewrite(path, content)
+        # The API looks once a second: a request with a key to check reads the new version.
+        wait_for(
+            lambda refused=refused: _ask(api.url) and _refusals(caplog) > refused,
+            10, f"the {name} version to be refused",
+        )  # fmt: skip
+        # No key: still refused everywhere (an API without keys would let it in as an admin).
+        assert requests.post(f"{api.url}/v1/tasks", json=BODY, timeout=10).status_code == 401
+        assert requests.get(f"{api.url}/v1/tasks/{first}", timeout=10).status_code == 401
+        assert requests.delete(f"{api.url}/v1/tasks/{first}", timeout=10).status_code == 401
+        assert requests.get(f"{api.url}/v1/usage", timeout=10).status_code == 401
+        # The last good version stays: the keys work, and the worker's tasks do not fail.
+        assert requests.get(f"{api.url}/v1/usage", headers=auth(KEY_OPS), timeout=10).ok
+        task_id = submit(api.url, KEY_RED)
+        final = wait_final(api.url, KEY_RED, task_id)
+        assert (final["status"], final["error"]) == ("succeeded", None), name
+    text = caplog.text + worker.log_path.read_text(errors="replace")
+    assert MARK not in text and hash_key(KEY_RED) not in text
+    # A good version is taken again: the red key goes, the ops key stays.
+    _rewrite(path, TENANTS.replace(f'key_hashes = ["{hash_key(KEY_RED)}"]', "").encode())
+    wait_for(
+        lambda: requests.post(
+            f"{api.url}/v1/tasks", json=BODY, headers=auth(KEY_RED), timeout=10
+        ).status_code == 401,
+        10, "the red key to be removed",
+    )  # fmt: skip
+    assert submit(api.url, KEY_OPS)
