@@ -174,6 +174,9 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         worker_queues,
     )
     from worker.endpoints.config import require_endpoints
+    from worker.tenants import load_tenants
+
+    load_tenants(settings)  # an invalid tenants file stops the workers here, file:line: field
 
     queues = worker_queues(require_endpoints(settings), only=args.endpoint)
     warn_redis_problems(settings)

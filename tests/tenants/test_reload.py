@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.conftest import worker_env
 from tests.observability.conftest import wait_for
 from tests.tenants.conftest import BODY, auth, submit, wait_final, write_tenants
 from worker.tenants import hash_key
@@ -80,7 +84,9 @@ def test_no_edit_of_the_tenants_file_opens_the_api_or_fails_a_task(
         task_id = submit(api.url, KEY_RED)
         final = wait_final(api.url, KEY_RED, task_id)
         assert (final["status"], final["error"]) == ("succeeded", None), name
-    text = caplog.text + worker.log_path.read_text(errors="replace")
+    worker_log = worker.log_path.read_text(errors="replace")
+    assert "tenants file not re-read" in worker_log  # the worker read the broken versions too
+    text = caplog.text + worker_log
     assert MARK not in text and hash_key(KEY_RED) not in text
     # A good version is taken again: the red key goes, the ops key stays.
     _rewrite(path, TENANTS.replace(f'key_hashes = ["{hash_key(KEY_RED)}"]', "").encode())
@@ -91,3 +97,35 @@ def test_no_edit_of_the_tenants_file_opens_the_api_or_fails_a_task(
         10, "the red key to be removed",
     )  # fmt: skip
     assert submit(api.url, KEY_OPS)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", [["worker"], ["api", "--port", "0"]])
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        (f"# {MARK}\ntenants = 5\n".encode(), ":2: tenants: "),
+        (f"# {MARK}\n[tenants.a]\nweight = \xff\n".encode("latin-1"), ":3: not UTF-8"),
+        (b"[tenants.internal]\n", ":1: tenants.internal: "),
+    ],
+    ids=["tenants-a-number", "not-utf8", "reserved-name"],
+)
+def test_a_broken_tenants_file_stops_the_start_with_file_line_and_field(
+    redis_url, tmp_path, command: list[str], content: bytes, where: str
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_bytes(content)
+    env = worker_env(redis_url, "http://127.0.0.1:9", genqueue_tenants_file=path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genqueue", *command], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = process.communicate(timeout=45)
+    finally:  # a worker that started after all: its whole group goes
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode != 0
+    assert f"{path}{where}" in stderr
+    assert "Traceback" not in stderr and MARK not in stderr
