@@ -106,6 +106,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             settled=broker.settle,
         ),
         result_client=results,
+        tenants=tenants.current,
     )
     webhooks = WebhookSender(
         client,

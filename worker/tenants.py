@@ -142,6 +142,19 @@ class Tenants:
     def max_priority_of(self, name: str) -> int:
         return self.get(name).max_priority
 
+    def held_to_tenant(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` with its priority at most its tenant's ``max_priority`` (the API refuses
+        more; a Celery producer's task is capped by the worker)."""
+        highest = self.max_priority_of(tenant_of(request))
+        if request.priority <= highest:
+            return request
+        return request.model_copy(update={"priority": highest})
+
+    def usable(self, request: GenerationRequest, chain: Iterable[str]) -> list[str]:
+        """The endpoints of ``chain`` (a request's endpoint and fallbacks) its tenant may use."""
+        tenant = self.get(tenant_of(request))
+        return [name for name in chain if tenant.may_use(name)]
+
     def webhook_secret_of(self, name: str) -> SecretStr | None:
         found = self.by_name.get(name)
         return found.webhook_secret if found is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +21,7 @@ import redis
 from worker.contract import GenerationRequest, GenerationResult
 from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
-from worker.delivery.task_scripts import (
-    BrokerAcks,
-    Lifecycle,
-    Progress,
-)
+from worker.delivery.task_scripts import BrokerAcks, Lifecycle, Progress
 from worker.delivery.token_stream import TokenStream
 from worker.endpoints.clients import EndpointTarget
 from worker.endpoints.config import Endpoints
@@ -42,13 +39,7 @@ from worker.errors import (
     RetryableEndpointError,
     TaskCancelled,
 )
-from worker.limits.guard import (
-    Claim,
-    GrantedSlot,
-    Outcome,
-    Slot,
-    SlotOffer,
-)
+from worker.limits.guard import Claim, GrantedSlot, Outcome, Slot, SlotOffer
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.pipeline.attempt import (
     DUPLICATE,
@@ -72,7 +63,7 @@ from worker.pipeline.retry_decision import (
 )
 from worker.pipeline.serverless_jobs import ServerlessJobs
 from worker.redis_outage import RedisOutage
-from worker.tenants import INTERNAL
+from worker.tenants import INTERNAL, Tenants
 
 log = logging.getLogger("genqueue.task")
 
@@ -91,6 +82,8 @@ class Generation:
     :param broker_acks: how a task's end acknowledges its message (``None``: Celery does).
     :param result_client: for Celery's results, when they live in a Redis of their own
         (``GENQUEUE_RESULT_REDIS_URL``); ``None``: in ``redis_client``'s.
+    :param tenants: the tenants now (the file is re-read): a task's priority is capped at its
+        tenant's ``max_priority`` and it falls back only to endpoints its tenant may use.
     """
 
     def __init__(
@@ -106,8 +99,10 @@ class Generation:
         observer: TaskObserver | None = None,
         broker_acks: BrokerAcks | None = None,
         result_client: redis.Redis | None = None,
+        tenants: Callable[[], Tenants] = Tenants,
     ) -> None:
         self._redis = redis_client
+        self._tenants = tenants
         self._renderer = renderer
         self._endpoints = endpoints
         self._targets = targets
@@ -201,7 +196,7 @@ class Generation:
 
     def _attempt(self, delivery: Delivery) -> GenerationResult | RetryLater | str:
         task_id = delivery.task_id
-        request = parse_payload(delivery.args, delivery.kwargs)
+        request = self._tenants().held_to_tenant(parse_payload(delivery.args, delivery.kwargs))
         offer = self._offer(task_id, request)
         progress = self._record.begin(delivery, offer)
         if progress.granted is not None:
@@ -387,7 +382,8 @@ class Generation:
     ) -> RetryLater | None:
         """Move the task to the next endpoint of its chain, if one is left."""
         tried = [*progress.tried, name]
-        following = next_endpoint(self._endpoints.chain(request.endpoint), tried)
+        chain = self._tenants().usable(request, self._endpoints.chain(request.endpoint))
+        following = next_endpoint(chain, tried)
         if following is None:
             return None
         self._record.move(task_id, following, tried)
