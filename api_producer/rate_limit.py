@@ -142,7 +142,17 @@ def get_rate_limiter(request: Request) -> RateLimiter:
 
 
 async def rate_limit(request: Request, caller: CallerDep, state: StateDep) -> Charge:
-    return Charge(get_rate_limiter(request), state.keys.tenant(caller))
+    """The caller's :class:`Charge`; every route that submits takes one, so a suspended tenant
+    (a limit of 0 in the tenants file: 0 means none) is refused here, 403, whatever the
+    global limit. It still reads and cancels its own tasks."""
+    tenant = state.keys.tenant(caller)
+    if tenant.suspended_by is not None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"this tenant is suspended ({tenant.suspended_by} = 0 in the tenants file): "
+            "it may not submit tasks",
+        )
+    return Charge(get_rate_limiter(request), tenant)
 
 
 RateLimitDep = Annotated[Charge, Depends(rate_limit)]

@@ -12,6 +12,7 @@ of its SHA-256. ``GENQUEUE_TENANTS_FILE`` names more::
     max_priority = 7                         # the highest priority it may ask for
     requests_per_minute = 600                # submissions a minute (default: the global limit)
     tokens_per_day = 2_000_000               # prompt + completion tokens a UTC day
+    # (0 in either means none: the tenant is suspended, it submits nothing)
     endpoints = ["big", "small"]             # the endpoints it may use (default: all)
     webhook_secret_env = "BILLING_WEBHOOK_SECRET"   # signs its webhooks
     admin = false                            # an operator: reads and cancels everything
@@ -104,8 +105,9 @@ class Tenant:
     name: str
     weight: float = 1.0
     max_priority: int = PRIORITY_MAX
-    #: ``None``: the global ``GENQUEUE_API_RATE_LIMIT_PER_MINUTE``.
+    #: ``None``: the global ``GENQUEUE_API_RATE_LIMIT_PER_MINUTE``; 0: none (suspended).
     requests_per_minute: int | None = None
+    #: ``None``: no budget; 0: none (suspended).
     tokens_per_day: int | None = None
     #: Endpoint names it may use; ``None``: every one.
     endpoints: frozenset[str] | None = None
@@ -116,6 +118,13 @@ class Tenant:
 
     def may_use(self, endpoint: str) -> bool:
         return self.endpoints is None or endpoint in self.endpoints
+
+    @property
+    def suspended_by(self) -> str | None:
+        """The limit of 0 that suspends the tenant (0 means none), if one does."""
+        if self.requests_per_minute == 0:
+            return "requests_per_minute"
+        return "tokens_per_day" if self.tokens_per_day == 0 else None
 
 
 @dataclass(frozen=True)
