@@ -3,7 +3,9 @@
 A submission holds its estimate, the prompt's length in tokens (about four characters a token)
 plus its ``max_tokens``, against the day's budget before anything is enqueued; each task's
 record keeps what it held, and its end (worker/delivery/scripts/task_end.lua) counts the real
-tokens and gives the hold back. A submission that would pass the budget is refused whole with
+tokens and gives the hold back. Tokens count on the day a task ends, so the day before's holds
+(tasks not ended yet) count against today's budget too: a budget is never spent twice across
+midnight. A submission that would pass the budget is refused whole with
 :class:`QuotaExceeded` (429, ``Retry-After`` until the next UTC midnight). A batch is checked
 as a whole.
 """
@@ -90,7 +92,7 @@ class TokenBudget:
         tokens = [estimate(request, self._default_max_tokens) for request in requests]
         held, used = await self._reserve(
             keys=[keys.usage(tenant.name, day), keys.reserved_tokens(tenant.name)],
-            args=[day, sum(tokens), budget, RESERVED_TTL_S],
+            args=[day, sum(tokens), budget, RESERVED_TTL_S, utc_day(now - DAY_S)],
         )
         if not int(held):
             retry_after_s = seconds_to_midnight(now)

@@ -59,13 +59,12 @@ def test_the_day_budget_refuses_at_the_boundary_resets_and_settles(
     assert _post(api.url, BODY_9).status_code == 429
     assert queued_messages(redis_client) == 4
 
-    # A new UTC day: a new budget.
+    # A new UTC day: its budget less what the day before still holds (those tasks end, and
+    # count, on the new day).
     budget = api.server.config.app.state.genqueue.budget
     real_clock = budget.clock
     budget.clock = lambda: real_clock() + DAY_S
-    tomorrow = _post(api.url, BODY_9)
-    assert tomorrow.status_code == 202
-    ids.append(tomorrow.json()["task_id"])
+    assert _post(api.url, BODY_9).status_code == 429
     budget.clock = real_clock
 
     # Each task's end gives its hold back and counts what it really used.
@@ -80,6 +79,11 @@ def test_the_day_budget_refuses_at_the_boundary_resets_and_settles(
         time.sleep(0.1)
     used = int(redis_client.hget(keys.usage("metered", today), "total_tokens") or 0)
     assert used == sum(totals)  # counted on the day each task ended
+    # Settled: the new day has its whole budget.
+    budget.clock = lambda: real_clock() + DAY_S
+    assert _post(api.url, BODY_41).status_code == 202
+    assert _post(api.url, BODY_41).status_code == 202
+    budget.clock = real_clock
 
 
 @pytest.mark.timeout(60)
@@ -95,3 +99,25 @@ def test_an_openai_call_past_the_budget_is_429_in_openai_shape(
     assert error["code"] == "quota_exceeded" and error["type"] == "rate_limit_error"
     assert abs(int(refused.headers["Retry-After"]) - seconds_to_midnight(time.time())) <= 2
     assert queued_messages(redis_client) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_budget_is_not_spent_twice_across_utc_midnight(api_factory, redis_url, tmp_path) -> None:
+    """A hold at 23:59:59 is of a task that ends, and counts, on the next day: that day's
+    budget is what is left of it."""
+    tenants_file = write_tenants(tmp_path / "tenants.toml", TENANTS)
+    api = api_factory(redis_url, api_keys="", tenants_file=tenants_file)
+    budget = api.server.config.app.state.genqueue.budget
+    midnight = (time.time() // DAY_S + 1) * DAY_S
+    body_60 = {"prompt": "abcd", "template": "raw", "params": {"max_tokens": 59}}
+    body_40 = {"prompt": "abcd", "template": "raw", "params": {"max_tokens": 39}}
+    budget.clock = lambda: midnight - 1
+    assert _post(api.url, body_60).status_code == 202
+    budget.clock = lambda: midnight + 1
+    refused = _post(api.url, body_60)
+    assert refused.status_code == 429 and refused.json()["type"] == "quota_exceeded"
+    assert "60 of this tenant's 100" in refused.json()["detail"]
+    assert _post(api.url, body_40).status_code == 202  # 60 + 40: the budget, exactly
+    # Two days on, the day before's holds still count (40), older ones (60) no longer do.
+    budget.clock = lambda: midnight + DAY_S + 1
+    assert _post(api.url, body_60).status_code == 202
