@@ -53,7 +53,7 @@ def listener(settings: Settings) -> ResultListener:
     return ResultListener(client, settings.api_max_waiters)
 
 
-def build_state(settings: Settings) -> ApiState:
+def build_state(settings: Settings, require_keys: bool = False) -> ApiState:
     sync_client = connections.sync_client(settings, max_connections=256)
     async_client = connections.async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
@@ -67,7 +67,8 @@ def build_state(settings: Settings) -> ApiState:
         enqueuer=AsyncProducer(settings, async_client, plan),
         store=store,
         tokens=TokenFollower(follows_client, store, settings.api_max_streams),
-        keys=KeyChecker(TenantsSource(settings)),  # an invalid tenants file stops it too
+        # An invalid tenants file stops it too, and no key where one is required.
+        keys=KeyChecker(TenantsSource(settings, require_keys=require_keys)),
         templates=_templates(settings),
         endpoints=frozenset(endpoints.names) if endpoints is not None else None,
         endpoint_specs=endpoints,
@@ -97,16 +98,25 @@ def settle_heap() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment(require_keys: bool = False) -> FastAPI:
     """The app for settings read from the environment (each ``genqueue api`` process)."""
-    app = create_app(load_settings())
+    app = create_app(load_settings(), require_keys=require_keys)
     settle_heap()
     return app
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The API for ``settings``; Redis connections open on first use."""
-    state = build_state(settings)
+def keyed_app_from_environment() -> FastAPI:
+    """:func:`app_from_environment` that refuses to start without a key (a public host)."""
+    return app_from_environment(require_keys=True)
+
+
+def create_app(settings: Settings, require_keys: bool = False) -> FastAPI:
+    """The API for ``settings``; Redis connections open on first use.
+
+    :param require_keys: refuse to start without a key (:class:`SettingsError`), as on a
+        public host; a reload of the tenants file never drops every key either.
+    """
+    state = build_state(settings, require_keys)
     limiter = RateLimiter.from_settings(settings)
     own_metrics = metrics.ApiMetrics(settings)
     batch_store = BatchStore.from_settings(settings, state.producer)

@@ -39,25 +39,21 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from worker.contract import PRIORITY_MAX, TENANT_NAME_PATTERN, GenerationRequest
 from worker.errors import SettingsError
 from worker.settings import Settings, env_name
+from worker.tenant_keys import ANONYMOUS as ANONYMOUS
+from worker.tenant_keys import (
+    INTERNAL,
+    KEY_TENANT_PREFIX,
+    OTHER_LABEL,
+    check_key_tenants,
+    key_tenant_name,
+    parse_key_hash,
+    reserved_name,
+)
+from worker.tenant_keys import hash_key as hash_key
+from worker.tenant_keys import key_tenant as key_tenant
 from worker.toml_lines import line_of, read_named_tables
 
 log = logging.getLogger("genqueue.tenants")
-
-#: The tenant of tasks that name none and came with no key.
-INTERNAL = "internal"
-#: The tenant of every caller when the API has no keys at all (nothing to tell callers apart).
-ANONYMOUS = "anonymous"
-#: Prefix of the tenant a plain key makes on its own.
-KEY_TENANT_PREFIX = "key-"
-#: The label unnamed tenants share in metrics (label values stay bounded).
-OTHER_LABEL = "other"
-#: Names the tenants file may not give (nor any starting :data:`KEY_TENANT_PREFIX`), any case.
-RESERVED_NAMES = {
-    INTERNAL: "tasks sent with no key",
-    ANONYMOUS: "every caller of an API without keys",
-    OTHER_LABEL: "the metrics label of unnamed tenants",
-}
-_SHA256_HEX_CHARS = 64
 
 
 def tenant_of(request: GenerationRequest) -> str:
@@ -179,34 +175,6 @@ class Tenants:
         return bool(self.by_digest)
 
 
-def key_tenant_name(digest: bytes) -> str:
-    """The tenant a plain key makes on its own: ``key-`` + 8 hex digits of its digest."""
-    return KEY_TENANT_PREFIX + digest.hex()[:8]
-
-
-def key_tenant(key: str) -> str:
-    """The tenant the plain key ``key`` makes on its own (when no tenants file names it)."""
-    return key_tenant_name(hashlib.sha256(key.encode()).digest())
-
-
-def hash_key(key: str) -> str:
-    """The SHA-256 hex digest of ``key`` (a ``GENQUEUE_API_KEY_HASHES`` entry)."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def parse_key_hash(value: str, where: str = "GENQUEUE_API_KEY_HASHES") -> bytes:
-    """A SHA-256 digest from its hex form; :class:`SettingsError` naming ``where`` if not one."""
-    text = value.strip().lower()
-    try:
-        digest = bytes.fromhex(text)
-    except ValueError:
-        digest = b""
-    if len(text) != _SHA256_HEX_CHARS or len(digest) * 2 != _SHA256_HEX_CHARS:
-        # Never echo the value: an operator may have pasted a plain key here by mistake.
-        raise SettingsError(f"{where}: each entry must be a SHA-256 digest, 64 hex characters")
-    return digest
-
-
 def load_tenants(settings: Settings, environ: Mapping[str, str] | None = None) -> Tenants:
     """The tenants of the settings' keys and of the tenants file; :class:`SettingsError`."""
     env = os.environ if environ is None else environ
@@ -224,21 +192,8 @@ def load_tenants(settings: Settings, environ: Mapping[str, str] | None = None) -
             for digest in digests:
                 _drop_key_tenant(by_name, by_digest, digest)
                 by_digest[digest] = tenant.name
-    _check_key_tenants(by_digest)
+    check_key_tenants(by_digest)
     return Tenants(by_name=by_name, by_digest=by_digest)
-
-
-def _check_key_tenants(by_digest: Mapping[bytes, str]) -> None:
-    """Two keys never share a ``key-`` tenant: 8 hex digits can collide (one pair in about
-    65,000 keys), and two services would then read and cancel each other's tasks."""
-    seen: dict[str, bytes] = {}
-    for digest, name in by_digest.items():
-        if name.startswith(KEY_TENANT_PREFIX) and seen.setdefault(name, digest) != digest:
-            raise SettingsError(
-                f"{env_name('api_keys')} / {env_name('api_key_hashes')}: two keys make the same "
-                f"tenant {name} (their SHA-256 digests share the first 8 hex digits); replace "
-                "one of them, or name each in the tenants file"
-            )
 
 
 def _drop_key_tenant(
@@ -258,17 +213,6 @@ def _read_file(path: Path, env: Mapping[str, str]) -> list[tuple[Tenant, list[by
     read = [_tenant(path, text, spec, env) for spec in parsed.tenants.values()]
     _check_unique_keys(path, text, read)
     return read
-
-
-def reserved_name(name: str) -> str | None:
-    """Why ``name`` may not be a tenants file's tenant (``None`` if it may): genqueue gives
-    these names itself, and a tenant named so would own others' tasks."""
-    folded = name.lower()
-    if folded in RESERVED_NAMES:
-        return f"the name {folded!r} is genqueue's own ({RESERVED_NAMES[folded]})"
-    if folded.startswith(KEY_TENANT_PREFIX):
-        return f"names starting {KEY_TENANT_PREFIX!r} are the tenants of plain keys"
-    return None
 
 
 def _check_name(path: Path, text: str, table: str, name: str) -> None:
@@ -343,11 +287,19 @@ class TenantsSource:
     with a restart.
     """
 
-    def __init__(self, settings: Settings, check_every_s: float = 1.0) -> None:
+    def __init__(
+        self, settings: Settings, check_every_s: float = 1.0, require_keys: bool = False
+    ) -> None:
+        """:param require_keys: refuse to start without a key (an API on a public host)."""
         self._settings = settings
         self._check_every_s = check_every_s
         self._stamp = self._file_stamp()
         self._tenants = load_tenants(settings)  # an invalid file stops the service at start
+        if require_keys and not self._tenants.keyed:
+            raise SettingsError(
+                f"no API key: {env_name('api_keys')}, {env_name('api_key_hashes')} and the "
+                "tenants file name none; refusing to serve anyone who can reach the port"
+            )
         self._checked_at = time.monotonic()
 
     def current(self) -> Tenants:

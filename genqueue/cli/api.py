@@ -24,10 +24,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def keys_required(settings: Settings, host: str) -> bool:
+    """Whether an API on ``host`` must have a key: off loopback, unless told otherwise."""
+    return not is_loopback(host) and not settings.api_insecure_no_auth
+
+
 def serve(settings: Settings, host: str, port: int) -> int:
     has_keys = load_tenants(settings).keyed  # an invalid tenants file stops it here
 
-    if not has_keys and not is_loopback(host) and not settings.api_insecure_no_auth:
+    # Checked here to say it first; and again by each process's app as it starts.
+    if not has_keys and keys_required(settings, host):
         raise SettingsError(
             f"refusing to serve on {host} without GENQUEUE_API_KEYS; set keys, or "
             "GENQUEUE_API_INSECURE_NO_AUTH=true to accept anyone who can reach the port"
@@ -41,7 +47,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
         "timeout_graceful_shutdown": 5,
     }
     if processes == 1:
-        app = create_app(settings)
+        app = create_app(settings, require_keys=keys_required(settings, host))
         settle_heap()
         uvicorn.run(app, **options)
     elif reuseport_supported():
@@ -50,7 +56,10 @@ def serve(settings: Settings, host: str, port: int) -> int:
         return serve_processes(host, port, processes, options["log_level"])
     else:
         # One socket shared by every process.
-        uvicorn.run(
-            "api_producer.main:app_from_environment", factory=True, workers=processes, **options
+        factory = (
+            "keyed_app_from_environment"
+            if keys_required(settings, host)
+            else ("app_from_environment")
         )
+        uvicorn.run(f"api_producer.main:{factory}", factory=True, workers=processes, **options)
     return 0

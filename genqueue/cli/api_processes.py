@@ -106,10 +106,12 @@ def _child(parent_pid: int, fd: int, host: str, port: int, log_level: str) -> in
     import uvicorn
 
     from api_producer.main import app_from_environment
+    from genqueue.cli.api import keys_required
+    from worker.settings import load_settings
 
     sock = socket.socket(fileno=fd)
     try:
-        app = app_from_environment()
+        app = app_from_environment(require_keys=keys_required(load_settings(), host))
     except Exception as err:  # reported; the parent stops every process
         print(f"genqueue api: the app could not start: {err}", file=sys.stderr, flush=True)
         return STARTUP_FAILURE

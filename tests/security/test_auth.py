@@ -350,3 +350,41 @@ def test_flower_control_api_is_off_by_default(
             assert shutdown.status_code == 403
         else:
             assert shutdown.status_code == 404  # control is on: only the worker is unknown
+
+
+# ------------------------------------------------- keys required on a public host, every start
+
+
+def test_a_source_that_must_have_keys_refuses_a_file_without(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text("[tenants.a]\nweight = 2\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="GENQUEUE_API_KEYS"):
+        TenantsSource(_settings(tenants_file=path), require_keys=True)
+    with pytest.raises(SettingsError, match="GENQUEUE_API_KEYS"):
+        create_app(_settings(tenants_file=path), require_keys=True)
+    assert not TenantsSource(_settings(tenants_file=path)).current().keyed  # loopback: open
+
+
+@pytest.mark.parametrize(
+    ("host", "fields", "required"),
+    [
+        ("0.0.0.0", {"api_keys": (PLAIN,)}, True),
+        ("10.1.2.3", {"api_key_hashes": (hash_key(HASHED),)}, True),
+        ("127.0.0.1", {}, False),
+        ("0.0.0.0", {"api_insecure_no_auth": True}, False),
+    ],
+)
+def test_each_api_process_on_a_public_host_requires_keys_itself(
+    fake_uvicorn: _FakeUvicorn, monkeypatch: pytest.MonkeyPatch, host: str,
+    fields: dict[str, Any], required: bool,
+) -> None:  # fmt: skip
+    """The check at start is made again by each process's app (a process started later, while
+    the tenants file was emptied, is refused too), not once before them all."""
+    built: list[bool] = []
+    monkeypatch.setattr(
+        server, "create_app", lambda settings, require_keys: built.append(require_keys)
+    )
+    monkeypatch.setattr(server, "settle_heap", lambda: None)
+    assert server.serve(_settings(api_processes=1, **fields), host=host, port=8126) == 0
+    assert built == [required]
+    assert server.keys_required(_settings(**fields), host) is required
