@@ -63,7 +63,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     concurrency = settings.worker_concurrency
     client = redis_client(settings, concurrency + SPARE_CONNECTIONS)
     results = connections.results_client(settings, client, concurrency + SPARE_CONNECTIONS)
-    tenants = TenantsSource(settings)  # an invalid tenants file stops the worker at start
+    # An invalid tenants file stops the worker at start; a worker checks no keys.
+    tenants = TenantsSource(settings, checks_keys=False)
 
     def weight_of(tenant: str) -> float:
         # Read at each use: the tenants file is re-read when it changes.

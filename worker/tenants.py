@@ -288,10 +288,17 @@ class TenantsSource:
     """
 
     def __init__(
-        self, settings: Settings, check_every_s: float = 1.0, require_keys: bool = False
+        self,
+        settings: Settings,
+        check_every_s: float = 1.0,
+        require_keys: bool = False,
+        checks_keys: bool = True,
     ) -> None:
-        """:param require_keys: refuse to start without a key (an API on a public host)."""
+        """:param require_keys: refuse to start without a key (an API on a public host).
+        :param checks_keys: the keys are checked here (the API; a worker's are not): a version
+            with no keys where the running one has some is refused."""
         self._settings = settings
+        self._checks_keys = checks_keys
         self._check_every_s = check_every_s
         self._stamp = self._file_stamp()
         self._tenants = load_tenants(settings)  # an invalid file stops the service at start
@@ -327,16 +334,24 @@ class TenantsSource:
                 "tenants file not re-read, the previous version stays: %s", type(err).__name__
             )
             return
-        if self._tenants.keyed and not tenants.keyed:
-            log.error(
-                "tenants file not re-read, the previous version stays: it has no keys, and "
-                "with none the API would let every caller in as an admin; to open it, restart "
-                "it without keys (on loopback, or with %s=true)",
-                env_name("api_insecure_no_auth"),
-            )
+        problem = self._lowers_protection(tenants)
+        if problem is not None:
+            log.error("tenants file not re-read, the previous version stays: %s", problem)
             return
         self._tenants = tenants
         log.info("tenants file re-read: %d tenants", len(self._tenants.by_name))
+
+    def _lowers_protection(self, new: Tenants) -> str | None:
+        """Why ``new`` may not replace the running version, if it may not: an emptied file."""
+        if self._checks_keys and self._tenants.keyed and not new.keyed:
+            return (
+                "it has no keys, and with none the API would let every caller in as an admin; "
+                f"to open it, restart it without keys (on loopback, or with "
+                f"{env_name('api_insecure_no_auth')}=true)"
+            )
+        if _named(self._tenants) and not _named(new):
+            return "it names no tenant where the running version names some; restart to drop all"
+        return None
 
     def _file_stamp(self) -> tuple[int, int] | None:
         path = self._settings.tenants_file
@@ -347,3 +362,8 @@ class TenantsSource:
         except OSError:
             return None
         return stat.st_mtime_ns, stat.st_size
+
+
+def _named(tenants: Tenants) -> bool:
+    """Whether the tenants file names any tenant (their limits and endpoints hold)."""
+    return any(tenant.configured for tenant in tenants.by_name.values())

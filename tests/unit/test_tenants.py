@@ -77,8 +77,8 @@ KEY = "unit-key"
 KEYED = f'[tenants.red]\nkey_hashes = ["{hash_key(KEY)}"]\n'
 
 
-def _source(path: Path, **fields: object) -> TenantsSource:
-    return TenantsSource(Settings(tenants_file=path, **fields), check_every_s=0)  # type: ignore[arg-type]
+def _source(path: Path, checks_keys: bool = True) -> TenantsSource:
+    return TenantsSource(Settings(tenants_file=path), check_every_s=0, checks_keys=checks_keys)
 
 
 def _rewrite(path: Path, content: str | bytes) -> None:
@@ -111,6 +111,22 @@ def test_a_version_without_keys_never_replaces_one_with_keys(
     # A version with keys again is taken.
     _rewrite(path, KEYED.replace("red", "blue"))
     assert set(source.current().by_name) == {"blue"}
+
+
+def test_a_workers_source_refuses_an_emptied_file_and_takes_a_keyless_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker checks no keys (the API may hold them in GENQUEUE_API_KEYS), but an emptied
+    file would drop every tenant's limits and endpoints: refused."""
+    path = tmp_path / "tenants.toml"
+    path.write_text(KEYED + "max_priority = 3\n", encoding="utf-8")
+    source = _source(path, checks_keys=False)
+    _rewrite(path, "")
+    with caplog.at_level(logging.ERROR, logger="genqueue.tenants"):
+        assert source.current().max_priority_of("red") == 3
+    assert "names no tenant" in caplog.text
+    _rewrite(path, "[tenants.red]\nmax_priority = 4\n")
+    assert source.current().max_priority_of("red") == 4
 
 
 def test_a_source_that_never_had_keys_may_gain_them(tmp_path: Path) -> None:
