@@ -102,20 +102,22 @@ def test_no_edit_of_the_tenants_file_opens_the_api_or_fails_a_task(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("command", [["worker"], ["api", "--port", "0"]])
 @pytest.mark.parametrize(
-    ("content", "where"),
+    ("setting", "content", "where"),
     [
-        (f"# {MARK}\ntenants = 5\n".encode(), ":2: tenants: "),
-        (f"# {MARK}\n[tenants.a]\nweight = \xff\n".encode("latin-1"), ":3: not UTF-8"),
-        (b"[tenants.internal]\n", ":1: tenants.internal: "),
+        ("tenants", f"# {MARK}\ntenants = 5\n".encode(), ":2: tenants: "),
+        ("tenants", f"# {MARK}\n[tenants.a]\nweight = \xff\n".encode("latin-1"), ":3: not UTF-8"),
+        ("tenants", b"[tenants.internal]\n", ":1: tenants.internal: "),
+        ("endpoints", f"# {MARK}\nendpoints = 5\n".encode(), ":2: endpoints: "),
+        ("endpoints", f"# {MARK}\n[endpoints.a]\nurl = \xff\n".encode("latin-1"), ":3: not UTF-8"),
     ],
-    ids=["tenants-a-number", "not-utf8", "reserved-name"],
+    ids=["tenants-a-number", "not-utf8", "reserved-name", "endpoints-a-number", "endpoints-utf8"],
 )
-def test_a_broken_tenants_file_stops_the_start_with_file_line_and_field(
-    redis_url, tmp_path, command: list[str], content: bytes, where: str
+def test_a_broken_config_file_stops_the_start_with_file_line_and_field(
+    redis_url, tmp_path, command: list[str], setting: str, content: bytes, where: str
 ) -> None:
-    path = tmp_path / "tenants.toml"
+    path = tmp_path / f"{setting}.toml"
     path.write_bytes(content)
-    env = worker_env(redis_url, "http://127.0.0.1:9", genqueue_tenants_file=path)
+    env = worker_env(redis_url, "http://127.0.0.1:9", **{f"genqueue_{setting}_file": path})
     process = subprocess.Popen(
         [sys.executable, "-m", "genqueue", *command], env=env, cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
