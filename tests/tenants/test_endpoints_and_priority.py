@@ -81,7 +81,10 @@ def test_the_worker_caps_a_celery_producers_priority_at_its_tenants_max(
     redis_url, simulator, start_worker, tmp_path, celery_client
 ) -> None:
     tenants = write_tenants(tmp_path / "tenants.toml", TENANTS)
-    start_worker(redis_url, simulator.url, GENQUEUE_TENANTS_FILE=tenants, RUNPOD_MAX_CONCURRENCY=1)
+    start_worker(
+        redis_url, simulator.url, GENQUEUE_TENANTS_FILE=tenants, RUNPOD_MAX_CONCURRENCY=1,
+        GENQUEUE_OLDEST_BAND_EVERY=0,  # strict priority: the order is the bands' alone
+    )  # fmt: skip
     simulator.configure(latency_s=1.0)
 
     def send(prompt: str, priority: int, tenant: str | None = None) -> object:
