@@ -37,7 +37,7 @@ from worker.endpoints.config import load_endpoints
 from worker.errors import TemplateError
 from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings, load_settings
-from worker.tenants import TenantsSource
+from worker.tenants import TenantsSource, no_key_error
 
 
 def _templates(settings: Settings) -> frozenset[str] | None:
@@ -53,7 +53,7 @@ def listener(settings: Settings) -> ResultListener:
     return ResultListener(client, settings.api_max_waiters)
 
 
-def build_state(settings: Settings, require_keys: bool = False) -> ApiState:
+def build_state(settings: Settings) -> ApiState:
     sync_client = connections.sync_client(settings, max_connections=256)
     async_client = connections.async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
@@ -67,8 +67,7 @@ def build_state(settings: Settings, require_keys: bool = False) -> ApiState:
         enqueuer=AsyncProducer(settings, async_client, plan),
         store=store,
         tokens=TokenFollower(follows_client, store, settings.api_max_streams),
-        # An invalid tenants file stops it too, and no key where one is required.
-        keys=KeyChecker(TenantsSource(settings, require_keys=require_keys)),
+        keys=KeyChecker(TenantsSource(settings)),  # an invalid tenants file stops it too
         templates=_templates(settings),
         endpoints=frozenset(endpoints.names) if endpoints is not None else None,
         endpoint_specs=endpoints,
@@ -116,7 +115,9 @@ def create_app(settings: Settings, require_keys: bool = False) -> FastAPI:
     :param require_keys: refuse to start without a key (:class:`SettingsError`), as on a
         public host; a reload of the tenants file never drops every key either.
     """
-    state = build_state(settings, require_keys)
+    state = build_state(settings)
+    if require_keys and not state.keys.enabled:
+        raise no_key_error()
     limiter = RateLimiter.from_settings(settings)
     own_metrics = metrics.ApiMetrics(settings)
     batch_store = BatchStore.from_settings(settings, state.producer)

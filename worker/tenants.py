@@ -275,6 +275,14 @@ def _check_unique_keys(path: Path, text: str, read: Iterable[tuple[Tenant, list[
                 )
 
 
+def no_key_error() -> SettingsError:
+    """The refusal of an API that must have a key (on a public host) and has none."""
+    return SettingsError(
+        f"no API key: {env_name('api_keys')}, {env_name('api_key_hashes')} and the tenants "
+        "file name none; refusing to serve anyone who can reach the port"
+    )
+
+
 class TenantsSource:
     """The current tenants, read again when the tenants file changes.
 
@@ -303,10 +311,7 @@ class TenantsSource:
         self._stamp = self._file_stamp()
         self._tenants = load_tenants(settings)  # an invalid file stops the service at start
         if require_keys and not self._tenants.keyed:
-            raise SettingsError(
-                f"no API key: {env_name('api_keys')}, {env_name('api_key_hashes')} and the "
-                "tenants file name none; refusing to serve anyone who can reach the port"
-            )
+            raise no_key_error()
         self._checked_at = time.monotonic()
 
     def current(self) -> Tenants:
