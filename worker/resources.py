@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 from redis import Redis
@@ -16,6 +20,7 @@ from worker.delivery.heartbeat import RunningTasks
 from worker.delivery.task_scripts import BrokerAcks
 from worker.endpoints.clients import EndpointTarget, build_target
 from worker.endpoints.config import require_endpoints
+from worker.errors import SettingsError
 from worker.observability.metrics import TaskObserver, process_metrics
 from worker.pipeline.attempt import GenerationPolicy
 from worker.pipeline.backoff import RetryPolicy
@@ -30,6 +35,11 @@ from worker.webhooks.sender import WebhookSender, policy_from
 SPARE_CONNECTIONS = 16
 #: How long a concurrency lease outlives a worker that stopped renewing it.
 LEASE_TTL_S = 30.0
+#: How often a config file that does not load is read again while tasks wait for it.
+CONFIG_RETRY_S = 1.0
+
+log = logging.getLogger("genqueue.worker")
+Loaded = TypeVar("Loaded")
 
 
 @dataclass
@@ -58,13 +68,28 @@ def redis_client(settings: Settings, max_connections: int) -> redis.Redis:
     return connections.sync_client(settings, max_connections=max_connections, socket_timeout_s=30)
 
 
+def until_loaded(load: Callable[[], Loaded], what: str) -> Loaded:
+    """``load()``, read again every :data:`CONFIG_RETRY_S` while it raises :class:`SettingsError`.
+
+    ``genqueue worker`` checks the config files at start, but a process reads them when it
+    takes its first task (one its supervisor started again, too): a file broken since then
+    holds the tasks back, logged, until it loads. No task fails because of an edit.
+    """
+    while True:
+        try:
+            return load()
+        except SettingsError as err:
+            log.error("%s does not load, tasks wait until it does: %s", what, err)
+            time.sleep(CONFIG_RETRY_S)
+
+
 def build_runtime(settings: Settings) -> WorkerRuntime:
-    endpoints = require_endpoints(settings)
+    endpoints = until_loaded(lambda: require_endpoints(settings), "the endpoints file")
     concurrency = settings.worker_concurrency
     client = redis_client(settings, concurrency + SPARE_CONNECTIONS)
     results = connections.results_client(settings, client, concurrency + SPARE_CONNECTIONS)
-    # An invalid tenants file stops the worker at start; a worker checks no keys.
-    tenants = TenantsSource(settings, checks_keys=False)
+    # A worker checks no keys (the API does).
+    tenants = until_loaded(lambda: TenantsSource(settings, checks_keys=False), "the tenants file")
 
     def weight_of(tenant: str) -> float:
         # Read at each use: the tenants file is re-read when it changes.

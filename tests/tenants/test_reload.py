@@ -131,3 +131,21 @@ def test_a_broken_config_file_stops_the_start_with_file_line_and_field(
     assert process.returncode != 0
     assert f"{path}{where}" in stderr
     assert "Traceback" not in stderr and MARK not in stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_tenants_file_broken_before_a_workers_first_task_fails_no_task(
+    api_factory, redis_url, simulator, start_worker, tmp_path
+) -> None:
+    """A worker process reads its tenants when it takes its first task (a process started
+    again by its supervisor too): a file broken then holds the task back until it loads."""
+    path = write_tenants(tmp_path / "tenants.toml", TENANTS)
+    worker = start_worker(redis_url, simulator.url, genqueue_tenants_file=path)
+    api = api_factory(redis_url, api_keys="", tenants_file=path)
+    _rewrite(path, BROKEN["not-utf8"])
+    task_id = submit(api.url, KEY_RED)
+    wait_for(lambda: "tasks wait" in worker.log_path.read_text(), 20, "the worker to say so")
+    _rewrite(path, TENANTS.encode())
+    final = wait_final(api.url, KEY_RED, task_id)
+    assert (final["status"], final["error"]) == ("succeeded", None)
+    assert MARK not in worker.log_path.read_text(errors="replace")
