@@ -51,6 +51,7 @@ from genqueue.private_files import (
     make_private_tree,
     read_or_create_secret,
 )
+from worker import upstream
 from worker.errors import PortInUse, StartupFailed
 from worker.settings import Settings
 
@@ -148,6 +149,7 @@ def run_up(
     data_dir = _private_data_dir(settings.data_dir.resolve())
     stack = Stack(LogFolder(data_dir / LOGS_DIR_NAME, verbose))
     print(f"genqueue up: starting (logs in {stack.logs.path}/)", flush=True)
+    _warn_upstream()
     try:
         _start(stack, settings, data_dir, host, (api_port, flower_port))
         while True:
@@ -223,6 +225,14 @@ def _start(
     print_summary(lines, env, (api_url, flower_url), (api_key, flower_auth), data_dir, logs)
     if stack.watcher is not None:
         stack.watcher.start()
+
+
+def _warn_upstream() -> None:
+    """The worker's warning about a changed kombu, Celery or redis-py, here too: its own goes to
+    its log file, which a user of ``up`` does not read."""
+    said = upstream.warning(upstream.all_changes())
+    if said is not None:
+        print(f"genqueue up: warning: {said}", file=sys.stderr, flush=True)
 
 
 def _private_data_dir(data_dir: Path) -> Path:
