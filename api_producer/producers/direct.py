@@ -59,14 +59,15 @@ def producer_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_send_sent_event=True,
         task_default_queue=QUEUE_NAME,
-        broker_connection_timeout=2,
+        # Its connection's waits are the API's (a hung Redis must not hold a send longer).
+        broker_connection_timeout=connections.CONNECT_TIMEOUT_S,
         broker_connection_retry=False,
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
         broker_transport_options={
             "priority_steps": list(range(PRIORITY_MAX + 1)),
             "queue_order_strategy": "priority",
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
+            "socket_connect_timeout": connections.CONNECT_TIMEOUT_S,
+            "socket_timeout": settings.api_redis_timeout_s,
             **connections.sentinel_options(settings),
         },
     )
