@@ -57,6 +57,23 @@ class Piece:
     event_id: str
 
 
+class StreamSlot:
+    """One follow's place among ``GENQUEUE_API_MAX_STREAMS``, freed once: by the follow's end,
+    by whoever reserved it if the follow never runs, or when dropped unused (a response whose
+    body was never read)."""
+
+    def __init__(self, follower: TokenFollower) -> None:
+        self._follower: TokenFollower | None = follower
+
+    def release(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.streams -= 1
+
+    def __del__(self) -> None:
+        self.release()
+
+
 #: What a follow yields: a piece, ``None`` for a keep-alive, and last the final status.
 Event = Piece | TaskStatus | None
 
@@ -78,15 +95,21 @@ class TokenFollower:
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    def check(self) -> None:
-        """:class:`TooManyStreams` when this process follows its most streams already."""
+    def reserve(self) -> StreamSlot:
+        """A place among the follows, counted at once (the check and the count are one step:
+        a burst cannot pass the check before its streams count); :class:`TooManyStreams` when
+        this process follows its most streams already."""
         if self.streams >= self.max_streams:
             raise TooManyStreams(f"{self.streams} streams already followed by this API process")
-
-    async def follow(self, task_id: str, last_id: str | None) -> AsyncGenerator[Event, None]:
-        """The events of ``task_id`` after ``last_id`` (all of them when ``None``), then its
-        final status (counted among the follows while it runs)."""
         self.streams += 1
+        return StreamSlot(self)
+
+    async def follow(
+        self, task_id: str, last_id: str | None, slot: StreamSlot | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The events of ``task_id`` after ``last_id`` (all of them when ``None``), then its
+        final status, in ``slot`` (one reserved now if none), which it frees at its end."""
+        slot = slot or self.reserve()
         try:
             if await self._streams(task_id):
                 async for event in self._from_stream(task_id, last_id):
@@ -95,7 +118,7 @@ class TokenFollower:
                 async for event in self._whole(task_id, last_id):
                     yield event
         finally:
-            self.streams -= 1
+            slot.release()
 
     async def _streams(self, task_id: str) -> bool:
         """Whether the task streams: its request says so, or it has a token stream."""

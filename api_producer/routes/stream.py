@@ -18,7 +18,14 @@ from fastapi.responses import StreamingResponse
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
 from api_producer.ownership import owned_task
 from api_producer.routes.tasks import ANY_ROUTE, TaskId, problem
-from api_producer.token_follow import EVENT_ID, Event, Piece, TokenFollower, TooManyStreams
+from api_producer.token_follow import (
+    EVENT_ID,
+    Event,
+    Piece,
+    StreamSlot,
+    TokenFollower,
+    TooManyStreams,
+)
 from worker.contract import TaskStatus
 
 #: What a client refused for too many streams is told to wait, in seconds.
@@ -46,9 +53,9 @@ def sse(event: Event) -> bytes:
 
 
 async def _events(
-    follower: TokenFollower, task_id: str, last_id: str | None
+    follower: TokenFollower, task_id: str, last_id: str | None, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
-    async for event in follower.follow(task_id, last_id):
+    async for event in follower.follow(task_id, last_id, slot):
         yield sse(event)
 
 
@@ -74,7 +81,7 @@ async def stream_task(
     await owned_task(state, caller, task_id, before_wait=True)
     follower = state.tokens
     try:
-        follower.check()
+        slot = follower.reserve()
     except TooManyStreams:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -83,7 +90,7 @@ async def stream_task(
             headers={"Retry-After": str(STREAMS_RETRY_AFTER_S)},
         ) from None
     return StreamingResponse(
-        _events(follower, task_id, last_event_id),
+        _events(follower, task_id, last_event_id, slot),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
