@@ -43,7 +43,7 @@ from api_producer.quota import QuotaExceeded
 from api_producer.rate_limit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import check_request, enqueue, owned_requests
-from api_producer.token_follow import Piece, StreamSlot, TooManyStreams
+from api_producer.token_follow import Expired, Piece, StreamSlot, TooManyStreams
 from api_producer.waiters import TooManyWaiters
 from worker.contract import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, TaskState, TaskStatus
 
@@ -241,6 +241,8 @@ async def _stream(
             yield b": keep-alive\n\n"
         elif isinstance(event, OpenAIError):
             yield data(event.body())
+        elif isinstance(event, Expired):
+            yield data(error_body(event.message, "not_found_error", "task_expired"))
         elif isinstance(event, Piece):
             if event.kind == "token":
                 sent = True

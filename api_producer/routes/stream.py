@@ -21,6 +21,7 @@ from api_producer.routes.tasks import ANY_ROUTE, TaskId, problem
 from api_producer.token_follow import (
     EVENT_ID,
     Event,
+    Expired,
     Piece,
     StreamSlot,
     TokenFollower,
@@ -48,6 +49,9 @@ def sse(event: Event) -> bytes:
         return b": keep-alive\n\n"
     if isinstance(event, TaskStatus):
         return f"event: done\ndata: {event.model_dump_json()}\n\n".encode()
+    if isinstance(event, Expired):
+        problem = json.dumps({"type": "task_expired", "message": event.message})
+        return f"event: error\ndata: {problem}\n\n".encode()
     data = json.dumps({"text": event.text}) if event.kind == "token" else "{}"
     return f"id: {event.event_id}\nevent: {event.kind}\ndata: {data}\n\n".encode()
 
