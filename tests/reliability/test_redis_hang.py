@@ -19,16 +19,19 @@ import requests
 
 from genqueue.embedded_redis import EmbeddedRedis, free_port
 from tests.e2e.test_api_processes import _wait_healthy
+from tests.reliability.conftest import wait_for
 from worker.connections import api_answer_bound_s
 from worker.settings import Settings
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(240)
 
 API_KEY = "hang-key-1"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY = {"prompt": "How can I make a cake?", "params": {"max_tokens": 6}}
 #: The bound is a correctness bound: slack for a loaded machine, not a benchmark.
 SLACK_S = 3.0
+#: A worker's stall: past its claims (5 s here) and past its Redis socket timeout (30 s).
+HANG_S = 40.0
 
 
 @contextlib.contextmanager
@@ -103,3 +106,31 @@ def test_a_hung_redis_answers_every_route_503_within_the_bound(
         # Redis back: the API serves again at once, the keyed request included.
         again = requests.post(f"{url}/v1/tasks", json=BODY, headers=keyed, timeout=10)
         assert again.status_code == 202
+
+
+def test_a_worker_rides_out_a_hung_redis_and_its_task_succeeds_once(
+    own_redis: EmbeddedRedis, api_factory: Any, simulator: Any, start_worker: Any
+) -> None:
+    """A stall longer than the workers' claims and than a Redis reply may take (their socket
+    timeout is 30 s): the hang becomes an outage the task rides out, not a stuck task."""
+    fast = {"GENQUEUE_VISIBILITY_TIMEOUT_S": "5", "GENQUEUE_HEARTBEAT_INTERVAL_S": "1"}
+    api = api_factory(own_redis.url, api_keys=API_KEY)
+    workers = [start_worker(own_redis.url, simulator.url, **fast) for _ in range(2)]
+    simulator.configure(latency_s=3)
+    accepted = requests.post(f"{api.url}/v1/tasks", json=BODY, headers=AUTH, timeout=10)
+    task_id = accepted.json()["task_id"]
+    wait_for(lambda: simulator.stats()["in_flight"] == 1, 15, "the endpoint call")
+    with hung(own_redis):
+        time.sleep(HANG_S)
+    deadline = time.monotonic() + 90
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        url = f"{api.url}/v1/tasks/{task_id}?wait=5"
+        answer = requests.get(url, headers=AUTH, timeout=30)
+        if answer.status_code == 200:
+            status = answer.json()
+            if status["status"] in ("succeeded", "failed"):
+                break
+    assert status.get("status") == "succeeded", status
+    assert simulator.stats()["calls"] == 1
+    assert all(worker.process.poll() is None for worker in workers)
