@@ -1,11 +1,13 @@
 """Each kind's parameter table against its server's own request model: text-generation-webui
 v4.7.3's ``modules/api/typing.py``, read from the source snapshot beside the checkout
-(``../shared/data``), never built. A field the server drops in silence must not be listed;
-a field it takes must be."""
+(``../shared/data``), never built; llama-cpp-python's ``llama_cpp/server/types.py`` where it is
+installed (the real-servers extra), read without importing it. A field the server drops in
+silence must not be listed; a field it takes must be."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import tarfile
 from pathlib import Path
 
@@ -65,3 +67,20 @@ def test_class_fields_reads_annotated_fields_only() -> None:
     source = "class A(B):\n    x: int = 1\n    y = 2\n    def f(self): pass\nclass C:\n    z: str\n"
     assert class_fields(source, "A") == {"x"}
     assert class_fields(source, "A", "C") == {"x", "z"}
+
+
+#: llama-cpp-python's chat fields that are not sampler parameters (tools and functions).
+LLAMACPP_NOT_PARAMS = NOT_PARAMS | {"functions", "function_call", "tools", "tool_choice"}
+
+
+def test_the_llamacpp_table_is_llama_cpp_python_s_own() -> None:
+    """One table serves both routes: the fields of its completion and chat requests."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llama-cpp-python is not installed (pip install -e '.[real-servers]')")
+    source = (Path(next(iter(spec.submodule_search_locations))) / "server" / "types.py").read_text()
+    server = class_fields(source, "CreateCompletionRequest", "CreateChatCompletionRequest")
+    server -= LLAMACPP_NOT_PARAMS
+    ours = set(KIND_PARAMS["llamacpp"])
+    assert sorted(ours - server) == [], "listed, but llama-cpp-python drops them in silence"
+    assert sorted(server - ours) == [], "llama-cpp-python takes them, genqueue refuses them"
