@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from api_producer.client_stream import Restart, StreamItem, stream_items
+from api_producer.client_stream import Restart, StreamExpired, StreamItem, stream_items
 from worker.contract import GenerationRequest, TaskStatus
 
 __all__ = ["GenQueueClient", "Restart", "StreamItem"]
@@ -196,6 +196,8 @@ class GenQueueClient:
                 raise _error_for(response)
             try:
                 yield from stream_items(response)
+            except StreamExpired as err:
+                raise TaskNotFound(str(err), 404) from err
             except requests.RequestException as err:
                 raise ServiceUnavailable(f"stream cut short: {type(err).__name__}") from err
 

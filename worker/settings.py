@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     #: ``GET /v1/tasks/{id}/stream`` follows one API process serves at once (each holds a
     #: Redis connection of its own while it waits for tokens); more are answered 429.
     api_max_streams: int = Field(default=512, ge=1, le=100_000)
+    #: The longest the API waits on Redis for one reply or a free connection; a Redis that
+    #: hangs is answered 503 within twice this plus a second. Above the token follows' 1 s
+    #: blocking read.
+    api_redis_timeout_s: float = Field(default=2.0, ge=1.5, le=60)
     #: How long ``POST /v1/completions`` and ``/v1/chat/completions`` (without ``stream``) wait
     #: for their task; then 504, and the task carries on.
     api_openai_wait_s: float = Field(default=300.0, gt=0, le=3600)
