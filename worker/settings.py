@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), validation_alias="GENQUEUE_API_KEYS"
     )
+    #: The key the ``genqueue`` commands send to the API (else the one in ``.genqueue/env``).
+    api_key: SecretStr | None = Field(default=None, validation_alias="GENQUEUE_API_KEY")
+    #: The API the ``genqueue`` commands call (``genqueue up`` writes it to ``.genqueue/env``).
+    api_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://")
 
     #: A Redis of its own for Celery's task results (``celery-task-meta-*`` and their
     #: channels); unset: the results live in ``REDIS_URL``'s Redis (docs/redis.md).
