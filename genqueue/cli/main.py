@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="run the whole service on this machine",
         description="Start Redis (embedded unless REDIS_URL is set), the simulator (unless "
-        "RUNPOD_ENDPOINT_URL is set), a worker, the API and Flower. Ctrl-C stops them all. "
+        "RUNPOD_ENDPOINT_URL or GENQUEUE_ENDPOINTS_FILE names an endpoint; each endpoint is "
+        "checked, as by genqueue check), a worker, the API and Flower. Ctrl-C stops them all. "
+        "Other genqueue commands run in this folder find it through GENQUEUE_DATA_DIR/env. "
         "The terminal shows where each runs, the generated credentials and a line per finished "
         "task; each component's own output goes to GENQUEUE_DATA_DIR/logs/<name>.log "
         "(redis, simulator, worker, api, flower), and a component that dies is reported with "
@@ -141,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     from genqueue.cli.usage import add_parser as add_usage_parser
 
     add_usage_parser(sub)
+
+    from genqueue.cli.check import add_parser as add_check_parser
+
+    add_check_parser(sub)
 
     bench = sub.add_parser(
         "bench",

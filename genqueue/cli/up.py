@@ -1,8 +1,9 @@
 """``genqueue up``: the whole service on one machine, stopped cleanly by Ctrl-C.
 
-Redis (embedded unless ``REDIS_URL`` is set), the simulator (unless ``RUNPOD_ENDPOINT_URL`` is
-set), one worker, the API and Flower, each a child process in a process group of its own, so
-that stopping ``up`` stops every one of them and leaves nothing behind.
+Redis (embedded unless ``REDIS_URL`` is set), the simulator (unless ``RUNPOD_ENDPOINT_URL`` or
+``GENQUEUE_ENDPOINTS_FILE`` names an endpoint; each is checked at start), one worker, the API
+and Flower, each a child process in a process group of its own, so that stopping ``up`` stops
+every one of them and leaves nothing behind.
 
 The data folder holds every prompt and result: ``up`` and its children run with a umask that keeps
 what they write to its owner (folders 0700, files 0600), and close up what older versions left
@@ -32,6 +33,7 @@ from types import FrameType
 import requests
 
 from genqueue.cli import ports
+from genqueue.cli.check import summary as check_summary
 from genqueue.cli.data_lock import DataFolderInUse, lock_data_folder, unlock_data_folder
 from genqueue.cli.env_file import env_file_of, write_env_file
 from genqueue.cli.flower import FLOWER_DB_NAME
@@ -42,6 +44,7 @@ from genqueue.cli.up_output import (
     Death,
     LogFolder,
     death_report,
+    endpoint_lines,
     hide_password,
     logs_line,
     open_private_log,
@@ -56,6 +59,7 @@ from genqueue.private_files import (
     make_private_tree,
     read_or_create_secret,
 )
+from worker.endpoints.config import load_endpoints
 from worker.errors import PortInUse, StartupFailed
 from worker.settings import Settings
 
@@ -210,16 +214,7 @@ def _start(
         )
     env["REDIS_URL"] = redis_url
 
-    if settings.runpod_endpoint_url is None:
-        port = free_port()
-        stack.spawn("simulator", _genqueue("simulate", "--port", str(port)), env)
-        endpoint = f"http://127.0.0.1:{port}"
-        env["RUNPOD_ENDPOINT_URL"] = endpoint
-        env.setdefault("RUNPOD_MAX_CONCURRENCY", str(SIMULATOR_MAX_CONCURRENCY))
-        _wait_http(f"{endpoint}/v1/models", "the simulator", stack)
-        lines.append(f"  endpoint   {endpoint} (built-in simulator)")
-    else:
-        lines.append(f"  endpoint   {settings.completions_url} (RUNPOD_ENDPOINT_URL)")
+    lines += _endpoints(stack, settings, env)
 
     env.setdefault("GENQUEUE_WORKER_PROCESSES", "1")
     env.setdefault("GENQUEUE_API_PROCESSES", "1")
@@ -248,6 +243,24 @@ def _start(
     print_summary(lines, env, (api_url, flower_url), generated, data_dir, logs, env_file)
     if stack.watcher is not None:
         stack.watcher.start()
+
+
+def _endpoints(stack: Stack, settings: Settings, env: dict[str, str]) -> list[str]:
+    """The endpoints' lines and their check: those of RUNPOD_ENDPOINT_URL and the endpoints
+    file, or, when neither names one, the simulator's, which this starts."""
+    endpoints = load_endpoints(settings)
+    if endpoints is not None:
+        lines = endpoint_lines(endpoints, settings)
+    else:
+        port = free_port()
+        stack.spawn("simulator", _genqueue("simulate", "--port", str(port)), env)
+        endpoint = f"http://127.0.0.1:{port}"
+        env["RUNPOD_ENDPOINT_URL"] = endpoint
+        env.setdefault("RUNPOD_MAX_CONCURRENCY", str(SIMULATOR_MAX_CONCURRENCY))
+        _wait_http(f"{endpoint}/v1/models", "the simulator", stack)
+        lines = [f"  endpoint   {endpoint} (built-in simulator)"]
+        settings = settings.model_copy(update={"runpod_endpoint_url": endpoint})
+    return [*lines, f"  check      {check_summary(settings)}"]
 
 
 def _private_data_dir(data_dir: Path) -> Path:

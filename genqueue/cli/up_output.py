@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from genqueue.private_files import FILE_MODE, make_private_dir
+from worker.endpoints.config import DEFAULT_ENDPOINT, OPENAI_STYLE_KINDS, Endpoints
 from worker.errors import StartupFailed
 from worker.settings import Settings
 
@@ -153,6 +154,22 @@ def death_report(death: Death) -> str:
 
 def logs_line(logs: Path, names: Iterable[str]) -> str:
     return f"  logs       {logs}/{{{','.join(names)}}}.log"
+
+
+def endpoint_lines(endpoints: Endpoints, settings: Settings) -> list[str]:
+    """A line per configured endpoint: where its generations go, and what named it."""
+    if settings.endpoints_file is None:
+        return [f"  endpoint   {endpoints.get(None).completions_url} (RUNPOD_ENDPOINT_URL)"]
+    lines = []
+    for name in endpoints.names:
+        spec = endpoints.get(name)
+        url = spec.completions_url if spec.kind in OPENAI_STYLE_KINDS else spec.base_url
+        from_variable = name == DEFAULT_ENDPOINT and spec.url == settings.runpod_endpoint_url
+        origin = "RUNPOD_ENDPOINT_URL" if from_variable else "GENQUEUE_ENDPOINTS_FILE"
+        if name == endpoints.default and len(endpoints.names) > 1:
+            origin += ", the default"
+        lines.append(f"  endpoint   {name}: {url} ({origin})")
+    return lines
 
 
 def hide_password(url: str) -> str:

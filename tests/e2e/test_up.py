@@ -121,6 +121,7 @@ SUMMARY = [
     r"  redis      redis://\*\*\*@127\.0\.0\.1:\d+/0 \(embedded, AOF data in (?P=data)/redis, "
     r"password in (?P=data)/redis/password\)",
     r"  endpoint   http://127\.0\.0\.1:\d+ \(built-in simulator\)",
+    r"  check      default: ready \(serves genqueue-simulated-model; 1 token in \d+ ms\)",
     r"  worker     1 process\(es\), genqueue\.generate",
     r"  api        (?P<api>http://127\.0\.0\.1:\d+)  \(OpenAPI: (?P=api)/docs\)",
     r"  metrics    (?P=api)/metrics \(API\), http://127\.0\.0\.1:\d+/metrics \(worker\)",
