@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from api_producer.client import GenQueueClient, GenQueueClientError
 from genqueue.cli.api_access import add_api_options, client_for, describe
-from genqueue.cli.shell import _progress
+from genqueue.cli.shell import _progress, file_error
 from worker.settings import Settings
 
 #: How often ``submit --wait`` asks for the batch's counts: every second, and less often for
@@ -64,7 +64,7 @@ def run_batch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"genqueue batch {args.action}: {describe(err, args, settings)}", file=sys.stderr)
         return 1
     except OSError as err:
-        print(f"genqueue batch {args.action}: {err}", file=sys.stderr)
+        print(f"genqueue batch {args.action}: {file_error(err)}", file=sys.stderr)
         return 1
 
 

@@ -263,7 +263,10 @@ def _redis_note(args: argparse.Namespace, loaded: CommandSettings) -> str | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.env_file is not None and args.command in OWN_STACK:
+        parser.error(f"genqueue {args.command} makes its own Redis and reads no --env-file")
     try:
         loaded = load_command_settings(args.env_file, read_env_file=args.command not in OWN_STACK)
         args.redis_note = _redis_note(args, loaded)

@@ -43,6 +43,13 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+def file_error(err: OSError) -> str:
+    """``requests.jsonl: No such file or directory``, not ``[Errno 2] ...``."""
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """The requests of a JSONL file with their line numbers; a bad line stops with its number."""
     with path.open(encoding="utf-8") as lines:
@@ -88,7 +95,10 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
     except GenQueueClientError as err:
         print(f"genqueue submit: {describe(err, args, settings)}", file=sys.stderr)
         return 1
-    except (GenQueueError, ValueError, OSError) as err:
+    except OSError as err:
+        print(f"genqueue submit: {file_error(err)}", file=sys.stderr)
+        return 1
+    except (GenQueueError, ValueError) as err:
         print(f"genqueue submit: {err}", file=sys.stderr)
         return 1
 

@@ -142,3 +142,14 @@ def test_submit_file_names_the_line_of_a_bad_request(tmp_path, api) -> None:
         "genqueue submit: refused:",
         f"{requests_file}:4: params.max_tokens: Input should be greater than or equal to 1",
     ]
+
+
+def test_file_errors_and_options_in_words(tmp_path) -> None:
+    missing = genqueue(tmp_path, "submit", "--file", "nope.jsonl", "--key", "k")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "genqueue submit: nope.jsonl: No such file or directory"
+    batch = genqueue(tmp_path, "batch", "submit", "nope.jsonl", "--key", "k")
+    assert batch.stderr.strip() == "genqueue batch submit: nope.jsonl: No such file or directory"
+    up = genqueue(tmp_path, "--env-file", "x", "up")
+    assert up.returncode == 2
+    assert "genqueue up makes its own Redis and reads no --env-file" in up.stderr
