@@ -10,7 +10,6 @@ server's base. ``genqueue up`` runs the same check at start and prints one line 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from worker.endpoints.clients import endpoint_api_key
 from worker.endpoints.config import OPENAI_STYLE_KINDS, EndpointSpec, require_endpoints
 from worker.endpoints.disclosure import KEY_MARK, connection_failure, looks_like_html
 from worker.settings import Settings, env_name
@@ -28,6 +28,8 @@ READ_TIMEOUT_S = 30.0
 UP_READ_TIMEOUT_S = 10.0
 #: How much of an endpoint's own words an error quotes.
 _QUOTE_CHARS = 160
+#: (connect, read) seconds.
+Timeout = tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 2
         names = [args.endpoint]
-    verdicts = [check_endpoint(endpoints.get(name)) for name in names]
+    verdicts = [check_endpoint(endpoints.get(name), settings) for name in names]
     for verdict in verdicts:
         print(verdict.line(), file=sys.stdout if verdict.ok else sys.stderr, flush=True)
     return 0 if all(v.ok for v in verdicts) else 1
@@ -81,25 +83,29 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
 def summary(settings: Settings) -> str:
     """One line for ``genqueue up``: every endpoint's verdict, briefly."""
     endpoints = require_endpoints(settings)
-    verdicts = [check_endpoint(endpoints.get(n), UP_READ_TIMEOUT_S) for n in endpoints.names]
+    verdicts = [
+        check_endpoint(endpoints.get(name), settings, UP_READ_TIMEOUT_S) for name in endpoints.names
+    ]
     if all(v.ok for v in verdicts) and len(verdicts) > 1:
         return f"{len(verdicts)} endpoints ready"
     said = [f"{v.name}: {v.says}" if not v.ok else f"{v.name}: ready ({v.says})" for v in verdicts]
     return "; ".join(said)
 
 
-def check_endpoint(spec: EndpointSpec, read_timeout_s: float = READ_TIMEOUT_S) -> Verdict:
-    """Check ``spec`` now: its models, then a 1-token completion."""
+def check_endpoint(
+    spec: EndpointSpec, settings: Settings, read_timeout_s: float = READ_TIMEOUT_S
+) -> Verdict:
+    """Check ``spec`` now: its models, then a 1-token completion, with the worker's key."""
     if spec.kind not in OPENAI_STYLE_KINDS:
         return Verdict(spec.name, spec.base_url, True, f"a {spec.kind} endpoint: not checked")
-    key = spec.api_key()
+    key = endpoint_api_key(spec, settings)
     session = requests.Session()
     if key:
         session.headers["Authorization"] = f"Bearer {key}"
     timeout = (spec.connect_timeout_s, min(spec.read_timeout_s, read_timeout_s))
     try:
-        models = _models(session, spec, timeout)
-        took_ms = _one_token(session, spec, timeout)
+        models = _models(session, spec, timeout, key)
+        took_ms = _one_token(session, spec, timeout, key)
     except _Problem as problem:
         return Verdict(spec.name, spec.base_url, False, _without_key(str(problem), key))
     finally:
@@ -109,7 +115,7 @@ def check_endpoint(spec: EndpointSpec, read_timeout_s: float = READ_TIMEOUT_S) -
 
 
 def _call(
-    session: requests.Session, method: str, url: str, timeout: tuple[float, float], **kw: Any
+    session: requests.Session, method: str, url: str, timeout: Timeout, **kw: Any
 ) -> requests.Response:
     try:
         return session.request(method, url, timeout=timeout, **kw)
@@ -127,13 +133,13 @@ def _call(
 
 
 def _models(
-    session: requests.Session, spec: EndpointSpec, timeout: tuple[float, float]
+    session: requests.Session, spec: EndpointSpec, timeout: Timeout, key: str | None
 ) -> list[str]:
     url = f"{spec.base_url}/v1/models"
     response = _call(session, "GET", url, timeout)
     if response.status_code == 404:
         return []  # some servers have no /v1/models: the completion says whether the path is right
-    _raise_for(response, spec)
+    _raise_for(response, spec, key)
     try:
         data = response.json().get("data") or []
         return [str(model.get("id")) for model in data if isinstance(model, dict)]
@@ -141,7 +147,9 @@ def _models(
         raise _Problem(f"{url} answered 200 but not the JSON of an OpenAI server") from None
 
 
-def _one_token(session: requests.Session, spec: EndpointSpec, timeout: tuple[float, float]) -> int:
+def _one_token(
+    session: requests.Session, spec: EndpointSpec, timeout: Timeout, key: str | None
+) -> int:
     body: dict[str, Any] = {"max_tokens": 1}
     if spec.chat:
         body["messages"] = [{"role": "user", "content": "Hi"}]
@@ -151,7 +159,7 @@ def _one_token(session: requests.Session, spec: EndpointSpec, timeout: tuple[flo
         body["model"] = spec.model
     start = time.monotonic()
     response = _call(session, "POST", spec.completions_url, timeout, json=body)
-    _raise_for(response, spec)
+    _raise_for(response, spec, key)
     try:
         choices = response.json()["choices"]
         assert isinstance(choices, list)
@@ -162,14 +170,14 @@ def _one_token(session: requests.Session, spec: EndpointSpec, timeout: tuple[flo
     return round((time.monotonic() - start) * 1000)
 
 
-def _raise_for(response: requests.Response, spec: EndpointSpec) -> None:
+def _raise_for(response: requests.Response, spec: EndpointSpec, key: str | None) -> None:
     """Say what is wrong with a failed answer, as its cause would be fixed."""
     status = response.status_code
     if status < 400:
         return
     url = response.url
     if status in (401, 403):
-        raise _Problem(f"{status} from {url}: {_key_advice(spec)}")
+        raise _Problem(f"{status} from {url}: {_key_advice(spec, key)}")
     if status == 404:
         raise _Problem(f"404 from {url}: {_path_advice(spec)}")
     text = response.text.strip()
@@ -183,14 +191,14 @@ def _raise_for(response: requests.Response, spec: EndpointSpec) -> None:
     raise _Problem(f"{status} from {url}{words}")
 
 
-def _key_advice(spec: EndpointSpec) -> str:
+def _key_advice(spec: EndpointSpec, key: str | None) -> str:
     variable = spec.api_key_env
     if variable is None:
         return (
             "the server wants a key: set RUNPOD_API_KEY (or the endpoint's api_key_env in "
             f"{env_name('endpoints_file')}) to the variable that holds it"
         )
-    if not os.environ.get(variable):
+    if not key:
         return f"the server wants a key, and {variable} (which holds it) is unset"
     return f"the server refused the key in {variable}"
 

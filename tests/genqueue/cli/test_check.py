@@ -13,6 +13,7 @@ from genqueue.embedded_redis import free_port
 from genqueue.simulator import RunningSimulator, SimulatorConfig, serve_in_thread
 from tests.genqueue.cli.conftest import clean_env, genqueue
 from worker.endpoints.config import EndpointSpec
+from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,7 +30,7 @@ def _spec(url: str, **fields: object) -> EndpointSpec:
 
 def test_a_ready_endpoint(sim, monkeypatch) -> None:
     monkeypatch.setenv("CHECK_POD_KEY", "the-right-key")
-    verdict = check_endpoint(_spec(f"{sim.url}/v1/completions"))  # the URL users copy
+    verdict = check_endpoint(_spec(f"{sim.url}/v1/completions"), Settings())  # the URL users copy
     assert verdict.ok, verdict
     assert re.fullmatch(r"serves genqueue-simulated-model; 1 token in \d+ ms", verdict.says)
     assert verdict.line().startswith(f"endpoint pod ({sim.url}): ok: serves ")
@@ -39,7 +40,7 @@ def test_a_ready_endpoint(sim, monkeypatch) -> None:
 
 def test_a_closed_port() -> None:
     port = free_port()
-    verdict = check_endpoint(_spec(f"http://127.0.0.1:{port}"))
+    verdict = check_endpoint(_spec(f"http://127.0.0.1:{port}"), Settings())
     assert not verdict.ok
     assert verdict.says == (
         f"unreachable: connection refused at 127.0.0.1:{port}: is the server running there, "
@@ -52,19 +53,19 @@ def test_no_answer_in_time(sim, monkeypatch) -> None:
     requests.post(
         f"{sim.url}/_sim/script", json={"actions": [{"action": "hang", "delay_s": 3}]}, timeout=5
     )
-    verdict = check_endpoint(_spec(sim.url), read_timeout_s=0.5)
+    verdict = check_endpoint(_spec(sim.url), Settings(), read_timeout_s=0.5)
     assert verdict.says == f"{sim.url}/v1/completions did not answer within 0.5 s"
 
 
 def test_a_missing_or_refused_key_names_its_variable(sim, monkeypatch) -> None:
     monkeypatch.delenv("CHECK_POD_KEY", raising=False)
-    missing = check_endpoint(_spec(sim.url))
+    missing = check_endpoint(_spec(sim.url), Settings())
     assert missing.says == (
         f"401 from {sim.url}/v1/models: the server wants a key, and CHECK_POD_KEY (which "
         "holds it) is unset"
     )
     monkeypatch.setenv("CHECK_POD_KEY", "a-wrong-key-123")
-    refused = check_endpoint(_spec(sim.url))
+    refused = check_endpoint(_spec(sim.url), Settings())
     assert refused.says == (
         f"401 from {sim.url}/v1/models: the server refused the key in CHECK_POD_KEY"
     )
@@ -75,7 +76,7 @@ def test_no_model_loaded(sim, monkeypatch) -> None:
     monkeypatch.setenv("CHECK_POD_KEY", "the-right-key")
     # text-generation-webui without a model: the completion answers a plain-text 500.
     requests.post(f"{sim.url}/_sim/script", json={"actions": [{"status": 500}]}, timeout=5)
-    verdict = check_endpoint(_spec(sim.url))
+    verdict = check_endpoint(_spec(sim.url), Settings())
     assert not verdict.ok
     assert verdict.says == (
         f"500 (plain text) from {sim.url}/v1/completions: no model loaded? text-generation-webui "
@@ -85,7 +86,7 @@ def test_no_model_loaded(sim, monkeypatch) -> None:
 
 def test_a_wrong_path(sim, monkeypatch) -> None:
     monkeypatch.setenv("CHECK_POD_KEY", "the-right-key")
-    verdict = check_endpoint(_spec(f"{sim.url}/api/v1/generate"))
+    verdict = check_endpoint(_spec(f"{sim.url}/api/v1/generate"), Settings())
     assert not verdict.ok
     assert verdict.says == (
         f"404 from {sim.url}/api/v1/generate/v1/completions: the URL's path '/api/v1/generate' "
@@ -95,7 +96,9 @@ def test_a_wrong_path(sim, monkeypatch) -> None:
 
 
 def test_the_command(sim, tmp_path) -> None:
-    env = clean_env(RUNPOD_ENDPOINT_URL=f"{sim.url}/v1/completions", RUNPOD_API_KEY="the-right-key")
+    # The key in .env, as the worker reads it too.
+    (tmp_path / ".env").write_text("RUNPOD_API_KEY=the-right-key\n")
+    env = clean_env(RUNPOD_ENDPOINT_URL=f"{sim.url}/v1/completions")
     ready = genqueue(tmp_path, "check", env=env)
     assert ready.returncode == 0, ready.stderr
     assert re.fullmatch(
