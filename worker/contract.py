@@ -230,6 +230,8 @@ class TaskStatus(BaseModel):
     attempts: int
     result: GenerationResult | None = None
     error: ErrorInfo | None = None
+    #: Why the last attempt failed, while the task is not over (retrying, or running again).
+    last_error: ErrorInfo | None = None
     metadata: dict[str, JsonValue] | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None

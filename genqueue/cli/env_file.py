@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import dotenv_values
+from pydantic import ValidationError
 
 from genqueue.cli.up_output import hide_password
 from genqueue.private_files import write_private_file
@@ -82,7 +83,10 @@ def load_command_settings(env_file: Path | None, read_env_file: bool = True) -> 
     if not read_env_file:
         return CommandSettings(load_settings(), None)
     if env_file is None:
-        found = env_file_of(load_settings().data_dir)
+        try:  # where the data folder is (load_settings, below, says what is wrong, once)
+            found = env_file_of(Settings().data_dir)
+        except ValidationError:
+            return CommandSettings(load_settings(), None)
         env_file = found if found.is_file() else None
     elif not env_file.is_file():
         raise SettingsError(f"--env-file {env_file}: no such file")

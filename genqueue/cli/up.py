@@ -59,6 +59,7 @@ from genqueue.private_files import (
     make_private_tree,
     read_or_create_secret,
 )
+from worker import upstream
 from worker.endpoints.config import load_endpoints
 from worker.errors import PortInUse, StartupFailed
 from worker.settings import Settings
@@ -172,6 +173,7 @@ def _run_locked(
     signal.signal(signal.SIGINT, _raise_stop)
     stack = Stack(LogFolder(data_dir / LOGS_DIR_NAME, verbose))
     print(f"genqueue up: starting (logs in {stack.logs.path}/)", flush=True)
+    _warn_upstream()
     try:
         _start(stack, settings, data_dir, host, ports_)
         while True:
@@ -261,6 +263,14 @@ def _endpoints(stack: Stack, settings: Settings, env: dict[str, str]) -> list[st
         lines = [f"  endpoint   {endpoint} (built-in simulator)"]
         settings = settings.model_copy(update={"runpod_endpoint_url": endpoint})
     return [*lines, f"  check      {check_summary(settings)}"]
+
+
+def _warn_upstream() -> None:
+    """The worker's warning about a changed kombu, Celery or redis-py, here too: its own goes to
+    its log file, which a user of ``up`` does not read."""
+    said = upstream.warning(upstream.all_changes())
+    if said is not None:
+        print(f"genqueue up: warning: {said}", file=sys.stderr, flush=True)
 
 
 def _private_data_dir(data_dir: Path) -> Path:
