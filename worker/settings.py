@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), validation_alias="GENQUEUE_API_KEYS"
     )
+    #: The key the ``genqueue`` commands send to the API (else the one in ``.genqueue/env``).
+    api_key: SecretStr | None = Field(default=None, validation_alias="GENQUEUE_API_KEY")
+    #: The API the ``genqueue`` commands call (``genqueue up`` writes it to ``.genqueue/env``).
+    api_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://")
 
     #: A Redis of its own for Celery's task results (``celery-task-meta-*`` and their
     #: channels); unset: the results live in ``REDIS_URL``'s Redis (docs/redis.md).
@@ -300,12 +304,10 @@ class Settings(BaseSettings):
 
     @property
     def completions_url(self) -> str | None:
-        """``{base}/v1/completions``, tolerating a trailing ``/`` or ``/v1`` on the base."""
+        """``{base}/v1/completions`` (:func:`endpoint_base` says what the base may end with)."""
         if self.runpod_endpoint_url is None:
             return None
-        base = self.runpod_endpoint_url.rstrip("/")
-        base = base.removesuffix("/v1")
-        return f"{base}/v1/completions"
+        return f"{endpoint_base(self.runpod_endpoint_url)}/v1/completions"
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:
@@ -321,6 +323,20 @@ class Settings(BaseSettings):
                 "after twice the visibility timeout, from its record, which must still be there"
             )
         return self
+
+
+#: What an endpoint's URL may end with beyond its base (users copy the full completions URL).
+_ROUTE_SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1")
+
+
+def endpoint_base(url: str) -> str:
+    """An OpenAI-style endpoint's base URL: without a trailing ``/``, ``/v1``,
+    ``/v1/completions`` or ``/v1/chat/completions`` (genqueue adds the route it calls)."""
+    base = url.strip().rstrip("/")
+    for suffix in _ROUTE_SUFFIXES:
+        if base.endswith(suffix):
+            return base.removesuffix(suffix)
+    return base
 
 
 def env_name(field: str) -> str:

@@ -18,7 +18,6 @@ from typing import Any
 PREFIX = "GENQUEUE_"
 #: ``GENQUEUE_*`` variables genqueue reads that are not settings, and what reads each.
 OTHER_VARIABLES = {
-    "GENQUEUE_API_KEY": "the genqueue commands: the key they send to the API",
     "GENQUEUE_TEST_REDIS_URL": "the test suite: an outside Redis (tests/suite_redis.py)",
     "GENQUEUE_TEST_REAL_SERVERS": "the test suite: the real-server tests (tests/real_servers)",
 }

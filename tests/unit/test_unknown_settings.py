@@ -68,7 +68,9 @@ SETTINGS = [env_name(field) for field in Settings.model_fields]
         ),
         # Settings, the variables genqueue reads besides them, and other programs' variables.
         (["GENQUEUE_API_KEYS", "GENQUEUE_TENANTS_FILE", "GENQUEUE_RETRY_MAX_ATTEMPTS"], []),
-        (["GENQUEUE_API_KEY", "GENQUEUE_TEST_REDIS_URL", "GENQUEUE_TEST_REAL_SERVERS"], []),
+        # The commands' key and API (settings too), and the test suite's variables.
+        (["GENQUEUE_API_KEY", "GENQUEUE_API_URL"], []),
+        (["GENQUEUE_TEST_REDIS_URL", "GENQUEUE_TEST_REAL_SERVERS"], []),
         (["REDIS_URL", "RUNPOD_POD_ID", "FLOWER_BASIC_AUTH", "PATH", "GENQUEUEX"], []),
         # One warning a name, in order.
         (
