@@ -208,7 +208,9 @@ def _start(
         redis_url = settings.redis_url
         lines.append(f"  redis      {hide_password(redis_url)} (REDIS_URL)")
     else:
-        stack.embedded = _embedded_redis(data_dir / "redis", stack.logs.file("redis")).start()
+        # Held before it starts: a stop that arrives while it starts still stops it.
+        stack.embedded = _embedded_redis(data_dir / "redis", stack.logs.file("redis"))
+        stack.embedded.start()
         redis_url = stack.embedded.url
         lines.append(
             f"  redis      {hide_password(redis_url)} (embedded, AOF data in "
