@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 from redis import Redis
 
-from worker import connections
+from worker import connections, keys
 from worker.delivery import broker
 from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
@@ -69,8 +70,26 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         # Read at each use: the tenants file is re-read when it changes.
         return tenants.current().weight_of(tenant)
 
+    def pod_decision(name: str) -> Callable[[str, str], None]:
+        return lambda decision, _reason: (
+            process_metrics().pod_decisions.labels(name, decision).inc()
+        )
+
+    def queues_of(name: str) -> list[str]:
+        general = list(keys.GENERAL_QUEUES) if name == endpoints.default else []
+        return [*general, keys.queue_for(name)]
+
     targets = {
-        name: build_target(spec, settings, client, concurrency, LEASE_TTL_S, weight_of)
+        name: build_target(
+            spec,
+            settings,
+            client,
+            concurrency,
+            LEASE_TTL_S,
+            weight_of,
+            on_decision=pod_decision(name),
+            queues=queues_of(name),
+        )
         for name, spec in endpoints.specs.items()
     }
     # A claim outlives its worker by less than the visibility timeout, so a redelivered task

@@ -89,6 +89,10 @@ class WorkerMetrics:
             "genqueue_worker_webhooks", "Webhook delivery attempts, by outcome.",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.pod_decisions = Counter(
+            "genqueue_worker_pod_decisions", "Decisions about endpoints' pods (start, stop...).",
+            ["endpoint", "decision"], registry=r,
+        )  # fmt: skip
 
 
 _process_lock = threading.Lock()
