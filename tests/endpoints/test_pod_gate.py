@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,11 @@ from tests.conftest import SimulatorControl
 from worker import keys
 from worker.endpoints.clients import EndpointTarget, build_target
 from worker.endpoints.config import EndpointSpec
+from worker.endpoints.pods import gate as pod_gate
 from worker.errors import DeadlineExpired, PodUnavailable
 from worker.limits.guard import Claim
+from worker.observability.metrics import process_metrics
+from worker.resources import build_runtime
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -123,6 +127,17 @@ def test_a_start_that_answers_200_and_changes_nothing_is_asked_again(
     assert decisions == ["start", "start_again", "start_again", "ready"]
 
 
+def test_a_pod_that_stays_stopped_after_five_starts_fails_its_tasks(
+    targets: Targets, pod_sim: SimulatorControl
+) -> None:
+    pod_sim.configure(pod_noop_starts=100)
+    gate = targets().pod
+    assert gate is not None
+    with pytest.raises(PodUnavailable, match="5 starts were accepted and the pod stayed EXITED"):
+        gate.wait(None)
+    assert pod_sim.stats()["pod_start_calls"] == 5
+
+
 def test_a_pod_that_never_comes_up_fails_its_tasks_saying_so(
     targets: Targets, pod_sim: SimulatorControl, redis_client: redis.Redis
 ) -> None:
@@ -145,6 +160,21 @@ def test_a_pod_that_never_comes_up_fails_its_tasks_saying_so(
     with pytest.raises(PodUnavailable):  # the tasks that come next fail at once
         gate.wait(None)
     assert time.monotonic() - began < 0.5
+    assert pod_sim.stats()["pod_start_calls"] == 1
+
+
+def test_after_a_failed_start_is_held_a_task_tries_a_start_again(
+    targets: Targets, pod_sim: SimulatorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pod_gate, "FAILED_HOLD_S", 0.5)
+    pod_sim.configure(pod_noop_starts=5)
+    gate = targets().pod
+    assert gate is not None
+    with pytest.raises(PodUnavailable):
+        gate.wait(None)
+    time.sleep(0.6)
+    gate.wait(None)  # the hold is over: started again, and this time it runs
+    assert pod_sim.stats()["pod_starts"] == 1
 
 
 def test_a_waiting_task_keeps_its_deadline(targets: Targets, pod_sim: SimulatorControl) -> None:
@@ -208,7 +238,7 @@ def test_an_idle_pod_genqueue_started_is_stopped(
     assert running_s >= idle_s > 0.2
 
 
-@pytest.mark.parametrize("work", ["in_flight", "queued", "admitting"])
+@pytest.mark.parametrize("work", ["in_flight", "queued", "admitting", "at_gate"])
 def test_a_pod_with_work_is_not_stopped(
     targets: Targets, pod_sim: SimulatorControl, redis_client: redis.Redis, work: str
 ) -> None:
@@ -219,9 +249,12 @@ def test_a_pod_with_work_is_not_stopped(
     elif work == "queued":
         key = keys.queue_for("big")
         redis_client.rpush(key, "a task")
-    else:
+    elif work == "admitting":
         key = keys.admission("big")
         redis_client.zadd(key, {"waiter": 1})
+    else:
+        key = keys.pod_waiters("big")
+        redis_client.zadd(key, {"waiter": int(time.time() * 1000) + 60_000})
     time.sleep(1.5)
     assert running(pod_sim)
     redis_client.delete(key)
@@ -248,3 +281,26 @@ def test_told_so_genqueue_stops_a_pod_a_person_started(
     target = targets(idle_stop_after_s=0.3, stop_pods_started_by_others=True)
     target.pod.wait(None)  # type: ignore[union-attr]
     assert wait_for(lambda: not running(pod_sim))
+
+
+def test_a_workers_pod_decisions_are_counted_in_its_metrics(
+    tmp_path: Path, redis_url: str, pod_sim: SimulatorControl
+) -> None:
+    endpoints = tmp_path / "endpoints.toml"
+    endpoints.write_text(f'[endpoints.big]\nurl = "{pod_sim.url}"\nrunpod_pod_id = "{POD}"\n')
+    settings = Settings(
+        redis_url=redis_url,
+        endpoints_file=endpoints,
+        runpod_rest_api_url=f"{pod_sim.url}/v1",
+        runpod_api_key=KEY,
+    )
+    runtime = build_runtime(settings)
+    try:
+        runtime.targets["big"].pod.wait(None)  # type: ignore[union-attr]
+    finally:
+        runtime.close()
+    registry = process_metrics().registry
+    labels = {"endpoint": "big", "decision": "start"}
+    assert registry.get_sample_value("genqueue_worker_pod_decisions_total", labels) == 1.0
+    labels["decision"] = "ready"
+    assert registry.get_sample_value("genqueue_worker_pod_decisions_total", labels) == 1.0

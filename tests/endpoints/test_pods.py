@@ -3,6 +3,7 @@ simulator playing RunPod's control API and the pod behind it."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,7 @@ def test_a_start_that_never_finishes_falls_back(
     results = submit(celery_client, 3)
     assert [r["endpoint"] for r in results] == ["spare"] * 3
     assert results[0]["endpoints_tried"] == ["big", "spare"]
+    assert KEY not in json.dumps(results)
 
 
 def test_a_start_that_never_finishes_fails_the_tasks_saying_so(

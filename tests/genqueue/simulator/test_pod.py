@@ -87,6 +87,12 @@ def test_a_noop_start_answers_200_and_changes_nothing(pod: RunningSimulator) -> 
     assert stats(pod)["pod_starts"] == 1
 
 
-def test_without_a_pod_id_there_is_no_pod(sim: RunningSimulator) -> None:
+def test_without_a_pod_id_there_is_no_pod_until_the_config_names_one(
+    sim: RunningSimulator,
+) -> None:
     assert requests.get(f"{sim.url}/v1/pods/pod123", timeout=TIMEOUT).status_code == 404
     assert complete(sim, prompt="a").status_code == 200
+    assert configure(sim, pod_id="pod123").status_code == 200
+    state = requests.get(f"{sim.url}/v1/pods/pod123", timeout=TIMEOUT)
+    assert state.json()["desiredStatus"] == "RUNNING"
+    assert configure(sim, pod_noop_starts=-1).status_code == 400

@@ -217,7 +217,7 @@ class PodGate:
             if status == RUNNING:
                 return "genqueue"
             self.decided("start_again", f"the start answered 200 and the pod is still {status}")
-            time.sleep(min(POLL_S * 2**attempt, 5.0))
+            time.sleep(POLL_S * attempt)
         raise PodControlError(f"{START_TRIES} starts were accepted and the pod stayed {status}")
 
 
