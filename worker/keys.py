@@ -76,9 +76,15 @@ def pod_lock(endpoint_id: str) -> str:
 
 
 def pod_waiters(endpoint_id: str) -> str:
-    """Sorted set: tasks waiting for the endpoint's pod to come up, scored by when each lapses
-    (ms). TTL: the longest wait's."""
+    """Sorted set: tasks waiting for the endpoint's pod to come up, scored by when each joined
+    (ms); one older than the longest wait counts no more. TTL: the longest wait's."""
     return f"{PREFIX}:pod-wait:{endpoint_id}"
+
+
+def last_calls() -> str:
+    """Sorted set: each endpoint scored by when its last call ended (ms). Bounded by the
+    endpoints."""
+    return f"{PREFIX}:last-call"
 
 
 #: Celery's Redis result backend's key prefix (its default naming).

@@ -77,7 +77,7 @@ class PodGate:
         self.waiters_key = keys.pod_waiters(endpoint_id)
         self.control = control
         self.probe = probe
-        self._ready_timeout_s = ready_timeout_s
+        self.ready_timeout_s = ready_timeout_s
         self._on_decision = on_decision
         self._ready_until = 0.0
 
@@ -108,9 +108,9 @@ class PodGate:
             return
         waited = time.monotonic()
         token = uuid.uuid4().hex
-        bound_ms = now_ms() + int(self._ready_timeout_s * 1000)
-        self.client.zadd(self.waiters_key, {token: bound_ms})  # for the idle stop and signals
-        self.client.pexpire(self.waiters_key, int(self._ready_timeout_s * 1000) + 60_000)
+        # Scored by when it joined, for the idle stop and the oldest-queued age.
+        self.client.zadd(self.waiters_key, {token: now_ms()})
+        self.client.pexpire(self.waiters_key, int(self.ready_timeout_s * 1000) + 60_000)
         try:
             while not self._pass():
                 self._failed_lately()
@@ -121,8 +121,8 @@ class PodGate:
                         target=self._bring_up, args=(lock,), name="genqueue-pod-start", daemon=True
                     ).start()
                 _check_deadline(deadline)
-                if time.monotonic() - waited > self._ready_timeout_s + LOCK_TTL_S:
-                    raise PodUnavailable(self._not_up(f"within {self._ready_timeout_s:g}s"))
+                if time.monotonic() - waited > self.ready_timeout_s + LOCK_TTL_S:
+                    raise PodUnavailable(self._not_up(f"within {self.ready_timeout_s:g}s"))
                 time.sleep(POLL_S)
         finally:
             self.client.zrem(self.waiters_key, token)
@@ -178,9 +178,9 @@ class PodGate:
             by = self._start(known)
             while not self.probe():
                 lock.reacquire()
-                if time.monotonic() - begun > self._ready_timeout_s:
+                if time.monotonic() - begun > self.ready_timeout_s:
                     raise PodControlError(
-                        f"its model did not answer within {self._ready_timeout_s:g}s"
+                        f"its model did not answer within {self.ready_timeout_s:g}s"
                     )
                 time.sleep(POLL_S)
         except PodControlError as err:

@@ -25,6 +25,7 @@ import redis
 from worker import keys
 from worker.endpoints.pods.control import RUNNING
 from worker.endpoints.pods.gate import (
+    LOCK_TTL_S,
     START_TRIES,
     STATE_TTL_S,
     PodGate,
@@ -43,13 +44,16 @@ class IdlePolicy:
     check_interval_s: float = 5.0
 
 
-def work_waiting(client: redis.Redis, endpoint: str, queues: Sequence[str]) -> str | None:
-    """Why the endpoint is busy (a call in flight, tasks waiting), or ``None``."""
+def work_waiting(
+    client: redis.Redis, endpoint: str, queues: Sequence[str], gate_wait_max_s: float
+) -> str | None:
+    """Why the endpoint is busy (a call in flight, tasks waiting), or ``None``; a task at the
+    gate for longer than ``gate_wait_max_s`` counts no more (its worker died)."""
     now = now_ms()
     pipe = client.pipeline(transaction=False)
     pipe.zcount(keys.lease(endpoint), now, "+inf")
     pipe.zcard(keys.admission(endpoint))
-    pipe.zcount(keys.pod_waiters(endpoint), now, "+inf")
+    pipe.zcount(keys.pod_waiters(endpoint), now - int(gate_wait_max_s * 1000), "+inf")
     for name in keys.queue_lists(queues):
         pipe.llen(name)
     in_flight, admitting, at_gate, *queued = (int(n) for n in pipe.execute())
@@ -95,7 +99,7 @@ class IdleStop:
 
     def check(self) -> None:
         """One look: count the time, and stop the pod if it is idle."""
-        busy = work_waiting(self._client, self._gate.endpoint, self._queues)
+        busy = self._busy()
         state = self._count(busy)
         idle_after_s = self._policy.idle_stop_after_s
         if state.get("state") != "ready" or idle_after_s is None:
@@ -120,7 +124,7 @@ class IdleStop:
         key = self._gate.key
         self._client.hset(key, "state", "stopping")
         state = self._state()
-        busy = work_waiting(self._client, self._gate.endpoint, self._queues)
+        busy = self._busy()
         idle_s = self._idle_s(state)
         if busy is not None or idle_s < idle_after_s:
             self._client.hset(key, "state", "ready")
@@ -140,6 +144,12 @@ class IdleStop:
         self._client.hset(key, mapping={"state": "stopped", "stopped_at": now_ms()})
         self._client.expire(key, STATE_TTL_S)
         self._gate.decided("stop", f"no call for {idle_s:.0f}s, nothing in flight or waiting")
+
+    def _busy(self) -> str | None:
+        gate = self._gate
+        return work_waiting(
+            self._client, gate.endpoint, self._queues, gate.ready_timeout_s + LOCK_TTL_S
+        )
 
     def _once(self, decision: str, reason: str) -> None:
         """Log and count a decision that each look would repeat only when it changes."""
