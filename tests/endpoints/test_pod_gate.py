@@ -131,11 +131,13 @@ def test_a_pod_that_stays_stopped_after_five_starts_fails_its_tasks(
     targets: Targets, pod_sim: SimulatorControl
 ) -> None:
     pod_sim.configure(pod_noop_starts=100)
-    gate = targets().pod
+    decisions: list[str] = []
+    gate = targets(decisions).pod
     assert gate is not None
     with pytest.raises(PodUnavailable, match="5 starts were accepted and the pod stayed EXITED"):
         gate.wait(None)
     assert pod_sim.stats()["pod_start_calls"] == 5
+    assert decisions == ["start", *["start_again"] * 4, "start_failed"]
 
 
 def test_a_pod_that_never_comes_up_fails_its_tasks_saying_so(

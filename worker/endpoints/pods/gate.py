@@ -136,7 +136,8 @@ class PodGate:
         pipe = self.client.pipeline(transaction=True)
         pipe.hget(self.key, "state")
         pipe.hset(self.key, "last_call_at", now_ms())
-        state, _ = pipe.execute()
+        pipe.expire(self.key, STATE_TTL_S)
+        state, *_ = pipe.execute()
         return self._seen(state)
 
     def _seen(self, state: bytes | str | None) -> bool:
@@ -216,8 +217,9 @@ class PodGate:
             status = self.control.status()
             if status == RUNNING:
                 return "genqueue"
-            self.decided("start_again", f"the start answered 200 and the pod is still {status}")
-            time.sleep(POLL_S * attempt)
+            if attempt < START_TRIES:
+                self.decided("start_again", f"the start answered 200 and the pod is {status}")
+                time.sleep(POLL_S * attempt)
         raise PodControlError(f"{START_TRIES} starts were accepted and the pod stayed {status}")
 
 
