@@ -20,7 +20,8 @@ from worker import keys
 from worker.endpoints.clients import EndpointTarget, build_target
 from worker.endpoints.config import EndpointSpec
 from worker.endpoints.pods import gate as pod_gate
-from worker.errors import DeadlineExpired, PodUnavailable
+from worker.endpoints.pods.control import PodControl
+from worker.errors import DeadlineExpired, PodControlError, PodUnavailable
 from worker.limits.guard import Claim
 from worker.observability.metrics import process_metrics
 from worker.resources import build_runtime
@@ -306,3 +307,17 @@ def test_a_workers_pod_decisions_are_counted_in_its_metrics(
     assert registry.get_sample_value("genqueue_worker_pod_decisions_total", labels) == 1.0
     labels["decision"] = "ready"
     assert registry.get_sample_value("genqueue_worker_pod_decisions_total", labels) == 1.0
+
+
+def test_a_refused_control_call_says_so_without_the_key(pod_sim: SimulatorControl) -> None:
+    control = PodControl(f"{pod_sim.url}/v1", POD, "rpa_wrong_key_123")
+    with pytest.raises(PodControlError) as raised:
+        control.status()
+    assert raised.value.message == "pod pod1: GET /pods/{podId} answered 401"
+    control.close()
+    unreachable = PodControl("http://127.0.0.1:9/v1", POD, KEY)
+    with pytest.raises(PodControlError) as raised:
+        unreachable.start()
+    assert raised.value.message == "pod pod1: POST /pods/{podId}/start failed: ConnectionError"
+    assert KEY not in raised.value.message
+    unreachable.close()
