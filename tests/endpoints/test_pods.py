@@ -16,6 +16,7 @@ from genqueue.simulator import SimulatorConfig, serve_in_thread
 from tests.conftest import SimulatorControl
 from tests.endpoints.test_pod_gate import KEY, POD, pod_call, running, wait_for
 from tests.endpoints.test_routing import endpoints_file, send
+from worker import keys
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,6 +75,7 @@ def test_started_on_demand_then_stopped_when_idle_then_started_again(
     assert submit(celery_client, 2)[0]["endpoint"] == "big"
     assert pod_sim.stats()["pod_starts"] == 2
     log = worker.log()
+    assert " retry " not in log  # the tasks waited for the pod: none was sent to it early
     assert "pod pod1 of endpoint big: start (" in log
     assert "pod pod1 of endpoint big: stop (no call for " in log
     assert KEY not in log
@@ -129,3 +131,19 @@ def test_a_pod_a_person_started_is_not_stopped(
     assert running(pod_sim)
     assert pod_sim.stats()["pod_start_calls"] == 1  # the person's
     assert "a person started it: genqueue stops only pods it started" in worker.log()
+
+
+def test_a_worker_that_starts_after_genqueue_started_the_pod_stops_it_without_a_task(
+    tmp_path: Path, redis_url: str, redis_client: Any, pod_sim: SimulatorControl,
+    start_worker: Any,
+) -> None:  # fmt: skip
+    pod_call(pod_sim, "start")  # started by a genqueue worker that has since gone
+    an_hour_ago = int((time.time() - 3600) * 1000)
+    redis_client.hset(
+        keys.pod("big"),
+        mapping={"state": "ready", "by": "genqueue", "ready_at": an_hour_ago,
+                 "last_call_at": an_hour_ago},
+    )  # fmt: skip
+    worker = start_worker(redis_url, "", **pod_env(tmp_path, pod_sim, idle_stop_after_s=60))
+    assert wait_for(lambda: not running(pod_sim), timeout_s=10)
+    assert "pod pod1 of endpoint big: stop (no call for 36" in worker.log()
