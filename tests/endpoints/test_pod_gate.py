@@ -21,6 +21,7 @@ from worker.endpoints.clients import EndpointTarget, build_target
 from worker.endpoints.config import EndpointSpec
 from worker.endpoints.pods import gate as pod_gate
 from worker.endpoints.pods.control import PodControl
+from worker.endpoints.pods.gate import READY_CACHE_S
 from worker.errors import DeadlineExpired, PodControlError, PodUnavailable
 from worker.limits.guard import Claim
 from worker.observability.metrics import process_metrics
@@ -321,3 +322,19 @@ def test_a_refused_control_call_says_so_without_the_key(pod_sim: SimulatorContro
     assert raised.value.message == "pod pod1: POST /pods/{podId}/start failed: ConnectionError"
     assert KEY not in raised.value.message
     unreachable.close()
+
+
+def test_a_pod_stopped_outside_genqueue_is_noticed_and_started_again(
+    targets: Targets, pod_sim: SimulatorControl, redis_client: redis.Redis
+) -> None:
+    decisions: list[str] = []
+    gate = targets(decisions).pod  # its idle stop looks every 0.2 s: RunPod is asked every 1.2 s
+    assert gate is not None
+    gate.wait(None)
+    pod_call(pod_sim, "stop")  # a person, from RunPod's console
+    assert wait_for(lambda: state(redis_client)["state"] == "stopped", timeout_s=5)
+    assert "stopped_outside" in decisions
+    time.sleep(READY_CACHE_S)
+    gate.wait(None)  # the next task starts it again
+    assert running(pod_sim)
+    assert pod_sim.stats()["pod_starts"] == 2

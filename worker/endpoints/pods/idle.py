@@ -4,7 +4,8 @@ Every worker looks every ``GENQUEUE_POD_CHECK_INTERVAL_S``; the one that takes t
 acts. A pod is never stopped while a call to it is in flight or a task waits for it (in its
 endpoint's queue, its admission queue or at its gate), nor within ``idle_stop_after_s`` of
 coming up (another process just started it), nor when a person started it (genqueue found it
-running without having started it), unless ``stop_pods_started_by_others`` says so. Before it
+running without having started it), unless ``stop_pods_started_by_others`` says so. A pod
+stopped outside genqueue is noticed within :data:`VERIFY_LOOKS` looks. Before it
 stops the pod it marks it ``stopping`` and looks again: a task that passed the gate meanwhile
 (noting its call in the same transaction in which it read ``ready``) keeps the pod running. The
 stop is read back as the start is.
@@ -34,6 +35,11 @@ from worker.endpoints.pods.gate import (
     release_lock,
 )
 from worker.errors import PodControlError
+
+#: How long closing waits for a look under way.
+CLOSE_WAIT_S = 5.0
+#: Every how many looks one worker asks RunPod whether a pod genqueue thinks ready still runs.
+VERIFY_LOOKS = 6
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,10 @@ class IdleStop:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop looking; wait for a look under way (its Redis client closes next)."""
         self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(CLOSE_WAIT_S)
 
     def _loop(self) -> None:
         while not self._stopped.wait(self._policy.check_interval_s):
@@ -102,6 +111,8 @@ class IdleStop:
         busy = self._busy()
         state = self._count(busy)
         idle_after_s = self._policy.idle_stop_after_s
+        if state.get("state") == "ready" and self._stopped_outside(state):
+            return
         if state.get("state") != "ready" or idle_after_s is None:
             return
         if state.get("by") != "genqueue" and not self._policy.stop_others:
@@ -117,6 +128,27 @@ class IdleStop:
             return  # another process starts or stops it now
         try:
             self._stop(idle_after_s)
+        finally:
+            release_lock(lock)
+
+    def _stopped_outside(self, state: dict[str, str]) -> bool:
+        """Every :data:`VERIFY_LOOKS` looks, one worker asks RunPod whether a ``ready`` pod
+        still runs; one a person (or RunPod) stopped is marked ``stopped``, so that the next
+        task starts it again."""
+        every_ms = self._policy.check_interval_s * VERIFY_LOOKS * 1000
+        if now_ms() - int(state.get("verified_at") or 0) < every_ms:
+            return False
+        lock = self._gate.lock()
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            self._client.hset(self._gate.key, "verified_at", now_ms())
+            status = self._gate.control.status()
+            if status == RUNNING or self._state().get("state") != "ready":
+                return False
+            self._client.hset(self._gate.key, mapping={"state": "stopped", "stopped_at": now_ms()})
+            self._gate.decided("stopped_outside", f"the pod is {status}: stopped outside genqueue")
+            return True
         finally:
             release_lock(lock)
 
