@@ -22,12 +22,13 @@ class SimulatorConfig:
     token_interval_s: float = 0.0  # between the pieces of a streamed answer
     # Playing a RunPod pod (genqueue.simulator.pod): its id (None: no pod), the account key
     # its control routes ask, the unannounced boot and model load after a start, how many
-    # starts answer 200 and do nothing, its price.
+    # starts (and stops) answer 200 and do nothing, its price.
     pod_id: str | None = None
     pod_api_key: str | None = None
     pod_cold_start_s: float = 0.0
     pod_model_load_s: float = 0.0
     pod_noop_starts: int = 0
+    pod_noop_stops: int = 0
     pod_cost_per_hr: float = 0.69
 
     def __post_init__(self) -> None:
@@ -84,6 +85,7 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "pod_cold_start_s": _NUMBER,
     "pod_model_load_s": _NUMBER,
     "pod_noop_starts": (int,),
+    "pod_noop_stops": (int,),
     "pod_cost_per_hr": _NUMBER,
 }
 _CONFIG_RANGES: dict[str, tuple[float, float]] = {
@@ -95,6 +97,7 @@ _CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "pod_cold_start_s": (0.0, 86400.0),
     "pod_model_load_s": (0.0, 86400.0),
     "pod_noop_starts": (0, 1_000_000),
+    "pod_noop_stops": (0, 1_000_000),
     "pod_cost_per_hr": (0.0, 1000.0),
 }
 

@@ -10,8 +10,8 @@ a 404.
 A pod started answers nothing useful at once, and does not say so: for ``pod_cold_start_s``
 its completions routes answer RunPod's proxy's 502, then for ``pod_model_load_s`` a plain-text
 500 (text-generation-webui before its model is loaded), then they generate. A stopped pod's
-routes answer the 502 too. ``pod_noop_starts`` starts answer 200 and change nothing (a known
-RunPod behaviour of restarts), one fewer each time.
+routes answer the 502 too. ``pod_noop_starts`` starts (and ``pod_noop_stops`` stops) answer
+200 and change nothing (a known RunPod behaviour of restarts), one fewer each time.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class SimulatedPod:
         #: ``time.monotonic()`` of the last start that took effect (0: ready from the outset).
         self._started = 0.0
         self._noop_used = 0
+        self._noop_stops_used = 0
 
     def start(self) -> None:
         """Start the pod (an answer of 200 either way), unless a no-op start is due."""
@@ -51,7 +52,11 @@ class SimulatedPod:
             self._stats().pod_starts += 1
 
     def stop(self) -> None:
+        """Stop the pod (an answer of 200 either way), unless a no-op stop is due."""
         self._stats().pod_stop_calls += 1
+        if self._noop_stops_used < self._config.pod_noop_stops:
+            self._noop_stops_used += 1
+            return
         if self.status == RUNNING:
             self.status = EXITED
             self._stats().pod_stops += 1

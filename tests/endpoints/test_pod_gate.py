@@ -338,3 +338,17 @@ def test_a_pod_stopped_outside_genqueue_is_noticed_and_started_again(
     gate.wait(None)  # the next task starts it again
     assert running(pod_sim)
     assert pod_sim.stats()["pod_starts"] == 2
+
+
+def test_a_stop_that_changes_nothing_leaves_the_pod_ready_saying_so(
+    targets: Targets, pod_sim: SimulatorControl, redis_client: redis.Redis
+) -> None:
+    decisions: list[str] = []
+    pod_sim.configure(pod_noop_stops=1000)
+    targets(decisions, idle_stop_after_s=1.0).pod.wait(None)  # type: ignore[union-attr]
+    assert wait_for(lambda: "stop_failed" in decisions, timeout_s=5)
+    assert pod_sim.stats()["pod_stop_calls"] == 5
+    assert running(pod_sim)
+    assert state(redis_client)["state"] == "ready"  # still served
+    time.sleep(0.5)
+    assert pod_sim.stats()["pod_stop_calls"] == 5  # asked again after idle_stop_after_s only

@@ -96,3 +96,10 @@ def test_without_a_pod_id_there_is_no_pod_until_the_config_names_one(
     state = requests.get(f"{sim.url}/v1/pods/pod123", timeout=TIMEOUT)
     assert state.json()["desiredStatus"] == "RUNNING"
     assert configure(sim, pod_noop_starts=-1).status_code == 400
+
+
+def test_a_noop_stop_answers_200_and_changes_nothing(pod: RunningSimulator) -> None:
+    configure(pod, pod_noop_stops=1)
+    assert control(pod, "stop").json()["desiredStatus"] == "RUNNING"
+    assert control(pod, "stop").json()["desiredStatus"] == "EXITED"
+    assert (stats(pod)["pod_stop_calls"], stats(pod)["pod_stops"]) == (2, 1)

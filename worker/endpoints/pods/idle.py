@@ -170,7 +170,8 @@ class IdleStop:
             if status != RUNNING:
                 break
         if status == RUNNING:
-            self._client.hset(key, "state", "ready")
+            # Asked again after another idle_stop_after_s, not at each look.
+            self._client.hset(key, mapping={"state": "ready", "last_call_at": now_ms()})
             self._gate.decided("stop_failed", f"{START_TRIES} stops left the pod {status}")
             return
         self._client.hset(key, mapping={"state": "stopped", "stopped_at": now_ms()})
