@@ -147,3 +147,19 @@ def test_a_worker_that_starts_after_genqueue_started_the_pod_stops_it_without_a_
     worker = start_worker(redis_url, "", **pod_env(tmp_path, pod_sim, idle_stop_after_s=60))
     assert wait_for(lambda: not running(pod_sim), timeout_s=10)
     assert "pod pod1 of endpoint big: stop (no call for 36" in worker.log()
+
+
+def test_a_pod_is_not_stopped_under_a_call_longer_than_its_idle_time(
+    tmp_path: Path, redis_url: str, pod_sim: SimulatorControl, start_worker: Any,
+    celery_client: Celery,
+) -> None:  # fmt: skip
+    start_worker(redis_url, "", **pod_env(tmp_path, pod_sim, idle_stop_after_s=1.0))
+    submit(celery_client, 1)  # the pod is up, and was called just now
+    pod_sim.configure(latency_s=4.0)
+    stops_before = pod_sim.stats()["pod_stop_calls"]  # the fixture's
+    began = time.monotonic()
+    (result,) = submit(celery_client, 1)  # a call four times the idle time
+    assert time.monotonic() - began >= 4.0
+    assert result["endpoint"] == "big"
+    assert pod_sim.stats()["pod_stop_calls"] == stops_before
+    assert wait_for(lambda: not running(pod_sim), timeout_s=10)  # stopped once idle
