@@ -30,7 +30,7 @@ from api_producer.store import TaskStore
 from api_producer.task_redis import TaskRedis
 from api_producer.token_follow import TokenFollower
 from api_producer.uploads import UploadSlots
-from api_producer.usage import UsageReader
+from api_producer.usage import UsageReader, prices_of
 from api_producer.waiters import ResultListener
 from worker import connections
 from worker.endpoints.config import load_endpoints
@@ -133,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.rate_limiter = limiter
     app.state.genqueue_metrics = own_metrics
     app.state.genqueue_batches = batch_store
-    app.state.genqueue_usage = UsageReader(state.store.client)
+    app.state.genqueue_usage = UsageReader(state.store.client, prices_of(own_metrics.endpoints))
     app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
     app.include_router(stream.router)

@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     # ``invalid_response``.
     endpoint_max_response_bytes: int = Field(default=16 * 1_048_576, ge=65_536, le=1_073_741_824)
 
+    #: RunPod's REST API, for the pods of endpoints that name a ``runpod_pod_id``.
+    runpod_rest_api_url: str = Field(
+        default="https://rest.runpod.io/v1",
+        pattern=r"^https?://",
+        validation_alias="RUNPOD_REST_API_URL",
+    )
+    #: How often each worker looks at its endpoints' pods for an idle one to stop.
+    pod_check_interval_s: float = Field(default=5.0, gt=0, le=3_600)
+
     # --- retries --------------------------------------------------------------------------
     retry_max_attempts: int = Field(default=5, ge=1, le=100)
     retry_base_delay_s: float = Field(default=1.0, gt=0, le=600)

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("task_id", nargs="?", help="the task id (omit for the live view)")
     status.add_argument("--once", action="store_true", help="live view: print once and exit")
     add_api_options(status)
+    status.add_argument(
+        "--json", action="store_true", help="live view: print it once as JSON (for scripts)"
+    )
     status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the end")
     status.set_defaults(handler=_run_status)
 
@@ -249,7 +252,7 @@ def _run_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.task_id is None:
         from genqueue.cli.status_view import run_status_view
 
-        return run_status_view(settings, once=args.once, note=args.redis_note)
+        return run_status_view(settings, once=args.once, note=args.redis_note, as_json=args.json)
     from genqueue.cli.shell import status
 
     return status(args, settings)

@@ -14,6 +14,7 @@ from worker.settings import Settings
 COLUMNS = (
     ("date", 10), ("tenant", 16), ("endpoint", 12), ("succeeded", 9), ("failed", 6),
     ("cancelled", 9), ("prompt_tokens", 13), ("completion_tokens", 17), ("gpu_seconds", 11),
+    ("cost_usd", 8),
 )  # fmt: skip
 
 
@@ -21,9 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     usage = sub.add_parser(
         "usage",
         help="print the caller's usage by day and endpoint",
-        description="Tasks by outcome, tokens and GPU-seconds by UTC day and endpoint, from the "
-        "API at --api with the key of --key (both read from genqueue up's env file by default); "
-        "an admin key gets every tenant's.",
+        description="Tasks by outcome, tokens, GPU-seconds and their cost in dollars (at the "
+        "endpoint's usd_per_hour) by UTC day and endpoint, from the API at --api with the key "
+        "of --key (both read from genqueue up's env file by default); an admin key gets every "
+        "tenant's.",
     )
     usage.add_argument("--from", dest="first", help="first UTC day, YYYY-MM-DD (default: to)")
     usage.add_argument("--to", dest="last", help="last UTC day, YYYY-MM-DD (default: today)")
@@ -52,8 +54,15 @@ def _cells(row: dict[str, Any]) -> list[str]:
     return [
         row["date"], row["tenant"], row["endpoint"], str(tasks.get("succeeded", 0)),
         str(tasks.get("failed", 0)), str(tasks.get("cancelled", 0)), str(row["prompt_tokens"]),
-        str(row["completion_tokens"]), f"{row['gpu_seconds']:.3f}",
+        str(row["completion_tokens"]), f"{row['gpu_seconds']:.3f}", _cost(row.get("cost_usd")),
     ]  # fmt: skip
+
+
+def _cost(cost_usd: float | None) -> str:
+    """Dollars to the cent (a fraction of a cent shown as such); ``-`` without a price."""
+    if cost_usd is None:
+        return "-"
+    return f"{cost_usd:.2f}" if cost_usd >= 0.01 or cost_usd == 0 else f"{cost_usd:.4f}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -18,6 +18,7 @@ from genqueue.simulator.config import (
     push,
 )
 from genqueue.simulator.generation import GenParams, generate_text
+from genqueue.simulator.pod import SimulatedPod
 from genqueue.simulator.protocol import (
     Request,
     Response,
@@ -40,6 +41,8 @@ class Behaviour:
         self.ids = itertools.count(1)
         self._text_rng = random.Random()
         self._generation_lock = asyncio.Lock()
+        #: The RunPod pod it plays when ``config.pod_id`` is set.
+        self.pod = SimulatedPod(config, lambda: self.stats)
 
     # ---- stats
 
