@@ -30,7 +30,7 @@ from api_producer.store import TaskStore
 from api_producer.task_redis import TaskRedis
 from api_producer.token_follow import TokenFollower
 from api_producer.uploads import UploadSlots
-from api_producer.usage import UsageReader
+from api_producer.usage import UsageReader, prices_of
 from api_producer.waiters import ResultListener
 from worker import connections
 from worker.endpoints.config import load_endpoints
@@ -49,18 +49,20 @@ def _templates(settings: Settings) -> frozenset[str] | None:
 
 def listener(settings: Settings) -> ResultListener:
     """The process's one pub/sub connection for ``?wait=`` (a client of its own)."""
-    client = connections.async_client(settings, max_connections=2, results=True)
+    client = connections.api_async_client(settings, max_connections=2, results=True)
     return ResultListener(client, settings.api_max_waiters)
 
 
 def build_state(settings: Settings) -> ApiState:
-    sync_client = connections.sync_client(settings, max_connections=256)
-    async_client = connections.async_client(settings, max_connections=1024)
+    sync_client = connections.api_sync_client(settings, max_connections=256)
+    async_client = connections.api_async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
     endpoints = load_endpoints(settings)  # an invalid file stops the API at start
     store = TaskStore(TaskRedis.from_settings(settings, async_client, 1024), listener(settings))
     # A blocked XREAD holds its connection: the follows have a client of their own.
-    follows_client = connections.async_client(settings, max_connections=settings.api_max_streams)
+    follows_client = connections.api_async_client(
+        settings, max_connections=settings.api_max_streams
+    )
     return ApiState(
         settings=settings,
         producer=DirectProducer(settings, sync_client, plan),
@@ -142,7 +144,7 @@ def create_app(settings: Settings, require_keys: bool = False) -> FastAPI:
     app.state.rate_limiter = limiter
     app.state.genqueue_metrics = own_metrics
     app.state.genqueue_batches = batch_store
-    app.state.genqueue_usage = UsageReader(state.store.client)
+    app.state.genqueue_usage = UsageReader(state.store.client, prices_of(own_metrics.endpoints))
     app.state.genqueue_uploads = UploadSlots(settings.batch_max_concurrent_uploads)
     app.include_router(tasks.router)
     app.include_router(stream.router)

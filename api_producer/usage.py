@@ -7,7 +7,7 @@ A tenant's usage of a UTC day is one hash, ``genqueue:usage:<tenant>:<day>``, it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 
 import redis.asyncio as aioredis
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from worker import keys
 from worker.contract import FINAL_STATES
+from worker.endpoints.config import Endpoints
 
 OUTCOMES = tuple(sorted(state.value for state in FINAL_STATES))
 _MS_PER_S = 1000
@@ -32,6 +33,8 @@ class UsageRow(BaseModel):
     completion_tokens: int = 0
     #: The durations of the endpoint calls that gave the results, in seconds.
     gpu_seconds: float = 0.0
+    #: ``gpu_seconds`` at the endpoint's ``usd_per_hour`` (``None``: it states no price).
+    cost_usd: float | None = None
 
 
 class UsageReport(BaseModel):
@@ -46,8 +49,19 @@ def days(first: date, last: date) -> list[date]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def rows_of(tenant: str, day: date, raw: dict[bytes, bytes]) -> list[UsageRow]:
-    """The rows of one usage hash, one per endpoint, by endpoint name."""
+def prices_of(endpoints: Endpoints | None) -> dict[str, float]:
+    """Each endpoint's ``usd_per_hour``, for those that state one."""
+    if endpoints is None:
+        return {}
+    specs = endpoints.specs.values()
+    return {spec.name: spec.usd_per_hour for spec in specs if spec.usd_per_hour is not None}
+
+
+def rows_of(
+    tenant: str, day: date, raw: dict[bytes, bytes], prices: Mapping[str, float] | None = None
+) -> list[UsageRow]:
+    """The rows of one usage hash, one per endpoint, by endpoint name; each priced at its
+    endpoint's ``usd_per_hour`` in ``prices``."""
     by_endpoint: dict[str, UsageRow] = {}
     for raw_field, raw_value in raw.items():
         endpoint, sep, kind = raw_field.decode().rpartition(":")
@@ -66,6 +80,10 @@ def rows_of(tenant: str, day: date, raw: dict[bytes, bytes]) -> list[UsageRow]:
             row.completion_tokens = value
         elif kind == "gpu_ms":
             row.gpu_seconds = value / _MS_PER_S
+    for endpoint, row in by_endpoint.items():
+        price = (prices or {}).get(endpoint)
+        if price is not None:
+            row.cost_usd = round(row.gpu_seconds / 3600 * price, 6)
     return [by_endpoint[name] for name in sorted(by_endpoint)]
 
 
@@ -73,10 +91,12 @@ class UsageReader:
     """Reads usage rows from Redis.
 
     :param client: an asyncio Redis client on genqueue's Redis.
+    :param prices: each endpoint's ``usd_per_hour`` (:func:`prices_of`).
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, prices: Mapping[str, float] | None = None) -> None:
         self._redis = client
+        self._prices = dict(prices or {})
 
     async def tenants_between(self, first: date, last: date) -> list[str]:
         """Every tenant with usage on a day from ``first`` to ``last``."""
@@ -96,5 +116,5 @@ class UsageReader:
             pipe.hgetall(keys.usage(tenant, day.isoformat()))
         rows: list[UsageRow] = []
         for (day, tenant), raw in zip(asked, await pipe.execute(), strict=True):
-            rows += rows_of(tenant, day, raw)
+            rows += rows_of(tenant, day, raw, self._prices)
         return rows

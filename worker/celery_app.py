@@ -18,6 +18,7 @@ from celery.signals import (
     celeryd_after_setup,
     celeryd_init,
     worker_process_shutdown,
+    worker_ready,
 )
 from kombu import Queue
 
@@ -27,10 +28,11 @@ from worker.delivery import broker
 from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
 from worker.delivery.lost_message_sweep import sender, sweep
 from worker.delivery.result_backend import ResultBackend, SentinelResultBackend
+from worker.endpoints.config import load_endpoints
 from worker.errors import SettingsError
 from worker.observability.flower_events import BatchedTaskEvents
 from worker.observability.metrics import configure_task_logging, serve_worker_metrics
-from worker.resources import SPARE_CONNECTIONS, close_runtimes
+from worker.resources import SPARE_CONNECTIONS, close_runtimes, runtime_for
 from worker.settings import Settings, load_settings
 
 
@@ -196,6 +198,16 @@ def _close_runtime(**_: Any) -> None:
     close_runtimes()
 
 
+@worker_ready.connect
+def _watch_pods(**_: Any) -> None:
+    """Build the runtime at once when an endpoint names a pod: its idle stop runs from the
+    start, not from the first task."""
+    settings = app.genqueue_settings
+    endpoints = load_endpoints(settings)
+    if endpoints and any(spec.runpod_pod_id for spec in endpoints.specs.values()):
+        runtime_for(settings)
+
+
 #: Celery's lines for every task received and ended, which genqueue's task log replaces
 #: (kept at DEBUG; failures are still logged as errors).
 CELERY_PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
@@ -218,7 +230,7 @@ def _serve_metrics(sender: str, instance: Any, **_: Any) -> None:
 
 @celeryd_after_setup.connect
 def _check_upstream(**_: Any) -> None:
-    """A worker on a kombu or Celery whose copied methods changed says so (and still starts:
+    """A worker on a kombu, Celery or redis-py whose copied methods changed says so (and starts:
     pyproject.toml pins the tested minor releases; see :mod:`worker.upstream`)."""
     upstream.report()
 

@@ -18,6 +18,7 @@ The tree::
     │       └── InvalidEndpointResponse  a 2xx whose body is not the expected JSON
     ├── AlreadyRunning                 another worker holds the task's running claim
     ├── RetriesExhausted               attempts or deadline spent on retryable errors
+    │   └── PodUnavailable             an endpoint's pod did not come up within its bound
     ├── DeadlineExpired                the request's deadline passed before it could run
     ├── PoisonTask                     its worker died on every delivery; dead-lettered
     ├── TaskCancelled                  the task was cancelled
@@ -26,13 +27,16 @@ The tree::
     ├── EnqueueError                   a task could not be stored; nothing of it was left
     │                                  api_producer/producers/enqueue.py
     ├── IdempotencyConflict            an Idempotency-Key reused with another body (409)
-    │                                  api_producer/producers/enqueue.py
+    │   │                              api_producer/producers/enqueue.py
+    │   └── IdempotencyInUse           its first request still enqueueing after a wait (409)
     ├── TooManyWaiters                 this API process holds its most ?wait= waits
     │                                  api_producer/waiters.py
     ├── BatchRefused                   a batch body refused whole (also a ValueError)
     │   ├── UnreadableBody         400 api_producer/batches/
     │   ├── UnsupportedMediaType   415
     │   └── BatchInvalid           422
+    ├── PodControlError                a RunPod control call (pod start, stop, state) failed
+    │                                  worker/endpoints/pods/control.py
     ├── PortInUse                      an address genqueue api or up must listen on is taken
     ├── StartupFailed                  a process genqueue up or the embedded Redis starts died
     │                                  or did not answer in time
@@ -168,6 +172,20 @@ class RetriesExhausted(GenQueueError):
     """Raised when the attempts or the overall deadline ran out on retryable errors."""
 
     error_type = "retries_exhausted"
+
+
+class PodUnavailable(RetriesExhausted):
+    """Raised when an endpoint's pod did not come up (running, its model loaded) within its
+    bound: the task falls back, or fails saying so."""
+
+    error_type = "pod_unavailable"
+
+
+class PodControlError(GenQueueError):
+    """Raised when a call to RunPod's control API failed; the message names the pod and the
+    status, never the account key."""
+
+    error_type = "pod_control_error"
 
 
 class DeadlineExpired(GenQueueError):

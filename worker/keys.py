@@ -61,6 +61,32 @@ def grants(owner: str) -> str:
     return f"{PREFIX}:grants:{owner}"
 
 
+def pod(endpoint_id: str) -> str:
+    """Hash: the endpoint's pod as genqueue knows it: ``state`` (starting, ready, stopping,
+    stopped, failed), who started it (``by``), ``started_at``, ``ready_at``, ``stopped_at``,
+    ``last_call_at`` (ms), ``reason``; its running and idle seconds. TTL: thirty days after
+    its last change."""
+    return f"{PREFIX}:pod:{endpoint_id}"
+
+
+def pod_lock(endpoint_id: str) -> str:
+    """String: the lock of the one process that starts or stops the endpoint's pod. TTL: a
+    lock's, renewed while it acts."""
+    return f"{PREFIX}:pod-lock:{endpoint_id}"
+
+
+def pod_waiters(endpoint_id: str) -> str:
+    """Sorted set: tasks waiting for the endpoint's pod to come up, scored by when each joined
+    (ms); one older than the longest wait counts no more. TTL: the longest wait's."""
+    return f"{PREFIX}:pod-wait:{endpoint_id}"
+
+
+def last_calls() -> str:
+    """Sorted set: each endpoint scored by when its last call ended (ms). Bounded by the
+    endpoints."""
+    return f"{PREFIX}:last-call"
+
+
 #: Celery's Redis result backend's key prefix (its default naming).
 CELERY_RESULT_PREFIX = "celery-task-meta-"
 

@@ -21,7 +21,9 @@ from worker.delivery.task_scripts import BrokerAcks
 from worker.endpoints.clients import EndpointTarget, build_target
 from worker.endpoints.config import require_endpoints
 from worker.errors import SettingsError
+from worker.observability.call_clock import CallClock
 from worker.observability.metrics import TaskObserver, process_metrics
+from worker.observability.scaling import queues_of
 from worker.pipeline.attempt import GenerationPolicy
 from worker.pipeline.backoff import RetryPolicy
 from worker.pipeline.generation import Generation
@@ -51,8 +53,11 @@ class WorkerRuntime:
     webhooks: WebhookSender | None = None
     #: The Redis of Celery's results, when it is not ``redis`` (GENQUEUE_RESULT_REDIS_URL).
     results: Redis | None = None
+    call_clock: CallClock | None = None
 
     def close(self) -> None:
+        if self.call_clock is not None:
+            self.call_clock.close()
         if self.webhooks is not None:
             self.webhooks.close()
         for target in self.targets.values():
@@ -95,8 +100,23 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         # Read at each use: the tenants file is re-read when it changes.
         return tenants.current().weight_of(tenant)
 
+    def pod_decision(name: str) -> Callable[[str, str], None]:
+        return lambda decision, _reason: (
+            process_metrics().pod_decisions.labels(name, decision).inc()
+        )
+
+    call_clock = CallClock(client)
     targets = {
-        name: build_target(spec, settings, client, concurrency, LEASE_TTL_S, weight_of)
+        name: build_target(
+            spec,
+            settings,
+            client,
+            concurrency,
+            LEASE_TTL_S,
+            weight_of,
+            on_decision=pod_decision(name),
+            queues=queues_of(endpoints, name),
+        )
         for name, spec in endpoints.specs.items()
     }
     # A claim outlives its worker by less than the visibility timeout, so a redelivered task
@@ -125,7 +145,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             default_max_tokens=settings.default_max_tokens,
             usage_ttl_s=settings.usage_retention_days * 86_400,
         ),
-        observer=TaskObserver(process_metrics(), log_prompts=settings.log_prompts),
+        observer=TaskObserver(
+            process_metrics(), log_prompts=settings.log_prompts, on_call=call_clock.note
+        ),
         broker_acks=BrokerAcks(
             unacked_key=broker.UNACKED_KEY,
             unacked_index_key=broker.UNACKED_INDEX_KEY,
@@ -148,6 +170,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         generation=generation,
         webhooks=webhooks,
         results=results if results is not client else None,
+        call_clock=call_clock,
     )
 
 

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from api_producer.deps import StateDep
 from worker import connections, keys
 from worker.endpoints.config import load_endpoints
+from worker.observability.scaling import EndpointSignals, SignalsRead, scaling_families
 from worker.observability.snapshot import EndpointState, Snapshot, endpoint_caps
 from worker.settings import Settings
 
@@ -37,8 +38,9 @@ class ApiMetrics:
             registry=self.registry,
         )
         #: The endpoints whose leases and breakers a scrape reads (none configured: none).
-        self.caps = endpoint_caps(load_endpoints(settings))
-        self.redis = connections.async_client(settings, max_connections=8)
+        self.endpoints = load_endpoints(settings)
+        self.caps = endpoint_caps(self.endpoints)
+        self.redis = connections.api_async_client(settings, max_connections=8)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -155,6 +157,16 @@ def tenant_families(totals: dict[bytes, bytes], label_of: Callable[[str], str]) 
     return [token_family, gpu_family]
 
 
+async def _signals(own: ApiMetrics) -> list[EndpointSignals]:
+    read = SignalsRead(own.endpoints)
+    pipe = own.redis.pipeline(transaction=False)
+    read.commands(pipe)
+    read.dated(await pipe.execute())
+    pipe = own.redis.pipeline(transaction=False)
+    read.date_commands(pipe)
+    return read.signals(await pipe.execute())
+
+
 @router.get(
     "/metrics",
     response_class=Response,
@@ -170,6 +182,7 @@ async def metrics(own: MetricsDep, state: StateDep) -> Response:
         *results, totals = await pipe.execute()
         families += snapshot_families(Snapshot.parse(results, own.caps))
         families += tenant_families(totals, state.keys.tenants.label_of)
+        families += scaling_families(await _signals(own))
     except (RedisError, OSError):
         families.append(_gauge("genqueue_redis_up", "1 when Redis answered this scrape.", 0))
     return Response(generate_latest(_Families(families)), media_type=CONTENT_TYPE)

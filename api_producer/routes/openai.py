@@ -43,7 +43,7 @@ from api_producer.quota import QuotaExceeded
 from api_producer.rate_limit import RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import check_request, enqueue, owned_requests
-from api_producer.token_follow import Piece, TooManyStreams
+from api_producer.token_follow import Expired, Piece, StreamSlot, TooManyStreams
 from api_producer.waiters import TooManyWaiters
 from worker.contract import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, TaskState, TaskStatus
 
@@ -162,17 +162,23 @@ async def _serve(
     tenant = state.keys.tenant(caller)
     [request] = owned_requests(state, tenant, [to_request(body, endpoint, _priority(priority))])
     check_request(state, request)
+    slot = None
     if body.stream:
         try:
-            state.tokens.check()
+            slot = state.tokens.reserve()  # counted now: a burst cannot all pass
         except TooManyStreams as err:
             raise _busy(str(err)) from None
-    await charge(1)
-    accepted = await enqueue(state, tenant, [request], None)
+    try:
+        await charge(1)
+        accepted = await enqueue(state, tenant, [request], None)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
     counted.submitted.inc()
     task_id = accepted.task_ids[0]
-    if body.stream:
-        events = _stream(kind, state, task_id, body.model, body.include_usage)
+    if slot is not None:
+        events = _stream(kind, state, task_id, body.model, body.include_usage, slot)
         return StreamingResponse(events, media_type="text/event-stream")
     status = await _wait(state, task_id)
     if status.status is not TaskState.SUCCEEDED:
@@ -223,18 +229,20 @@ def _busy(message: str) -> OpenAIError:
 
 
 async def _stream(
-    kind: Kind, state: StateDep, task_id: str, model: str, include_usage: bool
+    kind: Kind, state: StateDep, task_id: str, model: str, include_usage: bool, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
     """OpenAI's chunks from the task's token stream, then ``[DONE]`` (or an error event)."""
     created = created_of(None)
     sent = False
     if kind == "chat":
         yield chunk(kind, task_id, model, created, "")
-    async for event in _until_started(state, task_id):
+    async for event in _until_started(state, task_id, slot):
         if event is None:
             yield b": keep-alive\n\n"
         elif isinstance(event, OpenAIError):
             yield data(event.body())
+        elif isinstance(event, Expired):
+            yield data(error_body(event.message, "not_found_error", "task_expired"))
         elif isinstance(event, Piece):
             if event.kind == "token":
                 sent = True
@@ -253,12 +261,12 @@ async def _stream(
             yield data(failure(event).body())
 
 
-async def _until_started(state: StateDep, task_id: str) -> AsyncIterator[Any]:
+async def _until_started(state: StateDep, task_id: str, slot: StreamSlot) -> AsyncIterator[Any]:
     """The task's events; a task with no token and no end within GENQUEUE_API_OPENAI_WAIT_S
     ends the stream with an error naming it (it carries on, as a timed-out wait's does)."""
     wait_s = state.settings.api_openai_wait_s
     deadline = asyncio.get_running_loop().time() + wait_s
-    events = state.tokens.follow(task_id, None)
+    events = state.tokens.follow(task_id, None, slot)
     started = False
     try:
         while True:

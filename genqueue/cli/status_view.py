@@ -7,11 +7,12 @@ breaker, dead letters, and what ended in the last minute (counted from the compl
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import redis
 
@@ -19,6 +20,7 @@ from api_producer.producers.direct import describe_redis_error
 from worker import connections
 from worker.endpoints.config import load_endpoints
 from worker.observability.completion_stream import RecentEvents, recent
+from worker.observability.scaling import EndpointSignals, read_signals
 from worker.observability.snapshot import Snapshot, endpoint_caps
 from worker.settings import Settings
 
@@ -32,15 +34,74 @@ class View:
     snapshot: Snapshot
     recent: RecentEvents
     at: datetime
+    signals: tuple[EndpointSignals, ...] = ()
 
 
 def read_view(client: redis.Redis, settings: Settings) -> View:
     """Everything the view shows, read now (one pipeline, then the stream)."""
-    caps = endpoint_caps(load_endpoints(settings))
+    endpoints = load_endpoints(settings)
+    caps = endpoint_caps(endpoints)
     pipe = client.pipeline(transaction=False)
     Snapshot.commands(pipe, caps)
     snapshot = Snapshot.parse(pipe.execute(), caps)
-    return View(snapshot, recent(client, WINDOW_S), datetime.now(UTC))
+    signals = tuple(read_signals(client, endpoints))
+    return View(snapshot, recent(client, WINDOW_S), datetime.now(UTC), signals)
+
+
+def view_json(view: View) -> dict[str, Any]:
+    """The view as ``genqueue status --json`` prints it."""
+    snap = view.snapshot
+    breakers = {e.endpoint_id: e for e in snap.endpoints}
+    endpoints = []
+    for signal in view.signals:
+        breaker = breakers.get(signal.endpoint)
+        entry: dict[str, Any] = {
+            "endpoint": signal.endpoint,
+            "queue_depth": signal.queue_depth,
+            "oldest_queued_age_s": round(signal.oldest_queued_age_s, 3),
+            "in_flight": signal.in_flight,
+            "max_concurrency": signal.max_concurrency,
+            "since_last_call_s": None
+            if signal.since_last_call_s is None
+            else round(signal.since_last_call_s, 3),
+            "breaker": breaker.breaker_state if breaker else None,
+        }
+        if signal.pod_state is not None:
+            entry["pod"] = {
+                "state": signal.pod_state,
+                "running_hours": round(signal.pod_running_s / 3600, 4),
+                "idle_hours": round(signal.pod_idle_s / 3600, 4),
+                "usd_per_hour": signal.usd_per_hour,
+                "cost_usd": signal.pod_cost_usd,
+            }
+        endpoints.append(entry)
+    return {
+        "at": view.at.isoformat(),
+        "queue_depth": snap.queue_depth,
+        "dead_letters": snap.dead_letters,
+        "unreadable": snap.unreadable,
+        "endpoints": endpoints,
+        "last_minute": dict(view.recent.by_status),
+    }
+
+
+def _signal_lines(view: View) -> list[str]:
+    lines = []
+    for signal in view.signals:
+        since = (
+            "never" if signal.since_last_call_s is None else f"{signal.since_last_call_s:.0f}s ago"
+        )
+        lines.append(
+            f"waiting          {signal.queue_depth}, the oldest for "
+            f"{signal.oldest_queued_age_s:.0f}s; last call {since}  (endpoint {signal.endpoint})"
+        )
+        if signal.pod_state is not None:
+            cost = "" if signal.pod_cost_usd is None else f", ${signal.pod_cost_usd:.2f}"
+            lines.append(
+                f"pod              {signal.pod_state}: ran {signal.pod_running_s / 3600:.2f} h, "
+                f"{signal.pod_idle_s / 3600:.2f} h of them idle{cost}"
+            )
+    return lines
 
 
 def _counts(counter: dict[str, int], names: tuple[str, ...] = ()) -> str:
@@ -48,13 +109,13 @@ def _counts(counter: dict[str, int], names: tuple[str, ...] = ()) -> str:
     return "  ".join(f"{k} {counter.get(k, 0)}" for k in keys) or "none"
 
 
-def render(view: View) -> str:
-    """The view as lines of text."""
+def render(view: View, note: str | None = None) -> str:
+    """The view as lines of text (``note``: which Redis, when REDIS_URL did not say)."""
     snap, ended = view.snapshot, view.recent
-    lines = [
-        f"genqueue status  {view.at:%Y-%m-%d %H:%M:%S} UTC",
-        f"queue depth      {snap.queue_depth}",
-    ]
+    lines = [f"genqueue status  {view.at:%Y-%m-%d %H:%M:%S} UTC"]
+    if note:
+        lines.append(f"redis            {note.removeprefix('Redis ')}")
+    lines.append(f"queue depth      {snap.queue_depth}")
     if not snap.endpoints:
         lines.append("in flight        unknown (set RUNPOD_ENDPOINT_URL to see the endpoint)")
         lines.append("breaker          unknown")
@@ -69,6 +130,7 @@ def render(view: View) -> str:
         if endpoint.breaker_failures:
             breaker += f", {endpoint.breaker_failures} consecutive failures"
         lines.append(f"breaker          {breaker}")
+    lines += _signal_lines(view)
     lines.append(f"dead letters     {snap.dead_letters}")
     if snap.unreadable:
         lines.append(f"unreadable       {snap.unreadable} (set aside in genqueue:unreadable)")
@@ -80,15 +142,28 @@ def render(view: View) -> str:
 
 
 def run_status_view(
-    settings: Settings, once: bool = False, out: TextIO = sys.stdout, refresh_s: float = REFRESH_S
+    settings: Settings,
+    once: bool = False,
+    out: TextIO = sys.stdout,
+    refresh_s: float = REFRESH_S,
+    note: str | None = None,
+    as_json: bool = False,
 ) -> int:
-    """Print the view once, or every ``refresh_s`` until Ctrl-C."""
+    """Print the view once, or every ``refresh_s`` until Ctrl-C; as JSON, once.
+
+    :param note: which Redis this is, when REDIS_URL did not name it: also the first line on
+        stderr, so that an error reading it says where it looked.
+    """
+    if note:
+        print(f"genqueue status: {note}", file=sys.stderr, flush=True)
     client = connections.sync_client(settings, max_connections=2)
+    once = once or as_json
     live = not once and out.isatty()
     try:
         while True:
             try:
-                text = render(read_view(client, settings))
+                view = read_view(client, settings)
+                text = json.dumps(view_json(view)) if as_json else render(view, note)
             except (redis.RedisError, OSError) as err:
                 text = f"genqueue status: {describe_redis_error(err)} ({type(err).__name__})"
                 if once:

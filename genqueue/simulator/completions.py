@@ -49,6 +49,9 @@ class CompletionRoutes:
         body, params = parse_generation(request.body, chat)
         if body is not None:
             push(behaviour.stats.last_bodies, body)
+        unready = behaviour.pod.unready()
+        if unready is not None:  # a pod stopped, booting or loading its model
+            return unready
         with behaviour.in_flight():
             action = behaviour.script.next_action()
             if action.kind not in ("ok", "empty_stream", "break_stream"):

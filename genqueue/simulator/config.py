@@ -20,6 +20,19 @@ class SimulatorConfig:
     retry_after_s: float | None = None  # Retry-After sent with injected 429s/503s
     seed: int | None = None  # RNG seed for the failure injection
     token_interval_s: float = 0.0  # between the pieces of a streamed answer
+    # Honour stream_options.include_usage as text-generation-webui 4.x does (False: an older
+    # one, or llama-cpp-python, that streams no usage)
+    stream_usage: bool = True
+    # Playing a RunPod pod (genqueue.simulator.pod): its id (None: no pod), the account key
+    # its control routes ask, the unannounced boot and model load after a start, how many
+    # starts (and stops) answer 200 and do nothing, its price.
+    pod_id: str | None = None
+    pod_api_key: str | None = None
+    pod_cold_start_s: float = 0.0
+    pod_model_load_s: float = 0.0
+    pod_noop_starts: int = 0
+    pod_noop_stops: int = 0
+    pod_cost_per_hr: float = 0.69
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -38,6 +51,10 @@ class SimulatorStats:
     last_bodies: list[dict[str, Any]] = field(default_factory=list)  # last 100 JSON bodies
     call_times: list[float] = field(default_factory=list)  # time.time() of the last 100 calls
     jobs_cancelled: int = 0  # serverless jobs cancelled through /cancel/<id>
+    pod_start_calls: int = 0  # POST /v1/pods/{id}/start received
+    pod_starts: int = 0  # of them, those that started a stopped pod
+    pod_stop_calls: int = 0
+    pod_stops: int = 0  # stops of a running pod
 
     def copy(self) -> SimulatorStats:
         return replace(
@@ -66,6 +83,14 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "retry_after_s": (*_NUMBER, type(None)),
     "seed": (int, type(None)),
     "token_interval_s": _NUMBER,
+    "stream_usage": (bool,),
+    "pod_id": (str, type(None)),
+    "pod_api_key": (str, type(None)),
+    "pod_cold_start_s": _NUMBER,
+    "pod_model_load_s": _NUMBER,
+    "pod_noop_starts": (int,),
+    "pod_noop_stops": (int,),
+    "pod_cost_per_hr": _NUMBER,
 }
 _CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "latency_s": (0.0, MAX_WAIT_S),
@@ -73,6 +98,11 @@ _CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "fail_status": (100, 599),
     "retry_after_s": (0.0, 86400.0),
     "token_interval_s": (0.0, 10.0),
+    "pod_cold_start_s": (0.0, 86400.0),
+    "pod_model_load_s": (0.0, 86400.0),
+    "pod_noop_starts": (0, 1_000_000),
+    "pod_noop_stops": (0, 1_000_000),
+    "pod_cost_per_hr": (0.0, 1000.0),
 }
 
 

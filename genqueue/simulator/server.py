@@ -12,6 +12,7 @@ from genqueue.simulator.completions import CompletionRoutes
 from genqueue.simulator.config import SimulatorConfig, SimulatorStats
 from genqueue.simulator.control import ControlRoutes
 from genqueue.simulator.error_bodies import unauthorized
+from genqueue.simulator.pod import PodRoutes
 from genqueue.simulator.protocol import (
     STREAM_LIMIT,
     HttpError,
@@ -42,7 +43,10 @@ class Simulator:
             **ControlRoutes(self._behaviour).routes(),
             **serverless.routes(),
         }
-        self._prefix_routes = serverless.prefix_routes()
+        self._prefix_routes = {
+            **serverless.prefix_routes(),
+            **PodRoutes(self._behaviour.pod, config).prefix_routes(),
+        }
 
     @property
     def config(self) -> SimulatorConfig:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 
+from worker import keys
 from worker.endpoints.completions import CompletionClient, EndpointConfig, endpoint_session
 from worker.endpoints.config import EndpointSpec
+from worker.endpoints.pods.control import PodControl
+from worker.endpoints.pods.gate import Decision, PodGate
+from worker.endpoints.pods.idle import IdlePolicy, IdleStop
 from worker.endpoints.serverless import ServerlessClient
+from worker.errors import EndpointError
 from worker.limits.admission import Weights, equal_weights
 from worker.limits.guard import EndpointGuard, GuardPolicy
 from worker.redis_outage import OutagePolicy
@@ -23,8 +29,15 @@ class EndpointTarget:
     guard: EndpointGuard
     client: CompletionClient | None = None
     serverless: ServerlessClient | None = None
+    #: The pod genqueue starts and stops (``runpod_pod_id``), and its idle stop.
+    pod: PodGate | None = None
+    idle: IdleStop | None = None
 
     def close(self) -> None:
+        if self.idle is not None:
+            self.idle.close()
+        if self.pod is not None:
+            self.pod.control.close()
         self.guard.close()
         if self.client is not None:
             self.client.close()
@@ -35,10 +48,50 @@ def endpoint_id(name: str) -> str:
     return name
 
 
-def _api_key(spec: EndpointSpec, settings: Settings) -> str | None:
+def endpoint_api_key(spec: EndpointSpec, settings: Settings) -> str | None:
+    """The key sent to ``spec``: from its ``api_key_env`` (RUNPOD_API_KEY also from .env)."""
     if spec.api_key_env == env_name("runpod_api_key") and settings.runpod_api_key is not None:
         return settings.runpod_api_key.get_secret_value()  # also read from .env
     return spec.api_key()
+
+
+def _control_key(spec: EndpointSpec, settings: Settings) -> str | None:
+    if spec.control_api_key_env == env_name("runpod_api_key") and settings.runpod_api_key:
+        return settings.runpod_api_key.get_secret_value()  # also read from .env
+    return spec.control_api_key()
+
+
+def _probe(client: CompletionClient) -> Callable[[], bool]:
+    """Whether the completions server generates now: a one-token completion answers 200."""
+
+    def ready() -> bool:
+        try:
+            client.complete("Hi", {"max_tokens": 1}, PROBE_TIMEOUT_S, None)
+        except EndpointError:
+            return False
+        return True
+
+    return ready
+
+
+#: The read timeout of a readiness probe.
+PROBE_TIMEOUT_S = 10.0
+
+
+def pod_gate(
+    spec: EndpointSpec, settings: Settings, client: redis.Redis, on_decision: Decision
+) -> PodGate | None:
+    """The gate of ``spec``'s pod (``None`` without ``runpod_pod_id``); its probe is set
+    when the endpoint's client is built."""
+    if spec.runpod_pod_id is None:
+        return None
+    control = PodControl(
+        settings.runpod_rest_api_url, spec.runpod_pod_id, _control_key(spec, settings)
+    )
+    return PodGate(
+        client, endpoint_id(spec.name), control, lambda: False, spec.pod_ready_timeout_s,
+        on_decision,
+    )  # fmt: skip
 
 
 def build_target(
@@ -48,9 +101,14 @@ def build_target(
     pool_size: int,
     lease_ttl_s: float,
     weights: Weights = equal_weights,
+    on_decision: Decision | None = None,
+    queues: Sequence[str] = (),
 ) -> EndpointTarget:
     """The clients and the guard of ``spec``, for a process with ``pool_size`` slots;
-    ``weights`` gives a tenant's share of the endpoint when tasks wait for it."""
+    ``weights`` gives a tenant's share of the endpoint when tasks wait for it;
+    ``on_decision`` counts the decisions about its pod, whose idle stop looks at ``queues``
+    (those whose tasks come to it)."""
+    gate = pod_gate(spec, settings, client, on_decision or (lambda _d, _r: None))
     guard = EndpointGuard(
         client,
         endpoint_id(spec.name),
@@ -66,9 +124,10 @@ def build_target(
             outage=OutagePolicy(budget_s=settings.redis_outage_s),
         ),
         weights=weights,
+        gate=gate,
     )
-    target = EndpointTarget(spec=spec, guard=guard)
-    api_key = _api_key(spec, settings)
+    target = EndpointTarget(spec=spec, guard=guard, pod=gate)
+    api_key = endpoint_api_key(spec, settings)
     timeouts = (spec.connect_timeout_s, spec.read_timeout_s)
     if spec.kind == "runpod-serverless":
         session = endpoint_session(spec.base_url, pool_size)
@@ -94,4 +153,11 @@ def build_target(
             max_response_bytes=settings.endpoint_max_response_bytes,
         )
     )
+    if gate is not None:
+        gate.probe = _probe(target.client)
+        target.idle = IdleStop(gate, IdlePolicy(
+            spec.idle_stop_after_s, spec.stop_pods_started_by_others,
+            settings.pod_check_interval_s,
+        ), queues or [keys.queue_for(spec.name)])  # fmt: skip
+        target.idle.start()
     return target

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
-from worker.settings import POD_PROXY_TIMEOUT_S, Settings, env_name
+from worker.settings import POD_PROXY_TIMEOUT_S, Settings, endpoint_base, env_name
 from worker.toml_lines import read_named_tables
 
 DEFAULT_ENDPOINT = "default"
@@ -53,7 +53,8 @@ class EndpointSpec(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     kind: EndpointKind = "textgen"
-    #: Base URL, with or without a trailing ``/v1``: generations go to ``{url}/v1/completions``;
+    #: Base URL, with or without a trailing ``/v1`` (or ``/v1/completions``): generations go
+    #: to ``{url}/v1/completions``;
     #: for ``runpod-serverless``, the endpoint's base (``https://api.runpod.ai/v2/<id>``).
     url: str | None = Field(default=None, pattern=r"^https?://")
     #: RunPod endpoint id, for the ``runpod-serverless``, ``vllm`` and ``openai`` kinds.
@@ -74,6 +75,19 @@ class EndpointSpec(BaseModel):
     fallbacks: tuple[str, ...] = ()
     #: Refuse (at submission) a sampler parameter this endpoint's kind does not take.
     strict_params: bool = True
+    #: A RunPod pod genqueue starts when work comes and stops when idle (worker/endpoints/pods).
+    runpod_pod_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    #: Stop the pod after this long without a call (unset: never stopped).
+    idle_stop_after_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    #: The variable holding the RunPod account key the control calls send.
+    control_api_key_env: str = Field(default="RUNPOD_API_KEY", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    #: The most a task waits for the pod to run and load its model before it falls back or
+    #: fails.
+    pod_ready_timeout_s: float = Field(default=900.0, gt=0, le=86_400)
+    #: Stop the pod when idle even when a person (not genqueue) started it.
+    stop_pods_started_by_others: bool = False
+    #: The pod's price, for the cost in usage and status.
+    usd_per_hour: float | None = Field(default=None, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _where(self) -> EndpointSpec:
@@ -83,15 +97,20 @@ class EndpointSpec(BaseModel):
             raise ValueError(f"a {self.kind} endpoint needs 'url'")
         if self.name in self.fallbacks:
             raise ValueError("an endpoint cannot fall back to itself")
+        if self.runpod_pod_id is not None and self.kind == "runpod-serverless":
+            raise ValueError("'runpod_pod_id' names a pod; a runpod-serverless endpoint has none")
+        if self.idle_stop_after_s is not None and self.runpod_pod_id is None:
+            raise ValueError("'idle_stop_after_s' needs 'runpod_pod_id'")
         return self
 
     @property
     def base_url(self) -> str:
-        """The URL without a trailing ``/`` (and, but for serverless, without ``/v1``)."""
+        """The URL without a trailing ``/`` (and, but for serverless, without ``/v1`` or
+        ``/v1/completions``: :func:`endpoint_base`)."""
         if self.kind == "runpod-serverless":
             return (self.url or f"{RUNPOD_API_BASE}/{self.endpoint_id}").rstrip("/")
         if self.url is not None:
-            return self.url.rstrip("/").removesuffix("/v1")
+            return endpoint_base(self.url)
         return f"{RUNPOD_API_BASE}/{self.endpoint_id}/openai"
 
     @property
@@ -103,6 +122,10 @@ class EndpointSpec(BaseModel):
         """The completions or chat completions URL, for the OpenAI-style kinds."""
         path = "chat/completions" if chat else "completions"
         return f"{self.base_url}/v1/{path}"
+
+    def control_api_key(self) -> str | None:
+        """The RunPod account key of the pod's control calls, from its variable."""
+        return os.environ.get(self.control_api_key_env) or None
 
     def api_key(self) -> str | None:
         """The key, read from the environment variable the operator named."""

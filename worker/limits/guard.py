@@ -28,6 +28,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 
 import redis
@@ -36,6 +37,7 @@ from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError
 from worker.limits.admission import Admission, Weights, equal_weights
+from worker.limits.slot_gate import SlotGate
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,8 @@ class Claim:
     #: Where the task waits in the endpoint's admission queue: its priority and tenant.
     priority: int = PRIORITY_DEFAULT
     tenant: str | None = None
+    #: The task's deadline, which a wait at the endpoint's gate respects.
+    deadline: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class EndpointGuard:
     :param endpoint_id: a short secret-free name of the endpoint (see :mod:`worker.keys`).
     :param policy: the cap, the lease TTL and the breaker's threshold and cooldown.
     :param weights: a tenant's weight in the admission queue's fair shares.
+    :param gate: passed before a slot is sought (``None``: none).
     """
 
     def __init__(
@@ -158,8 +163,10 @@ class EndpointGuard:
         endpoint_id: str,
         policy: GuardPolicy,
         weights: Weights = equal_weights,
+        gate: SlotGate | None = None,
     ) -> None:
         self._client = client
+        self.gate = gate
         self._keys = [
             keys.lease(endpoint_id),
             keys.breaker(endpoint_id),
@@ -188,7 +195,10 @@ class EndpointGuard:
         self._stopped = threading.Event()
 
     def offer(self, claim: Claim) -> SlotOffer | None:
-        """A slot for ``claim`` to try for in passing (no waiting here)."""
+        """A slot for ``claim`` to try for in passing (no waiting here); none while the gate
+        is closed."""
+        if self.gate is not None and not self.gate.is_open():
+            return None
         token = uuid.uuid4().hex
         policy = self._policy
         return SlotOffer(
@@ -237,6 +247,8 @@ class EndpointGuard:
             self._held.add(token)
             self._ensure_heartbeat()
         else:
+            if self.gate is not None:
+                self.gate.wait(claim.deadline if claim else None)
             slot.token = token = self._wait_for_slot(claim, slot)
         try:
             yield slot

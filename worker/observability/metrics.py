@@ -24,7 +24,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +89,10 @@ class WorkerMetrics:
             "genqueue_worker_webhooks", "Webhook delivery attempts, by outcome.",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.pod_decisions = Counter(
+            "genqueue_worker_pod_decisions", "Decisions about endpoints' pods (start, stop...).",
+            ["endpoint", "decision"], registry=r,
+        )  # fmt: skip
 
 
 _process_lock = threading.Lock()
@@ -149,6 +153,7 @@ class TaskObserver:
     :param metrics: where to count (``None``: this process's :func:`process_metrics`).
     :param endpoint_id: the endpoint's secret-free id, put in every line.
     :param log_prompts: put prompts and outputs in the lines (debugging only).
+    :param on_call: told the endpoint of each call that ended (the last-call clock).
     """
 
     def __init__(
@@ -156,8 +161,10 @@ class TaskObserver:
         metrics: WorkerMetrics | None = None,
         endpoint_id: str | None = None,
         log_prompts: bool = False,
+        on_call: Callable[[str | None], None] | None = None,
     ) -> None:
         self.metrics = metrics or process_metrics()
+        self._on_call = on_call
         self._endpoint = endpoint_id
         self._log_prompts = log_prompts
         m = self.metrics
@@ -190,6 +197,8 @@ class TaskObserver:
 
     def called(self, latency_s: float) -> None:
         self.metrics.endpoint_latency.observe(latency_s)
+        if self._on_call is not None:
+            self._on_call(CURRENT_ENDPOINT.get())
 
     def retrying(
         self,

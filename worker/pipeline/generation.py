@@ -172,7 +172,7 @@ class Generation:
             )
             raise
         if isinstance(outcome, RetryLater):
-            error = outcome.error
+            self._record.retrying(task_id, error := outcome.error)
             self._observe.retrying(
                 task_id, outcome.attempt, error.error_type, error.message, outcome.delay_s,
                 outcome.latency_ms,
@@ -259,8 +259,7 @@ class Generation:
         return target.guard.offer(self._claim(task_id, name, request))
 
     def _claim(self, task_id: str, endpoint: str, request: GenerationRequest) -> Claim:
-        """A new running claim on ``task_id``, to take with a slot on ``endpoint``; the
-        request's priority and tenant place it in the endpoint's admission queue."""
+        """A new running claim on ``task_id`` for a slot on ``endpoint`` (see :class:`Claim`)."""
         return Claim(
             task_id,
             uuid.uuid4().hex,
@@ -268,6 +267,7 @@ class Generation:
             endpoint,
             priority=request.priority,
             tenant=getattr(request, "tenant", None),
+            deadline=request.deadline,
         )
 
     def _on_endpoint(

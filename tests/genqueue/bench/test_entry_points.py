@@ -16,7 +16,11 @@ def _python(code_or_module: list[str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("module", "option"),
-    [("genqueue.bench.soak", "--kill-every"), ("genqueue.bench.batch_upload_rss", "--mib")],
+    [
+        ("genqueue.bench.soak", "--kill-every"),
+        ("genqueue.bench.batch_upload_rss", "--mib"),
+        ("genqueue.bench.pods", "--idle-stop-s"),
+    ],
 )
 def test_scripts_run_as_modules(module: str, option: str) -> None:
     done = _python(["-m", module, "--help"])

@@ -112,5 +112,9 @@ def test_sim_reset_clears_stats_and_script(sim: RunningSimulator) -> None:
         "last_bodies": [],
         "call_times": [],
         "jobs_cancelled": 0,
+        "pod_start_calls": 0,
+        "pod_starts": 0,
+        "pod_stop_calls": 0,
+        "pod_stops": 0,
     }
     assert complete(sim, prompt="a").status_code == 200  # the scripted 500 is gone
