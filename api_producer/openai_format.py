@@ -20,6 +20,9 @@ from worker.contract import GenerationRequest, Message, TaskStatus
 #: OpenAI fields genqueue takes but does not send on (it answers them itself, or they have no
 #: meaning for a queued task).
 NOT_FORWARDED = frozenset({"model", "stream", "stream_options", "n", "user", "echo", "suffix"})
+#: Tells the ``openai`` SDK (and what is built on it) not to retry an answer: the task was
+#: retried by genqueue already, or still runs, and a retried call would be another task.
+NO_RETRY = {"x-should-retry": "false"}
 #: OpenAI's ``developer`` role is a system message to the servers genqueue calls.
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -224,16 +227,16 @@ def data(payload: Any) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def failure(status: TaskStatus) -> OpenAIError:
-    """The error of a task that did not succeed."""
+def failure(status: TaskStatus, headers: dict[str, str] | None = None) -> OpenAIError:
+    """The error of a task that did not succeed, answered with ``headers``."""
     error = status.error
     kind = error.type if error is not None else str(status.status)
     message = f"task {status.task_id}: " + (error.message if error is not None else kind)
     if kind == "invalid_request":
-        return OpenAIError(400, message, "invalid_request_error", kind)
+        return OpenAIError(400, message, "invalid_request_error", kind, headers)
     if kind == "cancelled":
-        return OpenAIError(409, message, "cancelled", kind)
-    return OpenAIError(502, message, "upstream_error", kind)
+        return OpenAIError(409, message, "cancelled", kind, headers)
+    return OpenAIError(502, message, "upstream_error", kind, headers)
 
 
 def _created(status: TaskStatus) -> int:

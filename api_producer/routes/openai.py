@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import redis
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
 from api_producer.openai_format import (
     DONE,
+    NO_RETRY,
     ChatBody,
     CompletionBody,
     Kind,
@@ -40,9 +42,9 @@ from api_producer.openai_format import (
 )
 from api_producer.producers.direct import EnqueueError, describe_redis_error
 from api_producer.quota import QuotaExceeded
-from api_producer.rate_limit import RateLimitDep
-from api_producer.routes.metrics import MetricsDep
-from api_producer.routes.tasks import check_request, enqueue, owned_requests
+from api_producer.rate_limit import Charge, RateLimitDep
+from api_producer.routes.metrics import ApiMetrics, MetricsDep
+from api_producer.routes.tasks import IdempotencyKey, check_request, enqueue, owned_requests
 from api_producer.token_follow import Piece, TooManyStreams
 from api_producer.waiters import TooManyWaiters
 from worker.contract import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, TaskState, TaskStatus
@@ -92,6 +94,7 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _openai_error("invalid request"),
     401: _openai_error("missing or invalid API key"),
     404: _openai_error("no such model (a model is a configured endpoint)"),
+    409: _openai_error("the Idempotency-Key was used with another body, or the task was cancelled"),
     413: _openai_error("the body is over the limit"),
     429: _openai_error("a rate limit or the day's token quota is spent; see Retry-After"),
     502: _openai_error("the task failed; its id and error are in the message"),
@@ -131,9 +134,11 @@ async def completions(
     charge: RateLimitDep,
     counted: MetricsDep,
     priority: PriorityHeader = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """OpenAI's completions: a task with the prompt as it is."""
-    return await _serve("completion", body, state, caller, charge, counted, priority)
+    call = _Call("completion", priority, idempotency_key)
+    return await _serve(call, body, state, caller, charge, counted)
 
 
 @router.post("/chat/completions", responses=ANSWERS)
@@ -144,23 +149,35 @@ async def chat_completions(
     charge: RateLimitDep,
     counted: MetricsDep,
     priority: PriorityHeader = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """OpenAI's chat completions: a task whose messages go to the endpoint's chat route."""
-    return await _serve("chat", body, state, caller, charge, counted, priority)
+    call = _Call("chat", priority, idempotency_key)
+    return await _serve(call, body, state, caller, charge, counted)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What a call says besides its body: its route's kind and its two headers."""
+
+    kind: Kind
+    priority: str | None
+    idempotency_key: str | None
 
 
 async def _serve(
-    kind: Kind,
+    call: _Call,
     body: CompletionBody | ChatBody,
     state: StateDep,
     caller: str,
-    charge: Any,
-    counted: Any,
-    priority: str | None,
+    charge: Charge,
+    counted: ApiMetrics,
 ) -> Response:
     endpoint = _endpoint(state, body.model)
     tenant = state.keys.tenant(caller)
-    [request] = owned_requests(state, tenant, [to_request(body, endpoint, _priority(priority))])
+    [request] = owned_requests(
+        state, tenant, [to_request(body, endpoint, _priority(call.priority))]
+    )
     check_request(state, request)
     if body.stream:
         try:
@@ -168,16 +185,45 @@ async def _serve(
         except TooManyStreams as err:
             raise _busy(str(err)) from None
     await charge(1)
-    accepted = await enqueue(state, tenant, [request], None)
-    counted.submitted.inc()
+    try:
+        accepted = await enqueue(state, tenant, [request], call.idempotency_key)
+    except BaseException as err:
+        await asyncio.shield(charge.refund())  # refused: the call counts for nothing
+        if isinstance(err, HTTPException) and err.status_code == 409:
+            raise OpenAIError(409, str(err.detail), code="idempotency_conflict",
+                              headers=NO_RETRY) from None  # fmt: skip
+        raise
+    if not accepted.replayed:
+        counted.submitted.inc()
     task_id = accepted.task_ids[0]
     if body.stream:
-        events = _stream(kind, state, task_id, body.model, body.include_usage)
+        events = _stream(call.kind, state, task_id, body.model, body.include_usage)
         return StreamingResponse(events, media_type="text/event-stream")
-    status = await _wait(state, task_id)
+    try:
+        status = await _wait(state, task_id)
+    except (OpenAIError, redis.RedisError, OSError) as err:
+        raise _still_runs(err, task_id, call.idempotency_key is not None) from None
     if status.status is not TaskState.SUCCEEDED:
-        raise failure(status)
-    return JSONResponse(response(kind, status, body.model))
+        raise failure(status, NO_RETRY)  # genqueue retried it already
+    return JSONResponse(response(call.kind, status, body.model))
+
+
+def _still_runs(err: Exception, task_id: str, keyed: bool) -> OpenAIError:
+    """The answer to a call whose task was enqueued and may still run.
+
+    Without an ``Idempotency-Key`` a retried call would be a second task: the SDK is told not
+    to retry (``x-should-retry: false``). With one, its retry lands on this task and waits again.
+    """
+    if not isinstance(err, OpenAIError):
+        reason = describe_redis_error(err)
+        message = (
+            f"service unavailable: {reason}; the task {task_id} was enqueued and carries on: "
+            f"GET /v1/tasks/{task_id}"
+        )
+        err = OpenAIError(503, message, "service_unavailable")
+    if not keyed:
+        err.headers = {**err.headers, **NO_RETRY}
+    return err
 
 
 def _endpoint(state: StateDep, model: str) -> str | None:
