@@ -37,6 +37,8 @@ class ApiState:
     endpoint_specs: Endpoints | None = None
     #: The tenants' token budgets; ``None`` when no tenants file can give one.
     budget: TokenBudget | None = None
+    #: The ``created`` of the OpenAI models (seconds since the epoch).
+    models_created_s: int = 0
 
 
 # The dependencies are coroutines, even those that never wait: FastAPI runs a plain ``def``

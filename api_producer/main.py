@@ -16,6 +16,7 @@ from api_producer.auth import KeyChecker
 from api_producer.batches import BatchStore
 from api_producer.body_limit import BodySizeLimit
 from api_producer.deps import ApiState
+from api_producer.openai_errors import unknown_path
 from api_producer.producers.async_direct import AsyncProducer
 from api_producer.producers.direct import (
     DirectProducer,
@@ -25,7 +26,16 @@ from api_producer.producers.direct import (
 )
 from api_producer.quota import QuotaExceeded, TokenBudget
 from api_producer.rate_limit import RateLimiter
-from api_producer.routes import batches, health, metrics, openai, stream, tasks, usage
+from api_producer.routes import (
+    batches,
+    health,
+    metrics,
+    openai,
+    openai_models,
+    stream,
+    tasks,
+    usage,
+)
 from api_producer.store import TaskStore
 from api_producer.task_redis import TaskRedis
 from api_producer.token_follow import TokenFollower
@@ -76,6 +86,7 @@ def build_state(settings: Settings) -> ApiState:
             if settings.tenants_file is not None
             else None
         ),
+        models_created_s=openai_models.configured_at(settings),
     )
 
 
@@ -136,10 +147,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(stream.router)
     app.include_router(openai.router)
+    app.include_router(openai_models.router)
     app.include_router(batches.router)
     app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.router.default = unknown_path(app.router.default)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EnqueueError, _unavailable)
     app.add_exception_handler(QuotaExceeded, _over_quota)
