@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials
 
-from api_producer.auth import KeyChecker
+from api_producer.auth import BEARER, KeyChecker
 from api_producer.producers.async_direct import AsyncProducer
 from api_producer.producers.direct import DirectProducer
 from api_producer.quota import TokenBudget
@@ -48,7 +49,10 @@ async def get_state(request: Request) -> ApiState:
     return state
 
 
-async def authenticated(request: Request) -> str:
+async def authenticated(
+    request: Request,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> str:
     """The caller's id: checked already by :class:`KeyFirstRoute`, or checked now."""
     caller: str | None = getattr(request.state, "caller", None)
     if caller is None:

@@ -28,6 +28,7 @@ from api_producer.quota import QuotaExceeded, TokenBudget
 from api_producer.rate_limit import RateLimiter
 from api_producer.routes import (
     batches,
+    docs,
     health,
     metrics,
     openai,
@@ -137,6 +138,9 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Enqueue text-generation tasks for GPU-hosted language models.",
         version="0.1.0",
         lifespan=lifespan,
+        # Swagger UI from a package (routes/docs.py), not from a CDN; ReDoc has no such package.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.genqueue = state
     app.state.rate_limiter = limiter
@@ -152,6 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")
     app.router.default = unknown_path(app.router.default)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EnqueueError, _unavailable)
