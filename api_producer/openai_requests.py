@@ -104,10 +104,11 @@ class ChatMessage(BaseModel):
             raise OpenAIError(
                 400, f"{where}.role: {self.role!r} is not supported by genqueue", param=where
             )
-        for name in ("tool_calls", "function_call", "audio"):
-            if (self.model_extra or {}).get(name) is not None:
+        # tool_calls, function_call, audio, name...: a message is its role and its text.
+        for name, value in sorted((self.model_extra or {}).items()):
+            if value is not None:
                 raise OpenAIError(
-                    400, f"{where}.{name}: genqueue sends text messages only",
+                    400, f"{where}.{name}: genqueue sends a message's role and text only",
                     param=f"{where}.{name}",
                 )  # fmt: skip
         content = self.content
