@@ -56,13 +56,16 @@ def test_a_wait_that_runs_out_is_not_retried_into_a_second_generation(
 def test_with_an_idempotency_key_the_sdk_retries_land_on_the_same_task(
     redis_url, redis_client, simulator, start_worker, api_factory
 ) -> None:
-    simulator.configure(latency_s=1.5)
+    simulator.configure(latency_s=1.0)
     start_worker(redis_url, simulator.url)
-    api = api_factory(redis_url, runpod_endpoint_url=simulator.url, api_openai_wait_s=0.6)
-    # The SDK retries the 504s (0.5 s, then 1 s apart): each retry waits for the same task.
+    api = api_factory(redis_url, runpod_endpoint_url=simulator.url, api_openai_wait_s=0.8)
+    # The first wait runs out (504); the SDK retries it (about 0.5 s, then 1 s later), and each
+    # retry waits for the same task, which answers one of them.
+    started = time.monotonic()
     answer = sdk(api.url).completions.create(
         model="default", prompt="x", max_tokens=2, extra_headers={"Idempotency-Key": "call-1"}
     )
+    assert time.monotonic() - started > 0.8  # one wait ran out at least: the SDK retried
     assert answer.choices[0].text != ""
     assert tasks_in(redis_client) == 1
     assert simulator.stats()["calls"] == 1
