@@ -95,7 +95,7 @@ def unknown_path(fallback: ASGIApp) -> ASGIApp:
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/"):
+        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
             await fallback(scope, receive, send)
             return
         method = scope.get("method", "GET")

@@ -48,6 +48,7 @@ def test_an_unknown_v1_path_is_openais_404_naming_the_routes(
     assert "POST /v1/chat/completions" in error["message"]
     assert error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
     assert requests.get(f"{api.url}/nowhere", timeout=10).json() == {"detail": "Not Found"}
+    assert requests.get(f"{api.url}/v1", timeout=10).json()["error"]["code"] == "unknown_url"
     # A known path with another method is still 405, not a 404.
     assert requests.put(f"{api.url}/v1/tasks", headers=AUTH, timeout=10).status_code == 405
 
