@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from api_producer.client_stream import Restart, StreamItem, stream_items
+from api_producer.client_stream import Restart, StreamExpired, StreamItem, stream_items
 from worker.contract import GenerationRequest, TaskStatus
 
 __all__ = ["GenQueueClient", "Restart", "StreamItem"]
@@ -41,9 +41,11 @@ STREAM_READ_TIMEOUT_S = 30.0
 class GenQueueClientError(Exception):
     """Raised for any failed API call; ``status_code`` is the HTTP status when there is one."""
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    def __init__(self, message: str, status_code: int | None = None, detail: Any = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        #: The API's ``detail``: a message, or for a 422 the list of ``{type, loc, msg}``.
+        self.detail = detail
 
 
 class Unauthorized(GenQueueClientError):
@@ -90,6 +92,9 @@ class TaskFailed(GenQueueClientError):
         super().__init__(f"task {status.task_id} {status.status.value}: {message}")
         self.status = status
 
+
+#: Where in a request FastAPI's ``loc`` starts (left out of the words).
+_LOCATIONS = frozenset({"body", "query", "path", "header"})
 
 _ERRORS: Mapping[int, type[GenQueueClientError]] = {
     401: Unauthorized,
@@ -196,6 +201,8 @@ class GenQueueClient:
                 raise _error_for(response)
             try:
                 yield from stream_items(response)
+            except StreamExpired as err:
+                raise TaskNotFound(str(err), 404) from err
             except requests.RequestException as err:
                 raise ServiceUnavailable(f"stream cut short: {type(err).__name__}") from err
 
@@ -322,11 +329,38 @@ def _error_for(response: requests.Response) -> GenQueueClientError:
         detail = response.json().get("detail", response.text)
     except ValueError:
         detail = response.text[:300]
-    message = f"{response.status_code}: {detail}"
+    message = f"{response.status_code}: {in_words(detail)}"
     if response.status_code == 429:
-        return RateLimited(message, retry_after_s=_retry_after_s(response))
+        error = RateLimited(message, retry_after_s=_retry_after_s(response))
+        error.detail = detail
+        return error
     error_class = _ERRORS.get(response.status_code, GenQueueClientError)
-    return error_class(message, status_code=response.status_code)
+    return error_class(message, status_code=response.status_code, detail=detail)
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """``("body", "params", "max_tokens")`` as ``params.max_tokens`` (``requests[2]`` for an
+    index); where in the request (body, query) is left out."""
+    parts = list(loc[1:] if loc and loc[0] in _LOCATIONS else loc)
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def in_words(detail: Any) -> str:
+    """An error's ``detail`` as a sentence: FastAPI's list of problems as ``where: what; ...``."""
+    if not isinstance(detail, list):
+        return str(detail)
+    said = []
+    for problem in detail:
+        if not isinstance(problem, Mapping):
+            said.append(str(problem))
+            continue
+        where = field_path(problem.get("loc") or ())
+        what = str(problem.get("msg", "invalid"))
+        said.append(f"{where}: {what}" if where else what)
+    return "; ".join(said) or "invalid request"
 
 
 def _retry_after_s(response: requests.Response) -> float:

@@ -19,6 +19,10 @@ class Restart:
     event_id: str | None = None
 
 
+class StreamExpired(Exception):
+    """The stream's ``error`` event: the task expired while it was followed."""
+
+
 #: What :meth:`~api_producer.client.GenQueueClient.stream` yields: pieces of text, restarts,
 #: and last the task's final status.
 StreamItem = str | Restart | TaskStatus
@@ -44,6 +48,8 @@ def stream_items(response: requests.Response) -> Iterator[StreamItem]:
             if name == "done":
                 yield TaskStatus.model_validate_json(data)
                 return
+            if name == "error":
+                raise StreamExpired(str(json.loads(data).get("message", "the task expired")))
             if name == "restart":
                 yield Restart(event_id)
             elif name == "token":

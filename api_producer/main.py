@@ -60,18 +60,20 @@ def _templates(settings: Settings) -> frozenset[str] | None:
 
 def listener(settings: Settings) -> ResultListener:
     """The process's one pub/sub connection for ``?wait=`` (a client of its own)."""
-    client = connections.async_client(settings, max_connections=2, results=True)
+    client = connections.api_async_client(settings, max_connections=2, results=True)
     return ResultListener(client, settings.api_max_waiters)
 
 
 def build_state(settings: Settings) -> ApiState:
-    sync_client = connections.sync_client(settings, max_connections=256)
-    async_client = connections.async_client(settings, max_connections=1024)
+    sync_client = connections.api_sync_client(settings, max_connections=256)
+    async_client = connections.api_async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
     endpoints = load_endpoints(settings)  # an invalid file stops the API at start
     store = TaskStore(TaskRedis.from_settings(settings, async_client, 1024), listener(settings))
     # A blocked XREAD holds its connection: the follows have a client of their own.
-    follows_client = connections.async_client(settings, max_connections=settings.api_max_streams)
+    follows_client = connections.api_async_client(
+        settings, max_connections=settings.api_max_streams
+    )
     return ApiState(
         settings=settings,
         producer=DirectProducer(settings, sync_client, plan),

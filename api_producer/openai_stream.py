@@ -25,23 +25,25 @@ from api_producer.openai_format import (
     served_by,
     usage_chunk,
 )
-from api_producer.token_follow import Piece
+from api_producer.token_follow import Expired, Piece, StreamSlot
 from worker.contract import TaskState
 
 
 async def stream(
-    kind: Kind, state: ApiState, task_id: str, model: str, include_usage: bool
+    kind: Kind, state: ApiState, task_id: str, model: str, include_usage: bool, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
     """OpenAI's chunks from the task's token stream, then ``[DONE]`` (or an error event)."""
     created = created_of(None)
     sent = False
     if kind == "chat":
         yield chunk(kind, task_id, model, created, "")
-    async for event in _until_started(state, task_id):
+    async for event in _until_started(state, task_id, slot):
         if event is None:
             yield b": keep-alive\n\n"
         elif isinstance(event, OpenAIError):
             yield data(event.body())
+        elif isinstance(event, Expired):
+            yield data(error_body(event.message, "not_found_error", "task_expired"))
         elif isinstance(event, Piece):
             if event.kind == "token":
                 sent = True
@@ -61,12 +63,12 @@ async def stream(
             yield data(failure(event).body())
 
 
-async def _until_started(state: ApiState, task_id: str) -> AsyncIterator[Any]:
+async def _until_started(state: ApiState, task_id: str, slot: StreamSlot) -> AsyncIterator[Any]:
     """The task's events; a task with no token and no end within GENQUEUE_API_OPENAI_WAIT_S
     ends the stream with an error naming it (it carries on, as a timed-out wait's does)."""
     wait_s = state.settings.api_openai_wait_s
     deadline = asyncio.get_running_loop().time() + wait_s
-    events = state.tokens.follow(task_id, None)
+    events = state.tokens.follow(task_id, None, slot)
     started = False
     try:
         while True:

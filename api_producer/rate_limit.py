@@ -58,7 +58,7 @@ class RateLimiter:
         limit = settings.api_rate_limit_per_minute
         if limit <= 0 and settings.tenants_file is None:
             return cls(None, 0)
-        client = connections.async_client(settings, max_connections=256)
+        client = connections.api_async_client(settings, max_connections=256)
         return cls(client, limit)
 
     def limit_for(self, tenant: Tenant) -> int:

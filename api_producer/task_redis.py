@@ -43,7 +43,7 @@ class TaskRedis:
         """Records on ``client``; results there too, or on a client of their own."""
         results = client
         if settings.results_apart:
-            results = connections.async_client(
+            results = connections.api_async_client(
                 settings, max_connections=max_connections, results=True
             )
         return cls(client, results, settings.result_ttl_s)

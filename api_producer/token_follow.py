@@ -8,6 +8,12 @@ periodic look at the status finds it final (a task cancelled while queued, or an
 that Redis did not take). A task that does not stream (or that finished with no piece in its
 stream) sends its whole text as one piece, id :data:`WHOLE_TEXT_ID`.
 
+A stream's cap trims its oldest entries: a follow whose next entry is not the one after the
+last it read (each entry's place says, see :mod:`worker.delivery.token_stream`) has lost text.
+It then sends ``restart`` if it had sent text, waits for the task's end and sends the whole
+text as one piece (with the id of the stream's last entry), then the status. A task whose
+record expires while it is followed ends the follow with :class:`Expired`.
+
 The follows of an API process use a Redis client of their own, as large as the most follows
 allowed at once (``GENQUEUE_API_MAX_STREAMS``): a blocked ``XREAD`` holds its connection.
 """
@@ -29,7 +35,7 @@ from api_producer.waiters import TooManyWaiters
 from worker import keys
 from worker.contract import TaskState, TaskStatus
 from worker.delivery import records
-from worker.delivery.token_stream import END, KIND, RESTART, TEXT, TOKEN
+from worker.delivery.token_stream import END, KIND, PLACE, RESTART, TEXT, TOKEN
 
 #: The id of the one piece of a task whose text did not stream.
 WHOLE_TEXT_ID = "0-1"
@@ -57,8 +63,37 @@ class Piece:
     event_id: str
 
 
-#: What a follow yields: a piece, ``None`` for a keep-alive, and last the final status.
-Event = Piece | TaskStatus | None
+class StreamSlot:
+    """One follow's place among ``GENQUEUE_API_MAX_STREAMS``, freed once: by the follow's end,
+    by whoever reserved it if the follow never runs, or when dropped unused (a response whose
+    body was never read)."""
+
+    def __init__(self, follower: TokenFollower) -> None:
+        self._follower: TokenFollower | None = follower
+
+    def release(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.streams -= 1
+
+    def __del__(self) -> None:
+        self.release()
+
+
+@dataclass(frozen=True)
+class Expired:
+    """The task's record and result are gone (retention ran out) while it was followed."""
+
+    task_id: str
+
+    @property
+    def message(self) -> str:
+        return f"task {self.task_id} expired while followed (GENQUEUE_RESULT_TTL_S passed)"
+
+
+#: What a follow yields: a piece, ``None`` for a keep-alive, and last the final status (or
+#: :class:`Expired`).
+Event = Piece | TaskStatus | Expired | None
 
 
 class TokenFollower:
@@ -78,15 +113,21 @@ class TokenFollower:
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    def check(self) -> None:
-        """:class:`TooManyStreams` when this process follows its most streams already."""
+    def reserve(self) -> StreamSlot:
+        """A place among the follows, counted at once (the check and the count are one step:
+        a burst cannot pass the check before its streams count); :class:`TooManyStreams` when
+        this process follows its most streams already."""
         if self.streams >= self.max_streams:
             raise TooManyStreams(f"{self.streams} streams already followed by this API process")
-
-    async def follow(self, task_id: str, last_id: str | None) -> AsyncGenerator[Event, None]:
-        """The events of ``task_id`` after ``last_id`` (all of them when ``None``), then its
-        final status (counted among the follows while it runs)."""
         self.streams += 1
+        return StreamSlot(self)
+
+    async def follow(
+        self, task_id: str, last_id: str | None, slot: StreamSlot | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The events of ``task_id`` after ``last_id`` (all of them when ``None``), then its
+        final status, in ``slot`` (one reserved now if none), which it frees at its end."""
+        slot = slot or self.reserve()
         try:
             if await self._streams(task_id):
                 async for event in self._from_stream(task_id, last_id):
@@ -95,7 +136,7 @@ class TokenFollower:
                 async for event in self._whole(task_id, last_id):
                     yield event
         finally:
-            self.streams -= 1
+            slot.release()
 
     async def _streams(self, task_id: str) -> bool:
         """Whether the task streams: its request says so, or it has a token stream."""
@@ -112,17 +153,39 @@ class TokenFollower:
         return isinstance(request, dict) and request.get("stream") is True
 
     async def _whole(self, task_id: str, last_id: str | None) -> AsyncIterator[Event]:
+        async for event in self._until_final(task_id):
+            if isinstance(event, TaskStatus):
+                whole = _whole_text(event)
+                if whole is not None and last_id is None:
+                    yield whole
+            yield event
+
+    async def _until_final(self, task_id: str) -> AsyncIterator[TaskStatus | Expired | None]:
+        """Keep-alives until the task is final, then its status (:class:`Expired`: gone)."""
         while True:
             status = await self._store.get(task_id)
-            if status is None or status.status.is_final:
-                break
+            if status is None:
+                yield Expired(task_id)
+                return
+            if status.status.is_final:
+                yield status
+                return
             yield None
             await self._changed(task_id)
-        if status is not None:
-            whole = _whole_text(status)
-            if whole is not None and last_id is None:
-                yield whole
-            yield status
+
+    async def _after_trim(self, task_id: str, key: str, seen: bool) -> AsyncIterator[Event]:
+        """The follow of a stream that lost text to its cap: ``restart`` if text was sent,
+        then at the task's end its whole text as one piece and its status."""
+        if seen:
+            yield Piece(RESTART, "", WHOLE_TEXT_ID)
+        async for event in self._until_final(task_id):
+            if isinstance(event, TaskStatus):
+                whole = _whole_text(event)
+                if whole is not None:
+                    last: list[Any] = await self._redis.xrevrange(key, count=1) or []
+                    end_id = _text(last[0][0]) if last else WHOLE_TEXT_ID
+                    yield Piece(TOKEN, whole.text, end_id)
+            yield event
 
     async def _final(self, task_id: str) -> TaskStatus | None:
         """The status after the end mark: a failure is stored by Celery just after it."""
@@ -147,6 +210,7 @@ class TokenFollower:
         key = keys.tokens(task_id)
         cursor = last_id or "0-0"
         seen = last_id is not None
+        expected = await self._place_after(key, last_id)
         quiet_since = time.monotonic()
         while True:
             answer: Any = await self._redis.xread(
@@ -154,6 +218,12 @@ class TokenFollower:
             )
             ended = False
             for entry_id, fields in answer[0][1] if answer else []:
+                place = _place(fields)
+                if place and expected and place != expected:
+                    async for event in self._after_trim(task_id, key, seen):
+                        yield event
+                    return
+                expected = place + 1 if place else None
                 cursor = _text(entry_id)
                 seen = True
                 piece = _piece(cursor, fields)
@@ -166,7 +236,8 @@ class TokenFollower:
                 continue
             status = await self._final(task_id) if ended else await self._store.get(task_id)
             if status is None:
-                return  # expired meanwhile
+                yield Expired(task_id)  # its retention ran out meanwhile
+                return
             if ended or status.status.is_final:
                 async for event in self._rest(key, cursor, status, seen):
                     yield event
@@ -174,6 +245,18 @@ class TokenFollower:
             if time.monotonic() - quiet_since >= KEEPALIVE_S:
                 quiet_since = time.monotonic()
                 yield None
+
+    async def _place_after(self, key: str, last_id: str | None) -> int | None:
+        """The place the entry after ``last_id`` must have (``None``: any): 1 from the start,
+        or when ``last_id`` is no longer in the stream (its place is unknown: only a stream
+        that still starts at its first entry lost nothing)."""
+        if last_id is None:
+            return 1
+        found: list[Any] = await self._redis.xrange(key, min=last_id, max=last_id, count=1) or []
+        if not found:
+            return 1
+        place = _place(found[0][1])
+        return place + 1 if place else None
 
     async def _rest(
         self, key: str, cursor: str, status: TaskStatus, seen: bool
@@ -194,6 +277,12 @@ class TokenFollower:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _place(fields: dict[Any, Any]) -> int:
+    """An entry's place in its stream; 0 for one without (an end mark, an older worker's)."""
+    raw = fields.get(PLACE.encode(), b"0")
+    return int(raw) if raw.isdigit() else 0
 
 
 def _piece(entry_id: str, fields: dict[Any, Any]) -> Piece | None:

@@ -218,7 +218,7 @@ def _serve_metrics(sender: str, instance: Any, **_: Any) -> None:
 
 @celeryd_after_setup.connect
 def _check_upstream(**_: Any) -> None:
-    """A worker on a kombu or Celery whose copied methods changed says so (and still starts:
+    """A worker on a kombu, Celery or redis-py whose copied methods changed says so (and starts:
     pyproject.toml pins the tested minor releases; see :mod:`worker.upstream`)."""
     upstream.report()
 

@@ -14,6 +14,14 @@ through a failover (:mod:`worker.redis_sentinel`); TLS is then ``GENQUEUE_REDIS_
 
 ``results=True`` asks for a client on the Redis of Celery's results: ``GENQUEUE_RESULT_REDIS_URL``
 when set, ``REDIS_URL`` otherwise (:func:`results_client` then hands back the client it is given).
+
+A Redis that hangs (stopped, or behind a partition) accepts connections and answers nothing: only
+a socket timeout ends a wait on it. The API's clients (:func:`api_async_client`,
+:func:`api_sync_client`) wait ``GENQUEUE_API_REDIS_TIMEOUT_S`` for a reply or a free connection
+and never retry a timeout (redis-py retries the handshake, the health check and the command
+each, so a retried timeout multiplies), so a request that meets a hung Redis is answered 503
+within :func:`api_answer_bound_s`, as one that meets a refusing Redis is. A refused or broken
+connection is still retried: that is a restart, over in moments.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from worker.settings import Settings
 
 RETRIES = 3
 CONNECT_TIMEOUT_S = 1.0
+#: The longest wait for a free connection of a pool (the API's: its Redis timeout).
+POOL_TIMEOUT_S = 30.0
 _RETRY_ON = (RedisConnectionError, RedisTimeoutError)
 
 
@@ -98,11 +108,19 @@ def sync_client(
     max_connections: int = 64,
     socket_timeout_s: float = 10.0,
     results: bool = False,
+    pool_timeout_s: float = POOL_TIMEOUT_S,
+    retry_timeouts: bool = True,
 ) -> redis.Redis:
     """A client on ``settings.redis_url`` (on its primary, for a ``sentinel://`` URL), or with
-    ``results`` on the Redis of Celery's results."""
-    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON)
-    options = _pool_options(max_connections, socket_timeout_s, retry)
+    ``results`` on the Redis of Celery's results.
+
+    ``pool_timeout_s``: the longest wait for a free connection; ``retry_timeouts``: whether a
+    socket timeout is retried like a broken connection.
+    """
+    retry = Retry(
+        ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_retried(retry_timeouts)
+    )
+    options = _pool_options(max_connections, socket_timeout_s, retry, pool_timeout_s)
     url = settings.results_url if results else settings.redis_url
     if redis_sentinel.is_sentinel(url):
         return redis_sentinel.sync_client(*_sentinel_args(settings), **options)
@@ -118,13 +136,17 @@ def results_client(settings: Settings, client: redis.Redis, max_connections: int
     return sync_client(settings, max_connections=max_connections, socket_timeout_s=30, results=True)
 
 
+def _retried(timeouts: bool) -> tuple[type[Exception], ...]:
+    return _RETRY_ON if timeouts else (RedisConnectionError,)
+
+
 def _pool_options(
-    max_connections: int, socket_timeout_s: float, retry: Retry | AsyncRetry
+    max_connections: int, socket_timeout_s: float, retry: Retry | AsyncRetry, pool_timeout_s: float
 ) -> dict[str, Any]:
     """A pool's bounded waits and its retry across a reconnect, sync and asyncio alike."""
     return {
         "max_connections": max_connections,
-        "timeout": 30,
+        "timeout": pool_timeout_s,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": socket_timeout_s,
         "health_check_interval": 10,
@@ -147,13 +169,55 @@ def async_client(
     max_connections: int = 512,
     socket_timeout_s: float = 10.0,
     results: bool = False,
+    pool_timeout_s: float = POOL_TIMEOUT_S,
+    retry_timeouts: bool = True,
 ) -> aioredis.Redis:
     """An asyncio client on ``settings.redis_url`` (on its primary, for ``sentinel://``), or
-    with ``results`` on the Redis of Celery's results."""
-    retry = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_RETRY_ON)
-    options = _pool_options(max_connections, socket_timeout_s, retry)
+    with ``results`` on the Redis of Celery's results (the waits as :func:`sync_client`'s)."""
+    retry = AsyncRetry(
+        ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=_retried(retry_timeouts)
+    )
+    options = _pool_options(max_connections, socket_timeout_s, retry, pool_timeout_s)
     url = settings.results_url if results else settings.redis_url
     if redis_sentinel.is_sentinel(url):
         return redis_sentinel.async_client(*_sentinel_args(settings), **options)
     pool = aioredis.BlockingConnectionPool.from_url(url, **options, **tls_options(settings, url))
     return aioredis.Redis(connection_pool=pool)
+
+
+def api_answer_bound_s(settings: Settings) -> float:
+    """The longest a request of the API waits on a Redis that does not answer before it is
+    answered 503: a free connection, the connect, then one reply (the handshake's, the health
+    check's or the command's: the first that times out ends the request)."""
+    return 2 * settings.api_redis_timeout_s + CONNECT_TIMEOUT_S
+
+
+def api_async_client(
+    settings: Settings, *, max_connections: int, results: bool = False
+) -> aioredis.Redis:
+    """An asyncio client of the API: every wait ``GENQUEUE_API_REDIS_TIMEOUT_S``, no timeout
+    retried."""
+    timeout_s = settings.api_redis_timeout_s
+    return async_client(
+        settings,
+        max_connections=max_connections,
+        socket_timeout_s=timeout_s,
+        results=results,
+        pool_timeout_s=timeout_s,
+        retry_timeouts=False,
+    )
+
+
+def api_sync_client(
+    settings: Settings, *, max_connections: int, results: bool = False
+) -> redis.Redis:
+    """A blocking client of the API (batch enqueues), its waits as :func:`api_async_client`'s."""
+    timeout_s = settings.api_redis_timeout_s
+    return sync_client(
+        settings,
+        max_connections=max_connections,
+        socket_timeout_s=timeout_s,
+        results=results,
+        pool_timeout_s=timeout_s,
+        retry_timeouts=False,
+    )

@@ -182,6 +182,16 @@ class GenerationRequest(BaseModel):
         return self.model_dump(mode="json", exclude_none=True, exclude_unset=True)
 
 
+#: Characters per token of a text's estimate (the usual rule of thumb for English), where no
+#: server counted: a tenant's hold on its day budget, the prompt of a stream without usage.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(chars: int) -> int:
+    """The tokens of a text of ``chars`` characters, estimated."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -248,6 +258,8 @@ class TaskStatus(BaseModel):
     attempts: int
     result: GenerationResult | None = None
     error: ErrorInfo | None = None
+    #: Why the last attempt failed, while the task is not over (retrying, or running again).
+    last_error: ErrorInfo | None = None
     metadata: dict[str, JsonValue] | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None

@@ -26,7 +26,8 @@ The tree::
     ├── EnqueueError                   a task could not be stored; nothing of it was left
     │                                  api_producer/producers/enqueue.py
     ├── IdempotencyConflict            an Idempotency-Key reused with another body (409)
-    │                                  api_producer/producers/enqueue.py
+    │   │                              api_producer/producers/enqueue.py
+    │   └── IdempotencyInUse           its first request still enqueueing after a wait (409)
     ├── TooManyWaiters                 this API process holds its most ?wait= waits
     │                                  api_producer/waiters.py
     ├── BatchRefused                   a batch body refused whole (also a ValueError)

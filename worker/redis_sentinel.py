@@ -13,14 +13,15 @@ the election is an outage that every round trip already rides out (:mod:`worker.
 
 A primary that is demoted while clients still hold connections to it (a network partition
 healed, ``SENTINEL FAILOVER``) answers writes with ``READONLY`` and unblocks a waiting ``BRPOP``
-with ``UNBLOCKED``. redis-py turns a plain ``READONLY`` into a reconnect, but Redis 6 wraps the
-one a Lua script hits in a script error, and ``UNBLOCKED`` is a plain error too: kombu would
-take either for a failed command. :class:`FailoverConnection` turns all three into a
-``ConnectionError`` after dropping the connection, so the retry reconnects to the new primary.
+with ``UNBLOCKED``. redis-py turns a plain ``READONLY`` (and, since 8.2, ``UNBLOCKED``) into a
+reconnect, but Redis 6 wraps the one a Lua script hits in a script error, which kombu would take
+for a failed command (as it would 8.1's ``UNBLOCKED``). :class:`FailoverConnection` turns all
+three into a ``ConnectionError`` after dropping the connection, so the retry reconnects to the
+new primary.
 
 When no sentinel names a primary, the error says why each sentinel failed (a certificate the
-CA did not sign, say): redis-py 8 puts only ``network:ConnectionError`` there
-(:class:`ExplainingSentinel`).
+CA did not sign, say), in genqueue's words (:class:`ExplainingSentinel`). A sentinel that answers
+with an error is passed over for the next one, as redis-py 8.2 does.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ from redis.sentinel import (
 )
 
 #: The redis-py methods this module copies (``discover_master``, with each sentinel's error in
-#: the ``MasterNotFoundError``), and a digest of their source in redis-py of worker.upstream.TESTED.
+#: the ``MasterNotFoundError``) or extends (``read_response``, which knows a demoted primary by
+#: some of its errors), and a digest of their source in redis-py of worker.upstream.TESTED.
 UPSTREAM_COPIES = {
-    "redis.sentinel:Sentinel.discover_master": "be0e08b13e1d05e5",
-    "redis.asyncio.sentinel:Sentinel.discover_master": "ee8da2cc3dcb3fa4",
+    "redis.sentinel:Sentinel.discover_master": "5e24ee0794f2bf2f",
+    "redis.asyncio.sentinel:Sentinel.discover_master": "e6475fbe35c92a88",
+    "redis.sentinel:SentinelManagedConnection.read_response": "bc56c96fb6e493a6",
+    "redis.asyncio.sentinel:SentinelManagedConnection.read_response": "a2e4e225da7053de",
 }
 
 SCHEME = "sentinel://"
@@ -212,7 +216,7 @@ class ExplainingSentinel(Sentinel):
         for sentinel_no, sentinel in enumerate(self.sentinels):
             try:
                 masters = sentinel.sentinel_masters()
-            except (RedisConnectionError, RedisTimeoutError) as err:
+            except (RedisConnectionError, ResponseError, RedisTimeoutError) as err:
                 errors.append((sentinel, err))
                 continue
             if (found := _primary_from(self, masters, service_name, sentinel_no)) is not None:
@@ -229,7 +233,7 @@ class AsyncExplainingSentinel(async_sentinel.Sentinel):
         for sentinel_no, sentinel in enumerate(self.sentinels):
             try:
                 masters = await sentinel.sentinel_masters()
-            except (RedisConnectionError, RedisTimeoutError) as err:
+            except (RedisConnectionError, ResponseError, RedisTimeoutError) as err:
                 errors.append((sentinel, err))
                 continue
             if (found := _primary_from(self, masters, service_name, sentinel_no)) is not None:

@@ -7,9 +7,12 @@ every other setting is ``GENQUEUE_<FIELD NAME>``. Build one object per process w
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+from dotenv import dotenv_values
 from pydantic import (
     Field,
     FilePath,
@@ -22,7 +25,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker import redis_sentinel
 from worker.errors import SettingsError
+from worker.unknown_settings import unknown_settings, variables_named_in
 from worker.webhooks.url_check import WebhookRefused, check_allowlist_entry
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: Why a unix:// URL is refused: Celery's Redis transport and result backend know no unix://.
@@ -60,6 +66,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), validation_alias="GENQUEUE_API_KEYS"
     )
+    #: The key the ``genqueue`` commands send to the API (else the one in ``.genqueue/env``).
+    api_key: SecretStr | None = Field(default=None, validation_alias="GENQUEUE_API_KEY")
+    #: The API the ``genqueue`` commands call (``genqueue up`` writes it to ``.genqueue/env``).
+    api_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://")
 
     #: A Redis of its own for Celery's task results (``celery-task-meta-*`` and their
     #: channels); unset: the results live in ``REDIS_URL``'s Redis (docs/redis.md).
@@ -155,6 +165,10 @@ class Settings(BaseSettings):
     #: ``GET /v1/tasks/{id}/stream`` follows one API process serves at once (each holds a
     #: Redis connection of its own while it waits for tokens); more are answered 429.
     api_max_streams: int = Field(default=512, ge=1, le=100_000)
+    #: The longest the API waits on Redis for one reply or a free connection; a Redis that
+    #: hangs is answered 503 within twice this plus a second. Above the token follows' 1 s
+    #: blocking read.
+    api_redis_timeout_s: float = Field(default=2.0, ge=1.5, le=60)
     #: How long ``POST /v1/completions`` and ``/v1/chat/completions`` (without ``stream``) wait
     #: for their task; then 504, and the task carries on.
     api_openai_wait_s: float = Field(default=300.0, gt=0, le=3600)
@@ -290,12 +304,10 @@ class Settings(BaseSettings):
 
     @property
     def completions_url(self) -> str | None:
-        """``{base}/v1/completions``, tolerating a trailing ``/`` or ``/v1`` on the base."""
+        """``{base}/v1/completions`` (:func:`endpoint_base` says what the base may end with)."""
         if self.runpod_endpoint_url is None:
             return None
-        base = self.runpod_endpoint_url.rstrip("/")
-        base = base.removesuffix("/v1")
-        return f"{base}/v1/completions"
+        return f"{endpoint_base(self.runpod_endpoint_url)}/v1/completions"
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:
@@ -313,6 +325,20 @@ class Settings(BaseSettings):
         return self
 
 
+#: What an endpoint's URL may end with beyond its base (users copy the full completions URL).
+_ROUTE_SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1")
+
+
+def endpoint_base(url: str) -> str:
+    """An OpenAI-style endpoint's base URL: without a trailing ``/``, ``/v1``,
+    ``/v1/completions`` or ``/v1/chat/completions`` (genqueue adds the route it calls)."""
+    base = url.strip().rstrip("/")
+    for suffix in _ROUTE_SUFFIXES:
+        if base.endswith(suffix):
+            return base.removesuffix(suffix)
+    return base
+
+
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     info = Settings.model_fields[field]
@@ -323,11 +349,29 @@ def env_name(field: str) -> str:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings; raise :class:`SettingsError` naming each invalid variable."""
+    """Read the settings; raise :class:`SettingsError` naming each invalid variable, and log a
+    warning for each ``GENQUEUE_*`` variable that sets nothing (:mod:`worker.unknown_settings`)."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:
         raise SettingsError(describe_validation_error(err)) from None
+    for warning in _unknown_variables(settings):
+        log.warning("%s", warning)
+    return settings
+
+
+def _unknown_variables(settings: Settings) -> list[str]:
+    """:func:`~worker.unknown_settings.unknown_settings` of the environment and the ``.env``
+    file, knowing the variables the endpoints and tenants files name."""
+    names = set(os.environ)
+    env_file = Path(str(Settings.model_config.get("env_file")))
+    if env_file.is_file():
+        names.update(dotenv_values(env_file))
+    named_by_files = variables_named_in(settings.endpoints_file) | variables_named_in(
+        settings.tenants_file
+    )
+    settings_names = [env_name(field) for field in Settings.model_fields]
+    return unknown_settings(names, settings_names, also_known=named_by_files)
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -1,13 +1,14 @@
 """What genqueue takes from kombu, Celery and redis-py beyond their public API, and a check that
 the installed releases still give it.
 
-Some genqueue modules copy or override a method of kombu or Celery (worker.delivery.broker copies
-kombu's ``Channel._brpop_read``, writes the entries of its ``QoS.append``, and so on). Each keeps
-an ``UPSTREAM_COPIES`` table: the methods it copies or overrides, with a digest of their source in
-the releases of :data:`TESTED`. :func:`changes` compares those digests with the installed source;
-a worker logs what differs when it starts (:func:`report`), and
-``tests/worker/delivery/test_kombu_internals.py`` fails on it, beside behavioural checks of the
-Redis formats against a real Redis. README "Development" says how to upgrade.
+Some genqueue modules copy or override a method of kombu, Celery or redis-py
+(worker.delivery.broker copies kombu's ``Channel._brpop_read``, writes the entries of its
+``QoS.append``, and so on). Each keeps an ``UPSTREAM_COPIES`` table: the methods it copies or
+overrides, with a digest of their source in the releases of :data:`TESTED`. :func:`changes`
+compares those digests with the installed source; a worker logs what differs when it starts
+(:func:`report`, worded by :func:`warning`), and ``tests/worker/delivery/test_kombu_internals.py``
+fails on it, beside behavioural checks of the Redis formats against a real Redis.
+docs/development.md says how to upgrade (:data:`UPGRADE_PAGE`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from importlib import metadata
 from typing import Any
 
 #: The releases genqueue was tested with; pyproject.toml pins their minor versions.
-TESTED = {"kombu": "5.7.0", "celery": "5.7.0", "redis": "8.1.0"}
+TESTED = {"kombu": "5.7.0", "celery": "5.7.0", "redis": "8.2.0"}
+#: What each distribution of :data:`TESTED` is called in words.
+PROJECTS = {"kombu": "kombu", "celery": "Celery", "redis": "redis-py"}
+#: Where upgrading them is explained.
+UPGRADE_PAGE = "docs/development.md ('Upgrading kombu, Celery or redis-py')"
 #: The modules with an ``UPSTREAM_COPIES`` table.
 COPYING_MODULES = (
     "worker.delivery.broker",
@@ -39,7 +44,7 @@ def installed() -> dict[str, str]:
 
 
 def versions_line() -> str:
-    """``kombu 5.7.0, celery 5.7.0, redis 8.1.0 installed (tested with ...)``."""
+    """``kombu 5.7.0, celery 5.7.0, redis 8.2.0 installed (tested with ...)``."""
     now = ", ".join(f"{name} {version}" for name, version in installed().items())
     tested = ", ".join(f"{name} {version}" for name, version in TESTED.items())
     return f"{now} installed (genqueue was tested with {tested})"
@@ -93,18 +98,34 @@ def all_changes() -> list[str]:
     return found
 
 
+def _project_of(change: str) -> str:
+    """The project whose method a sentence of :func:`changes` names (``redis.sentinel:...``)."""
+    return PROJECTS[change.split(".", 1)[0].split(":", 1)[0]]
+
+
+def warning(found: list[str]) -> str | None:
+    """What a worker (and ``genqueue up``) says when ``found`` (:func:`all_changes`) is not
+    empty: which project changed, what, the releases, and how to go back or upgrade."""
+    if not found:
+        return None
+    projects = sorted({_project_of(change) for change in found})
+    names = [name for name, words in PROJECTS.items() if words in projects]
+    pins = " ".join(f"'{name}=={TESTED[name]}'" for name in names)
+    return (
+        f"{' and '.join(projects)} changed what genqueue relies on: {'; '.join(found)}. "
+        f"{versions_line()}. Install the tested release (pip install {pins}), or see "
+        f"{UPGRADE_PAGE} to upgrade"
+    )
+
+
 def report() -> list[str]:
-    """Log, at a worker's start, whether the installed kombu and Celery still hold what genqueue
-    copies: a warning naming each change (the worker still starts), or an info line when the
-    releases differ from :data:`TESTED` but nothing genqueue copies has changed."""
+    """Log, at a worker's start, whether the installed kombu, Celery and redis-py still hold what
+    genqueue copies: a warning naming each change (the worker still starts), or an info line when
+    the releases differ from :data:`TESTED` but nothing genqueue copies has changed."""
     found = all_changes()
-    if found:
-        log.warning(
-            "%s: %s. genqueue may lose or repeat messages on this kombu or Celery: pin the "
-            "tested releases, or see README 'Development' to upgrade",
-            versions_line(),
-            "; ".join(found),
-        )
+    said = warning(found)
+    if said is not None:
+        log.warning("%s", said)
     elif installed() != TESTED:
         log.info("%s; what genqueue copies from them is unchanged", versions_line())
     return found

@@ -118,7 +118,7 @@ class BatchStore:
 
     @classmethod
     def from_settings(cls, settings: Settings, producer: DirectProducer) -> BatchStore:
-        client = connections.async_client(settings, max_connections=64)
+        client = connections.api_async_client(settings, max_connections=64)
         tasks = TaskRedis.from_settings(settings, client, max_connections=64)
         return cls(producer, tasks, settings.result_ttl_s)
 

@@ -45,6 +45,13 @@ class IdempotencyConflict(GenQueueError):
     error_type = "idempotency_conflict"
 
 
+class IdempotencyInUse(IdempotencyConflict):
+    """Raised when the first request with an idempotency key is still being enqueued after a
+    second one waited :data:`~api_producer.producers.submission.KEY_IN_USE_WAIT_S` for it."""
+
+    error_type = "idempotency_key_in_use"
+
+
 @dataclass(frozen=True)
 class Reservation:
     """Tokens held against a tenant's day budget (UTC ``day``), one count per task, in order;
@@ -86,15 +93,23 @@ def claim_key(idempotency_key: str) -> str:
     return keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())
 
 
-def claim_value(digest: str, task_ids: list[str]) -> str:
-    return json.dumps({"digest": digest, "task_ids": task_ids})
+def claim_value(digest: str, task_ids: list[str], pending: bool = False) -> str:
+    """A claim's value: ``pending`` until the transaction that stores its tasks ran (the same
+    transaction writes it again without)."""
+    value: dict[str, Any] = {"digest": digest, "task_ids": task_ids}
+    if pending:
+        value["pending"] = True
+    return json.dumps(value)
 
 
-def earlier_answer(stored: bytes | str, digest: str) -> Accepted:
-    """The first call's answer to a repeated key; :class:`IdempotencyConflict` for a new body."""
+def earlier_answer(stored: bytes | str, digest: str) -> Accepted | None:
+    """The first call's answer to a repeated key, ``None`` while its tasks are not stored yet;
+    :class:`IdempotencyConflict` for a new body."""
     earlier = json.loads(stored)
     if earlier["digest"] != digest:
         raise IdempotencyConflict("this Idempotency-Key was used with a different body")
+    if earlier.get("pending"):
+        return None
     return Accepted(task_ids=list(earlier["task_ids"]), replayed=True)
 
 

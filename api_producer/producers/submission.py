@@ -10,7 +10,9 @@ A Redis failure is thrown back into the generator at the step that met it, which
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from api_producer.producers.enqueue import (
     Command,
     EnqueueError,
     EnqueuePlan,
+    IdempotencyInUse,
     Reservation,
     claim_key,
     claim_value,
@@ -36,6 +39,12 @@ from worker.delivery import records
 
 #: What a Redis failure is to a producer: redis-py's errors and the socket's own.
 REDIS_ERRORS = (redis.RedisError, OSError)
+#: How long a pending idempotency claim lives if its request dies before its transaction: far
+#: longer than a claim takes to its transaction (the API's Redis waits are seconds).
+CLAIM_PENDING_TTL_S = 60
+#: How long a request waits for the first request with its key to store its tasks.
+KEY_IN_USE_WAIT_S = 10.0
+KEY_IN_USE_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class Step:
 
     commands: list[Command]
     transaction: bool = False
+    #: No command: wait this long, then go on (the reply is ``None``).
+    pause_s: float = 0.0
     #: Run on the Redis of Celery's results (``GENQUEUE_RESULT_REDIS_URL``; the one Redis
     #: when that is unset).
     results: bool = False
@@ -69,17 +80,22 @@ def submit(
     payloads = [request.to_payload() for request in requests]
     task_ids = [str(uuid.uuid4()) for _ in requests]
     claim: str | None = None
+    stored: list[Command] = []
     if idempotency_key is not None:
         digest = request_digest(payloads)
         claim = claim_key(idempotency_key)
         try:
-            earlier = yield from _claim(claim, claim_value(digest, task_ids), idempotency_ttl_s)
+            earlier = yield from _claim(claim, digest, task_ids)
         except REDIS_ERRORS as err:
             raise _failed("store", err) from err
         if earlier is not None:
-            return earlier_answer(earlier, digest)
+            return earlier
+        # The tasks and the claim's answer in one transaction: the answer is never seen
+        # without the tasks.
+        stored = [("SET", claim, claim_value(digest, task_ids), "EX", idempotency_ttl_s)]
     try:
-        yield Step(plan.accept(task_ids, requests, payloads, reservation), transaction=True)
+        commands = plan.accept(task_ids, requests, payloads, reservation)
+        yield Step(commands + stored, transaction=True)
     except REDIS_ERRORS as err:
         if claim is not None:
             with contextlib.suppress(*REDIS_ERRORS):
@@ -124,13 +140,30 @@ _CLEARED_ON_REQUEUE = (
 )
 
 
-def _claim(redis_key: str, value: str, ttl_s: int) -> Generator[Step, Any, bytes | str | None]:
-    """Claim the idempotency key; the earlier call's stored value if it holds one."""
-    while not (yield Step([("SET", redis_key, value, "NX", "EX", ttl_s)])):
+def _claim(
+    redis_key: str, digest: str, task_ids: list[str]
+) -> Generator[Step, Any, Accepted | None]:
+    """Claim the idempotency key (``None``), or the earlier call's answer once its tasks are
+    stored.
+
+    A claim is pending until the first call's transaction ran; a second call waits for its
+    outcome: the stored answer, or the claim withdrawn (the first failed: the second claims it
+    in turn). Past :data:`KEY_IN_USE_WAIT_S`, :class:`IdempotencyInUse`.
+    """
+    pending = claim_value(digest, task_ids, pending=True)
+    deadline = time.monotonic() + KEY_IN_USE_WAIT_S
+    while not (yield Step([("SET", redis_key, pending, "NX", "EX", CLAIM_PENDING_TTL_S)])):
         existing = yield Step([("GET", redis_key)])
-        if existing is not None:
-            return existing
-        # Expired between the two commands: claim it again.
+        if existing is None:
+            continue  # withdrawn or expired between the two commands: claim it again
+        earlier = earlier_answer(existing, digest)
+        if earlier is not None:
+            return earlier
+        if time.monotonic() >= deadline:
+            raise IdempotencyInUse(
+                "a request with this Idempotency-Key is still being enqueued; retry"
+            )
+        yield Step([], pause_s=KEY_IN_USE_POLL_S)
     return None
 
 
@@ -146,6 +179,10 @@ def run(steps: Steps[T], execute: Callable[[Step], Any]) -> T:
     """Run ``steps`` with a blocking ``execute``."""
     outcome: Step | T = _advance(steps, None, None)
     while isinstance(outcome, Step):
+        if not outcome.commands:
+            time.sleep(outcome.pause_s)
+            outcome = _advance(steps, None, None)
+            continue
         try:
             reply = execute(outcome)
         except REDIS_ERRORS as err:
@@ -159,6 +196,10 @@ async def arun(steps: Steps[T], execute: Callable[[Step], Awaitable[Any]]) -> T:
     """Run ``steps`` with an asyncio ``execute``."""
     outcome: Step | T = _advance(steps, None, None)
     while isinstance(outcome, Step):
+        if not outcome.commands:
+            await asyncio.sleep(outcome.pause_s)
+            outcome = _advance(steps, None, None)
+            continue
         try:
             reply = await execute(outcome)
         except REDIS_ERRORS as err:

@@ -41,7 +41,7 @@ class ApiMetrics:
         )
         #: The endpoints whose leases and breakers a scrape reads (none configured: none).
         self.caps = endpoint_caps(load_endpoints(settings))
-        self.redis = connections.async_client(settings, max_connections=8)
+        self.redis = connections.api_async_client(settings, max_connections=8)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -113,15 +113,18 @@ async def _serve(
         state, tenant, [to_request(body, endpoint, _priority(call.priority))]
     )
     check_request(state, request)
+    slot = None
     if body.streamed:
         try:
-            state.tokens.check()
+            slot = state.tokens.reserve()  # counted now: a burst cannot all pass
         except TooManyStreams as err:
             raise busy(str(err)) from None
-    await charge(1)
     try:
+        await charge(1)
         accepted = await enqueue(state, tenant, [request], call.idempotency_key)
     except BaseException as err:
+        if slot is not None:
+            slot.release()
         await asyncio.shield(charge.refund())  # refused: the call counts for nothing
         if isinstance(err, HTTPException) and err.status_code == 409:
             raise OpenAIError(409, str(err.detail), code="idempotency_conflict",
@@ -130,8 +133,8 @@ async def _serve(
     if not accepted.replayed:
         counted.submitted.inc()
     task_id = accepted.task_ids[0]
-    if body.streamed:
-        events = stream(call.kind, state, task_id, body.model, body.include_usage)
+    if slot is not None:
+        events = stream(call.kind, state, task_id, body.model, body.include_usage, slot)
         return StreamingResponse(events, media_type="text/event-stream")
     try:
         status = await _wait(state, task_id)

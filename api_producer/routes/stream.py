@@ -18,7 +18,15 @@ from fastapi.responses import StreamingResponse
 from api_producer.deps import CallerDep, KeyFirstRoute, StateDep
 from api_producer.ownership import owned_task
 from api_producer.routes.tasks import ANY_ROUTE, TaskId, problem
-from api_producer.token_follow import EVENT_ID, Event, Piece, TokenFollower, TooManyStreams
+from api_producer.token_follow import (
+    EVENT_ID,
+    Event,
+    Expired,
+    Piece,
+    StreamSlot,
+    TokenFollower,
+    TooManyStreams,
+)
 from worker.contract import TaskStatus
 
 #: What a client refused for too many streams is told to wait, in seconds.
@@ -41,14 +49,17 @@ def sse(event: Event) -> bytes:
         return b": keep-alive\n\n"
     if isinstance(event, TaskStatus):
         return f"event: done\ndata: {event.model_dump_json()}\n\n".encode()
+    if isinstance(event, Expired):
+        problem = json.dumps({"type": "task_expired", "message": event.message})
+        return f"event: error\ndata: {problem}\n\n".encode()
     data = json.dumps({"text": event.text}) if event.kind == "token" else "{}"
     return f"id: {event.event_id}\nevent: {event.kind}\ndata: {data}\n\n".encode()
 
 
 async def _events(
-    follower: TokenFollower, task_id: str, last_id: str | None
+    follower: TokenFollower, task_id: str, last_id: str | None, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
-    async for event in follower.follow(task_id, last_id):
+    async for event in follower.follow(task_id, last_id, slot):
         yield sse(event)
 
 
@@ -74,7 +85,7 @@ async def stream_task(
     await owned_task(state, caller, task_id, before_wait=True)
     follower = state.tokens
     try:
-        follower.check()
+        slot = follower.reserve()
     except TooManyStreams:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -83,7 +94,7 @@ async def stream_task(
             headers={"Retry-After": str(STREAMS_RETRY_AFTER_S)},
         ) from None
     return StreamingResponse(
-        _events(follower, task_id, last_event_id),
+        _events(follower, task_id, last_event_id, slot),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )

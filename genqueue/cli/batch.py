@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api_producer.client import GenQueueClient, GenQueueClientError
-from genqueue.cli.shell import _progress
+from genqueue.cli.api_access import add_api_options, client_for, describe
+from genqueue.cli.shell import _progress, file_error
 from worker.settings import Settings
 
 #: How often ``submit --wait`` asks for the batch's counts: every second, and less often for
@@ -18,15 +19,14 @@ from worker.settings import Settings
 POLL_INTERVAL_S = 1.0
 POLL_TASKS_PER_S = 10_000
 FINAL_STATES = ("completed", "cancelled")
-DEFAULT_API = "http://127.0.0.1:8000"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     batch = sub.add_parser(
         "batch",
         help="submit a JSONL file as one batch, follow it, fetch its results",
-        description="Batch jobs over the API at --api (default http://127.0.0.1:8000) with the "
-        "first key of GENQUEUE_API_KEYS. A batch file has one request a line, each with a "
+        description="Batch jobs over the API at --api with the key of --key (both read from "
+        "genqueue up's env file by default). A batch file has one request a line, each with a "
         "string custom_id; results come back in input order.",
     )
     actions = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -44,14 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cancel = actions.add_parser("cancel", help="cancel a batch's unfinished tasks")
     cancel.add_argument("batch_id")
     for action in (submit, status, results, cancel):
-        action.add_argument("--api", default=DEFAULT_API, help="the API's base URL")
+        add_api_options(action)
     batch.set_defaults(handler=run_batch)
 
 
 def run_batch(args: argparse.Namespace, settings: Settings) -> int:
-    key = settings.api_keys[0].get_secret_value() if settings.api_keys else None
     try:
-        with GenQueueClient(args.api, api_key=key) as client:
+        with client_for(args, settings) as client:
             if args.action == "submit":
                 return _submit(client, Path(args.file), args.wait, args.timeout)
             if args.action == "status":
@@ -61,8 +60,11 @@ def run_batch(args: argparse.Namespace, settings: Settings) -> int:
                 return _results(client, args.batch_id, args.output)
             _print_json(client.cancel_batch(args.batch_id))
             return 0
-    except (GenQueueClientError, OSError) as err:
-        print(f"genqueue batch {args.action}: {err}", file=sys.stderr)
+    except GenQueueClientError as err:
+        print(f"genqueue batch {args.action}: {describe(err, args, settings)}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"genqueue batch {args.action}: {file_error(err)}", file=sys.stderr)
         return 1
 
 

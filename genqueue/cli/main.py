@@ -5,11 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from genqueue.cli.api_access import add_api_options
+from genqueue.cli.env_file import CommandSettings, load_command_settings
 from worker.errors import SettingsError
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+
+#: The commands that start their own Redis and endpoint, and so read no env file of ``up``.
+OWN_STACK = frozenset({"up", "bench", "simulate"})
+#: The commands that read Redis: each says which one, unless REDIS_URL was set explicitly.
+READS_REDIS = frozenset({"worker", "api", "flower", "dead", "status"})
+_ENV_FILE_HELP = (
+    "read the settings genqueue up wrote there (default: GENQUEUE_DATA_DIR/env, "
+    "i.e. .genqueue/env, when it exists); variables set in the environment win"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,13 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="genqueue",
         description="A job queue in front of GPU-hosted language models.",
     )
+    parser.add_argument("--env-file", type=Path, default=None, help=_ENV_FILE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser(
         "up",
         help="run the whole service on this machine",
         description="Start Redis (embedded unless REDIS_URL is set), the simulator (unless "
-        "RUNPOD_ENDPOINT_URL is set), a worker, the API and Flower. Ctrl-C stops them all. "
+        "RUNPOD_ENDPOINT_URL or GENQUEUE_ENDPOINTS_FILE names an endpoint; each endpoint is "
+        "checked, as by genqueue check), a worker, the API and Flower. Ctrl-C stops them all. "
+        "Other genqueue commands run in this folder find it through GENQUEUE_DATA_DIR/env. "
         "The terminal shows where each runs, the generated credentials and a line per finished "
         "task; each component's own output goes to GENQUEUE_DATA_DIR/logs/<name>.log "
         "(redis, simulator, worker, api, flower), and a component that dies is reported with "
@@ -89,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         help="submit a prompt (or a JSONL file of requests) through the API",
         description="Submit PROMPT, or every line of --file (JSON requests), to the API at "
-        "--api (default http://127.0.0.1:8000) with the first key of GENQUEUE_API_KEYS.",
+        "--api with the key of --key (both read from genqueue up's env file by default).",
     )
     submit.add_argument("prompt", nargs="?", help="the prompt text")
     submit.add_argument("--file", help="a JSONL file of requests, one JSON object a line")
@@ -101,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="stream the answer: print tokens as they come"
     )
     submit.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits")
-    submit.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
+    add_api_options(submit)
     submit.set_defaults(handler=_run_submit)
 
     status = sub.add_parser(
@@ -113,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("task_id", nargs="?", help="the task id (omit for the live view)")
     status.add_argument("--once", action="store_true", help="live view: print once and exit")
-    status.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
+    add_api_options(status)
     status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the end")
     status.set_defaults(handler=_run_status)
 
@@ -129,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_usage_parser(sub)
 
+    from genqueue.cli.check import add_parser as add_check_parser
+
+    add_check_parser(sub)
+
     bench = sub.add_parser(
         "bench",
         help="measure throughput, overhead and latency against the simulator",
@@ -137,7 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(handler=_run_bench)
     _add_bench_arguments(bench)
+    _add_env_file_option(sub)
     return parser
+
+
+def _add_env_file_option(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``--env-file`` after any command too (``genqueue status --once --env-file F``)."""
+    for name, command in sub.choices.items():
+        if name in OWN_STACK:
+            continue
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            _add_env_file_option(action)
+        if not nested:
+            command.add_argument(
+                "--env-file", type=Path, default=argparse.SUPPRESS, help=_ENV_FILE_HELP
+            )
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,17 +249,30 @@ def _run_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.task_id is None:
         from genqueue.cli.status_view import run_status_view
 
-        return run_status_view(settings, once=args.once)
+        return run_status_view(settings, once=args.once, note=args.redis_note)
     from genqueue.cli.shell import status
 
     return status(args, settings)
 
 
+def _redis_note(args: argparse.Namespace, loaded: CommandSettings) -> str | None:
+    """Which Redis the command reads, when it reads one that REDIS_URL did not name."""
+    if args.command not in READS_REDIS or getattr(args, "task_id", None) is not None:
+        return None
+    return loaded.redis_note()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.env_file is not None and args.command in OWN_STACK:
+        parser.error(f"genqueue {args.command} makes its own Redis and reads no --env-file")
     try:
-        settings = load_settings()
-        return int(args.handler(args, settings))
+        loaded = load_command_settings(args.env_file, read_env_file=args.command not in OWN_STACK)
+        args.redis_note = _redis_note(args, loaded)
+        if args.redis_note and args.command != "status":  # the status view shows it itself
+            print(f"genqueue {args.command}: {args.redis_note}", file=sys.stderr, flush=True)
+        return int(args.handler(args, loaded.settings))
     except SettingsError as err:
         print(f"genqueue: {err}", file=sys.stderr)
         return 2

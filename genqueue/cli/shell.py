@@ -9,18 +9,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from api_producer.client import GenQueueClient, GenQueueClientError, Restart, TaskFailed
+from api_producer.client import (
+    GenQueueClient,
+    GenQueueClientError,
+    RequestRejected,
+    Restart,
+    TaskFailed,
+    field_path,
+)
+from genqueue.cli.api_access import client_for, describe
 from worker.contract import TaskStatus
 from worker.errors import GenQueueError, InvalidRequest
 from worker.settings import Settings
 
 #: Requests per ``POST /v1/tasks/batch`` when submitting a file.
 FILE_BATCH_SIZE = 100
-
-
-def _client(args: argparse.Namespace, settings: Settings) -> GenQueueClient:
-    key = settings.api_keys[0].get_secret_value() if settings.api_keys else None
-    return GenQueueClient(args.api, api_key=key)
 
 
 def _print_status(status: TaskStatus) -> None:
@@ -40,8 +43,15 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The requests of a JSONL file; a bad line stops with its number."""
+def file_error(err: OSError) -> str:
+    """``requests.jsonl: No such file or directory``, not ``[Errno 2] ...``."""
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The requests of a JSONL file with their line numbers; a bad line stops with its number."""
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -52,7 +62,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise InvalidRequest(f"{path}:{number}: not JSON ({err.msg})") from None
             if not isinstance(value, dict):
                 raise InvalidRequest(f"{path}:{number}: a request must be a JSON object")
-            yield value
+            yield number, value
 
 
 def _progress(done: int, total: int) -> None:
@@ -68,7 +78,7 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
         print("genqueue submit: give a PROMPT or --file, not both", file=sys.stderr)
         return 2
     try:
-        with _client(args, settings) as client:
+        with client_for(args, settings) as client:
             if args.file is not None:
                 return _submit_file(client, Path(args.file), args)
             task_id = client.submit(_request_from_args(args))
@@ -82,7 +92,13 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
     except TaskFailed as err:
         _print_status(err.status)
         return 1
-    except (GenQueueClientError, GenQueueError, ValueError, OSError) as err:
+    except GenQueueClientError as err:
+        print(f"genqueue submit: {describe(err, args, settings)}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"genqueue submit: {file_error(err)}", file=sys.stderr)
+        return 1
+    except (GenQueueError, ValueError) as err:
         print(f"genqueue submit: {err}", file=sys.stderr)
         return 1
 
@@ -103,11 +119,39 @@ def _print_stream(client: GenQueueClient, task_id: str) -> int:
     return 0
 
 
+def file_problems(err: GenQueueClientError, path: Path, numbers: list[int]) -> str | None:
+    """A refused batch's problems by the file's line numbers (``requests[2]`` of a batch that
+    starts at line 1 is line 3), or ``None`` when the API named no request."""
+    if not isinstance(err.detail, list):
+        return None
+    said = []
+    for problem in err.detail:
+        loc = list(problem.get("loc") or ()) if isinstance(problem, dict) else []
+        if loc[:2] != ["body", "requests"] or len(loc) < 3 or not isinstance(loc[2], int):
+            return None
+        if not 0 <= loc[2] < len(numbers):
+            return None
+        where = field_path(loc[3:])
+        message = str(problem.get("msg", "invalid"))
+        said.append(f"{path}:{numbers[loc[2]]}: {where + ': ' if where else ''}{message}")
+    return "\n".join(said) or None
+
+
 def _submit_file(client: GenQueueClient, path: Path, args: argparse.Namespace) -> int:
-    requests_ = list(read_jsonl(path))
+    numbered = list(read_jsonl(path))
+    requests_ = [request for _, request in numbered]
     task_ids: list[str] = []
     for start in range(0, len(requests_), FILE_BATCH_SIZE):
-        task_ids += client.submit_batch(requests_[start : start + FILE_BATCH_SIZE])
+        try:
+            task_ids += client.submit_batch(requests_[start : start + FILE_BATCH_SIZE])
+        except RequestRejected as err:
+            lines = [number for number, _ in numbered[start : start + FILE_BATCH_SIZE]]
+            said = file_problems(err, path, lines)
+            if said is None:
+                raise
+            before = f" ({len(task_ids)} requests before it were submitted)" if task_ids else ""
+            print(f"genqueue submit: refused{before}:\n{said}", file=sys.stderr)
+            return 1
         _progress(len(task_ids), len(requests_))
     if not args.wait:
         print("\n".join(task_ids))
@@ -125,9 +169,9 @@ def _submit_file(client: GenQueueClient, path: Path, args: argparse.Namespace) -
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        with _client(args, settings) as client:
+        with client_for(args, settings) as client:
             _print_status(client.get(args.task_id, wait_s=args.wait))
     except GenQueueClientError as err:
-        print(f"genqueue status: {err}", file=sys.stderr)
+        print(f"genqueue status: {describe(err, args, settings)}", file=sys.stderr)
         return 1
     return 0

@@ -48,13 +48,13 @@ def _counts(counter: dict[str, int], names: tuple[str, ...] = ()) -> str:
     return "  ".join(f"{k} {counter.get(k, 0)}" for k in keys) or "none"
 
 
-def render(view: View) -> str:
-    """The view as lines of text."""
+def render(view: View, note: str | None = None) -> str:
+    """The view as lines of text (``note``: which Redis, when REDIS_URL did not say)."""
     snap, ended = view.snapshot, view.recent
-    lines = [
-        f"genqueue status  {view.at:%Y-%m-%d %H:%M:%S} UTC",
-        f"queue depth      {snap.queue_depth}",
-    ]
+    lines = [f"genqueue status  {view.at:%Y-%m-%d %H:%M:%S} UTC"]
+    if note:
+        lines.append(f"redis            {note.removeprefix('Redis ')}")
+    lines.append(f"queue depth      {snap.queue_depth}")
     if not snap.endpoints:
         lines.append("in flight        unknown (set RUNPOD_ENDPOINT_URL to see the endpoint)")
         lines.append("breaker          unknown")
@@ -80,15 +80,25 @@ def render(view: View) -> str:
 
 
 def run_status_view(
-    settings: Settings, once: bool = False, out: TextIO = sys.stdout, refresh_s: float = REFRESH_S
+    settings: Settings,
+    once: bool = False,
+    out: TextIO = sys.stdout,
+    refresh_s: float = REFRESH_S,
+    note: str | None = None,
 ) -> int:
-    """Print the view once, or every ``refresh_s`` until Ctrl-C."""
+    """Print the view once, or every ``refresh_s`` until Ctrl-C.
+
+    :param note: which Redis this is, when REDIS_URL did not name it: also the first line on
+        stderr, so that an error reading it says where it looked.
+    """
+    if note:
+        print(f"genqueue status: {note}", file=sys.stderr, flush=True)
     client = connections.sync_client(settings, max_connections=2)
     live = not once and out.isatty()
     try:
         while True:
             try:
-                text = render(read_view(client, settings))
+                text = render(read_view(client, settings), note)
             except (redis.RedisError, OSError) as err:
                 text = f"genqueue status: {describe_redis_error(err)} ({type(err).__name__})"
                 if once:

@@ -19,9 +19,14 @@ from pathlib import Path
 from typing import IO
 
 from genqueue.private_files import FILE_MODE, make_private_dir
+from worker.endpoints.config import DEFAULT_ENDPOINT, OPENAI_STYLE_KINDS, Endpoints
 from worker.errors import StartupFailed
+from worker.settings import Settings
 
 LOGS_DIR_NAME = "logs"
+#: The API key ``up`` generates, kept in the data folder for the next start.
+API_KEY_FILE_NAME = "api-key"
+DEFAULT_DATA_DIR: Path = Settings.model_fields["data_dir"].default
 #: How many of a dead component's last log lines the terminal shows.
 TAIL_LINES = 20
 #: How much of the end of a log file is read for them.
@@ -151,6 +156,22 @@ def logs_line(logs: Path, names: Iterable[str]) -> str:
     return f"  logs       {logs}/{{{','.join(names)}}}.log"
 
 
+def endpoint_lines(endpoints: Endpoints, settings: Settings) -> list[str]:
+    """A line per configured endpoint: where its generations go, and what named it."""
+    if settings.endpoints_file is None:
+        return [f"  endpoint   {endpoints.get(None).completions_url} (RUNPOD_ENDPOINT_URL)"]
+    lines = []
+    for name in endpoints.names:
+        spec = endpoints.get(name)
+        url = spec.completions_url if spec.kind in OPENAI_STYLE_KINDS else spec.base_url
+        from_variable = name == DEFAULT_ENDPOINT and spec.url == settings.runpod_endpoint_url
+        origin = "RUNPOD_ENDPOINT_URL" if from_variable else "GENQUEUE_ENDPOINTS_FILE"
+        if name == endpoints.default and len(endpoints.names) > 1:
+            origin += ", the default"
+        lines.append(f"  endpoint   {name}: {url} ({origin})")
+    return lines
+
+
 def hide_password(url: str) -> str:
     """``url`` with the credentials of each address (a ``sentinel://`` URL has several) hidden."""
     return ";".join(_hide_one(part) for part in url.split(";"))
@@ -173,6 +194,13 @@ def _worker_metrics(env: dict[str, str]) -> str:
     return f"http://{host}:{ports}/metrics"
 
 
+def _readers(data_dir: Path) -> str:
+    """Which commands find the env file: those run where it was started, or told the folder."""
+    if data_dir == (Path.cwd() / DEFAULT_DATA_DIR).resolve():
+        return f"run in {Path.cwd()}"
+    return f"given GENQUEUE_DATA_DIR={data_dir}"
+
+
 def print_summary(
     lines: list[str],
     env: dict[str, str],
@@ -180,13 +208,16 @@ def print_summary(
     generated: tuple[str | None, str | None],
     data_dir: Path,
     logs: str,
+    env_file: Path,
 ) -> None:
     """What runs where, the generated credentials, the log files and a ``curl`` line that works.
 
     :param lines: the lines already made (Redis, the endpoint).
     :param urls: the API's and Flower's.
-    :param generated: the API key and Flower's ``user:password``, when ``up`` made them.
+    :param generated: the API key (kept in the data folder) and Flower's ``user:password``,
+        when ``up`` made them.
     :param logs: the line that names the log files.
+    :param env_file: what ``up`` wrote for a second terminal.
     """
     api_url, flower_url = urls
     api_key, flower_auth = generated
@@ -196,11 +227,13 @@ def print_summary(
     lines.append(f"  metrics    {api_url}/metrics (API), {_worker_metrics(env)} (worker)")
     lines.append(f"  flower     {flower_url}")
     if api_key:
-        lines.append(f"  api key    {api_key}  (generated; set GENQUEUE_API_KEYS to choose)")
+        kept = data_dir / API_KEY_FILE_NAME
+        lines.append(f"  api key    {api_key}  (kept in {kept}; set GENQUEUE_API_KEYS to choose)")
     if flower_auth:
         user, _, password = flower_auth.partition(":")
         lines.append(f"  flower     user {user}, password {password}  (generated)")
     lines.append(logs)
+    lines.append(f"  env        {env_file}  (read by genqueue commands {_readers(data_dir)})")
     key = api_key or "$GENQUEUE_API_KEY"
     body = '{"prompt": "How can I make a cake?", "params": {"max_tokens": 50}}'
     lines += [
@@ -208,6 +241,7 @@ def print_summary(
         f"  curl -s -X POST {api_url}/v1/tasks -H 'Authorization: Bearer {key}' "
         f"-H 'Content-Type: application/json' -d '{body}'",
         f"  curl -s '{api_url}/v1/tasks/TASK_ID?wait=30' -H 'Authorization: Bearer {key}'",
+        f"another terminal: set -a; . {env_file}; set +a",
         "Ctrl-C stops everything; --verbose shows every component's output.",
     ]
     print(f"genqueue up: running (data in {data_dir})", flush=True)

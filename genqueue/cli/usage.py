@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
-from api_producer.client import GenQueueClient, GenQueueClientError
+from api_producer.client import GenQueueClientError
+from genqueue.cli.api_access import add_api_options, client_for, describe
 from worker.settings import Settings
 
-DEFAULT_API = "http://127.0.0.1:8000"
 COLUMNS = (
     ("date", 10), ("tenant", 16), ("endpoint", 12), ("succeeded", 9), ("failed", 6),
     ("cancelled", 9), ("prompt_tokens", 13), ("completion_tokens", 17), ("gpu_seconds", 11),
@@ -22,24 +22,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "usage",
         help="print the caller's usage by day and endpoint",
         description="Tasks by outcome, tokens and GPU-seconds by UTC day and endpoint, from the "
-        f"API at --api (default {DEFAULT_API}) with the first key of GENQUEUE_API_KEYS; an "
-        "admin key gets every tenant's.",
+        "API at --api with the key of --key (both read from genqueue up's env file by default); "
+        "an admin key gets every tenant's.",
     )
     usage.add_argument("--from", dest="first", help="first UTC day, YYYY-MM-DD (default: to)")
     usage.add_argument("--to", dest="last", help="last UTC day, YYYY-MM-DD (default: today)")
     usage.add_argument("--tenant", help="admins: one tenant's usage")
     usage.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    usage.add_argument("--api", default=DEFAULT_API, help="the API's base URL")
+    add_api_options(usage)
     usage.set_defaults(handler=run_usage)
 
 
 def run_usage(args: argparse.Namespace, settings: Settings) -> int:
-    key = settings.api_keys[0].get_secret_value() if settings.api_keys else None
     try:
-        with GenQueueClient(args.api, api_key=key) as client:
+        with client_for(args, settings) as client:
             report = client.usage(args.first, args.last, args.tenant)
     except GenQueueClientError as err:
-        print(f"genqueue: {err}", file=sys.stderr)
+        print(f"genqueue usage: {describe(err, args, settings)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report, indent=2))

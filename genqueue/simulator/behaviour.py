@@ -127,10 +127,13 @@ class Behaviour:
         text, finish_reason = self._text(params)
         if action.kind != "break_stream":
             self.stats.completions_ok += 1
+        usage = None
+        if params.include_usage and self.config.stream_usage:
+            usage = self._usage(params, text)
         events = stream_events(
             text, finish_reason, model=self.config.model, chat=chat,
             interval_s=self.config.token_interval_s,
-            break_after=2 if action.kind == "break_stream" else None,
+            break_after=2 if action.kind == "break_stream" else None, usage=usage,
         )  # fmt: skip
         return Response(200, content_type=EVENT_STREAM, stream=events)
 
@@ -138,8 +141,6 @@ class Behaviour:
         text, finish_reason = self._text(params)
         if size_bytes is not None:  # scripted: a text that makes the body about this large
             text += "x" * max(0, size_bytes - len(text) - 400)
-        prompt_tokens = max(1, len(params.prompt.split()))
-        completion_tokens = len(text.split())
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
@@ -152,9 +153,16 @@ class Behaviour:
             "created": int(time.time()),
             "model": self.config.model,
             "choices": [choice],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": self._usage(params, text),
         })  # fmt: skip
+
+    @staticmethod
+    def _usage(params: GenParams, text: str) -> dict[str, int]:
+        """The answer's token counts (a word a token), streamed or not."""
+        prompt_tokens = max(1, len(params.prompt.split()))
+        completion_tokens = len(text.split())
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }

@@ -20,6 +20,9 @@ class SimulatorConfig:
     retry_after_s: float | None = None  # Retry-After sent with injected 429s/503s
     seed: int | None = None  # RNG seed for the failure injection
     token_interval_s: float = 0.0  # between the pieces of a streamed answer
+    # Honour stream_options.include_usage as text-generation-webui 4.x does (False: an older
+    # one, or llama-cpp-python, that streams no usage)
+    stream_usage: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -66,6 +69,7 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "retry_after_s": (*_NUMBER, type(None)),
     "seed": (int, type(None)),
     "token_interval_s": _NUMBER,
+    "stream_usage": (bool,),
 }
 _CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "latency_s": (0.0, MAX_WAIT_S),

@@ -25,6 +25,8 @@ class GenParams:
     max_tokens: int
     seed: int
     stop: tuple[str, ...]
+    #: ``stream_options.include_usage``: the usage in a last chunk of the stream.
+    include_usage: bool = False
 
 
 def _int_field(body: dict[str, Any], name: str, default: int, errors: list[Any]) -> int:
@@ -116,7 +118,9 @@ def parse_generation(raw: bytes, chat: bool) -> tuple[dict[str, Any] | None, Gen
     stop = _stop_field(body, errors)
     if errors:
         return body, errors
-    return body, GenParams(prompt, max_tokens, seed, stop)
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    return body, GenParams(prompt, max_tokens, seed, stop, include_usage)
 
 
 def generate_text(rng: random.Random, max_tokens: int, stop: tuple[str, ...]) -> tuple[str, str]:

@@ -5,7 +5,9 @@ chunk as ``data: <json.dumps(chunk)>`` and ``\\r\\n\\r\\n``, chunked transfer en
 chunk with empty text (chat: ``delta`` ``{"role": "assistant", "content": ""}``), one chunk per
 new piece of text, then a last chunk with empty text and the ``finish_reason``; object
 ``text_completion.chunk`` or ``chat.completions.chunk``, ids ``conv-<ns>`` or
-``chatcmpl-<ns>``; no ``usage``, no ``[DONE]``. With no model loaded it answers 200 and closes
+``chatcmpl-<ns>``; no ``[DONE]``. Asked (``stream_options.include_usage``), as 4.x does:
+``"usage": null`` in each chunk, then after the last a chunk with no choice and the usage;
+otherwise no usage. With no model loaded it answers 200 and closes
 the stream without a chunk (the scripted action ``empty_stream``).
 """
 
@@ -60,15 +62,19 @@ async def stream_events(
     chat: bool,
     interval_s: float,
     break_after: int | None = None,
+    usage: dict[str, int] | None = None,
 ) -> AsyncIterator[bytes]:
     """The events of one streamed answer; with ``break_after``, only that many pieces and then
-    :class:`StreamBroken`."""
+    :class:`StreamBroken`; with ``usage``, a last chunk that carries it."""
     now_ns = time.time_ns()
     cmpl_id = f"chatcmpl-{now_ns}" if chat else f"conv-{now_ns}"
     created = now_ns // 1_000_000_000
 
     def chunk(piece: str, finish: str | None = None) -> bytes:
-        return event(_chunk(cmpl_id, created, model, chat, piece, finish))
+        body = _chunk(cmpl_id, created, model, chat, piece, finish)
+        if usage is not None:
+            body["usage"] = None
+        return event(body)
 
     yield chunk("")
     for index, piece in enumerate(pieces(text)):
@@ -80,6 +86,9 @@ async def stream_events(
     if break_after is not None:
         raise StreamBroken("scripted: the stream breaks off")
     yield chunk("", finish_reason)
+    if usage is not None:
+        last = {**_chunk(cmpl_id, created, model, chat, "", None), "choices": [], "usage": usage}
+        yield event(last)
 
 
 async def no_events() -> AsyncIterator[bytes]:

@@ -17,6 +17,7 @@ import pytest
 import redis
 import requests
 from celery import Celery
+from dotenv import dotenv_values
 
 from api_producer import GenQueueClient
 from genqueue.embedded_redis import EmbeddedRedis, free_port
@@ -120,17 +121,20 @@ SUMMARY = [
     r"  redis      redis://\*\*\*@127\.0\.0\.1:\d+/0 \(embedded, AOF data in (?P=data)/redis, "
     r"password in (?P=data)/redis/password\)",
     r"  endpoint   http://127\.0\.0\.1:\d+ \(built-in simulator\)",
+    r"  check      default: ready \(serves genqueue-simulated-model; 1 token in \d+ ms\)",
     r"  worker     1 process\(es\), genqueue\.generate",
     r"  api        (?P<api>http://127\.0\.0\.1:\d+)  \(OpenAPI: (?P=api)/docs\)",
     r"  metrics    (?P=api)/metrics \(API\), http://127\.0\.0\.1:\d+/metrics \(worker\)",
     r"  flower     http://127\.0\.0\.1:\d+",
-    r"  api key    (?P<key>\S+)  \(generated; set GENQUEUE_API_KEYS to choose\)",
+    r"  api key    (?P<key>\S+)  \(kept in (?P=data)/api-key; set GENQUEUE_API_KEYS to choose\)",
     r"  flower     user admin, password \S+  \(generated\)",
     r"  logs       (?P=logs)/\{redis,simulator,worker,api,flower\}\.log",
+    r"  env        (?P=data)/env  \(read by genqueue commands run in (?P<cwd>\S+)\)",
     r"try it:",
     r"  curl -s -X POST (?P=api)/v1/tasks -H 'Authorization: Bearer (?P=key)' "
     r"-H 'Content-Type: application/json' -d '\{.+\}'",
     r"  curl -s '(?P=api)/v1/tasks/TASK_ID\?wait=30' -H 'Authorization: Bearer (?P=key)'",
+    r"another terminal: set -a; \. (?P=data)/env; set \+a",
     r"Ctrl-C stops everything; --verbose shows every component's output\.",
 ]
 #: A line per finished task, or one for those beyond the few a second shown.
@@ -228,22 +232,32 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
         assert tasks[task_id]["name"] == "genqueue.generate"
         assert tasks[task_id]["state"] == "SUCCESS"
 
-        # The shell producer: one prompt with --wait, a JSONL file, and status.
-        shell_env = {**env, "GENQUEUE_API_KEYS": api_key}
+        # What up leaves for a second terminal: Redis, the API and its key, the owner's alone.
+        env_file = tmp_path / ".genqueue" / "env"
+        assert summary["cwd"] == str(tmp_path)
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        assert dotenv_values(env_file) == {
+            "REDIS_URL": redis_url,
+            "GENQUEUE_API_URL": f"http://127.0.0.1:{api_port}",
+            "GENQUEUE_API_KEY": api_key,
+            "RUNPOD_ENDPOINT_URL": re.search(r"endpoint   (\S+)", text).group(1),
+            "RUNPOD_MAX_CONCURRENCY": "64",
+        }
+        viewed = subprocess.run(
+            [sys.executable, "-m", "genqueue", "status", "--once"],
+            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        assert viewed.returncode == 0, viewed.stderr
+        assert viewed.stderr.splitlines()[0] == (
+            f"genqueue status: Redis redis://***@{redis_url.split('@', 1)[1]} "
+            "(from .genqueue/env, written by genqueue up)"
+        )
+
+        # The shell producer, with nothing given: one prompt with --wait, a file, and status.
+        shell_env = env
         api = f"http://127.0.0.1:{api_port}"
         one = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "genqueue",
-                "submit",
-                "Hi there",
-                "--max-tokens",
-                "3",
-                "--wait",
-                "--api",
-                api,
-            ],
+            [sys.executable, "-m", "genqueue", "submit", "Hi there", "--max-tokens", "3", "--wait"],
             env=shell_env,
             capture_output=True,
             text=True,
@@ -291,6 +305,7 @@ def test_genqueue_up_end_to_end(tmp_path: Path) -> None:
     assert len([line for line in after if re.search(rf" {task_id} succeeded ", line)]) == 1
     assert [noise for noise in COMPONENT_NOISE if noise in text] == []
     _assert_component_logs(tmp_path / ".genqueue" / "logs")
+    assert not (tmp_path / ".genqueue" / "env").exists()  # gone with the Redis it names
 
 
 def _assert_component_logs(logs: Path) -> None:
@@ -404,6 +419,25 @@ def _cmdlines(pids: set[int]) -> str:
     return "\n".join(lines)
 
 
+def _assert_second_up_refused(cwd: Path, data_dir: Path, first_pid: int) -> None:
+    """A second up on the same data folder (other ports) stops at once, naming the setting,
+    and leaves the first one's logs alone."""
+    logs_before = (data_dir / "logs" / "redis.log").read_text()
+    second = subprocess.run(
+        [sys.executable, "-m", "genqueue", "up", "--api-port", str(free_port()),
+         "--flower-port", str(free_port())],
+        cwd=cwd, env=_up_env(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"genqueue up: the data folder {data_dir} is in use by another genqueue up "
+        f"(pid {first_pid}); stop that one, or give this one a folder of its own with "
+        "GENQUEUE_DATA_DIR=<folder>"
+    )
+    assert (data_dir / "logs" / "redis.log").read_text() == logs_before
+    assert (data_dir / "env").exists()
+
+
 def test_genqueue_up_redis_is_private_and_kept_across_restarts(tmp_path: Path) -> None:
     """The embedded Redis wants a password that is printed nowhere, its data folder is the
     user's alone (older folders too), and a restart reuses the password and the data."""
@@ -424,10 +458,14 @@ def test_genqueue_up_redis_is_private_and_kept_across_restarts(tmp_path: Path) -
             client = redis.Redis.from_url(url)
             assert client.get("kept") == b"from before"
             client.close()
+            api_key = re.search(r"api key    (\S+)", text).group(1)
+            assert (data_dir / "api-key").read_text().strip() == api_key
             if run == 0:
-                first_password = password
+                first_password, first_key = password, api_key
+                _assert_second_up_refused(tmp_path, data_dir, process.pid)
             else:
                 assert password == first_password
+                assert api_key == first_key  # the earlier run's tasks are still this key's
             commands = _cmdlines(_descendants(process.pid))
             assert "redis-server" in commands and "celery" in commands
             assert password not in commands

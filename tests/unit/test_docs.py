@@ -37,7 +37,13 @@ PAGE_IDS = [str(page.relative_to(ROOT)) for page in PAGES]
 SETTINGS = {env_name(field) for field in Settings.model_fields}
 
 #: Variables the pages name that are not genqueue settings, and the file that reads each.
-NON_SETTINGS = {"REDIS_PASSWORD": "docker-compose.yml"}
+NON_SETTINGS = {
+    "REDIS_PASSWORD": "docker-compose.yml",
+    "GENQUEUE_TEST_REDIS_URL": "tests/suite_redis.py",
+    "GENQUEUE_TEST_REAL_SERVERS": "tests/real_servers/conftest.py",
+}
+#: Misspelled settings whose warning docs/configuration.md shows (test_unknown_settings.py).
+MISSPELLED_EXAMPLES = {"GENQUEUE_RETRY_MAX_ATTEMPS", "GENQUEUE_REDIS_URL"}
 #: Rows of the settings table that are not genqueue settings (Flower reads its own).
 NON_SETTING_ROWS = {"FLOWER_*"}
 
@@ -131,6 +137,8 @@ def test_the_settings_table_names_only_settings() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_every_variable_named_exists(page: Path) -> None:
     named = set(_VARIABLE.findall(_text(page)))
+    if page == DOCS / "configuration.md":
+        named -= MISSPELLED_EXAMPLES
     assert named - SETTINGS <= set(NON_SETTINGS)
 
 

@@ -72,6 +72,25 @@ def test_runpod_endpoint_url_alone_defines_default(tmp_path: Path) -> None:
     assert spec.api_key_env == "RUNPOD_API_KEY"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:5000/v1/completions",
+        "http://127.0.0.1:5000/v1/completions/",
+        "http://127.0.0.1:5000/v1/chat/completions",
+    ],
+)
+def test_a_full_completions_url_is_taken_for_its_base(tmp_path: Path, url: str) -> None:
+    from_variable = load_endpoints(settings(tmp_path, None, runpod_endpoint_url=url))
+    assert from_variable is not None
+    from_file = load_endpoints(settings(tmp_path, f'[endpoints.pod]\nurl = "{url}"\n'))
+    assert from_file is not None
+    for spec in (from_variable.get(None), from_file.get(None)):
+        assert spec.base_url == "http://127.0.0.1:5000"
+        assert spec.completions_url == "http://127.0.0.1:5000/v1/completions"
+        assert spec.url_for(chat=True) == "http://127.0.0.1:5000/v1/chat/completions"
+
+
 def test_nothing_configured(tmp_path: Path) -> None:
     assert load_endpoints(settings(tmp_path, None)) is None
 

@@ -3,6 +3,8 @@ what a client says when no sentinel answers."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 from redis.asyncio.sentinel import MasterNotFoundError as AsyncMasterNotFoundError
 from redis.exceptions import ConnectionError, ResponseError
@@ -77,3 +79,23 @@ def test_no_primary_found_says_why_each_sentinel_failed() -> None:
         for port in ports:
             assert f"sentinel 127.0.0.1:{port} - Error 111 connecting to" in text, text
         assert isinstance(err.__cause__, ConnectionError)
+
+
+def test_a_sentinel_that_answers_an_error_is_passed_over(redis_url: str) -> None:
+    """redis-py 8.2 asks the next sentinel when one answers with an error, as when it cannot be
+    reached: here a plain Redis, which knows no ``SENTINEL`` command, then nothing at all."""
+    plain = urlsplit(redis_url)
+    nothing = free_port()
+    url = f"sentinel://{plain.hostname}:{plain.port}/0;sentinel://127.0.0.1:{nothing}"
+    settings = Settings(redis_url=url, redis_sentinel_password=plain.password)
+    client = connections.sync_client(settings)
+    with pytest.raises(MasterNotFoundError) as caught:
+        client.ping()
+    client.close()
+
+    with pytest.raises(AsyncMasterNotFoundError) as caught_async:
+        ping_async(settings)
+    for err in (caught.value, caught_async.value):
+        text = str(err)
+        assert f"sentinel {plain.hostname}:{plain.port} - unknown command" in text.lower(), text
+        assert f"sentinel 127.0.0.1:{nothing} - Error 111 connecting to" in text, text

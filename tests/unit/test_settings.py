@@ -147,8 +147,12 @@ BASE = "https://x-5000.proxy.runpod.net"
 
 @pytest.mark.parametrize(
     "url",
-    [BASE, f"{BASE}/", f"{BASE}/v1", f"{BASE}/v1/", f"  {BASE}/v1  "],
-)
+    [
+        BASE, f"{BASE}/", f"{BASE}/v1", f"{BASE}/v1/", f"  {BASE}/v1  ",
+        # The full URL users copy (the seed's post names it): no doubled path.
+        f"{BASE}/v1/completions", f"{BASE}/v1/completions/", f"{BASE}/v1/chat/completions",
+    ],
+)  # fmt: skip
 def test_completions_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("RUNPOD_ENDPOINT_URL", url)
     assert load_settings().completions_url == f"{BASE}/v1/completions"

@@ -34,6 +34,8 @@ F_ATTEMPTS = "attempts"
 F_FIRST_ATTEMPT = "first_attempt_at"
 F_FINISHED = "finished_at"
 F_ERROR = "error"
+#: Why the last attempt failed, noted before a retry (shown until the task ends).
+F_LAST_ERROR = "last_error"
 F_CANCEL = "cancel_requested"
 #: The endpoint a task moved to (fallback) and the ones it left, comma-separated.
 F_ENDPOINT = "endpoint"
@@ -136,6 +138,9 @@ def status_from(
         error = _error_from(record, meta)
     if state is TaskState.CANCELLED:
         error = ErrorInfo(type="cancelled", message="the task was cancelled")
+    last_error = None
+    if F_LAST_ERROR in record and not state.is_final:
+        last_error = _error_info(record[F_LAST_ERROR])
     finished_at = record.get(F_FINISHED) or (meta.get("date_done") if state.is_final else None)
     return TaskStatus.model_validate(
         {
@@ -144,6 +149,7 @@ def status_from(
             "attempts": int(record.get(F_ATTEMPTS, "0")),
             "result": result,
             "error": error,
+            "last_error": last_error,
             "metadata": json.loads(record[F_METADATA]) if F_METADATA in record else None,
             "created_at": record.get(F_CREATED),
             "finished_at": finished_at,
@@ -153,15 +159,19 @@ def status_from(
 
 def _error_from(record: dict[str, str], meta: dict[str, Any]) -> ErrorInfo:
     if F_ERROR in record:
-        # json.loads, not pydantic's parser: that refuses an escaped lone surrogate outright,
-        # where ErrorInfo replaces it (a record written before genqueue did so itself).
-        return ErrorInfo.model_validate(json.loads(record[F_ERROR]))
+        return _error_info(record[F_ERROR])
     exc = meta.get("result") or {}
     message = exc.get("exc_message") if isinstance(exc, dict) else None
     if isinstance(message, list | tuple):
         message = " ".join(str(part) for part in message)
     exc_type = exc.get("exc_type", "error") if isinstance(exc, dict) else "error"
     return ErrorInfo(type=str(exc_type), message=str(message or "the task failed"))
+
+
+def _error_info(stored: str) -> ErrorInfo:
+    # json.loads, not pydantic's parser: that refuses an escaped lone surrogate outright,
+    # where ErrorInfo replaces it (a record written before genqueue did so itself).
+    return ErrorInfo.model_validate(json.loads(stored))
 
 
 def revoked_meta(task_id: str) -> str:

@@ -103,6 +103,11 @@ NO_ENDPOINT = "-"
 USAGE_TTL_S = 90 * 86_400
 
 
+def error_json(error_type: str, message: str) -> str:
+    """A task's error as its record keeps it (``error``, ``last_error``)."""
+    return json.dumps({"type": error_type, "message": message})
+
+
 def usage_args(ending: Ending, usage_ttl_s: int) -> list[str | int]:
     """The end script's usage arguments: tenant, endpoint, tokens, GPU-milliseconds, TTL."""
     result = ending.result or {}
@@ -243,6 +248,13 @@ class Lifecycle:
             mapping={records.F_ENDPOINT: endpoint, records.F_TRIED: ",".join(tried)},
         )
 
+    def note_error(self, task_id: str, error_type: str, message: str) -> None:
+        """Note on the record why the task's attempt failed, before it is retried: the same
+        ``{type, message}`` as the final error (:func:`finish`)."""
+        self._client.hset(
+            keys.task_record(task_id), records.F_LAST_ERROR, error_json(error_type, message)
+        )
+
     def add_call_time(self, tenant: str, endpoint: str, gpu_ms: int) -> None:
         """Add the duration of a call that gave no result (it failed, or was cancelled) to
         ``tenant``'s usage on ``endpoint``, now: the GPU spent it whatever becomes of the task.
@@ -282,7 +294,7 @@ class Lifecycle:
         ``message_tag`` when the end is final, in the same round trip."""
         error = ""
         if ending.status != "succeeded":
-            error = json.dumps({"type": ending.error_type, "message": ending.error_message})
+            error = error_json(ending.error_type, ending.error_message)
         # One moment for the record's finished_at and the result's date_done: a status read
         # between the two writes (results apart) says the same time as one read after.
         ended = records.utcnow_ms()

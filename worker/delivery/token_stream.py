@@ -8,6 +8,10 @@ field ``k`` (the kind) and, for a piece, ``t`` (its text):
   so far is to be discarded;
 - ``end``: the task's final status is stored (read it from the task, not from here).
 
+A token or a restart also has ``n``, its place in the stream (1 for the first entry, one more
+for each after it, across the calls of the task): a reader whose next entry is not the one it
+expects knows that the stream's cap trimmed what lies between (:mod:`api_producer.token_follow`).
+
 The stream is bounded (:data:`TOKEN_STREAM_MAXLEN` entries; a call's pieces are bounded by its
 answer's byte cap too) and lives as long as the task's result. Appends are best-effort: a piece
 that Redis does not take is logged once per call and dropped (the final result, stored by the
@@ -32,6 +36,8 @@ log = logging.getLogger("genqueue.tokens")
 TOKEN_STREAM_MAXLEN = 50_000
 KIND = "k"
 TEXT = "t"
+#: The entry's place in the stream (from 1).
+PLACE = "n"
 TOKEN = "token"
 RESTART = "restart"
 END = "end"
@@ -43,12 +49,16 @@ class CallSink:
 
     stream: TokenStream
     task_id: str
+    #: The place of the stream's last entry.
+    place: int = 0
     failed: bool = field(default=False)
 
     def __call__(self, text: str) -> None:
         if self.failed:
             return
-        if not self.stream.append(self.task_id, TOKEN, text):
+        if self.stream.append(self.task_id, TOKEN, text, self.place + 1):
+            self.place += 1
+        else:
             self.failed = True
 
 
@@ -71,17 +81,25 @@ class TokenStream:
         except redis.RedisError as err:
             log.warning("task %s: token stream unreadable (%s)", task_id, type(err).__name__)
             last = []
-        if last and _kind(last[0][1]) == TOKEN:
-            self.append(task_id, RESTART)
-        return CallSink(self, task_id)
+        place = _place(last[0][1]) if last else 0
+        if last and _kind(last[0][1]) == TOKEN and self.append(task_id, RESTART, place=place + 1):
+            place += 1
+        return CallSink(self, task_id, place)
 
     def ended(self, task_id: str) -> None:
         """Mark the end: the task's final status is stored."""
         self.append(task_id, END)
 
-    def append(self, task_id: str, kind: str, text: str | None = None) -> bool:
-        """One entry; ``False`` (logged) when Redis did not take it."""
-        entry: dict[Any, Any] = {KIND: kind} if text is None else {KIND: kind, TEXT: text}
+    def append(
+        self, task_id: str, kind: str, text: str | None = None, place: int | None = None
+    ) -> bool:
+        """One entry (at ``place``, when it has one); ``False`` (logged) when Redis did not
+        take it."""
+        entry: dict[Any, Any] = {KIND: kind}
+        if text is not None:
+            entry[TEXT] = text
+        if place is not None:
+            entry[PLACE] = place
         key = keys.tokens(task_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(key, entry, maxlen=TOKEN_STREAM_MAXLEN, approximate=True)
@@ -100,3 +118,12 @@ class TokenStream:
 def _kind(fields: Any) -> str:
     value = fields.get(KIND.encode(), fields.get(KIND, b""))
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _place(fields: Any) -> int:
+    """An entry's place; 0 for one without (the end mark, or a stream of an older worker)."""
+    value = fields.get(PLACE.encode(), fields.get(PLACE, b"0"))
+    try:
+        return int(value)
+    except ValueError:
+        return 0

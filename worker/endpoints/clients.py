@@ -35,7 +35,8 @@ def endpoint_id(name: str) -> str:
     return name
 
 
-def _api_key(spec: EndpointSpec, settings: Settings) -> str | None:
+def endpoint_api_key(spec: EndpointSpec, settings: Settings) -> str | None:
+    """The key sent to ``spec``: from its ``api_key_env`` (RUNPOD_API_KEY also from .env)."""
     if spec.api_key_env == env_name("runpod_api_key") and settings.runpod_api_key is not None:
         return settings.runpod_api_key.get_secret_value()  # also read from .env
     return spec.api_key()
@@ -68,7 +69,7 @@ def build_target(
         weights=weights,
     )
     target = EndpointTarget(spec=spec, guard=guard)
-    api_key = _api_key(spec, settings)
+    api_key = endpoint_api_key(spec, settings)
     timeouts = (spec.connect_timeout_s, spec.read_timeout_s)
     if spec.kind == "runpod-serverless":
         session = endpoint_session(spec.base_url, pool_size)

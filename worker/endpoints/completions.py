@@ -167,6 +167,9 @@ class CompletionClient:
     ) -> GenerationResult:
         if on_piece is not None:
             body["stream"] = True
+            # The usage in the stream's last chunk (text-generation-webui 4.x, vLLM, OpenAI;
+            # llama-cpp-python ignores it): without it the prompt is only estimated.
+            body.setdefault("stream_options", {"include_usage": True})
         if self._config.model:
             body["model"] = self._config.model
         config = self._config
@@ -181,8 +184,9 @@ class CompletionClient:
             deadline = time.monotonic() + read_s
             if on_piece is not None and is_event_stream(response):
                 return read_stream(
-                    response, limit, deadline, config.voice, on_piece, classify_response, started
-                )
+                    response, limit, deadline, config.voice, on_piece, classify_response, started,
+                    prompt_chars=_prompt_chars(body),
+                )  # fmt: skip
             answer = read_answer(response, limit, deadline, config.voice)
         except requests.RequestException as err:
             # From None: the chained error's text (host, port, path) would reach Celery's
@@ -208,6 +212,15 @@ class CompletionClient:
             verify=self._verify,
             proxies=self._session.proxies,
         )
+
+
+def _prompt_chars(body: dict[str, Any]) -> int:
+    """The characters of a request's prompt (or its messages' contents)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt)
+    messages = body.get("messages") or []
+    return sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
 
 
 def parse_completion(text: str, latency_ms: int, voice: EndpointVoice) -> GenerationResult:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
-from worker.settings import POD_PROXY_TIMEOUT_S, Settings, env_name
+from worker.settings import POD_PROXY_TIMEOUT_S, Settings, endpoint_base, env_name
 from worker.toml_lines import read_named_tables
 
 DEFAULT_ENDPOINT = "default"
@@ -53,7 +53,8 @@ class EndpointSpec(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     kind: EndpointKind = "textgen"
-    #: Base URL, with or without a trailing ``/v1``: generations go to ``{url}/v1/completions``;
+    #: Base URL, with or without a trailing ``/v1`` (or ``/v1/completions``): generations go
+    #: to ``{url}/v1/completions``;
     #: for ``runpod-serverless``, the endpoint's base (``https://api.runpod.ai/v2/<id>``).
     url: str | None = Field(default=None, pattern=r"^https?://")
     #: RunPod endpoint id, for the ``runpod-serverless``, ``vllm`` and ``openai`` kinds.
@@ -87,11 +88,12 @@ class EndpointSpec(BaseModel):
 
     @property
     def base_url(self) -> str:
-        """The URL without a trailing ``/`` (and, but for serverless, without ``/v1``)."""
+        """The URL without a trailing ``/`` (and, but for serverless, without ``/v1`` or
+        ``/v1/completions``: :func:`endpoint_base`)."""
         if self.kind == "runpod-serverless":
             return (self.url or f"{RUNPOD_API_BASE}/{self.endpoint_id}").rstrip("/")
         if self.url is not None:
-            return self.url.rstrip("/").removesuffix("/v1")
+            return endpoint_base(self.url)
         return f"{RUNPOD_API_BASE}/{self.endpoint_id}/openai"
 
     @property

@@ -43,19 +43,22 @@ LLAMACPP_PARAMS = OPENAI_PARAMS | {
     "mirostat_eta", "grammar", "logit_bias_type",
 }  # fmt: skip
 
-#: text-generation-webui's OpenAI-compatible extension (its GenerationOptions).
-TEXTGEN_PARAMS = OPENAI_PARAMS | {
+#: text-generation-webui's OpenAI-compatible extension: v4.7.3's ``CompletionRequest``
+#: (``modules/api/typing.py``: GenerationOptions and CompletionRequestParams, which have no
+#: ``response_format`` and no ``top_logprobs``); tests/unit/test_params_sources.py checks it.
+TEXTGEN_PARAMS = (OPENAI_PARAMS - {"response_format", "top_logprobs"}) | {
     "preset", "dynatemp_low", "dynatemp_high", "dynatemp_exponent", "smoothing_factor",
     "smoothing_curve", "min_p", "top_k", "typical_p", "xtc_threshold", "xtc_probability",
-    "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "top_n_sigma", "dry_multiplier",
+    "epsilon_cutoff", "eta_cutoff", "tfs", "top_a", "top_n_sigma", "adaptive_target",
+    "adaptive_decay", "dry_multiplier",
     "dry_allowed_length", "dry_base", "repetition_penalty", "encoder_repetition_penalty",
     "no_repeat_ngram_size", "repetition_penalty_range", "penalty_alpha", "guidance_scale",
     "negative_prompt", "mirostat_mode", "mirostat_tau", "mirostat_eta", "prompt_lookup_num_tokens",
     "max_tokens_second", "do_sample", "dynamic_temperature", "temperature_last",
     "auto_max_new_tokens", "ban_eos_token", "add_bos_token", "enable_thinking",
-    "skip_special_tokens", "static_cache", "truncation_length", "seed", "sampler_priority",
-    "custom_token_bans", "dry_sequence_breakers", "grammar_string", "min_length",
-    "num_beams", "length_penalty", "early_stopping", "stopping_strings",
+    "reasoning_effort", "preserve_thinking", "skip_special_tokens", "static_cache",
+    "truncation_length", "seed", "sampler_priority", "custom_token_bans",
+    "dry_sequence_breakers", "grammar_string",
 }  # fmt: skip
 
 #: The parameters each endpoint kind takes (``runpod-serverless`` runs vLLM).

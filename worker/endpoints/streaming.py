@@ -2,7 +2,8 @@
 
 text-generation-webui, vLLM and llama.cpp's server answer ``stream: true`` with ``data: {...}``
 events (a completion chunk each: ``choices[0].text``, or ``choices[0].delta.content`` for chat)
-and, for most, a last ``data: [DONE]``. Each piece of text goes to ``on_piece`` as it arrives;
+and, for most, a last ``data: [DONE]``; asked (``stream_options.include_usage``), a last chunk
+with the usage and no choice. Each piece of text goes to ``on_piece`` as it arrives;
 the whole answer comes back as the same :class:`~worker.contract.GenerationResult` a
 non-streaming call gives.
 
@@ -25,7 +26,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 
-from worker.contract import GenerationResult, Usage
+from worker.contract import GenerationResult, Usage, estimate_tokens
 from worker.endpoints.answers import CHUNK_BYTES
 from worker.endpoints.disclosure import EndpointVoice
 from worker.errors import (
@@ -166,6 +167,7 @@ def read_stream(
     on_piece: PieceSink,
     classify: Classifier,
     started: float,
+    prompt_chars: int = 0,
 ) -> GenerationResult:
     """The result of a streamed 2xx answer, each piece handed to ``on_piece`` on arrival.
 
@@ -173,6 +175,8 @@ def read_stream(
         off or never began.
     :raises requests.RequestException: the connection failed while the stream was read.
     :param started: the call's :func:`time.perf_counter` start, for ``latency_ms``.
+    :param prompt_chars: the prompt's length, estimated in tokens when the server streams no
+        usage.
     """
     too_large = voice.says(
         f" streamed more than {limit_bytes} bytes, the most genqueue reads for this request "
@@ -189,21 +193,30 @@ def read_stream(
     finally:
         if not complete or not answer.done:
             response.close()  # unread or broken: not for the next call
-    return _result(answer, voice, int((time.perf_counter() - started) * 1000))
+    return _result(answer, voice, int((time.perf_counter() - started) * 1000), prompt_chars)
 
 
-def _result(answer: _Answer, voice: EndpointVoice, latency_ms: int) -> GenerationResult:
+def _result(
+    answer: _Answer, voice: EndpointVoice, latency_ms: int, prompt_chars: int
+) -> GenerationResult:
     if answer.chunks == 0:
         raise EmptyStream(
             voice.says(" answered 200 and closed the stream without a chunk (is a model loaded?)")
         )
     if not answer.done and answer.finish_reason is None:
         raise ConnectionDropped(voice.says(": the stream ended before its last chunk"))
-    # Without the server's count (text-generation-webui streams none), each piece is a token:
+    # Without the server's count (a server that streams none, such as llama-cpp-python), the
+    # prompt is estimated as the API's token budget estimates it, and each piece is a token:
     # the servers send one a chunk.
-    usage = answer.usage or Usage(
-        completion_tokens=len(answer.pieces), total_tokens=len(answer.pieces)
-    )
+    usage = answer.usage
+    if usage is None:
+        prompt_tokens = estimate_tokens(prompt_chars)
+        completion_tokens = len(answer.pieces)
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
     return GenerationResult(
         text="".join(answer.pieces),
         finish_reason=answer.finish_reason,

@@ -177,7 +177,7 @@ class Generation:
             )
             raise
         if isinstance(outcome, RetryLater):
-            error = outcome.error
+            self._record.retrying(task_id, error := outcome.error)
             self._observe.retrying(
                 task_id, outcome.attempt, error.error_type, error.message, outcome.delay_s,
                 outcome.latency_ms,

@@ -108,6 +108,15 @@ class TaskRecorder:
             self._outage,
         )
 
+    def retrying(self, task_id: str, error: GenQueueError) -> None:
+        """Note ``error`` on the record as the task's ``last_error`` (its status shows it while
+        the task retries), riding out an unreachable Redis."""
+        ride_out(
+            lambda: self._lifecycle.note_error(task_id, error.error_type, error.message),
+            "noting its last error",
+            self._outage,
+        )
+
     def move(self, task_id: str, endpoint: str, tried: list[str]) -> None:
         """Record the task's move to ``endpoint`` (a fallback), having tried ``tried``, riding
         out an unreachable Redis."""

@@ -1,9 +1,9 @@
 """What genqueue relies on in kombu, Celery and redis-py beyond their public API still holds.
 
-Each failure names the installed releases, the tested ones and what changed: an upgrade of kombu
-or Celery that breaks what genqueue copies or the Redis formats it reads and writes fails here,
-not in production (README "Development", upgrading kombu or Celery). The formats are checked
-against a real Redis with kombu's own transport (not genqueue's), so they are kombu's.
+Each failure names the installed releases, the tested ones and what changed: an upgrade of kombu,
+Celery or redis-py that breaks what genqueue copies or the Redis formats it reads and writes fails
+here, not in production (docs/development.md, upgrading kombu, Celery or redis-py). The formats
+are checked against a real Redis with kombu's own transport (not genqueue's), so they are kombu's.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import contextlib
 import inspect
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -32,6 +36,7 @@ from kombu.utils.imports import symbol_by_name
 from packaging.requirements import Requirement
 
 from api_producer.producers.celery_message import MessageBuilder
+from genqueue.embedded_redis import free_port
 from worker import keys, upstream
 from worker.contract import PRIORITY_MAX, TASK_NAME
 from worker.delivery import broker
@@ -52,7 +57,7 @@ TRANSPORT_OPTIONS = {
 def loudly(what: str) -> str:
     return (
         f"{upstream.versions_line()}: {what}. Re-read the code that relies on it and see "
-        "README 'Development' (upgrading kombu or Celery)"
+        f"{upstream.UPGRADE_PAGE}"
     )
 
 
@@ -105,6 +110,17 @@ def test_the_tested_releases_are_within_the_pinned_ranges() -> None:
         assert version in pins[name], f"worker.upstream.TESTED {name} {version} not in {pins[name]}"
         installed = upstream.installed()[name]
         assert installed in pins[name], loudly(f"{name} {installed} is outside {pins[name]}")
+        # The pin admits the tested minor release only: what `pip install .` resolves is it.
+        major, minor, _ = (int(part) for part in version.split("."))
+        for other in (f"{major}.{minor + 1}.0", f"{major + 1}.0.0", f"{major}.{minor - 1}.0"):
+            assert other not in pins[name], f"pyproject.toml's {name}{pins[name]} admits {other}"
+
+
+def test_the_page_the_warning_names_says_how_to_upgrade() -> None:
+    page, _, section = upstream.UPGRADE_PAGE.partition(" ")
+    headings = (ROOT / page).read_text().splitlines()
+    assert "## " + section.strip("()'") in headings
+    assert upstream.UPGRADE_PAGE == "docs/development.md ('Upgrading kombu, Celery or redis-py')"
 
 
 def test_a_changed_copy_is_named_and_a_worker_warns(
@@ -124,8 +140,31 @@ def test_a_changed_copy_is_named_and_a_worker_warns(
     )
     [record] = caplog.records
     assert record.levelno == logging.WARNING
-    assert f"tested with kombu {upstream.TESTED['kombu']}" in record.getMessage()
-    assert "Channel._brpop_read" in record.getMessage()
+    said = record.getMessage()
+    assert said.startswith("kombu changed what genqueue relies on: kombu.transport.redis:Channel.")
+    assert f"tested with kombu {upstream.TESTED['kombu']}" in said
+    assert "Channel._brpop_read" in said
+    assert said.endswith(
+        f"Install the tested release (pip install 'kombu=={upstream.TESTED['kombu']}'), or see "
+        "docs/development.md ('Upgrading kombu, Celery or redis-py') to upgrade"
+    )
+
+
+def test_a_changed_redis_py_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    def discover_master(self: Any, service_name: str) -> None:  # a redis-py that changed it
+        return None
+
+    monkeypatch.setattr(redis.sentinel.Sentinel, "discover_master", discover_master)
+    said = upstream.warning(upstream.all_changes())
+
+    assert said is not None
+    assert said.startswith(
+        "redis-py changed what genqueue relies on: redis.sentinel:Sentinel.discover_master, "
+        "which worker.redis_sentinel copies or overrides, has changed"
+    )
+    assert f"(pip install 'redis=={upstream.TESTED['redis']}')" in said
+    assert "kombu or Celery" not in said
+    assert upstream.warning([]) is None
 
 
 def test_kombu_records_a_taken_message_as_genqueue_reads_it(
@@ -328,6 +367,36 @@ def test_a_worker_on_a_changed_kombu_says_so_and_starts(
     log = worker.log()
     assert "kombu.transport.redis:Channel._brpop_read, which worker.delivery.broker" in log
     assert f"genqueue was tested with kombu {upstream.TESTED['kombu']}" in log
+
+
+@pytest.mark.timeout(180)
+def test_genqueue_up_says_so_on_its_terminal(tmp_path: Path) -> None:
+    """The worker's own warning goes to its log file under ``up``: ``up`` says it too."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CHANGED_KOMBU)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENQUEUE_", "REDIS_"))}
+    env["PYTHONPATH"] = f"{site}:{ROOT}"
+    out = tmp_path / "up.out"
+    argv = [sys.executable, "-m", "genqueue", "up", "--api-port", str(free_port())]
+    argv += ["--flower-port", str(free_port())]
+    with out.open("wb") as sink:
+        process = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=sink, stderr=sink)
+    try:
+        # Stopped once it runs: a SIGTERM while the embedded Redis starts would leave it behind.
+        deadline = time.monotonic() + 90
+        while "genqueue up: running" not in out.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, out.read_text()
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    [line] = [line for line in out.read_text().splitlines() if "warning" in line]
+    assert line.startswith(
+        "genqueue up: warning: kombu changed what genqueue relies on: "
+        "kombu.transport.redis:Channel._brpop_read, which worker.delivery.broker copies"
+    ), line
+    assert line.endswith("docs/development.md ('Upgrading kombu, Celery or redis-py') to upgrade")
 
 
 def test_celery_buffers_task_events_as_genqueue_turns_it_on(celery_client: Celery) -> None:
