@@ -6,10 +6,21 @@ import hashlib
 import hmac
 
 from fastapi import HTTPException, Request, status
+from fastapi.security import HTTPBearer
 
 from worker.tenants import ANONYMOUS, Tenant, Tenants, TenantsSource
 from worker.tenants import hash_key as hash_key
 from worker.tenants import parse_key_hash as parse_key_hash
+
+#: The one security scheme of ``openapi.json``: ``Authorization: Bearer <key>`` (the page at
+#: ``/docs`` offers it behind its Authorize button). A dependency of every keyed route
+#: (:func:`api_producer.deps.authenticated`), so FastAPI lists it on each; it checks nothing
+#: itself (:class:`KeyChecker` does).
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="a key of GENQUEUE_API_KEYS or of the tenants file",
+)
 
 
 class KeyChecker:

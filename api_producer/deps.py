@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials
 
-from api_producer.auth import KeyChecker
+from api_producer.auth import BEARER, KeyChecker
 from api_producer.producers.async_direct import AsyncProducer
 from api_producer.producers.direct import DirectProducer
 from api_producer.quota import TokenBudget
@@ -37,6 +38,8 @@ class ApiState:
     endpoint_specs: Endpoints | None = None
     #: The tenants' token budgets; ``None`` when no tenants file can give one.
     budget: TokenBudget | None = None
+    #: The ``created`` of the OpenAI models (seconds since the epoch).
+    models_created_s: int = 0
 
 
 # The dependencies are coroutines, even those that never wait: FastAPI runs a plain ``def``
@@ -46,7 +49,10 @@ async def get_state(request: Request) -> ApiState:
     return state
 
 
-async def authenticated(request: Request) -> str:
+async def authenticated(
+    request: Request,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> str:
     """The caller's id: checked already by :class:`KeyFirstRoute`, or checked now."""
     caller: str | None = getattr(request.state, "caller", None)
     if caller is None:

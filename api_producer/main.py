@@ -16,6 +16,7 @@ from api_producer.auth import KeyChecker
 from api_producer.batches import BatchStore
 from api_producer.body_limit import BodySizeLimit
 from api_producer.deps import ApiState
+from api_producer.openai_errors import unknown_path
 from api_producer.producers.async_direct import AsyncProducer
 from api_producer.producers.direct import (
     DirectProducer,
@@ -25,7 +26,17 @@ from api_producer.producers.direct import (
 )
 from api_producer.quota import QuotaExceeded, TokenBudget
 from api_producer.rate_limit import RateLimiter
-from api_producer.routes import batches, health, metrics, openai, stream, tasks, usage
+from api_producer.routes import (
+    batches,
+    docs,
+    health,
+    metrics,
+    openai,
+    openai_models,
+    stream,
+    tasks,
+    usage,
+)
 from api_producer.store import TaskStore
 from api_producer.task_redis import TaskRedis
 from api_producer.token_follow import TokenFollower
@@ -78,6 +89,7 @@ def build_state(settings: Settings) -> ApiState:
             if settings.tenants_file is not None
             else None
         ),
+        models_created_s=openai_models.configured_at(settings),
     )
 
 
@@ -139,6 +151,9 @@ def create_app(settings: Settings, require_keys: bool = False) -> FastAPI:
         summary="Enqueue text-generation tasks for GPU-hosted language models.",
         version="0.1.0",
         lifespan=lifespan,
+        # Swagger UI from a package (routes/docs.py), not from a CDN; ReDoc has no such package.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.genqueue = state
     app.state.rate_limiter = limiter
@@ -149,10 +164,14 @@ def create_app(settings: Settings, require_keys: bool = False) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(stream.router)
     app.include_router(openai.router)
+    app.include_router(openai_models.router)
     app.include_router(batches.router)
     app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")
+    app.router.default = unknown_path(app.router.default)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(EnqueueError, _unavailable)
     app.add_exception_handler(QuotaExceeded, _over_quota)

@@ -8,6 +8,7 @@ that only has pydantic can share it. Producers enqueue by ``TASK_NAME`` with
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -49,6 +50,9 @@ WEBHOOK_URL_MAX_CHARS = 2_048
 BUILTIN_TEMPLATES = ("chatml", "llama2", "alpaca", "vicuna", "mistral", "raw")
 #: ``params`` keys that belong to genqueue, not to the caller.
 RESERVED_PARAMS = frozenset({"prompt", "messages", "stream", "model", "n", "echo"})
+#: ``params`` that are JSON objects by their nature (OpenAI's token biases, structured output);
+#: every other one is a scalar or a list. Which server kind takes them is the kind's own table.
+OBJECT_PARAMS = frozenset({"logit_bias", "response_format"})
 
 
 class Message(BaseModel):
@@ -70,8 +74,8 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    temperature: float | None = Field(default=None, ge=0, le=5)
-    top_p: float | None = Field(default=None, ge=0, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=5, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     seed: int | None = None
     stop: str | list[str] | None = None
 
@@ -80,9 +84,23 @@ class GenerationParams(BaseModel):
         for key, value in (self.model_extra or {}).items():
             if key in RESERVED_PARAMS:
                 raise ValueError(f"params.{key} is set by genqueue and cannot be given")
-            if isinstance(value, dict):
+            if isinstance(value, dict) and key not in OBJECT_PARAMS:
                 raise ValueError(f"params.{key} must be a scalar or a list, not an object")
+            if not finite(value):
+                # JSON has no NaN or Infinity: stored, it would become null and not be sent.
+                raise ValueError(f"params.{key} must be a finite number")
         return self
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` (JSON-like) holds no NaN and no infinity, however deep."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(finite(item) for item in value)
+    return True
 
 
 class GenerationRequest(BaseModel):

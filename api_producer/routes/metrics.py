@@ -2,8 +2,11 @@
 
 The API's own counter (tasks it accepted) and, read from Redis at each scrape in one pipeline,
 the state every process shares: queue depth, each endpoint's calls in flight against its
-``max_concurrency`` and its circuit breaker, and the dead-letter list. The workers' own
-metrics are served by each worker process (``GENQUEUE_WORKER_METRICS_PORT``).
+``max_concurrency`` and its circuit breaker, and the dead-letter list. Each tenant's usage
+(tokens, GPU-seconds) is one tenant's business: it is served only to a scrape that sends an
+admin tenant's key (``Authorization: Bearer``; a key that matches none is 401), or to any scrape
+when the API has no keys at all. The workers' own metrics are served by each worker process
+(``GENQUEUE_WORKER_METRICS_PORT``).
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
-from api_producer.deps import StateDep
+from api_producer.deps import ApiState, StateDep
 from worker import connections, keys
 from worker.endpoints.config import load_endpoints
 from worker.observability.scaling import EndpointSignals, SignalsRead, scaling_families
@@ -172,17 +175,41 @@ async def _signals(own: ApiMetrics) -> list[EndpointSignals]:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(own: MetricsDep, state: StateDep) -> Response:
-    """Prometheus metrics of the API and of the shared state in Redis."""
+async def metrics(
+    own: MetricsDep,
+    state: StateDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """Prometheus metrics of the API and of the shared state in Redis; each tenant's usage
+    too for an admin's key."""
+    with_tenants = _admin(state, authorization)
     families = list(own.registry.collect())
     try:
         pipe = own.redis.pipeline(transaction=False)
         Snapshot.commands(pipe, own.caps)
-        pipe.hgetall(keys.usage_totals())
-        *results, totals = await pipe.execute()
+        if with_tenants:
+            pipe.hgetall(keys.usage_totals())
+        results = await pipe.execute()
+        totals = results.pop() if with_tenants else None
         families += snapshot_families(Snapshot.parse(results, own.caps))
-        families += tenant_families(totals, state.keys.tenants.label_of)
+        if totals is not None:
+            families += tenant_families(totals, state.keys.tenants.label_of)
         families += scaling_families(await _signals(own))
     except (RedisError, OSError):
         families.append(_gauge("genqueue_redis_up", "1 when Redis answered this scrape.", 0))
     return Response(generate_latest(_Families(families)), media_type=CONTENT_TYPE)
+
+
+def _admin(state: ApiState, authorization: str | None) -> bool:
+    """Whether the scrape may see each tenant's usage; 401 for a key that matches none."""
+    if authorization is None:
+        return not state.keys.enabled  # no keys at all: the one caller is the operator
+    caller = state.keys.caller(authorization)
+    if caller is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="invalid API key: /metrics needs no key, or an admin tenant's key for "
+            "each tenant's usage",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return state.keys.tenant(caller).admin

@@ -124,6 +124,7 @@ def test_the_protected_operations_are_the_task_usage_and_openai_routes() -> None
         ("GET", "/v1/batches/{batch_id}"),
         ("GET", "/v1/batches/{batch_id}/results"),
         ("GET", "/v1/models"),
+        ("GET", "/v1/models/{model}"),
         ("GET", "/v1/tasks/{task_id}"),
         ("GET", "/v1/tasks/{task_id}/stream"),
         ("GET", "/v1/usage"),

@@ -108,7 +108,7 @@ def test_usage_is_the_sum_of_the_results_counted_once(
     assert "billing" in table and str(row["completion_tokens"]) in table
 
     # Metrics: the named tenant by name, the plain key under "other".
-    metrics = requests.get(f"{api.url}/metrics", timeout=10).text
+    metrics = requests.get(f"{api.url}/metrics", headers=auth(KEY_ADMIN), timeout=10).text
     completion = row["completion_tokens"]
     assert (
         f'genqueue_tenant_tokens_total{{endpoint="default",kind="completion",tenant="billing"}} '

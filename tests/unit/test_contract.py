@@ -150,10 +150,23 @@ def test_reserved_params_refused(key: str) -> None:
     "value", [{}, {"a": 1}, {"nested": {"deep": True}}], ids=["empty", "flat", "deep"]
 )
 def test_params_nested_object_refused(value: dict[str, Any]) -> None:
-    message = errors_of({"prompt": "x", "params": {"logit_bias": value}})
-    assert (
-        message
-        == "params: Value error, params.logit_bias must be a scalar or a list, not an object"
+    message = errors_of({"prompt": "x", "params": {"top_k": value}})
+    assert message == "params: Value error, params.top_k must be a scalar or a list, not an object"
+
+
+def test_the_object_params_are_taken_as_objects() -> None:
+    params = {"logit_bias": {"50256": -100}, "response_format": {"type": "json_object"}}
+    request = GenerationRequest.model_validate({"prompt": "x", "params": params})
+    assert request.to_payload()["params"] == params
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("-inf")]])
+def test_a_non_finite_number_is_refused_not_stored_as_null(value: Any) -> None:
+    assert errors_of({"prompt": "x", "params": {"top_k": value}}) == (
+        "params: Value error, params.top_k must be a finite number"
+    )
+    assert errors_of({"prompt": "x", "params": {"temperature": float("nan")}}) == (
+        "params.temperature: Input should be a finite number"
     )
 
 
