@@ -28,13 +28,16 @@ OPENAI_PARAMS = frozenset(
     }
 )  # fmt: skip
 
-#: vLLM's extra sampling parameters (its OpenAI server and RunPod's serverless vLLM worker).
-VLLM_PARAMS = OPENAI_PARAMS | {
-    "top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "ignore_eos",
-    "skip_special_tokens", "spaces_between_special_tokens", "stop_token_ids",
-    "include_stop_str_in_output", "truncate_prompt_tokens", "prompt_logprobs", "bad_words",
-    "allowed_token_ids", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-    "guided_decoding_backend", "use_beam_search", "add_special_tokens",
+#: vLLM's OpenAI server (and RunPod's serverless vLLM worker): the sampler fields of its
+#: ``CompletionRequest`` (``vllm/entrypoints/openai/completion/protocol.py`` at vLLM commit
+#: 002032ee2b18, which has no ``best_of``, no ``top_logprobs``, and ``structured_outputs`` in
+#: place of the ``guided_*`` fields); tests/unit/test_params_vllm.py checks it.
+VLLM_PARAMS = (OPENAI_PARAMS - {"best_of", "top_logprobs"}) | {
+    "use_beam_search", "top_k", "min_p", "repetition_penalty", "watermarking", "length_penalty",
+    "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
+    "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
+    "truncation_side", "allowed_token_ids", "prompt_logprobs", "logprob_token_ids", "bad_words",
+    "add_special_tokens", "structured_outputs", "repetition_detection", "thinking_token_budget",
 }  # fmt: skip
 
 #: llama-cpp-python's server (``python -m llama_cpp.server``): CreateCompletionRequest's fields.
@@ -73,7 +76,7 @@ KIND_PARAMS: dict[str, frozenset[str]] = {
 #: Names of one setting on different servers; a request may use any of them.
 SYNONYMS: tuple[frozenset[str], ...] = (
     frozenset({"repetition_penalty", "repeat_penalty"}),
-    frozenset({"grammar", "grammar_string", "guided_grammar"}),
+    frozenset({"grammar", "grammar_string"}),
 )
 
 
