@@ -23,7 +23,7 @@ from kombu import Queue
 
 from worker import connections, keys, redis_sentinel, upstream
 from worker.contract import PRIORITY_MAX, QUEUE_NAME
-from worker.delivery import broker
+from worker.delivery import backlog, broker
 from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
 from worker.delivery.lost_message_sweep import sender, sweep
 from worker.delivery.result_backend import ResultBackend, SentinelResultBackend
@@ -32,6 +32,7 @@ from worker.observability.flower_events import BatchedTaskEvents
 from worker.observability.metrics import configure_task_logging, serve_worker_metrics
 from worker.resources import SPARE_CONNECTIONS, close_runtimes
 from worker.settings import Settings, load_settings
+from worker.tenants import TenantsSource
 
 
 class GenQueueCelery(Celery):
@@ -75,6 +76,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings = parent.app.genqueue_settings
+        backlog.use_weights(backlog.tenants_file_weights(TenantsSource(settings)))
         self._client = connections.sync_client(settings, max_connections=4)
         self._results = connections.results_client(settings, self._client, max_connections=2)
         channel = parent.task_consumer.channel

@@ -218,6 +218,30 @@ def queue_lists(queues: Iterable[str]) -> list[str]:
     return [queue_list(queue, step) for queue in queues for step in range(PRIORITY_MAX + 1)]
 
 
+def backlog(queue_list_key: str, tenant: str) -> str:
+    """List: one tenant's messages of a queue list, sorted out of it by a fetch so that tenants
+    take turns over the whole backlog (``worker/delivery/scripts/backlog.lua``, which writes
+    these names too). No TTL, as kombu's lists: bounded by what is queued."""
+    return f"{PREFIX}:backlog:{tenant}:{queue_list_key}"
+
+
+def backlog_tenants(queue_list_key: str) -> str:
+    """Sorted set: the tenants with messages in a queue list's backlog, scored by their virtual
+    finish times. Gone when the backlog is empty."""
+    return f"{PREFIX}:backlog-tenants:{queue_list_key}"
+
+
+def backlog_clock(queue_list_key: str) -> str:
+    """String: the virtual time of a queue list's backlog. Gone when the backlog is empty."""
+    return f"{PREFIX}:backlog-clock:{queue_list_key}"
+
+
+def backlog_size() -> str:
+    """Hash: queue list -> how many messages its backlog holds. A field per list that holds
+    some."""
+    return f"{PREFIX}:backlog-size"
+
+
 def queue_bindings(queue: str) -> list[tuple[str, str]]:
     """The sets kombu's queue declaration adds to for ``queue`` and the member it adds: its
     exchange's binding table and the permanent copy (Celery names the exchange and the routing
