@@ -102,9 +102,7 @@ def test_priority_still_comes_first_over_a_sorted_backlog(
     redis_url, redis_client: redis.Redis, simulator, start_worker, celery_client
 ) -> None:
     simulator.configure(latency_s=0.1)
-    start_worker(
-        redis_url, simulator.url, RUNPOD_MAX_CONCURRENCY=1, GENQUEUE_WORKER_CONCURRENCY=20
-    )
+    start_worker(redis_url, simulator.url, RUNPOD_MAX_CONCURRENCY=1, GENQUEUE_WORKER_CONCURRENCY=20)
     send_many(celery_client, requests_of("batch", 400), priority=7)  # genqueue priority 2
     wait_for(lambda: redis_client.hlen(keys.backlog_size()) > 0, 30, "a sorted backlog")
     before = len(finish_order(redis_client))
