@@ -13,7 +13,7 @@ import redis
 from redis.commands.core import Script
 
 from worker import keys, lua
-from worker.delivery import backlog, broker
+from worker.delivery import backlog, broker, records
 
 QUEUE = "backlog-test"
 UNACKED, INDEX = broker.UNACKED_KEY, broker.UNACKED_INDEX_KEY
@@ -159,3 +159,25 @@ def test_each_message_is_in_one_place_and_nothing_is_left_once_taken(
     assert len(_take(fetch, 20)) == 12
     assert redis_client.hlen(UNACKED) == 12
     assert sorted(k.decode() for k in redis_client.keys("*")) == sorted([UNACKED, INDEX])
+
+
+def test_a_task_record_names_the_tenant_without_decoding_the_body(
+    sort: Script, redis_client: redis.Redis
+) -> None:
+    # As a genqueue producer writes it (worker.keys, worker.delivery.records: the names the
+    # script uses).
+    redis_client.hset(keys.task_record("t1"), records.F_TENANT, "acme")
+    message = _celery("t1", [], {"request": {"prompt": "hi", "tenant": "other"}})
+    _push(redis_client, message)
+    _sort(sort)
+    assert redis_client.lrange(keys.backlog(QUEUE, "acme"), 0, -1) == [message.encode()]
+
+
+def test_the_scripts_name_the_keys_as_worker_keys_does(
+    fetch: Script, sort: Script, redis_client: redis.Redis
+) -> None:
+    _push(redis_client, _of("a", "a0"), _of("a", "a1"))
+    _sort(sort)
+    assert redis_client.exists(keys.backlog(QUEUE, "a"), keys.backlog_tenants(QUEUE)) == 2
+    _take(fetch, 1)
+    assert redis_client.exists(keys.backlog_clock(QUEUE)) == 1

@@ -59,9 +59,20 @@ local function backlog_envelope(item)
   return false
 end
 
+local function backlog_tenant_name(name)
+  return type(name) == 'string' and #name <= 64 and string.match(name, '^%w[%w_%.%-]*$')
+end
+
 -- The tenant a genqueue.generate message names in its request (as worker.tenants'
--- tenant_of_message reads it), else `default`.
+-- tenant_of_message reads it), else `default`. The task's record says it when a genqueue
+-- producer wrote one (one read); else the message's body is decoded (plain Celery).
 local function backlog_tenant(message, default)
+  local headers = message['headers']
+  local id = type(headers) == 'table' and headers['id']
+  if type(id) == 'string' then
+    local named = redis.call('HGET', TASK_RECORD .. id, RECORD_TENANT)
+    if backlog_tenant_name(named) then return named end
+  end
   local body = message['body']
   if type(body) ~= 'string' then return default end
   if message['properties']['body_encoding'] == 'base64' then
@@ -77,10 +88,7 @@ local function backlog_tenant(message, default)
     raw = kwargs['request']
   end
   local name = type(raw) == 'table' and raw['tenant']
-  if type(name) == 'string' and #name <= 64 and string.match(name, '^%w[%w_%.%-]*$') then
-    return name
-  end
-  return default
+  return backlog_tenant_name(name) and name or default
 end
 
 -- The weights of "name=weight\n..." (the tenants whose weight is not 1).

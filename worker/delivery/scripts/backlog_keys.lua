@@ -3,6 +3,9 @@
 -- queue (worker.limits:admission), which looks for a more urgent message still queued.
 local BACKLOG = 'genqueue:backlog'
 local BACKLOG_SIZE = BACKLOG .. '-size'
+-- A task's record (worker.keys.task_record) and its tenant field (worker.delivery.records).
+local TASK_RECORD = 'genqueue:task:'
+local RECORD_TENANT = 'tenant'
 
 local function backlog_list(list, tenant) return BACKLOG .. ':' .. tenant .. ':' .. list end
 local function backlog_tenants(list) return BACKLOG .. '-tenants:' .. list end
