@@ -55,6 +55,13 @@ def admission_age(endpoint_id: str) -> str:
     return f"{PREFIX}:admit-age:{endpoint_id}"
 
 
+def lease_swept(endpoint_id: str) -> str:
+    """Hash: worker process id -> when it last swept the endpoint's leases (ms), which tells a
+    stalled process from a live one (``worker/limits/scripts/lease_sweep.lua``). TTL: four
+    lease TTLs after the last sweep; a dead process's field goes when it is found dead."""
+    return f"{PREFIX}:lease-swept:{endpoint_id}"
+
+
 def grants(owner: str) -> str:
     """List: the slot tokens the admission queue granted to one worker process's waiters, popped
     by that process. TTL: a lease's."""

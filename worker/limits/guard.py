@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -172,7 +171,10 @@ class EndpointGuard:
         # The scripts' cooldown argument: the first and the longest, in ms.
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
-        self._admission = Admission(client, endpoint_id, policy.limit, policy.oldest_every, weights)
+        self._admission = Admission(
+            client, endpoint_id, policy.limit, policy.oldest_every, weights, self._ttl_ms
+        )
+        self._presence = self._admission.presence
         #: The slots this process holds, renewed by the heartbeat; those of them whose call
         #: ended, their release left to another script (:meth:`hand_off`).
         self._held: set[str] = set()
@@ -189,7 +191,7 @@ class EndpointGuard:
 
     def offer(self, claim: Claim) -> SlotOffer | None:
         """A slot for ``claim`` to try for in passing (no waiting here)."""
-        token = uuid.uuid4().hex
+        token = self._presence.token()
         policy = self._policy
         return SlotOffer(
             guard=self,
@@ -273,7 +275,7 @@ class EndpointGuard:
 
     def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
         """Take a slot, or wait in the admission queue until one is handed over."""
-        token = uuid.uuid4().hex
+        token = self._presence.token()
         policy = self._policy
         admission = self._admission
         script_keys = [*self._keys, *admission.keys]
@@ -363,6 +365,7 @@ class EndpointGuard:
                 with self._renew_lock:
                     self._renew_held()
                 self._admission.renew(self._ttl_ms)
+                self._admission.sweep()  # this process is alive; a dead one's slots go
             except redis.RedisError:
                 log.warning("could not renew %d concurrency leases or waiters", len(held))
 
