@@ -36,6 +36,13 @@ def test_a_dead_processs_slot_and_waiters_go_to_the_next_at_once(
     assert not redis_client.hexists(SWEPT, "dead")
 
 
+def test_a_process_gone_leaves_no_field_behind(redis_client: redis.Redis) -> None:
+    for proc in ("a", "b", "c"):
+        _sweep(redis_client, "a,b,c", self_id=proc)
+    _sweep(redis_client, "a", self_id="a")  # b and c exited
+    assert redis_client.hkeys(SWEPT) == [b"a"]
+
+
 def test_a_stalled_processs_slot_is_kept_past_its_lease(redis_client: redis.Redis) -> None:
     endpoint = Endpoint(redis_client)
     assert endpoint.ask("stalled.call") == 1

@@ -42,6 +42,14 @@ local function admit_drop(q, token, e)
   redis.call('ZREM', q.byage, admit_byage(e, token))
   redis.call('ZREM', q.age, token)
   redis.call('HDEL', q.info, 'w:' .. token)
+  -- A tenant with no waiter left in the band keeps no clock there: its next task starts from
+  -- the band's clock (no credit for its absence, no debt for tasks that left), and the hash
+  -- holds a field per tenant waiting, not per tenant ever seen.
+  local prefix = e.band .. '\t' .. e.tenant .. '\t'
+  if not redis.call('ZRANGEBYLEX', q.byage, '[' .. prefix, '(' .. prefix .. '\255',
+      'LIMIT', 0, 1)[1] then
+    redis.call('HDEL', q.info, 'F:' .. e.band .. ':' .. e.tenant)
+  end
 end
 
 local function admit_keep(q, ttl)

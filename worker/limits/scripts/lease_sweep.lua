@@ -46,9 +46,12 @@ if live_spec ~= '-' then
       end
     end
   end
+  -- A process gone (dead or stopped) leaves no field behind.
+  for _, proc in ipairs(redis.call('HKEYS', swept)) do
+    if not live[proc] then redis.call('HDEL', swept, proc) end
+  end
   -- The waiters of the dead processes among the queue's (each joined "w:<token>" in info).
   for proc in pairs(dead) do
-    redis.call('HDEL', swept, proc)
     local cursor = '0'
     repeat
       local page = redis.call('HSCAN', q.info, cursor, 'MATCH', 'w:' .. proc .. '.*', 'COUNT', 500)
