@@ -33,7 +33,7 @@ import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
-from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError
+from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError, TaskCancelled
 from worker.limits.admission import Admission, Weights, equal_weights
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
@@ -314,6 +314,8 @@ class EndpointGuard:
             raise rate_limited(wait_ms / 1000)
         if code == 4:
             raise AlreadyRunning()
+        if code == 5:
+            raise TaskCancelled("the task was cancelled before it ran")
         if attempts:
             slot.attempt, slot.attempt_on_endpoint = attempts
         self._held.add(token)
