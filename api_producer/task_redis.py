@@ -35,6 +35,7 @@ class TaskRedis:
         self._result_ttl_s = result_ttl_s
         # Never over a success: a task that finished since its state was read stays finished.
         self._revoke = lua.register(results, "worker.delivery", "store_result")
+        self._give_back = lua.register(client, "worker.delivery", "reservation_release")
 
     @classmethod
     def from_settings(
@@ -74,8 +75,9 @@ class TaskRedis:
 
         The cancel flag always (a worker drops a flagged task before calling the endpoint). A
         queued task gets Celery's ``REVOKED`` result at once, so plain Celery clients see the
-        cancellation too; a running or retrying one is announced on the cancel channel, so the
-        worker running it aborts its endpoint call. With the results apart, the flag is written
+        cancellation too, and gives back its hold of its tenant's day budget; a running or
+        retrying one is announced on the cancel channel, so the worker running it aborts its
+        endpoint call. With the results apart, the flag is written
         first: a crash between the two leaves a flagged task that the worker drops at its start.
         """
         pipe = self.client.pipeline(transaction=True)
@@ -87,6 +89,10 @@ class TaskRedis:
                 pipe.publish(keys.CANCEL_CHANNEL, task_id)
                 continue
             pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())
+            # Its hold of the day budget comes back now, not when a worker reaches its message.
+            await self._give_back(
+                keys=[keys.task_record(task_id)], args=[keys.reserved_tokens("")], client=pipe
+            )
             meta = records.revoked_meta(task_id)
             args = [meta, self._result_ttl_s, states.SUCCESS]
             await self._revoke(keys=[keys.celery_result(task_id)], args=args, client=results_pipe)

@@ -24,7 +24,7 @@ from kombu import Queue
 
 from worker import connections, keys, redis_sentinel, upstream
 from worker.contract import PRIORITY_MAX, QUEUE_NAME
-from worker.delivery import broker
+from worker.delivery import backlog, broker
 from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
 from worker.delivery.lost_message_sweep import sender, sweep
 from worker.delivery.result_backend import ResultBackend, SentinelResultBackend
@@ -34,6 +34,7 @@ from worker.observability.flower_events import BatchedTaskEvents
 from worker.observability.metrics import configure_task_logging, serve_worker_metrics
 from worker.resources import SPARE_CONNECTIONS, close_runtimes, runtime_for
 from worker.settings import Settings, load_settings
+from worker.tenants import TenantsSource
 
 
 class GenQueueCelery(Celery):
@@ -77,6 +78,7 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings = parent.app.genqueue_settings
+        backlog.use_weights(backlog.tenants_file_weights(TenantsSource(settings)))
         self._client = connections.sync_client(settings, max_connections=4)
         self._results = connections.results_client(settings, self._client, max_connections=2)
         channel = parent.task_consumer.channel

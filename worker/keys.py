@@ -55,6 +55,13 @@ def admission_age(endpoint_id: str) -> str:
     return f"{PREFIX}:admit-age:{endpoint_id}"
 
 
+def lease_swept(endpoint_id: str) -> str:
+    """Hash: worker process id -> when it last swept the endpoint's leases (ms), which tells a
+    stalled process from a live one (``worker/limits/scripts/lease_sweep.lua``). TTL: four
+    lease TTLs after the last sweep; a dead process's field goes when it is found dead."""
+    return f"{PREFIX}:lease-swept:{endpoint_id}"
+
+
 def grants(owner: str) -> str:
     """List: the slot tokens the admission queue granted to one worker process's waiters, popped
     by that process. TTL: a lease's."""
@@ -242,6 +249,30 @@ def queue_list(queue: str, step: int) -> str:
 def queue_lists(queues: Iterable[str]) -> list[str]:
     """Every Redis list of ``queues``: the queue itself (step 0) and each priority step."""
     return [queue_list(queue, step) for queue in queues for step in range(PRIORITY_MAX + 1)]
+
+
+def backlog(queue_list_key: str, tenant: str) -> str:
+    """List: one tenant's messages of a queue list, sorted out of it by a fetch so that tenants
+    take turns over the whole backlog (``worker/delivery/scripts/backlog.lua``, which writes
+    these names too). No TTL, as kombu's lists: bounded by what is queued."""
+    return f"{PREFIX}:backlog:{tenant}:{queue_list_key}"
+
+
+def backlog_tenants(queue_list_key: str) -> str:
+    """Sorted set: the tenants with messages in a queue list's backlog, scored by their virtual
+    finish times. Gone when the backlog is empty."""
+    return f"{PREFIX}:backlog-tenants:{queue_list_key}"
+
+
+def backlog_clock(queue_list_key: str) -> str:
+    """String: the virtual time of a queue list's backlog. Gone when the backlog is empty."""
+    return f"{PREFIX}:backlog-clock:{queue_list_key}"
+
+
+def backlog_size() -> str:
+    """Hash: queue list -> how many messages its backlog holds. A field per list that holds
+    some."""
+    return f"{PREFIX}:backlog-size"
 
 
 def queue_bindings(queue: str) -> list[tuple[str, str]]:

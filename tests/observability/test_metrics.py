@@ -13,7 +13,7 @@ from genqueue.cli.status_view import read_view, render
 from genqueue.embedded_redis import free_port
 from tests.api.conftest import API_KEY, queued_messages
 from tests.observability.conftest import scrape, scrape_until, value, wait_for
-from worker import keys
+from worker import keys, lua
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
@@ -107,6 +107,11 @@ def test_api_metrics_show_the_shared_state(
     assert value(queued, "genqueue_breaker_state", state="closed", **labels) == 0
     assert value(queued, "genqueue_breaker_consecutive_failures", **labels) == 5
     assert value(queued, "genqueue_dead_letters") == 1
+    # Sorted into the backlog by tenant (as a worker whose window is full does): still queued.
+    sort = lua.register(redis_client, "worker.delivery", "backlog_sort")
+    lists = keys.queue_lists(keys.GENERAL_QUEUES)
+    assert sort(keys=[keys.unreadable(), *lists], args=[100, 10, "internal", ""])[:2] == [6, 0]
+    assert value(scrape(url), "genqueue_queue_depth") == 6
 
     # The breaker closes and a worker drains the queues.
     redis_client.delete(keys.breaker(endpoint), keys.lease(endpoint))

@@ -121,3 +121,23 @@ def test_a_budget_is_not_spent_twice_across_utc_midnight(api_factory, redis_url,
     # Two days on, the day before's holds still count (40), older ones (60) no longer do.
     budget.clock = lambda: midnight + DAY_S + 1
     assert _post(api.url, body_60).status_code == 202
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_a_queued_task_gives_its_hold_back_at_once(
+    api_factory, redis_url, redis_client, tmp_path
+) -> None:
+    tenants_file = write_tenants(tmp_path / "tenants.toml", TENANTS)
+    api = api_factory(redis_url, api_keys="", tenants_file=tenants_file)
+    ids = [_post(api.url, BODY_41).json()["task_id"] for _ in range(2)]  # 82 of 100 held
+    assert _post(api.url, BODY_41).status_code == 429
+    # No worker runs: the cancelled task's 41 come back with its DELETE, not when a worker
+    # reaches its message.
+    cancelled = requests.delete(f"{api.url}/v1/tasks/{ids[0]}", headers=auth(KEY), timeout=10)
+    assert cancelled.json()["status"] == "cancelled"
+    today = datetime.now(UTC).date().isoformat()
+    assert redis_client.hget(keys.reserved_tokens("metered"), today) == b"41"
+    assert _post(api.url, BODY_41).status_code == 202
+    # Cancelled twice, or reached by a worker later: given back once.
+    requests.delete(f"{api.url}/v1/tasks/{ids[0]}", headers=auth(KEY), timeout=10)
+    assert redis_client.hget(keys.reserved_tokens("metered"), today) == b"82"

@@ -22,6 +22,14 @@ the free slots of the prefetch window) and records them as unacked in one script
 its ack, reject and ``restore_visible`` work on them unchanged. It goes back to ``BRPOP`` as
 soon as a fetch finds the queues empty.
 
+The fetch takes the messages in fair order over the whole backlog, not first in, first out: it
+sorts each queue list by tenant as it goes and takes from the tenants by virtual time
+(:mod:`worker.delivery.backlog`). While the window is full, the channel sorts what has arrived
+(``scripts/backlog_sort.lua``, every ``backlog.SORT_EVERY_S``, at once again while there is
+more), so that a tenant's task sent behind another's 50,000 is next in turn when a slot of the
+window frees. A ``BRPOP`` that times out sends the channel back to the fetch once: another
+worker may have sorted messages into the backlog, where ``BRPOP`` does not look.
+
 A message that is not kombu's (not JSON, or without its delivery tag and delivery info: pushed
 onto a queue by hand or by a broken producer) would stop the worker process, and take the
 messages fetched with it down too. The fetch script and the ``BRPOP`` path set it aside,
@@ -41,7 +49,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty
-from time import time
+from time import monotonic, time
 from typing import Any
 
 import kombu.transport
@@ -52,6 +60,7 @@ from kombu.utils.json import loads
 
 from worker import keys, lua, redis_sentinel
 from worker import redis_outage as outage
+from worker.delivery import backlog
 
 SCHEMES = ("redis", "rediss")
 SENTINEL_SCHEME = "sentinel"
@@ -197,6 +206,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _fetch_script: Any = None
     #: The last BRPOP or fetch found a message: the queues may hold more.
     _backlog = True
+    _sort_script: Any = None
+    #: When a full window next looks for messages to sort into the backlog (monotonic).
+    _sort_due = 0.0
 
     def _brpop_read(self, **options: Any) -> Any:
         """kombu's, but a message that is not kombu's is set aside instead of raising."""
@@ -208,6 +220,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self.client.connection.disconnect()
                 raise
             if not reply:
+                self._backlog = True  # the backlog may hold messages another worker sorted
                 raise Empty()
             self._backlog = True
             name, item = reply
@@ -237,19 +250,24 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
         Only while the last look found a message, no BRPOP is waiting for its answer on
         this channel, and the window has room; every message taken is delivered before
-        this returns.
+        this returns. A full window sorts the queues' new messages into the backlog instead
+        (non-zero while there is more to sort, so that the poller comes back at once).
         """
-        if not self._backlog or self._in_poll or self.global_keyprefix:
+        if self._in_poll or self.global_keyprefix:
             return 0
         room = self.qos.can_consume_max_estimate()
         if room is not None and room <= 0:
+            return self._sort_backlog()
+        if not self._backlog:
             return 0
         want = FETCH_BATCH_MAX if room is None else min(room, FETCH_BATCH_MAX)
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        reply = self._fetch(lists, want)
+        reply = self._fetch(self._lists(), want)
         self._backlog = len(reply) // 3 >= want
         return self._deliver_fetched(reply)
+
+    def _lists(self) -> list[str]:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        return [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
 
     def _fetch(self, lists: list[str], want: int) -> list[Any]:
         with self.conn_or_acquire() as client:
@@ -257,9 +275,32 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self._fetch_script = lua.register(client, "worker.delivery", "fetch")
             reply: list[Any] = self._fetch_script(
                 keys=[self.unacked_key, self.unacked_index_key, keys.unreadable(), *lists],
-                args=[want, time(), UNREADABLE_MAX],
+                args=[want, time(), UNREADABLE_MAX, backlog.DEFAULT_TENANT, backlog.weights_spec()],
             )
         return reply
+
+    def _sort_backlog(self) -> int:
+        """Sort what the queues received into the backlog, when it is time; 1 if there is more."""
+        now = monotonic()
+        if now < self._sort_due or not self.active_queues:
+            return 0
+        with self.conn_or_acquire() as client:
+            if self._sort_script is None or self._sort_script.registered_client is not client:
+                self._sort_script = lua.register(client, "worker.delivery", "backlog_sort")
+            moved, left, *aside = self._sort_script(
+                keys=[keys.unreadable(), *self._lists()],
+                args=[
+                    backlog.SORT_MAX, UNREADABLE_MAX, backlog.DEFAULT_TENANT,
+                    backlog.weights_spec(),
+                ],
+            )  # fmt: skip
+        for name in aside:
+            _log_unreadable(bytes_to_str(name).rsplit(self.sep, 1)[0])
+        if int(moved):
+            self._backlog = True  # the window takes from the backlog when it has room
+        more = int(left) == 1 and int(moved) >= backlog.SORT_MAX
+        self._sort_due = now if more else now + backlog.SORT_EVERY_S
+        return 1 if more else 0
 
     def _deliver_fetched(self, reply: list[Any]) -> int:
         failure: BaseException | None = None

@@ -22,7 +22,7 @@ import redis
 
 from worker import keys
 from worker.contract import TASK_NAME
-from worker.delivery import records
+from worker.delivery import backlog, records
 from worker.observability.flower_summaries import NO_ARGS, payload_summary
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,14 @@ def sweep(
     """
     now = time.time()
     client.zremrangebyscore(keys.inbox(), "-inf", now - retention_s)
+    lists = keys.queue_lists(queues)
     pipe = client.pipeline(transaction=False)
-    for key in keys.queue_lists(queues):
+    for key in lists:
         pipe.llen(key)
-    if sum(pipe.execute()):
-        return []  # a backlog: a waiting task is not a lost one
+    pipe.execute_command(*backlog.size_command(lists))
+    *lengths, sorted_out = pipe.execute()
+    if sum(lengths) or backlog.size_of(sorted_out):
+        return []  # a backlog (in the queues' lists or sorted by tenant): not lost
     members: list[bytes] = client.zrangebyscore(  # type: ignore[assignment]
         keys.inbox(), "-inf", now - grace_s, 0, BATCH
     )

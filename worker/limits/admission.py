@@ -29,11 +29,16 @@ import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_MAX
+from worker.limits import presence
 
 log = logging.getLogger(__name__)
 
 #: How long the grant list may stay quiet before this process sweeps for lapsed leases.
 SWEEP_S = 0.5
+#: A process that has not swept its endpoints' leases for this many lease TTLs is stalled (its
+#: heartbeat sweeps every third of a TTL): its leases are renewed on its behalf while its
+#: presence connection is open (worker.limits.presence).
+STALL_TTLS = 0.5
 #: The tenant of a task that names none.
 DEFAULT_TENANT = "internal"
 
@@ -64,23 +69,27 @@ class Admission:
         limit: int,
         every: int,
         weights: Weights = equal_weights,
+        ttl_ms: int = 30_000,
     ) -> None:
         self._client = client
         self._lease = keys.lease(endpoint_id)
+        self._swept = keys.lease_swept(endpoint_id)
+        self._ttl_ms = ttl_ms
+        self.presence = presence.for_process(client)
         self.keys = (
             keys.admission(endpoint_id),
             keys.admission_by_age(endpoint_id),
             keys.admission_info(endpoint_id),
             keys.admission_age(endpoint_id),
         )
-        self.owner = keys.grants(f"{endpoint_id}:{uuid.uuid4().hex}")
+        self.owner = keys.grants(f"{endpoint_id}:{self.presence.id}.{uuid.uuid4().hex[:8]}")
         #: The queues the endpoint's tasks come from, whose Redis lists a release looks into.
         self.queues = ",".join(dict.fromkeys([*keys.GENERAL_QUEUES, keys.queue_for(endpoint_id)]))
         self._limit = limit
         self.every = every
         self._weights = weights
         self._waiting: dict[str, threading.Event] = {}
-        self._sweep = lua.register(client, "worker.limits", "admit_sweep")
+        self._sweep = lua.register(client, "worker.limits", "lease_sweep")
         self._leave = lua.register(client, "worker.limits", "admit_leave")
         self._renew = lua.register(client, "worker.limits", "admit_renew")
         self._listener: threading.Thread | None = None
@@ -123,6 +132,19 @@ class Admission:
         for token in gone:
             self._granted(token.decode() if isinstance(token, bytes) else str(token))
 
+    def sweep(self) -> int:
+        """Free the slots and places of dead processes, keep those of stalled ones, and give
+        free slots to the queue (``scripts/lease_sweep.lua``); how many were granted."""
+        live = presence.live_ids(self._client)
+        granted, _removed = self._sweep(
+            keys=[self._lease, *self.keys, self._swept],
+            args=[
+                self._limit, self.every, self._ttl_ms, int(self._ttl_ms * STALL_TTLS),
+                self.presence.id, "-" if live is None else ",".join(sorted(live)),
+            ],
+        )  # fmt: skip
+        return int(granted)
+
     def close(self) -> None:
         self._stopped.set()
         self._wake.set()
@@ -161,5 +183,5 @@ class Admission:
         if popped:
             self._granted(popped[1].decode())
             return
-        # Quiet for a while: give lapsed leases (a killed worker's) to the queue.
-        self._sweep(keys=[self._lease, *self.keys], args=[self._limit, self.every])
+        # Quiet for a while: give a killed worker's slots (and lapsed leases) to the queue.
+        self.sweep()

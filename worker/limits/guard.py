@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +34,7 @@ import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
-from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError
+from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError, TaskCancelled
 from worker.limits.admission import Admission, Weights, equal_weights
 from worker.limits.slot_gate import SlotGate
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
@@ -179,7 +178,10 @@ class EndpointGuard:
         # The scripts' cooldown argument: the first and the longest, in ms.
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
-        self._admission = Admission(client, endpoint_id, policy.limit, policy.oldest_every, weights)
+        self._admission = Admission(
+            client, endpoint_id, policy.limit, policy.oldest_every, weights, self._ttl_ms
+        )
+        self._presence = self._admission.presence
         #: The slots this process holds, renewed by the heartbeat; those of them whose call
         #: ended, their release left to another script (:meth:`hand_off`).
         self._held: set[str] = set()
@@ -199,7 +201,7 @@ class EndpointGuard:
         is closed."""
         if self.gate is not None and not self.gate.is_open():
             return None
-        token = uuid.uuid4().hex
+        token = self._presence.token()
         policy = self._policy
         return SlotOffer(
             guard=self,
@@ -285,7 +287,7 @@ class EndpointGuard:
 
     def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
         """Take a slot, or wait in the admission queue until one is handed over."""
-        token = uuid.uuid4().hex
+        token = self._presence.token()
         policy = self._policy
         admission = self._admission
         script_keys = [*self._keys, *admission.keys]
@@ -324,6 +326,8 @@ class EndpointGuard:
             raise rate_limited(wait_ms / 1000)
         if code == 4:
             raise AlreadyRunning()
+        if code == 5:
+            raise TaskCancelled("the task was cancelled before it ran")
         if attempts:
             slot.attempt, slot.attempt_on_endpoint = attempts
         self._held.add(token)
@@ -375,6 +379,7 @@ class EndpointGuard:
                 with self._renew_lock:
                     self._renew_held()
                 self._admission.renew(self._ttl_ms)
+                self._admission.sweep()  # this process is alive; a dead one's slots go
             except redis.RedisError:
                 log.warning("could not renew %d concurrency leases or waiters", len(held))
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker import keys
+from worker.delivery import backlog
 from worker.endpoints.config import Endpoints
 
 
@@ -59,8 +60,10 @@ class Snapshot:
     @classmethod
     def commands(cls, pipe: Any, caps: Sequence[EndpointCap]) -> None:
         """Queue the reads of a snapshot on ``pipe`` (a sync or an asyncio pipeline)."""
-        for name in queue_keys([cap.endpoint_id for cap in caps]):
+        lists = queue_keys([cap.endpoint_id for cap in caps])
+        for name in lists:
             pipe.llen(name)
+        pipe.execute_command(*backlog.size_command(lists))
         pipe.llen(keys.dead_letters())
         pipe.llen(keys.unreadable())
         pipe.time()
@@ -73,7 +76,8 @@ class Snapshot:
     def parse(cls, results: list[Any], caps: Sequence[EndpointCap]) -> Snapshot:
         """The snapshot from the results of :meth:`commands` with the same ``caps``."""
         queues = len(queue_keys([cap.endpoint_id for cap in caps]))
-        depth = sum(int(n) for n in results[:queues])
+        depth = sum(int(n) for n in results[:queues]) + backlog.size_of(results[queues])
+        queues += 1
         dead, unreadable = int(results[queues]), int(results[queues + 1])
         seconds, micros = results[queues + 2]
         now_ms = int(seconds) * 1000 + int(micros) // 1000

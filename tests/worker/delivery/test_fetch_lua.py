@@ -10,7 +10,7 @@ import redis
 from redis.commands.core import Script
 
 from worker import keys, lua
-from worker.delivery import broker
+from worker.delivery import backlog, broker
 
 QUEUE, OTHER = "fetch-test", "fetch-test\x06\x163"
 UNACKED, INDEX = broker.UNACKED_KEY, broker.UNACKED_INDEX_KEY
@@ -27,9 +27,11 @@ def _run(
     want: int = 10,
     now_s: float = 1.5,
     unreadable_max: int = broker.UNREADABLE_MAX,
+    weights: str = "",
 ) -> list:
     return script(
-        keys=[UNACKED, INDEX, keys.unreadable(), *lists], args=[want, now_s, unreadable_max]
+        keys=[UNACKED, INDEX, keys.unreadable(), *lists],
+        args=[want, now_s, unreadable_max, backlog.DEFAULT_TENANT, weights],
     )
 
 
@@ -110,7 +112,12 @@ def test_a_refused_write_leaves_the_message_in_its_queue(
 
     with pytest.raises(redis.ResponseError):
         _run(fetch)
-    assert redis_client.lrange(QUEUE, 0, -1) == [_message("t").encode()]
+    # Sorted into its tenant's backlog before the write failed: still queued there.
+    assert redis_client.llen(QUEUE) == 0
+    assert redis_client.lrange(keys.backlog(QUEUE, backlog.DEFAULT_TENANT), 0, -1) == [
+        _message("t").encode()
+    ]
+    assert redis_client.hget(keys.backlog_size(), QUEUE) == b"1"
 
 
 @pytest.mark.parametrize(

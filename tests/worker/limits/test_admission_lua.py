@@ -220,3 +220,22 @@ def test_a_held_slot_goes_to_the_queue_if_no_urgent_task_comes(
     # A hold nobody took: the next one waits a second, so the message costs little.
     endpoint.ask("batch-1", priority=2)
     assert endpoint.next(queues="genqueue,celery") == "batch-1"
+
+
+def test_a_tenant_with_nothing_waiting_keeps_no_state(
+    redis_client: redis.Redis, endpoint: Endpoint
+) -> None:
+    # 200 tenants come and go while traffic flows: the queue's hash keeps none of them.
+    for n in range(200):
+        assert endpoint.ask(f"t{n}", tenant=f"tenant-{n}") == 0
+        assert endpoint.next() == f"t{n}"
+    fields = {field.decode() for field in redis_client.hkeys(keys.admission_info(EP))}
+    assert not [field for field in fields if field.startswith(("F:", "w:"))], fields
+    assert len(fields) <= 4  # the band's clock and the counters
+    # One still waiting keeps its clock, until its turn.
+    endpoint.ask("a1", tenant="a")
+    endpoint.ask("a2", tenant="a")
+    assert endpoint.next() == "a1"
+    assert redis_client.hexists(keys.admission_info(EP), "F:4:a")
+    assert endpoint.next() == "a2"
+    assert not redis_client.hexists(keys.admission_info(EP), "F:4:a")

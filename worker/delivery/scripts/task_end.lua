@@ -98,13 +98,7 @@ end
 local function add(key, field, amount)
   if amount > 0 then redis.call('HINCRBY', key, field, amount) end
 end
-local function settle_reservation()
-  local reserved = redis.call('HMGET', record_key, 'reserved_tokens', 'reserved_day')
-  if not reserved[1] then return end
-  local left = redis.call('HINCRBY', reserved_key, reserved[2], -tonumber(reserved[1]))
-  if left <= 0 then redis.call('HDEL', reserved_key, reserved[2]) end
-  redis.call('HDEL', record_key, 'reserved_tokens', 'reserved_day')
-end
+-- #include worker.delivery:reservation
 local function count_usage()
   if redis.call('HSETNX', record_key, 'usage_counted', '1') == 0 then return end
   local at = endpoint .. ':'
@@ -121,7 +115,7 @@ local function count_usage()
   add(usage_totals_key, total .. 'completion', completion_tokens)
   add(usage_totals_key, total .. 'gpu_ms', gpu_ms)
   redis.call('EXPIRE', usage_totals_key, usage_ttl_s)
-  settle_reservation()
+  settle_reservation(record_key, reserved_key)
 end
 
 -- A task sent through Celery has a record only from its start: its tenant is written here.

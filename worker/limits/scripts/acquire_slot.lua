@@ -8,9 +8,9 @@
 -- slot is taken only when no task waits for one; with `queue.wait`, a task that finds none
 -- joins the queue (or keeps its place). A token the queue granted a slot to takes it here.
 -- Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
--- 4 the task is claimed by another worker. With a claim, code 1 also returns the task's attempt
--- numbers, in all and on this endpoint. A granted slot that is refused (2, 3, 4) goes on to
--- the next in the queue.
+-- 4 the task is claimed by another worker, 5 the waiting task was cancelled. With a claim,
+-- code 1 also returns the task's attempt numbers, in all and on this endpoint. A granted slot
+-- that is refused (2, 3, 4, 5) goes on to the next in the queue.
 local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
                             cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now, queue)
   -- Only a waiter (queue.wait) may have been granted a slot already.
@@ -81,6 +81,13 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
     end
   end
   local attempts = {}
+  -- A task cancelled while it waited (the API's DELETE flags its record) takes no slot: the
+  -- slot goes on to the next waiter. (The start script checks the flag before it tries.)
+  if running and queue and queue.wait
+      and redis.call('HEXISTS', record, 'cancel_requested') == 1 then
+    if probing then redis.call('DEL', probe) end
+    return refuse({5, 0})
+  end
   if running then
     if not redis.call('SET', running, claim_token, 'NX', 'PX', claim_ttl)
         and redis.call('GET', running) ~= claim_token then

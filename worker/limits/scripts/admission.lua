@@ -1,3 +1,4 @@
+-- #include worker.delivery:backlog_keys
 -- A library: the admission queue of an endpoint, the tasks held by workers and waiting for a
 -- slot of its concurrency cap (see docs/scheduling.md). Included by acquire_slot.lua and
 -- release_slot.lua, so that every slot that frees goes to the head of the queue in the same
@@ -41,6 +42,14 @@ local function admit_drop(q, token, e)
   redis.call('ZREM', q.byage, admit_byage(e, token))
   redis.call('ZREM', q.age, token)
   redis.call('HDEL', q.info, 'w:' .. token)
+  -- A tenant with no waiter left in the band keeps no clock there: its next task starts from
+  -- the band's clock (no credit for its absence, no debt for tasks that left), and the hash
+  -- holds a field per tenant waiting, not per tenant ever seen.
+  local prefix = e.band .. '\t' .. e.tenant .. '\t'
+  if not redis.call('ZRANGEBYLEX', q.byage, '[' .. prefix, '(' .. prefix .. '\255',
+      'LIMIT', 0, 1)[1] then
+    redis.call('HDEL', q.info, 'F:' .. e.band .. ':' .. e.tenant)
+  end
 end
 
 local function admit_keep(q, ttl)
@@ -128,12 +137,14 @@ local HOLD_MS = 250
 -- never fetched (for another endpoint's workers) costs one slot at most 250 ms in 1.25 s.
 local HOLD_GAP_MS = 1000
 
--- Whether a message more urgent than `band` waits in the Redis lists of `queues` ("a,b"):
+-- Whether a message more urgent than `band` waits in the Redis lists of `queues` ("a,b"), or
+-- in their backlogs (sorted by tenant: worker.delivery:backlog_keys):
 -- a list's priority step is the band (kombu's "<queue>\x06\x16<step>", step 0 the queue).
 local function admit_sooner(queues, band)
   for queue in string.gmatch(queues or '', '[^,]+') do
     for step = 0, band - 1 do
-      if redis.call('LLEN', step == 0 and queue or (queue .. '\6\22' .. step)) > 0 then
+      local list = step == 0 and queue or (queue .. '\6\22' .. step)
+      if redis.call('LLEN', list) > 0 or backlog_waiting(list) then
         return true
       end
     end

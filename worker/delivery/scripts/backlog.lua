@@ -1,0 +1,176 @@
+-- #include worker.delivery:backlog_keys
+-- A library: the backlog, the messages of a queue's Redis list sorted by tenant so that a fetch
+-- takes them in fair order however many of one tenant's came first (see docs/scheduling.md).
+-- Included by fetch.lua and backlog_sort.lua (worker.delivery.broker).
+--
+-- For each queue list L (kombu's "<queue>" or "<queue>\x06\x16<step>": one priority band),
+-- the keys of worker.keys (backlog_keys.lua names them):
+--   genqueue:backlog:<tenant>:<L>    list: the tenant's messages of L, as kombu pushed them
+--                                    (raw, oldest at the tail); no TTL, as kombu's lists
+--   genqueue:backlog-tenants:<L>     sorted set: each tenant with messages in L, scored by
+--                                    the virtual finish time of its oldest one
+--   genqueue:backlog-clock:<L>       string: L's clock, the finish time of the last taken
+--   genqueue:backlog-size            hash: L -> how many messages L's backlog holds
+-- A tenant of weight w moves its score on by 1/w a message taken (self-clocked weighted fair
+-- queuing, as the admission queue's); one with nothing queued has no state at all, and one
+-- that comes back starts from the clock: no credit for its absence. Everything of L is gone
+-- when its backlog is empty.
+
+local B64 = {}
+do
+  local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+  for i = 1, 64 do B64[string.byte(alphabet, i)] = i - 1 end
+end
+
+-- The bytes of base64 text (false if it is not base64).
+local function backlog_b64(text)
+  local out, n = {}, 0
+  for i = 1, #text - 3, 4 do
+    local a, b, c, d = string.byte(text, i, i + 3)
+    local x, y = B64[a], B64[b]
+    if not (x and y) then return false end
+    local z, w = B64[c], B64[d]
+    local v = x * 262144 + y * 4096 + (z or 0) * 64 + (w or 0)
+    n = n + 1
+    if w then
+      out[n] = string.char(math.floor(v / 65536), math.floor(v / 256) % 256, v % 256)
+    elseif z then
+      out[n] = string.char(math.floor(v / 65536), math.floor(v / 256) % 256)
+    else
+      out[n] = string.char(math.floor(v / 65536))
+    end
+  end
+  return table.concat(out)
+end
+
+-- The delivery tag and delivery info of a kombu message, and the message; false when it is not
+-- kombu's (as worker.delivery.broker.envelope reads it).
+local function backlog_envelope(item)
+  local ok, message = pcall(cjson.decode, item)
+  if not (ok and type(message) == 'table' and type(message['properties']) == 'table') then
+    return false
+  end
+  local properties = message['properties']
+  local info = properties['delivery_info']
+  if type(properties['delivery_tag']) == 'string' and type(info) == 'table'
+      and type(info['exchange']) == 'string' and type(info['routing_key']) == 'string' then
+    return properties['delivery_tag'], info, message
+  end
+  return false
+end
+
+local function backlog_tenant_name(name)
+  return type(name) == 'string' and #name <= 64 and string.match(name, '^%w[%w_%.%-]*$')
+end
+
+-- The tenant a genqueue.generate message names in its request (as worker.tenants'
+-- tenant_of_message reads it), else `default`. The task's record says it when a genqueue
+-- producer wrote one (one read); else the message's body is decoded (plain Celery).
+local function backlog_tenant(message, default)
+  local headers = message['headers']
+  local id = type(headers) == 'table' and headers['id']
+  if type(id) == 'string' then
+    local named = redis.call('HGET', TASK_RECORD .. id, RECORD_TENANT)
+    if backlog_tenant_name(named) then return named end
+  end
+  local body = message['body']
+  if type(body) ~= 'string' then return default end
+  if message['properties']['body_encoding'] == 'base64' then
+    body = backlog_b64(body)
+    if not body then return default end
+  end
+  local ok, decoded = pcall(cjson.decode, body)
+  if not (ok and type(decoded) == 'table') then return default end
+  local args, kwargs, raw = decoded[1], decoded[2], nil
+  if type(args) == 'table' and #args == 1 then
+    raw = args[1]
+  elseif type(kwargs) == 'table' then
+    raw = kwargs['request']
+  end
+  local name = type(raw) == 'table' and raw['tenant']
+  return backlog_tenant_name(name) and name or default
+end
+
+-- The weights of "name=weight\n..." (the tenants whose weight is not 1).
+local function backlog_weights(spec)
+  local weights = {}
+  for name, weight in string.gmatch(spec or '', '([^\n=]+)=([^\n]+)') do
+    weights[name] = math.max(tonumber(weight) or 1, 0.001)
+  end
+  return weights
+end
+
+-- Up to `n` messages off the tail of `list` into its backlog, oldest first; one that is not
+-- kombu's is set aside in `unreadable` (and {list, false, false} added to `out`). Each is
+-- written where it goes before it leaves `list`. Returns how many were moved, set aside.
+local function backlog_sort(list, n, out, unreadable, unreadable_max, default, weights)
+  local moved, aside, clock = 0, 0, nil
+  local tenants = backlog_tenants(list)
+  while moved + aside < n do
+    local item = redis.call('LINDEX', list, -1)
+    if not item then break end
+    local tag, _, message = backlog_envelope(item)
+    if tag then
+      local tenant = backlog_tenant(message, default)
+      redis.call('LPUSH', backlog_list(list, tenant), item)
+      if not redis.call('ZSCORE', tenants, tenant) then
+        clock = clock or tonumber(redis.call('GET', backlog_clock(list)) or '0')
+        redis.call('ZADD', tenants, clock + 1 / (weights[tenant] or 1), tenant)
+      end
+      redis.call('HINCRBY', BACKLOG_SIZE, list, 1)
+      moved = moved + 1
+    else
+      redis.call('LPUSH', unreadable, item)
+      redis.call('LTRIM', unreadable, 0, unreadable_max - 1)
+      out[#out + 1] = list
+      out[#out + 1] = false
+      out[#out + 1] = false
+      aside = aside + 1
+    end
+    redis.call('RPOP', list)
+  end
+  return moved, aside
+end
+
+-- Up to `n` messages of `list`'s backlog, the tenant of the least virtual finish time first
+-- (each tenant's oldest), each recorded as unacked in kombu's format (as its QoS.append writes
+-- it) before it leaves the backlog, and {list, message, tag} added to `out`. Returns how many.
+local function backlog_take(list, n, out, unacked, unacked_index, now_s, weights)
+  local tenants = backlog_tenants(list)
+  local taken, finish = 0, nil
+  while taken < n do
+    local head = redis.call('ZRANGE', tenants, 0, 0, 'WITHSCORES')
+    if not head[1] then break end
+    local tenant = head[1]
+    finish = tonumber(head[2])
+    local queue = backlog_list(list, tenant)
+    local item = redis.call('LINDEX', queue, -1)
+    if item then
+      local tag, info = backlog_envelope(item)
+      redis.call('ZADD', unacked_index, now_s, tag)
+      redis.call('HSET', unacked, tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
+        .. ',' .. cjson.encode(info['routing_key']) .. ']')
+      redis.call('RPOP', queue)
+      out[#out + 1] = list
+      out[#out + 1] = item
+      out[#out + 1] = tag
+      taken = taken + 1
+    end
+    if redis.call('EXISTS', queue) == 1 then
+      redis.call('ZADD', tenants, finish + 1 / (weights[tenant] or 1), tenant)
+    else
+      redis.call('ZREM', tenants, tenant)
+    end
+  end
+  if taken > 0 then
+    if redis.call('HINCRBY', BACKLOG_SIZE, list, -taken) <= 0 then
+      redis.call('HDEL', BACKLOG_SIZE, list)
+    end
+  end
+  if redis.call('EXISTS', tenants) == 0 then
+    redis.call('DEL', backlog_clock(list))
+  elseif finish then
+    redis.call('SET', backlog_clock(list), string.format('%.17g', finish))
+  end
+  return taken
+end
