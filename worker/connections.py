@@ -197,14 +197,8 @@ def api_async_client(
 ) -> aioredis.Redis:
     """An asyncio client of the API: every wait ``GENQUEUE_API_REDIS_TIMEOUT_S``, no timeout
     retried."""
-    timeout_s = settings.api_redis_timeout_s
     return async_client(
-        settings,
-        max_connections=max_connections,
-        socket_timeout_s=timeout_s,
-        results=results,
-        pool_timeout_s=timeout_s,
-        retry_timeouts=False,
+        settings, max_connections=max_connections, results=results, **_api_waits(settings)
     )
 
 
@@ -212,12 +206,13 @@ def api_sync_client(
     settings: Settings, *, max_connections: int, results: bool = False
 ) -> redis.Redis:
     """A blocking client of the API (batch enqueues), its waits as :func:`api_async_client`'s."""
-    timeout_s = settings.api_redis_timeout_s
     return sync_client(
-        settings,
-        max_connections=max_connections,
-        socket_timeout_s=timeout_s,
-        results=results,
-        pool_timeout_s=timeout_s,
-        retry_timeouts=False,
+        settings, max_connections=max_connections, results=results, **_api_waits(settings)
     )
+
+
+def _api_waits(settings: Settings) -> dict[str, Any]:
+    """How long the API's clients wait: ``GENQUEUE_API_REDIS_TIMEOUT_S`` for a reply or a free
+    connection, and a timeout is not retried (a hung Redis is answered 503, not waited out)."""
+    timeout_s = settings.api_redis_timeout_s
+    return {"socket_timeout_s": timeout_s, "pool_timeout_s": timeout_s, "retry_timeouts": False}

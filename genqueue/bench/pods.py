@@ -89,13 +89,7 @@ def _worker(children: Children, redis_url: str, sim_url: str, idle_stop_s: float
         "RUNPOD_REST_API_URL": f"{sim_url}/v1",
         "RUNPOD_API_KEY": KEY,
     }
-    children.spawn("worker", [sys.executable, "-m", "genqueue", "worker"], env)
-    log = children.log_path("worker")
-    for _ in range(600):
-        if " ready." in log.read_text(errors="replace"):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"the worker did not start:\n{children.log_tail('worker')}")
+    children.spawn_worker(env)
 
 
 def _burst(client: Celery, tasks: int) -> tuple[float, int]:

@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,6 +129,18 @@ class Children:
 
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
+
+    def spawn_worker(
+        self, env: dict[str, str], name: str = "worker", timeout_s: float = 30
+    ) -> None:
+        """``genqueue worker`` with ``env``, returned once its log says it is ready."""
+        self.spawn(name, [sys.executable, "-m", "genqueue", "worker"], env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if " ready." in self.log_path(name).read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the {name} did not start:\n{self.log_tail(name)}")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -83,13 +82,7 @@ def _serve_api(settings: Settings) -> str:
 def _worker(children: Children, redis_url: str, endpoint: str) -> None:
     env = {**base_env(), "REDIS_URL": redis_url, "RUNPOD_ENDPOINT_URL": endpoint,
            "GENQUEUE_WORKER_PROCESSES": "1", "RUNPOD_MAX_CONCURRENCY": "4"}  # fmt: skip
-    children.spawn("worker", [sys.executable, "-m", "genqueue", "worker"], env)
-    log = children.log_path("worker")
-    for _ in range(600):
-        if " ready." in log.read_text(errors="replace"):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"the worker did not start:\n{children.log_tail('worker')}")
+    children.spawn_worker(env)
 
 
 def _summary(name: str, values_s: list[float]) -> str:
