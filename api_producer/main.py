@@ -44,7 +44,8 @@ from api_producer.uploads import UploadSlots
 from api_producer.usage import UsageReader, prices_of
 from api_producer.waiters import ResultListener
 from worker import connections
-from worker.endpoints.config import load_endpoints
+from worker.delivery import backlog
+from worker.endpoints.config import DEFAULT_ENDPOINT, load_endpoints
 from worker.errors import TemplateError
 from worker.pipeline.render import PromptRenderer
 from worker.settings import Settings, load_settings
@@ -69,7 +70,13 @@ def build_state(settings: Settings) -> ApiState:
     async_client = connections.api_async_client(settings, max_connections=1024)
     plan = make_plan(settings, sync_client)
     endpoints = load_endpoints(settings)  # an invalid file stops the API at start
-    store = TaskStore(TaskRedis.from_settings(settings, async_client, 1024), listener(settings))
+    tenants = TenantsSource(settings)  # an invalid tenants file stops it too
+    tasks = TaskRedis.from_settings(settings, async_client, 1024)
+    # A queued task's place counts the tasks of its endpoint's queue, by its tenants' weights.
+    tasks.default_endpoint = endpoints.default if endpoints is not None else DEFAULT_ENDPOINT
+    weights = backlog.tenants_file_weights(tenants)
+    tasks.weights = lambda: backlog.weights_spec(weights)
+    store = TaskStore(tasks, listener(settings))
     # A blocked XREAD holds its connection: the follows have a client of their own.
     follows_client = connections.api_async_client(
         settings, max_connections=settings.api_max_streams
@@ -80,7 +87,7 @@ def build_state(settings: Settings) -> ApiState:
         enqueuer=AsyncProducer(settings, async_client, plan),
         store=store,
         tokens=TokenFollower(follows_client, store, settings.api_max_streams),
-        keys=KeyChecker(TenantsSource(settings)),  # an invalid tenants file stops it too
+        keys=KeyChecker(tenants),
         templates=_templates(settings),
         endpoints=frozenset(endpoints.names) if endpoints is not None else None,
         endpoint_specs=endpoints,

@@ -60,14 +60,15 @@ class TaskStore:
         if throttled:
             async with self._wait_reads:
                 return await self.get_owned(task_id)
-        [(record, meta)] = await self._tasks.read([task_id])
+        (record, meta), place = await self._tasks.read_placed(task_id)
         if not record and meta is None:
             return None
         owner = record.get(records.F_TENANT.encode()) if record else None
-        return OwnedStatus(
-            records.status_from(task_id, record, meta),
-            owner.decode() if owner is not None else INTERNAL,
-        )
+        status = records.status_from(task_id, record, meta)
+        if status.status is TaskState.QUEUED:
+            status.queue_position = place.queue_position
+            status.estimated_start_s = place.estimated_start_s
+        return OwnedStatus(status, owner.decode() if owner is not None else INTERNAL)
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskStatus | None:
         """The status once final, or as it is after ``timeout_s``; no polling loop.

@@ -5,7 +5,8 @@ the same Redis when unset). One pipeline when they are one Redis, one per Redis 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -13,11 +14,30 @@ from celery import states
 
 from worker import connections, keys, lua
 from worker.contract import TaskState
-from worker.delivery import records
+from worker.delivery import backlog, records
+from worker.endpoints.config import DEFAULT_ENDPOINT
 from worker.settings import Settings
 
 #: A task's record (its raw hash) and Celery's raw result meta (``None``: none stored).
 RawTask = tuple[dict[Any, Any], bytes | None]
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a queued task is: the tasks ahead of it, and when it should start."""
+
+    queue_position: int | None
+    estimated_start_s: float | None
+
+
+def place_of(answer: Any) -> Place:
+    """The :class:`Place` of ``queue_position.lua``'s answer."""
+    position, rate = answer
+    if position is None:
+        return Place(None, None)
+    per_s = float(rate) if rate is not None else 0.0
+    estimate = round(int(position) / per_s, 1) if per_s > 0 else None
+    return Place(int(position), estimate)
 
 
 class TaskRedis:
@@ -36,6 +56,10 @@ class TaskRedis:
         # Never over a success: a task that finished since its state was read stays finished.
         self._revoke = lua.register(results, "worker.delivery", "store_result")
         self._give_back = lua.register(client, "worker.delivery", "reservation_release")
+        self._place = lua.register(client, "worker.delivery", "queue_position")
+        #: The endpoint of genqueue's own queue, and the tenants' weights (``weights_spec``).
+        self.default_endpoint = DEFAULT_ENDPOINT
+        self.weights: Callable[[], str] = lambda: ""
 
     @classmethod
     def from_settings(
@@ -69,6 +93,26 @@ class TaskRedis:
             pipe.execute(), self.results.mget([keys.celery_result(t) for t in task_ids])
         )
         return list(zip(found, cast(list[bytes | None], metas), strict=True))
+
+    async def read_placed(self, task_id: str) -> tuple[RawTask, Place]:
+        """The task's record and result meta, and its place in the queue (read in the same
+        pipeline: a bounded number of commands, whatever the backlog holds)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.task_record(task_id))
+        if not self.apart:
+            pipe.get(keys.celery_result(task_id))
+        args = [self.default_endpoint, self.weights(), backlog.DEFAULT_TENANT]
+        await self._place(
+            keys=[keys.task_record(task_id), keys.EVENTS_STREAM], args=args, client=pipe
+        )
+        if self.apart:
+            replies, meta = await asyncio.gather(
+                pipe.execute(), self.results.get(keys.celery_result(task_id))
+            )
+            record, answer = replies
+        else:
+            record, meta, answer = await pipe.execute()
+        return (record, cast(bytes | None, meta)), place_of(answer)
 
     async def cancel(self, cancels: Sequence[tuple[str, TaskState]]) -> None:
         """Cancel each task, now in the (not final) state given with it.

@@ -48,6 +48,8 @@ KEEPALIVE_S = 15.0
 ENTRIES_PER_READ = 512
 #: How long the final status may lag the end mark (Celery stores a failure after the task).
 END_WAIT_S = 10.0
+#: How often a queued task's place is looked at (and sent, when it changed).
+QUEUED_EVERY_S = 1.0
 
 
 class TooManyStreams(Exception):
@@ -91,9 +93,17 @@ class Expired:
         return f"task {self.task_id} expired while followed (GENQUEUE_RESULT_TTL_S passed)"
 
 
-#: What a follow yields: a piece, ``None`` for a keep-alive, and last the final status (or
-#: :class:`Expired`).
-Event = Piece | TaskStatus | Expired | None
+@dataclass(frozen=True)
+class Queued:
+    """The task waits: its place in the queue (``event: queued``), sent when it changes."""
+
+    queue_position: int | None
+    estimated_start_s: float | None
+
+
+#: What a follow yields: a piece, ``None`` for a keep-alive, :class:`Queued` while the task
+#: waits (when asked for), and last the final status (or :class:`Expired`).
+Event = Piece | Queued | TaskStatus | Expired | None
 
 
 class TokenFollower:
@@ -123,18 +133,33 @@ class TokenFollower:
         return StreamSlot(self)
 
     async def follow(
-        self, task_id: str, last_id: str | None, slot: StreamSlot | None = None
+        self,
+        task_id: str,
+        last_id: str | None,
+        slot: StreamSlot | None = None,
+        queued: bool = False,
     ) -> AsyncGenerator[Event, None]:
         """The events of ``task_id`` after ``last_id`` (all of them when ``None``), then its
-        final status, in ``slot`` (one reserved now if none), which it frees at its end."""
+        final status, in ``slot`` (one reserved now if none), which it frees at its end.
+
+        ``queued``: while the task waits, its place (:class:`Queued`) when it changes, looked
+        at every :data:`QUEUED_EVERY_S`.
+        """
         slot = slot or self.reserve()
         try:
             if await self._streams(task_id):
-                async for event in self._from_stream(task_id, last_id):
-                    yield event
+                events = self._from_stream(task_id, last_id)
             else:
-                async for event in self._whole(task_id, last_id):
-                    yield event
+                events = self._whole(task_id, last_id)
+            sent = await self._place_first(task_id) if queued else None
+            if sent is not None:
+                yield sent
+            async for event in events:
+                if isinstance(event, Queued):
+                    if not queued or event == sent:
+                        continue
+                    sent = event
+                yield event
         finally:
             slot.release()
 
@@ -160,8 +185,12 @@ class TokenFollower:
                     yield whole
             yield event
 
-    async def _until_final(self, task_id: str) -> AsyncIterator[TaskStatus | Expired | None]:
-        """Keep-alives until the task is final, then its status (:class:`Expired`: gone)."""
+    async def _until_final(
+        self, task_id: str
+    ) -> AsyncIterator[TaskStatus | Queued | Expired | None]:
+        """Keep-alives (and its place while queued) until the task is final, then its status
+        (:class:`Expired`: gone)."""
+        alive_at = 0.0
         while True:
             status = await self._store.get(task_id)
             if status is None:
@@ -170,7 +199,13 @@ class TokenFollower:
             if status.status.is_final:
                 yield status
                 return
-            yield None
+            if status.status is TaskState.QUEUED:
+                yield _queued(status)
+                await self._changed(task_id, QUEUED_EVERY_S)
+                continue
+            if time.monotonic() - alive_at >= KEEPALIVE_S:
+                alive_at = time.monotonic()
+                yield None
             await self._changed(task_id)
 
     async def _after_trim(self, task_id: str, key: str, seen: bool) -> AsyncIterator[Event]:
@@ -199,12 +234,12 @@ class TokenFollower:
             if status is None or status.status.is_final or time.monotonic() >= deadline:
                 return status
 
-    async def _changed(self, task_id: str) -> None:
-        """Until the task changes, or a keep-alive is due."""
+    async def _changed(self, task_id: str, most_s: float = KEEPALIVE_S) -> None:
+        """Until the task changes, or ``most_s`` passed (a keep-alive is due)."""
         try:
-            await self._store.wait(task_id, KEEPALIVE_S)
+            await self._store.wait(task_id, most_s)
         except TooManyWaiters:  # look again in a while
-            await asyncio.sleep(BLOCK_MS / 1000)
+            await asyncio.sleep(min(most_s, BLOCK_MS / 1000))
 
     async def _from_stream(self, task_id: str, last_id: str | None) -> AsyncIterator[Event]:
         key = keys.tokens(task_id)
@@ -242,9 +277,18 @@ class TokenFollower:
                 async for event in self._rest(key, cursor, status, seen):
                     yield event
                 return
+            if status.status is TaskState.QUEUED:
+                yield _queued(status)  # after a quiet XREAD: once a second at most
             if time.monotonic() - quiet_since >= KEEPALIVE_S:
                 quiet_since = time.monotonic()
                 yield None
+
+    async def _place_first(self, task_id: str) -> Queued | None:
+        """The place of a task not started yet, before its first read."""
+        status = await self._store.get(task_id)
+        if status is None or status.status is not TaskState.QUEUED:
+            return None
+        return _queued(status)
 
     async def _place_after(self, key: str, last_id: str | None) -> int | None:
         """The place the entry after ``last_id`` must have (``None``: any): 1 from the start,
@@ -273,6 +317,10 @@ class TokenFollower:
         if whole is not None:
             yield whole
         yield status
+
+
+def _queued(status: TaskStatus) -> Queued:
+    return Queued(status.queue_position, status.estimated_start_s)
 
 
 def _text(value: bytes | str) -> str:

@@ -263,6 +263,12 @@ class TaskStatus(BaseModel):
     metadata: dict[str, JsonValue] | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    #: While queued: the tasks that will get a slot of its endpoint before it, as the scheduler
+    #: sees them now (docs/scheduling.md); ``None`` otherwise.
+    queue_position: int | None = None
+    #: While queued: ``queue_position`` over the recent completions a second; ``None``
+    #: otherwise, or when no task ended in the last minute.
+    estimated_start_s: float | None = None
 
 
 def unicode_problem(value: Any, where: str = "") -> str | None:

@@ -1,6 +1,8 @@
 """``GET /v1/tasks/{task_id}/stream``: a task's tokens as server-sent events.
 
-``event: token`` (``data: {"text": "..."}``, with an ``id:``) per piece, ``event: restart``
+``event: queued`` (``data: {"queue_position": ..., "estimated_start_s": ...}``) while the task
+waits, when its place changes (looked at once a second); ``event: token``
+(``data: {"text": "..."}``, with an ``id:``) per piece, ``event: restart``
 when a broken call is retried (the text so far is to be discarded), then ``event: done`` with
 the task's status, the same JSON as ``GET /v1/tasks/{task_id}``. ``Last-Event-ID`` resumes
 after the event it names. See :mod:`api_producer.token_follow`.
@@ -23,6 +25,7 @@ from api_producer.token_follow import (
     Event,
     Expired,
     Piece,
+    Queued,
     StreamSlot,
     TokenFollower,
     TooManyStreams,
@@ -49,6 +52,12 @@ def sse(event: Event) -> bytes:
         return b": keep-alive\n\n"
     if isinstance(event, TaskStatus):
         return f"event: done\ndata: {event.model_dump_json()}\n\n".encode()
+    if isinstance(event, Queued):
+        place = {
+            "queue_position": event.queue_position,
+            "estimated_start_s": event.estimated_start_s,
+        }
+        return f"event: queued\ndata: {json.dumps(place)}\n\n".encode()
     if isinstance(event, Expired):
         problem = json.dumps({"type": "task_expired", "message": event.message})
         return f"event: error\ndata: {problem}\n\n".encode()
@@ -59,7 +68,7 @@ def sse(event: Event) -> bytes:
 async def _events(
     follower: TokenFollower, task_id: str, last_id: str | None, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
-    async for event in follower.follow(task_id, last_id, slot):
+    async for event in follower.follow(task_id, last_id, slot, queued=True):
         yield sse(event)
 
 

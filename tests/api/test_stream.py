@@ -30,13 +30,15 @@ def read_events(response: requests.Response) -> list[tuple[str, str | None, Any]
 
 
 def follow(api_url: str, task_id: str, **headers: str) -> list[tuple[str, str | None, Any]]:
+    """The events of the task's stream but ``queued`` (its place while it waits: see
+    tests/api/test_queue_position.py)."""
     with requests.get(
         f"{api_url}/v1/tasks/{task_id}/stream", headers={**AUTH, **headers}, stream=True,
         timeout=30,
     ) as response:  # fmt: skip
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("text/event-stream")
-        return read_events(response)
+        return [event for event in read_events(response) if event[0] != "queued"]
 
 
 def submit(api_url: str, **body: Any) -> str:

@@ -54,10 +54,11 @@ def tenants_file_weights(tenants: TenantsSource) -> WeightsSource:
     return weights
 
 
-def weights_spec() -> str:
+def weights_spec(source: WeightsSource | None = None) -> str:
     """The scripts' ``weights`` argument: ``tenant=weight`` lines, for the tenants whose weight
-    is not 1."""
-    return "\n".join(f"{name}={weight!r}" for name, weight in _source().items() if weight != 1)
+    is not 1 (those of ``source``, else of this process's :func:`use_weights`)."""
+    found = (source or _source)()
+    return "\n".join(f"{name}={weight!r}" for name, weight in found.items() if weight != 1)
 
 
 def size_command(lists: Iterable[str]) -> tuple[Any, ...]:

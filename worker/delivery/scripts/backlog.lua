@@ -100,6 +100,24 @@ local function backlog_weights(spec)
   return weights
 end
 
+-- The message's sequence number among its tenant's in `list`'s backlog, kept in its task's
+-- record (when a genqueue producer wrote one) for its place in the queue.
+local function backlog_number(list, tenant, message)
+  local seqs, field = backlog_seq(list), 's:' .. tenant
+  if redis.call('HEXISTS', seqs, field) == 0 then
+    local time = redis.call('TIME')
+    local base = string.format('%d', (tonumber(time[1]) * 1000
+      + math.floor(tonumber(time[2]) / 1000)) * BACKLOG_SEQ_PER_MS)
+    redis.call('HSET', seqs, field, base, 't:' .. tenant, base)
+  end
+  local seq = string.format('%d', redis.call('HINCRBY', seqs, field, 1))
+  local headers = message['headers']
+  local id = type(headers) == 'table' and headers['id']
+  if type(id) == 'string' and redis.call('EXISTS', TASK_RECORD .. id) == 1 then
+    redis.call('HSET', TASK_RECORD .. id, RECORD_SEQ, seq)
+  end
+end
+
 -- Up to `n` messages off the tail of `list` into its backlog, oldest first; one that is not
 -- kombu's is set aside in `unreadable` (and {list, false, false} added to `out`). Each is
 -- written where it goes before it leaves `list`. Returns how many were moved, set aside.
@@ -113,6 +131,7 @@ local function backlog_sort(list, n, out, unreadable, unreadable_max, default, w
     if tag then
       local tenant = backlog_tenant(message, default)
       redis.call('LPUSH', backlog_list(list, tenant), item)
+      backlog_number(list, tenant, message)
       if not redis.call('ZSCORE', tenants, tenant) then
         clock = clock or tonumber(redis.call('GET', backlog_clock(list)) or '0')
         redis.call('ZADD', tenants, clock + 1 / (weights[tenant] or 1), tenant)
@@ -151,6 +170,7 @@ local function backlog_take(list, n, out, unacked, unacked_index, now_s, weights
       redis.call('HSET', unacked, tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
         .. ',' .. cjson.encode(info['routing_key']) .. ']')
       redis.call('RPOP', queue)
+      redis.call('HINCRBY', backlog_seq(list), 't:' .. tenant, 1)
       out[#out + 1] = list
       out[#out + 1] = item
       out[#out + 1] = tag
@@ -160,6 +180,7 @@ local function backlog_take(list, n, out, unacked, unacked_index, now_s, weights
       redis.call('ZADD', tenants, finish + 1 / (weights[tenant] or 1), tenant)
     else
       redis.call('ZREM', tenants, tenant)
+      redis.call('HDEL', backlog_seq(list), 's:' .. tenant, 't:' .. tenant)
     end
   end
   if taken > 0 then
