@@ -117,8 +117,14 @@ def test_the_rate_is_of_the_recent_completions(
     assert found.estimated_start_s is not None and 0.4 <= found.estimated_start_s <= 0.6
 
 
-def test_a_record_without_a_queue_has_no_place(redis_client: redis.Redis, place: Script) -> None:
+def test_a_record_without_a_queue_or_of_a_task_over_has_no_place(
+    redis_client: redis.Redis, place: Script
+) -> None:
     assert _position(place, "unknown") is None
+    _send(redis_client, "a", "over")
+    assert _position(place, "over") == 0
+    redis_client.hset(keys.task_record("over"), "finished_at", "2026-01-01T00:01:00.000Z")
+    assert _position(place, "over") is None
 
 
 def test_a_task_a_worker_holds_counts_its_tenants_older_waiters_and_the_others_turns(

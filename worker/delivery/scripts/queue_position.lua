@@ -12,7 +12,8 @@
 -- ARGV[2]  weights        "tenant=weight\n..." for the tenants whose weight is not 1
 -- ARGV[3]  default_tenant the tenant of a task that names none
 --
--- Returns {position, rate}: position false when the record names no queue; rate (completions
+-- Returns {position, rate}: both false when the task is over (its record's finished_at);
+-- position false when the record names no queue; rate (completions
 -- a second over the last RATE_ENTRIES entries of the last RATE_WINDOW_MS) false when fewer than
 -- two tasks ended then.
 local TENANTS_MAX = 64
@@ -22,7 +23,8 @@ local record_key, events_key = KEYS[1], KEYS[2]
 local default_endpoint, weights, default_tenant = ARGV[1], backlog_weights(ARGV[2]), ARGV[3]
 
 local f = redis.call('HMGET', record_key, RECORD_TENANT, 'queue', 'priority', RECORD_SEQ,
-  'created_at')
+  'created_at', 'finished_at')
+if f[6] then return {false, false} end  -- over: nothing to count
 local queue = f[2]
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
