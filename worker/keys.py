@@ -269,6 +269,14 @@ def backlog_clock(queue_list_key: str) -> str:
     return f"{PREFIX}:backlog-clock:{queue_list_key}"
 
 
+def backlog_seq(queue_list_key: str) -> str:
+    """Hash: ``s:<tenant>`` the sequence number of the tenant's last message sorted into a queue
+    list's backlog, ``t:<tenant>`` of its last taken; a task's record keeps its message's
+    number (``backlog_seq``) for its place in the queue (``queue_position.lua``). A tenant's
+    fields are gone when its backlog list is."""
+    return f"{PREFIX}:backlog-seq:{queue_list_key}"
+
+
 def backlog_size() -> str:
     """Hash: queue list -> how many messages its backlog holds. A field per list that holds
     some."""

@@ -70,6 +70,8 @@ def test_a_tenant_behind_a_backlog_is_near_the_head_and_the_backlogs_last_far(
     assert taken[:2] == ["a0", "b0"]
     assert _position(place, "a299") == 200
     assert _position(place, "a150") == 51
+    # b's numbers went with its last message; a's stay while it has some.
+    assert redis_client.hkeys(keys.backlog_seq(QUEUE)) == [b"s:a", b"t:a"]
 
 
 def test_a_tenants_weight_gives_the_others_fewer_turns_ahead(
