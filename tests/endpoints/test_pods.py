@@ -146,7 +146,9 @@ def test_a_worker_that_starts_after_genqueue_started_the_pod_stops_it_without_a_
     )  # fmt: skip
     worker = start_worker(redis_url, "", **pod_env(tmp_path, pod_sim, idle_stop_after_s=60))
     assert wait_for(lambda: not running(pod_sim), timeout_s=10)
-    assert "pod pod1 of endpoint big: stop (no call for 36" in worker.log()
+    # The decision is logged once the stop call has answered: a moment after the pod stops.
+    said = "pod pod1 of endpoint big: stop (no call for 36"
+    assert wait_for(lambda: said in worker.log(), timeout_s=10), worker.log()
 
 
 def test_a_pod_is_not_stopped_under_a_call_longer_than_its_idle_time(
