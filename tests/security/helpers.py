@@ -22,6 +22,17 @@ import requests
 from genqueue.embedded_redis import free_port
 
 
+def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """What ``check`` returns once it is truthy, polled every 0.1 s for up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
 def wait_http(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float = 30) -> None:
     """Return once ``url`` answers 200; fail early if ``process`` exits."""
     deadline = time.monotonic() + timeout_s

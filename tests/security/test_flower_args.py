@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import requests
 from celery import Celery
 
 from api_producer.producers.direct import DirectProducer, producer_celery
-from tests.security.helpers import TinyServer, run_flower
+from tests.security.helpers import TinyServer, run_flower, wait_until
 from worker.contract import GenerationRequest
 from worker.delivery.lost_message_sweep import sender
 from worker.observability.flower_summaries import payload_summary
@@ -39,16 +37,6 @@ RETRY_AFTER_S = "3"
 
 def _canaries() -> dict[str, str]:
     return {name: f"canary{name}{secrets.token_hex(8)}" for name in ("prompt", "meta", "hook")}
-
-
-def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def _retried_message(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
@@ -121,7 +109,7 @@ def test_flower_shows_no_arguments_nor_output_after_retries(
             GENQUEUE_WORKER_POOL=pool,
             **POOLS[pool],
         )
-        _wait(
+        wait_until(
             lambda: requests.get(
                 f"{flower.url}/api/workers?refresh=1", auth=LOGIN, timeout=20
             ).json(),
@@ -141,14 +129,14 @@ def test_flower_shows_no_arguments_nor_output_after_retries(
         task_id = producer.submit(request)
         producer.close()
 
-        retried = _wait(lambda: _retried_message(redis_client, task_id), 15, "the retry")
+        retried = wait_until(lambda: _retried_message(redis_client, task_id), 15, "the retry")
         result = celery_client.AsyncResult(task_id).get(timeout=30)
         output = result["text"]
         assert len(output.split()) == 16
         shown = dict(canaries, output=output, hook_url=hook_url)
 
-        _wait(lambda: len(receiver.hits) >= 2, 30, "the retried webhook")
-        info = _wait(
+        wait_until(lambda: len(receiver.hits) >= 2, 30, "the retried webhook")
+        info = wait_until(
             lambda: (t := _flower_task(flower.url, task_id)) and t["state"] == "SUCCESS" and t,
             15,
             "Flower to see the success",
@@ -156,7 +144,7 @@ def test_flower_shows_no_arguments_nor_output_after_retries(
         assert info["retries"] >= 1
         everything = requests.get(f"{flower.url}/api/tasks", auth=LOGIN, timeout=10).json()
         hooks = [t for t in everything.values() if t["name"] == "genqueue.webhook"]
-        _wait(
+        wait_until(
             lambda: any(
                 (t := _flower_task(flower.url, h["uuid"])) and t["state"] == "SUCCESS"
                 for h in hooks
@@ -210,7 +198,7 @@ def test_a_retry_of_a_plain_celery_message_carries_the_summary(
         sent = celery_client.send_task("genqueue.generate", kwargs={"request": payload})
     else:
         sent = celery_client.send_task("genqueue.generate", args=[payload])
-    retried = _wait(lambda: _retried_message(redis_client, sent.id), 15, "the retry")
+    retried = wait_until(lambda: _retried_message(redis_client, sent.id), 15, "the retry")
     assert sent.get(timeout=30)["text"]
     assert _leaks(canaries, "the retried message", _outside_body(retried)) == []
     headers = retried["headers"]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 import redis
 import requests
 
-from tests.security.helpers import run_flower
+from tests.security.helpers import run_flower, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,16 +31,6 @@ def _example() -> str:
     found = re.search(r"```python\n(.*?)```", section, re.S)
     assert found, "no Python example in the plain-Celery section"
     return found.group(1)
-
-
-def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def _queued_message(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
@@ -73,10 +61,10 @@ def test_the_documented_plain_celery_call_shows_flower_no_prompt(
     with run_flower(redis_url, tmp_path, FLOWER_BASIC_AUTH=":".join(LOGIN)) as flower:
         exec(send, namespace)  # the message waits: no worker yet
         res = namespace["res"]
-        message = _wait(lambda: _queued_message(redis_client, res.id), 10, "the message")
+        message = wait_until(lambda: _queued_message(redis_client, res.id), 10, "the message")
         start_worker(redis_url, simulator.url)
         result = eval("res.get(" + get.split("#", 1)[0], namespace)
-        info = _wait(
+        info = wait_until(
             lambda: (t := _flower_task(flower.url, res.id)) and t["state"] == "SUCCESS" and t,
             15,
             "Flower to see the success",
