@@ -59,20 +59,24 @@ def test_genqueue_up_hides_the_password_of_every_address() -> None:
     assert shown == "sentinel://***@h1:26379/0;sentinel://***@h2:26379/0"
 
 
+def _no_primary_errors(settings: Settings) -> tuple[BaseException, BaseException]:
+    """The errors of a sync and an asyncio client that find no primary through ``settings``."""
+    client = connections.sync_client(settings)
+    with pytest.raises(MasterNotFoundError) as caught:
+        client.ping()
+    client.close()
+    with pytest.raises(AsyncMasterNotFoundError) as caught_async:
+        ping_async(settings)
+    return caught.value, caught_async.value
+
+
 def test_no_primary_found_says_why_each_sentinel_failed() -> None:
     """redis-py 8 reports a sentinel's error as ``network:ConnectionError`` only; genqueue's
     clients keep its text (a refused connection here, a refused certificate over TLS)."""
     ports = [free_port(), free_port()]  # nothing listens there
     url = ";".join(f"sentinel://127.0.0.1:{port}" for port in ports) + "/0"
     settings = Settings(redis_url=url)
-    client = connections.sync_client(settings)
-    with pytest.raises(MasterNotFoundError) as caught:
-        client.ping()
-    client.close()
-
-    with pytest.raises(AsyncMasterNotFoundError) as caught_async:
-        ping_async(settings)
-    for err in (caught.value, caught_async.value):
+    for err in _no_primary_errors(settings):
         text = str(err)
         assert text.startswith("No master found for 'mymaster' : "), text
         assert "network:ConnectionError" not in text
@@ -88,14 +92,7 @@ def test_a_sentinel_that_answers_an_error_is_passed_over(redis_url: str) -> None
     nothing = free_port()
     url = f"sentinel://{plain.hostname}:{plain.port}/0;sentinel://127.0.0.1:{nothing}"
     settings = Settings(redis_url=url, redis_sentinel_password=plain.password)
-    client = connections.sync_client(settings)
-    with pytest.raises(MasterNotFoundError) as caught:
-        client.ping()
-    client.close()
-
-    with pytest.raises(AsyncMasterNotFoundError) as caught_async:
-        ping_async(settings)
-    for err in (caught.value, caught_async.value):
+    for err in _no_primary_errors(settings):
         text = str(err)
         assert f"sentinel {plain.hostname}:{plain.port} - unknown command" in text.lower(), text
         assert f"sentinel 127.0.0.1:{nothing} - Error 111 connecting to" in text, text
