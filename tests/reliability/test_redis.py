@@ -86,30 +86,28 @@ def test_api_answers_503_quickly_while_redis_is_down(own_redis, api_factory, aut
     assert submit(api, auth).status_code == 202
 
 
-def top_up(client: redis.Redis) -> None:
-    """Fill what is left under ``maxmemory`` in small steps, until Redis refuses a write: a
-    refused large write frees its query buffer, and a connection closing frees its own, either
-    of which can leave Redis just under the limit."""
+def fill_past_maxmemory(client: redis.Redis) -> None:
+    """Store about 4 MB, then set ``maxmemory`` 1 MB under what Redis uses (``noeviction``): every
+    write is refused, and no buffer a request frees (at most a few KB here) brings Redis back
+    under the limit. Filling up to the limit instead leaves it a freed buffer away from room."""
+    filler = "x" * 100_000
+    for i in range(40):
+        client.set(f"filler:{i}", filler)
+    used_bytes = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", str(used_bytes - 1_000_000))
     with pytest.raises(redis.ResponseError, match="maxmemory"):
-        for i in range(100_000):
-            client.set(f"small:{time.monotonic_ns()}:{i}", "y" * 100)
+        client.set("probe", "y")
 
 
 def test_a_full_redis_refuses_and_stores_nothing(own_redis, api_factory, auth) -> None:
     api = api_factory(own_redis.url)
     client = redis.Redis.from_url(own_redis.url)
-    client.config_set("maxmemory", "4mb")
-    client.config_set("maxmemory-policy", "noeviction")
-    filler = "x" * 100_000
-    with pytest.raises(redis.ResponseError, match="maxmemory"):
-        for i in range(1000):
-            client.set(f"filler:{i}", filler)
-    top_up(client)
+    fill_past_maxmemory(client)
     before = set(client.keys("genqueue:*"))
     refused = submit(api, auth)
     assert refused.status_code == 503
     assert "out of memory" in refused.json()["detail"]
-    top_up(client)  # the refused request's buffers, freed, may have left room for a small one
     batch = requests.post(
         f"{api.url}/v1/tasks/batch", json={"requests": [BODY, BODY]}, headers=auth, timeout=10
     )
