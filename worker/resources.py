@@ -35,8 +35,6 @@ from worker.webhooks.sender import WebhookSender, policy_from
 
 #: Connections beyond the task concurrency, for the heartbeat and bookkeeping.
 SPARE_CONNECTIONS = 16
-#: How long a concurrency lease outlives a worker that stopped renewing it.
-LEASE_TTL_S = 30.0
 #: How often a config file that does not load is read again while tasks wait for it.
 CONFIG_RETRY_S = 1.0
 
@@ -112,7 +110,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             settings,
             client,
             concurrency,
-            LEASE_TTL_S,
+            settings.slot_lease_ttl_s,
             weight_of,
             on_decision=pod_decision(name),
             queues=queues_of(endpoints, name),

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     #: Deliveries of one message (a worker died each time) before it is dead-lettered.
     max_deliveries: int = Field(default=3, ge=1, le=100)
     dead_letter_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: How long an endpoint slot's lease outlives a worker process that stopped renewing it
+    #: (its process renews it every third of this; a process seen alive but stalled for
+    #: half of it has its leases renewed on its behalf: docs/scheduling.md).
+    slot_lease_ttl_s: float = Field(default=30.0, ge=3, le=3_600)
     #: Consecutive retryable endpoint failures that open the circuit breaker.
     breaker_failure_threshold: int = Field(default=5, ge=1, le=10_000)
     #: How long an open breaker first holds tasks back before one probe may try; each failed

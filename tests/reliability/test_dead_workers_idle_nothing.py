@@ -8,8 +8,10 @@ import signal
 import time
 
 import pytest
+import redis
 
 from tests.reliability.conftest import send, wait_for
+from worker import keys
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,18 +49,31 @@ def test_a_killed_workers_slot_and_places_go_to_the_next_waiter_at_once(
 def test_a_stalled_worker_keeps_its_slots_longer_than_a_lease(
     redis_url, simulator, start_worker, celery_client
 ) -> None:
-    simulator.configure(latency_s=60.0)  # longer than a lease (30 s), and the stall
-    settings = {"RUNPOD_MAX_CONCURRENCY": 2, "GENQUEUE_VISIBILITY_TIMEOUT_S": 120}
+    # A 6 s lease (GENQUEUE_SLOT_LEASE_TTL_S): the stall and the calls outlast two of them.
+    simulator.configure(latency_s=14.0)
+    settings = {
+        "RUNPOD_MAX_CONCURRENCY": 2,
+        "GENQUEUE_VISIBILITY_TIMEOUT_S": 120,
+        "GENQUEUE_SLOT_LEASE_TTL_S": 6,
+    }
     stalled = start_worker(redis_url, simulator.url, GENQUEUE_WORKER_CONCURRENCY=2, **settings)
     first = [send(celery_client, f"first {n}") for n in range(2)]
     wait_for(lambda: simulator.stats()["in_flight"] == 2, 30, "two calls")
+    client = redis.Redis.from_url(redis_url)
+    seconds, micros = client.time()
+    expiries_ms = [
+        score for _, score in client.zrange(keys.lease("default"), 0, -1, withscores=True)
+    ]
+    assert len(expiries_ms) == 2
+    assert max(expiries_ms) - (seconds * 1000 + micros / 1000) <= 6_000  # the lease TTL in force
+    client.close()
     other = start_worker(redis_url, simulator.url, **settings)
     other.wait_ready()
     later = [send(celery_client, f"later {n}") for n in range(2)]
     time.sleep(1.0)
     os.killpg(stalled.process.pid, signal.SIGSTOP)  # the supervisor and its worker
     try:
-        time.sleep(62)  # its leases' TTL passes; its calls end at the endpoint meanwhile
+        time.sleep(15)  # its leases' TTL passes twice; its calls end at the endpoint meanwhile
         assert simulator.stats()["max_in_flight"] == 2
         simulator.configure(latency_s=0.0)
     finally:
