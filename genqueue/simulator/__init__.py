@@ -17,6 +17,9 @@ next action; with an empty queue it behaves normally (subject to ``fail_rate``).
   ``{"action": "hang", "delay_s": 1}``;
 * ``{"status": 500, "body": "...", "content_type": "text/plain", "retry_after": "2",
   "error": "message", "delay_s": 1}`` (every key but ``status`` optional);
+* on a RunPod Serverless job, a status action with ``error`` completes the job with the error
+  output of RunPod's vLLM worker (``{"error": {"message": "vLLM returned HTTP <status>: ..."}}``);
+  any other failing action ends it ``FAILED``;
 * ``{"delay_s": 3}``: a normal answer after 3 s instead of ``latency_s``;
 * ``"size_bytes": N`` on a normal answer pads its text so the body is about N bytes (a serverless
   job's output too); on a status action without ``body``, the body is N bytes of text;

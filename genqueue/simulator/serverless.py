@@ -118,6 +118,12 @@ class ServerlessRoutes:
         job.state = "IN_PROGRESS"
         with behaviour.in_flight():
             await behaviour.generate_delay(action.delay_s)
+        if action.kind == "status" and action.error is not None:
+            # RunPod's vLLM worker (src/handler.py) reports vLLM's refusal in a COMPLETED job.
+            job.state = "COMPLETED"
+            message = f"vLLM returned HTTP {action.status}: {action.error}"
+            job.output = [{"error": {"message": message, "type": "worker_error", "code": None}}]
+            return
         if action.kind != "ok":
             job.state, job.error = "FAILED", f"injected failure: {action.kind} {action.status}"
             return

@@ -205,6 +205,30 @@ max_concurrency = 4
         api.stop()
 
 
+def test_a_serverless_job_that_completes_with_an_error_fails_with_its_message(
+    tmp_path, redis_url, simulator, start_worker, celery_client
+) -> None:
+    """RunPod's vLLM worker reports vLLM's errors in a COMPLETED job's output: the task fails
+    with that message, once (RunPod ran the job), not as an unreadable answer."""
+    env = endpoints_file(
+        tmp_path,
+        f"""
+[endpoints.gpu]
+kind = "runpod-serverless"
+url = "{simulator.url}"
+""",
+    )
+    start_worker(redis_url, "", **env)
+    for status, message in ((400, "max_tokens must be at least 1"), (500, "engine dead")):
+        simulator.script({"status": status, "error": message})
+        failed = send(celery_client, {"prompt": "Hello", "params": {"max_tokens": 4}})
+        failed.get(timeout=30, propagate=False)
+        assert failed.state == "FAILURE"
+        assert f"vLLM returned HTTP {status}: {message}" in str(failed.result)
+        assert type(failed.result).__name__ == "PermanentEndpointError"
+    assert simulator.stats()["calls"] == 2
+
+
 def _settings_fields(env: dict[str, str]) -> dict[str, object]:
     return {"endpoints_file": Path(env["GENQUEUE_ENDPOINTS_FILE"])}
 

@@ -62,3 +62,13 @@ def test_the_dropped_fields_are_refused() -> None:
         assert name not in KIND_PARAMS["vllm"]
     assert "top_logprobs" not in KIND_PARAMS["vllm"]
     assert "structured_outputs" in KIND_PARAMS["vllm"]
+
+
+def test_the_runpod_serverless_table_is_the_vllm_table() -> None:
+    """RunPod's vLLM worker (runpod-workers/worker-vllm ``src/handler.py`` at commit
+    ``7a925039a53a10eab38d1764eb717a2ea5bdee07``) sends a job's ``sampling_params`` to vLLM's
+    own ``/v1/completions`` as the body's fields (``{**sampling_params, "stream": ...,
+    "prompt": ...}``): vLLM's ``CompletionRequest`` reads them, so its table is the ``vllm``
+    kind's. (Its older ``sampling_params.py``, a pydantic model of vLLM's ``SamplingParams``,
+    is gone from that commit.) Read the handler again when the worker changes."""
+    assert KIND_PARAMS["runpod-serverless"] == KIND_PARAMS["vllm"]

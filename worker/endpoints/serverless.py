@@ -8,6 +8,7 @@ task polls from a retry countdown, so a job waiting in RunPod's queue holds no w
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,10 @@ from worker.endpoints.answers import (
 )
 from worker.endpoints.classify import classify_transport_error, read_answer
 from worker.endpoints.disclosure import EndpointVoice
-from worker.errors import InvalidEndpointResponse, PermanentEndpointError
+from worker.errors import (
+    InvalidEndpointResponse,
+    PermanentEndpointError,
+)
 
 #: RunPod's job states, as genqueue sees them.
 PENDING_STATES = frozenset({"IN_QUEUE", "IN_PROGRESS", "RUNNING"})
@@ -154,6 +158,8 @@ def result_from(job: Job, latency_ms: int) -> GenerationResult:
         return GenerationResult(
             text=output, finish_reason=None, model=None, usage=Usage(), latency_ms=latency_ms
         )
+    if isinstance(output, dict) and isinstance(output.get("error"), dict):
+        raise output_error(job.job_id, output["error"])
     if not isinstance(output, dict) or not output.get("choices"):
         raise InvalidEndpointResponse("serverless job completed without choices in its output")
     choice = output["choices"][0]
@@ -171,6 +177,22 @@ def result_from(job: Job, latency_ms: int) -> GenerationResult:
             total_tokens=prompt_tokens + completion_tokens,
         ),
         latency_ms=latency_ms,
+    )
+
+
+#: How RunPod's vLLM worker (``src/handler.py``) words vLLM's own refusal in a job's output.
+_VLLM_STATUS = re.compile(r"^vLLM returned HTTP (\d{3})\b")
+
+
+def output_error(job_id: str, error: dict[str, Any]) -> PermanentEndpointError:
+    """The error a COMPLETED job's output carries (``{"error": {"message": ...}}``: RunPod's
+    vLLM worker reports vLLM's refusals and its own failures so, with the job COMPLETED). Final,
+    as a FAILED job is: RunPod ran the job; its message and vLLM's status are kept."""
+    message = str(error.get("message") or error)[:JOB_ERROR_MAX_CHARS]
+    found = _VLLM_STATUS.match(message)
+    return PermanentEndpointError(
+        f"serverless job {job_id} answered an error: {message}",
+        status_code=int(found.group(1)) if found else None,
     )
 
 
