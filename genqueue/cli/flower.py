@@ -31,7 +31,7 @@ def flower_argv(settings: Settings, host: str, port: int) -> list[str]:
     """The ``celery flower`` command; ``FLOWER_*`` variables are read by Flower itself."""
     state_dir = make_private_dir(settings.data_dir.resolve())
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
+        sys.executable, "-m", "celery", "-A", "genqueue.flower_app", "flower",
         f"--address={host}",
         f"--port={port}",
         "--persistent=True",

@@ -311,7 +311,7 @@ def test_flower_is_read_only_unless_told(
         monkeypatch.setenv("FLOWER_READ_ONLY", env_value)
     argv = flower.flower_argv(_settings(data_dir=tmp_path), "127.0.0.1", 5555)
     assert [arg for arg in argv if arg.startswith("--read_only")] == [expected]
-    assert argv[argv.index("-A") + 1 : argv.index("-A") + 3] == ["worker.celery_app", "flower"]
+    assert argv[argv.index("-A") + 1 : argv.index("-A") + 3] == ["genqueue.flower_app", "flower"]
     assert "--address=127.0.0.1" in argv and "--port=5555" in argv
 
 

@@ -78,7 +78,8 @@ log = logging.getLogger(__name__)
 # - a queue's lists: the queue's name for priority step 0, ``<queue>\x06\x16<step>`` for the
 #   others (``Channel._q_for_pri``), read in ``Channel._brpop_start``'s order;
 # - ``Channel._brpop_read`` (copied below), ``conn_or_acquire``, ``MultiChannelPoller.get`` and
-#   ``maybe_restore_messages`` (overridden), and the channel attributes they use.
+#   ``maybe_restore_messages`` (overridden), and the channel attributes they use;
+# - ``Channel._size`` and ``_purge`` (extended: they count and empty the backlog too).
 #: Each kombu method this module copies or overrides (or writes the format of), and a digest of
 #: its source in the kombu of worker.upstream.TESTED (see :func:`worker.upstream.digest`).
 UPSTREAM_COPIES = {
@@ -92,6 +93,8 @@ UPSTREAM_COPIES = {
     "kombu.transport.redis:Channel._brpop_read": "f073dbcb18d71759",
     "kombu.transport.redis:Channel.conn_or_acquire": "01ab44dd770603a6",
     "kombu.transport.redis:Channel._q_for_pri": "b03cd0cf60dd7927",
+    "kombu.transport.redis:Channel._size": "ecb21fbee63f8f84",
+    "kombu.transport.redis:Channel._purge": "ae17eec16927a6d5",
     "kombu.transport.redis:MultiChannelPoller.get": "cf79564c590f7f27",
     "kombu.transport.redis:MultiChannelPoller.maybe_restore_messages": "ae6f9ac275cae02d",
     "kombu.transport.redis:Transport.__init__": "e4da22486cea9c24",
@@ -318,6 +321,22 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if failure is not None:
             raise failure
         return len(reply) // 3
+
+    def _size(self, queue: str) -> int:
+        """kombu's count of the queue's lists, and the messages sorted into their backlogs."""
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
+        with self.conn_or_acquire() as client:
+            sorted_count = backlog.size_of(client.execute_command(*backlog.size_command(lists)))
+        return int(super()._size(queue)) + sorted_count
+
+    def _purge(self, queue: str) -> int:
+        """kombu's purge of the queue's lists, and of the messages sorted into their backlogs."""
+        purged = int(super()._purge(queue))
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
+        with self.conn_or_acquire() as client:
+            return purged + int(
+                lua.register(client, "worker.delivery", "backlog_purge")(keys=lists)
+            )
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
