@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr | None = None
     #: Speak TLS to the sentinels and to Redis, verified as for ``rediss://``.
     redis_sentinel_tls: bool = False
+    #: Replicas a submission must reach (Redis's ``WAIT``) before the API answers 202, so that a
+    #: failover does not lose an accepted task; unset: 1 with a Sentinel ``REDIS_URL``, else 0.
+    redis_submit_replicas: int | None = Field(default=None, ge=0, le=16)
+    #: The longest a submission waits for them; past it the task is accepted anyway (it is on
+    #: the primary) and the shortfall is logged.
+    redis_submit_wait_ms: int = Field(default=1000, ge=1, le=60_000)
 
     # --- the endpoint call ----------------------------------------------------------------
     #: A TOML file of named endpoints (docs/endpoints.md); RUNPOD_ENDPOINT_URL adds ``default``.
@@ -226,6 +232,13 @@ class Settings(BaseSettings):
     #: A webhook is retried (with backoff) for this long after the task ended, then given up.
     webhook_retry_for_s: float = Field(default=3_600.0, ge=0, le=7 * 86_400)
     webhook_retry_max_delay_s: float = Field(default=300.0, gt=0, le=3_600)
+
+    @property
+    def submit_replicas(self) -> int:
+        """The replicas a submission waits for (``redis_submit_replicas``, or its default)."""
+        if self.redis_submit_replicas is not None:
+            return self.redis_submit_replicas
+        return 1 if redis_sentinel.is_sentinel(self.redis_url) else 0
 
     @field_validator("api_keys", "api_key_hashes", "webhook_allowlist", mode="before")
     @classmethod

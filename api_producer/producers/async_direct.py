@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from api_producer.producers import submission
+from api_producer.producers import replication, submission
 from api_producer.producers.enqueue import Accepted, EnqueuePlan, Reservation
 from api_producer.producers.submission import Step
 from worker.contract import GenerationRequest
@@ -31,6 +31,7 @@ class AsyncProducer:
         self._settings = settings
         self._redis = client
         self._plan = plan
+        self._wait = replication.SubmitWait(settings)
 
     async def submit_many(
         self,
@@ -50,4 +51,9 @@ class AsyncProducer:
         pipe = self._redis.pipeline(transaction=True)
         for command in step.commands:
             pipe.execute_command(*command)
-        return await pipe.execute()
+        answer = await pipe.execute()
+        replicas = self._wait.replicas()
+        if replicas:
+            reached = await self._redis.execute_command("WAIT", replicas, self._wait.timeout_ms)
+            self._wait.reached(int(reached))
+        return answer

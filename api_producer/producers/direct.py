@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from api_producer.producers import submission
+from api_producer.producers import replication, submission
 from api_producer.producers.celery_message import MessageBuilder
 from api_producer.producers.enqueue import (
     Accepted,
@@ -100,6 +100,7 @@ class DirectProducer:
         self._redis = redis_client or connections.sync_client(settings)
         self._results = connections.results_client(settings, self._redis, max_connections=4)
         self.plan = plan or make_plan(settings, self._redis)
+        self._wait = replication.SubmitWait(settings)
 
     def close(self) -> None:
         self._redis.close()
@@ -134,4 +135,9 @@ class DirectProducer:
         pipe = client.pipeline(transaction=True)
         for command in step.commands:
             pipe.execute_command(*command)
-        return pipe.execute()
+        answer = pipe.execute()
+        replicas = self._wait.replicas()
+        if replicas and client is self._redis:
+            reached = client.execute_command("WAIT", replicas, self._wait.timeout_ms)
+            self._wait.reached(int(reached))
+        return answer
