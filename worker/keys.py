@@ -55,6 +55,13 @@ def admission_age(endpoint_id: str) -> str:
     return f"{PREFIX}:admit-age:{endpoint_id}"
 
 
+def auto_limit(endpoint_id: str) -> str:
+    """Hash: the controller of an endpoint whose ``max_concurrency`` is ``"auto"``: the limit
+    in force, the no-load latency estimate and the current sample window
+    (``worker/limits/scripts/auto_limit.lua``). TTL: a day after its last sample."""
+    return f"{PREFIX}:auto-limit:{endpoint_id}"
+
+
 def lease_swept(endpoint_id: str) -> str:
     """Hash: worker process id -> when it last swept the endpoint's leases (ms), which tells a
     stalled process from a live one (``worker/limits/scripts/lease_sweep.lua``). TTL: four

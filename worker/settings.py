@@ -60,9 +60,12 @@ class Settings(BaseSettings):
     redis_url: str = Field(default=DEFAULT_REDIS_URL, validation_alias="REDIS_URL", repr=False)
     runpod_endpoint_url: str | None = Field(default=None, validation_alias="RUNPOD_ENDPOINT_URL")
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
-    runpod_max_concurrency: int = Field(
-        default=1, ge=1, le=100_000, validation_alias="RUNPOD_MAX_CONCURRENCY"
+    runpod_max_concurrency: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = Field(
+        default=1, validation_alias="RUNPOD_MAX_CONCURRENCY"
     )
+    #: The bounds of ``RUNPOD_MAX_CONCURRENCY=auto`` (unset: 1 and 64; worker.limits.auto_limit).
+    auto_min_concurrency: int | None = None
+    auto_max_concurrency: int | None = None
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), validation_alias="GENQUEUE_API_KEYS"
     )

@@ -103,7 +103,13 @@ def _endpoint_families(endpoints: tuple[EndpointState, ...]) -> list[Metric]:
     )
     cap = GaugeMetricFamily(
         "genqueue_endpoint_max_concurrency",
-        "The endpoint's max_concurrency (RUNPOD_MAX_CONCURRENCY): the most calls at once.",
+        "The endpoint's max_concurrency (RUNPOD_MAX_CONCURRENCY): the most calls at once "
+        '(for "auto", auto_max_concurrency).',
+        labels=["endpoint"],
+    )
+    limit = GaugeMetricFamily(
+        "genqueue_endpoint_concurrency_limit",
+        'The limit in force: max_concurrency, or for "auto" the one found from latency.',
         labels=["endpoint"],
     )
     failures = GaugeMetricFamily(
@@ -120,10 +126,11 @@ def _endpoint_families(endpoints: tuple[EndpointState, ...]) -> list[Metric]:
         name = endpoint.endpoint_id
         in_flight.add_metric([name], endpoint.in_flight)
         cap.add_metric([name], endpoint.max_concurrency)
+        limit.add_metric([name], endpoint.limit)
         failures.add_metric([name], endpoint.breaker_failures)
         for breaker in BREAKER_STATES:
             state.add_metric([name, breaker], float(endpoint.breaker_state == breaker))
-    return [in_flight, cap, failures, state]
+    return [in_flight, cap, limit, failures, state]
 
 
 def tenant_families(totals: dict[bytes, bytes], label_of: Callable[[str], str]) -> list[Metric]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from worker.errors import GenQueueError
 
 PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
-SCENARIOS = ("standard", "mixed")
+SCENARIOS = ("standard", "mixed", "batching")
 
 
 class BenchError(GenQueueError):
@@ -52,8 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SCENARIOS,
         default="standard",
         help="standard: the phases; mixed: a batch backlog and interactive tasks on a capped "
-        "endpoint (docs/scheduling.md)",
+        "endpoint (docs/scheduling.md); batching: max_concurrency auto against fixed caps on "
+        "a batching simulator (docs/endpoints.md)",
     )
+    parser.add_argument(
+        "--batching-seconds", type=float, default=15.0,
+        help="batching: seconds measured per cap (15)",
+    )  # fmt: skip
     parser.add_argument(
         "--mixed-batch", type=int, default=10_000, help="mixed: batch tasks (10000)"
     )
@@ -84,6 +89,7 @@ class BenchConfig:
     mixed_batch: int = 10_000
     mixed_s: float = 60.0
     mixed_every_s: float = 1.0
+    batching_s: float = 15.0
 
 
 def resolve_config(args: argparse.Namespace) -> BenchConfig:
@@ -112,4 +118,5 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
         mixed_batch=min(args.mixed_batch, 400) if args.quick else args.mixed_batch,
         mixed_s=min(args.mixed_seconds, 15.0) if args.quick else args.mixed_seconds,
         mixed_every_s=args.mixed_every,
+        batching_s=min(args.batching_seconds, 4.0) if args.quick else args.batching_seconds,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from genqueue.bench.config import BenchConfig, BenchError, resolve_config
 from genqueue.bench.harness import Harness
+from genqueue.bench.phases.batching import run_batching
 from genqueue.bench.phases.drain import run_drains
 from genqueue.bench.phases.enqueue import run_enqueue
 from genqueue.bench.phases.latency import run_latency
@@ -35,6 +36,8 @@ def run_phases(harness: Harness) -> dict[str, Any]:
     """Run the phases of ``harness.cfg``; their results by name."""
     if harness.cfg.scenario == "mixed":
         return {"mixed": run_mixed(harness)}
+    if harness.cfg.scenario == "batching":
+        return {"batching": run_batching(harness)}
     phases = set(harness.cfg.phases)
     results: dict[str, Any] = {}
     if "enqueue" in phases:

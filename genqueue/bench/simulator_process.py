@@ -37,6 +37,10 @@ class SimProcess:
     def reset(self) -> None:
         self._session.post(f"{self.url}/_sim/reset", timeout=5).raise_for_status()
 
+    def configure(self, **fields: Any) -> None:
+        """Change the simulator's live config (``POST /_sim/config``)."""
+        self._session.post(f"{self.url}/_sim/config", json=fields, timeout=5).raise_for_status()
+
     def stats(self) -> dict[str, Any]:
         response = self._session.get(f"{self.url}/_sim/stats", timeout=5)
         response.raise_for_status()

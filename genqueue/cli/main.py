@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--fail-rate", type=float, default=0.0, help="fraction that fail")
     simulate.add_argument("--fail-status", type=int, default=500, help="status of failures")
+    simulate.add_argument(
+        "--batch-knee", type=int, default=0,
+        help="play a batching server: up to this many generations at once each take --latency, "
+        "more run slower (0: off; POST /_sim/config {\"batch_knee\": N} moves it mid-run)",
+    )  # fmt: skip
+    simulate.add_argument(
+        "--batch-slowdown", type=float, default=1.5,
+        help="past the knee, each generation slows by (running / knee) ** this (default 1.5)",
+    )  # fmt: skip
     simulate.set_defaults(handler=_run_simulate)
 
     submit = sub.add_parser(
@@ -240,6 +249,8 @@ def _run_simulate(args: argparse.Namespace, settings: Settings) -> int:
         one_at_a_time=args.one_at_a_time,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
+        batch_knee=args.batch_knee,
+        batch_slowdown=args.batch_slowdown,
     )
     run(args.host, args.port, config)
     return 0

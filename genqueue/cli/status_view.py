@@ -60,7 +60,8 @@ def view_json(view: View) -> dict[str, Any]:
             "queue_depth": signal.queue_depth,
             "oldest_queued_age_s": round(signal.oldest_queued_age_s, 3),
             "in_flight": signal.in_flight,
-            "max_concurrency": signal.max_concurrency,
+            "max_concurrency": "auto" if signal.auto else signal.max_concurrency,
+            "concurrency_limit": signal.max_concurrency,
             "since_last_call_s": None
             if signal.since_last_call_s is None
             else round(signal.since_last_call_s, 3),
@@ -120,8 +121,9 @@ def render(view: View, note: str | None = None) -> str:
         lines.append("in flight        unknown (set RUNPOD_ENDPOINT_URL to see the endpoint)")
         lines.append("breaker          unknown")
     for endpoint in snap.endpoints:
+        auto = f" (auto, at most {endpoint.max_concurrency})" if endpoint.auto else ""
         lines.append(
-            f"in flight        {endpoint.in_flight} / {endpoint.max_concurrency}"
+            f"in flight        {endpoint.in_flight} / {endpoint.limit}{auto}"
             f"  (endpoint {endpoint.endpoint_id})"
         )
         breaker = endpoint.breaker_state

@@ -30,6 +30,9 @@ from genqueue.simulator.protocol import (
 from genqueue.simulator.script import Action, Script, action_response
 from genqueue.simulator.streaming import EVENT_STREAM, no_events, stream_events
 
+#: How often a batched generation looks at how many run with it, in seconds.
+BATCH_STEP_S = 0.02
+
 
 class Behaviour:
     """What every route shares: the live config, the stats, the script and the generator."""
@@ -41,6 +44,7 @@ class Behaviour:
         self.ids = itertools.count(1)
         self._text_rng = random.Random()
         self._generation_lock = asyncio.Lock()
+        self._batch = 0  # generations running in batching mode (config.batch_knee)
         #: The RunPod pod it plays when ``config.pod_id`` is set.
         self.pod = SimulatedPod(config, lambda: self.stats)
 
@@ -108,11 +112,29 @@ class Behaviour:
 
     async def generate_delay(self, delay_s: float | None) -> None:
         delay = self.config.latency_s if delay_s is None else delay_s
-        if self.config.one_at_a_time:
+        if self.config.batch_knee > 0 and delay_s is None:
+            await self._batched(delay)
+        elif self.config.one_at_a_time:
             async with self._generation_lock:
                 await sleep(delay)
         else:
             await sleep(delay)
+
+    async def _batched(self, work_s: float) -> None:
+        """A generation of ``work_s`` seconds alone, sharing the server with the others
+        running: at full speed up to the knee, slower past it (read at each step, so a knee
+        changed mid-run applies at once)."""
+        self._batch += 1
+        try:
+            left_s = work_s
+            while left_s > 0:
+                knee, slowdown = self.config.batch_knee, self.config.batch_slowdown
+                speed = min(1.0, knee / self._batch) ** slowdown if knee > 0 else 1.0
+                step_s = min(BATCH_STEP_S, left_s / speed)
+                await sleep(step_s)
+                left_s -= step_s * speed
+        finally:
+            self._batch -= 1
 
     def _text(self, params: GenParams) -> tuple[str, str]:
         rng = self._text_rng

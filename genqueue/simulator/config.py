@@ -13,6 +13,11 @@ MAX_WAIT_S = 600.0  # cap for hangs and scripted delays
 class SimulatorConfig:
     latency_s: float = 0.0  # time each completion takes before answering
     one_at_a_time: bool = False  # serialize generations (waiting requests count as in flight)
+    # A batching server (vLLM, llama.cpp's --parallel): up to batch_knee generations at once
+    # each take latency_s; beyond it each runs slower, by (running / knee) ** batch_slowdown,
+    # so throughput falls past the knee (0: off). Changeable mid-run (POST /_sim/config).
+    batch_knee: int = 0
+    batch_slowdown: float = 1.5
     model: str = "genqueue-simulated-model"
     api_key: str | None = None  # require "Authorization: Bearer <api_key>" on /v1/*
     fail_rate: float = 0.0  # fraction of completion requests failing with fail_status
@@ -76,6 +81,8 @@ _NUMBER = (int, float)
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "latency_s": _NUMBER,
     "one_at_a_time": (bool,),
+    "batch_knee": (int,),
+    "batch_slowdown": _NUMBER,
     "model": (str,),
     "api_key": (str, type(None)),
     "fail_rate": _NUMBER,
@@ -94,6 +101,8 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 }
 _CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "latency_s": (0.0, MAX_WAIT_S),
+    "batch_knee": (0, 100_000),
+    "batch_slowdown": (1.0, 4.0),
     "fail_rate": (0.0, 1.0),
     "fail_status": (100, 599),
     "retry_after_s": (0.0, 86400.0),

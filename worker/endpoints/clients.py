@@ -113,7 +113,7 @@ def build_target(
         client,
         endpoint_id(spec.name),
         GuardPolicy(
-            limit=spec.max_concurrency,
+            limit=spec.cap,
             lease_ttl_s=lease_ttl_s,
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s,

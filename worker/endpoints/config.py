@@ -29,11 +29,20 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
+from worker.limits.auto_limit import AUTO, AutoBounds, check_auto_bound, check_max_concurrency
 from worker.settings import POD_PROXY_TIMEOUT_S, Settings, endpoint_base, env_name
 from worker.toml_lines import read_named_tables
 
@@ -61,7 +70,11 @@ class EndpointSpec(BaseModel):
     endpoint_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     model: str | None = None
-    max_concurrency: int = Field(default=1, ge=1, le=100_000)
+    #: A fixed cap, or "auto": found from measured latency within the two bounds below
+    #: (worker.limits.auto_limit), which are given only with "auto".
+    max_concurrency: int | Literal["auto"] = 1
+    auto_min_concurrency: int | None = None
+    auto_max_concurrency: int | None = None
     #: Shared by all workers; 0 for no limit. Tokens are counted after each call.
     requests_per_minute: int = Field(default=0, ge=0)
     tokens_per_minute: int = Field(default=0, ge=0)
@@ -88,6 +101,24 @@ class EndpointSpec(BaseModel):
     stop_pods_started_by_others: bool = False
     #: The pod's price, for the cost in usage and status.
     usd_per_hour: float | None = Field(default=None, ge=0, le=10_000)
+
+    @field_validator("max_concurrency", mode="before")
+    @classmethod
+    def _cap(cls, value: object, info: ValidationInfo) -> int | str:
+        return check_max_concurrency(value, info.data.get("kind"))
+
+    @field_validator("auto_min_concurrency", "auto_max_concurrency", mode="before")
+    @classmethod
+    def _bound(cls, value: object, info: ValidationInfo) -> int:
+        assert info.field_name is not None
+        return check_auto_bound(info.field_name, value, info.data)
+
+    @property
+    def cap(self) -> int | AutoBounds:
+        """The fixed cap, or the bounds of the "auto" one."""
+        if self.max_concurrency != AUTO:
+            return int(self.max_concurrency)
+        return AutoBounds.of(self.auto_min_concurrency, self.auto_max_concurrency)
 
     @model_validator(mode="after")
     def _where(self) -> EndpointSpec:
@@ -180,22 +211,51 @@ def load_endpoints(settings: Settings) -> Endpoints | None:
         specs = dict(parsed.endpoints)
         default = parsed.default
     if settings.runpod_endpoint_url is not None and DEFAULT_ENDPOINT not in specs:
-        specs[DEFAULT_ENDPOINT] = EndpointSpec(
-            name=DEFAULT_ENDPOINT,
-            url=settings.runpod_endpoint_url,
-            api_key_env=env_name("runpod_api_key"),
-            model=settings.endpoint_model,
-            max_concurrency=settings.runpod_max_concurrency,
-            requests_per_minute=settings.endpoint_requests_per_minute,
-            tokens_per_minute=settings.endpoint_tokens_per_minute,
-            connect_timeout_s=settings.endpoint_connect_timeout_s,
-            read_timeout_s=settings.endpoint_read_timeout_s,
-        )
+        specs[DEFAULT_ENDPOINT] = _default_spec(settings, settings.runpod_endpoint_url)
     if not specs:
         return None
     default = default or (DEFAULT_ENDPOINT if DEFAULT_ENDPOINT in specs else next(iter(specs)))
     _check_references(specs, default, settings.endpoints_file)
     return Endpoints(specs, default)
+
+
+def _default_spec(settings: Settings, url: str) -> EndpointSpec:
+    """The endpoint of ``RUNPOD_ENDPOINT_URL``; a :class:`SettingsError` naming the variable
+    at fault (a bound of its "auto" limit without ``RUNPOD_MAX_CONCURRENCY=auto``)."""
+    bounds = {
+        name: value
+        for name in ("auto_min_concurrency", "auto_max_concurrency")
+        if (value := getattr(settings, name)) is not None
+    }
+    try:
+        return EndpointSpec(
+            name=DEFAULT_ENDPOINT,
+            url=url,
+            api_key_env=env_name("runpod_api_key"),
+            model=settings.endpoint_model,
+            max_concurrency=settings.runpod_max_concurrency,
+            **bounds,
+            requests_per_minute=settings.endpoint_requests_per_minute,
+            tokens_per_minute=settings.endpoint_tokens_per_minute,
+            connect_timeout_s=settings.endpoint_connect_timeout_s,
+            read_timeout_s=settings.endpoint_read_timeout_s,
+        )
+    except ValidationError as err:
+        problems = [
+            f"{_variable(str(p['loc'][0]) if p['loc'] else '')}: {p['msg']}"
+            for p in err.errors(include_input=False, include_url=False)
+        ]
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+#: The setting behind each field of the default endpoint that is not named alike.
+_SETTING_OF = {"max_concurrency": "runpod_max_concurrency", "url": "runpod_endpoint_url"}
+
+
+def _variable(field: str) -> str:
+    """The environment variable behind ``field`` of the default endpoint."""
+    setting = _SETTING_OF.get(field, field)
+    return env_name(setting) if setting in Settings.model_fields else (field or "settings")
 
 
 def require_endpoints(settings: Settings) -> Endpoints:

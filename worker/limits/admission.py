@@ -57,7 +57,8 @@ def band(priority: int) -> int:
 class Admission:
     """This process's waiters in the admission queue of the endpoint ``endpoint_id``.
 
-    :param limit: the endpoint's concurrency cap.
+    :param limit: the endpoint's concurrency cap, as the scripts take it: a number, or an
+        "auto" spec (:func:`worker.limits.auto_limit.limit_spec`).
     :param every: every how many grants one goes to the band of the longest wait (0: never).
     :param weights: a tenant's weight (1.0 for all by default).
     """
@@ -66,7 +67,7 @@ class Admission:
         self,
         client: redis.Redis,
         endpoint_id: str,
-        limit: int,
+        limit: int | str,
         every: int,
         weights: Weights = equal_weights,
         ttl_ms: int = 30_000,

@@ -1,9 +1,8 @@
 """What protects one endpoint, shared by every worker through Redis.
 
-- **A concurrency cap.** Each call holds a token in a sorted set scored by its expiry (Redis
-  server time, so the clocks of different machines do not matter). A background heartbeat
-  pushes the expiry of the tokens this process holds, so the token of a killed worker lapses
-  after ``lease_ttl_s`` and frees its slot.
+- **A concurrency cap**, fixed or "auto" (:mod:`worker.limits.auto_limit`). Each call holds a
+  token in a sorted set scored by its expiry (Redis server time). A background heartbeat pushes
+  the expiry of the tokens this process holds: a killed worker's lapses after ``lease_ttl_s``.
 - **A circuit breaker.** ``failure_threshold`` consecutive retryable failures open it for
   ``cooldown_s``: calls are refused with :class:`~worker.errors.CircuitOpenError` (tasks are
   delayed, not failed).
@@ -36,6 +35,7 @@ from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError, TaskCancelled
 from worker.limits.admission import Admission, Weights, equal_weights
+from worker.limits.auto_limit import AutoBounds, limit_spec
 from worker.limits.slot_gate import SlotGate
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
@@ -74,6 +74,7 @@ class Slot:
     attempt_on_endpoint: int = 0
     token: str = ""
     handed_off: bool = False
+    sample: str = ""  # the call's end, for an "auto" limit (worker.limits.auto_limit.sample)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class GuardPolicy:
-    limit: int = 1
+    limit: int | AutoBounds = 1  # a fixed cap, or the bounds of an "auto" one
     lease_ttl_s: float = 30.0
     failure_threshold: int = 5
     #: The first cooldown of an open breaker; each failed probe multiplies it by 1.5, up to
@@ -173,13 +174,14 @@ class EndpointGuard:
             keys.rate(endpoint_id),
         ]
         self._policy = policy
+        self.limit = limit_spec(endpoint_id, policy.limit)  # as the scripts take it
         self._ttl_ms = int(policy.lease_ttl_s * 1000)
         self._cooldown_ms = int(policy.cooldown_s * 1000)
         # The scripts' cooldown argument: the first and the longest, in ms.
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
         self._admission = Admission(
-            client, endpoint_id, policy.limit, policy.oldest_every, weights, self._ttl_ms
+            client, endpoint_id, self.limit, policy.oldest_every, weights, self._ttl_ms
         )
         self._presence = self._admission.presence
         #: The slots this process holds, renewed by the heartbeat; those of them whose call
@@ -212,7 +214,7 @@ class EndpointGuard:
                 *self._admission.keys,
             ),
             args=(
-                policy.limit,
+                self.limit,
                 self._ttl_ms,
                 token,
                 self._cooldown_ms,
@@ -268,7 +270,7 @@ class EndpointGuard:
         self._handed_off.add(slot.token)
         args = (
             slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
+            slot.tokens, self.limit, self._admission.every, self._admission.queues, slot.sample,
         )  # fmt: skip
         return SlotRelease(self, (*self._keys, *self._admission.keys), args, slot.token)
 
@@ -282,8 +284,8 @@ class EndpointGuard:
         """Release a handed-off slot after all (its script did not run); once per slot."""
         self._held.discard(release.token)
         self._handed_off.discard(release.token)
-        outcome, tokens = Outcome(release.args[1]), int(release.args[4])
-        self._release(release.token, Slot(outcome=outcome, tokens=tokens))
+        outcome, tokens, sample = Outcome(release.args[1]), int(release.args[4]), release.args[8]
+        self._release(release.token, Slot(outcome=outcome, tokens=tokens, sample=str(sample)))
 
     def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
         """Take a slot, or wait in the admission queue until one is handed over."""
@@ -293,7 +295,7 @@ class EndpointGuard:
         script_keys = [*self._keys, *admission.keys]
         priority, tenant = (claim.priority, claim.tenant) if claim else (PRIORITY_DEFAULT, None)
         args: list[int | str] = [
-            policy.limit, self._ttl_ms, token, self._cooldown_ms,
+            self.limit, self._ttl_ms, token, self._cooldown_ms,
             policy.requests_per_minute, policy.tokens_per_minute,
             *admission.args(priority, tenant),
         ]  # fmt: skip
@@ -337,7 +339,7 @@ class EndpointGuard:
     def _release(self, token: str, slot: Slot) -> None:
         args = [
             token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
+            slot.tokens, self.limit, self._admission.every, self._admission.queues, slot.sample,
         ]  # fmt: skip
         script_keys = [*self._keys, *self._admission.keys]
         try:

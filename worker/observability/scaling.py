@@ -5,7 +5,8 @@
   waiting at its pod's gate for the pod to come up.
 - ``oldest_queued_age_s``: how long the oldest of them has waited (a queued message dated by its
   task's record, a waiter by when it joined), 0 when none waits.
-- ``in_flight`` against ``max_concurrency``.
+- ``in_flight`` against ``max_concurrency``: the limit in force (for ``"auto"``, the one its
+  controller found, :mod:`worker.limits.auto_limit`).
 - ``since_last_call_s``: since the last call to the endpoint ended, ``None`` before the first
   (:mod:`worker.observability.call_clock`).
 - the pod's ``running_s`` and ``idle_s`` (seconds it ran, and of them those with nothing in
@@ -28,6 +29,7 @@ from worker import keys
 from worker.delivery.records import F_CREATED
 from worker.endpoints.config import Endpoints
 from worker.endpoints.pods.gate import LOCK_TTL_S
+from worker.limits.auto_limit import limit_of
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,13 @@ class EndpointSignals:
     queue_depth: int
     oldest_queued_age_s: float
     in_flight: int
-    max_concurrency: int
+    max_concurrency: int  # the limit in force
     since_last_call_s: float | None
     pod_state: str | None = None
     pod_running_s: float = 0.0
     pod_idle_s: float = 0.0
     usd_per_hour: float | None = None
+    auto: bool = False  # max_concurrency = "auto"
 
     @property
     def pod_cost_usd(self) -> float | None:
@@ -93,6 +96,7 @@ class SignalsRead:
             pipe.zcount(keys.lease(name), self._now_ms, "+inf")
             pipe.zscore(keys.last_calls(), name)
             pipe.hgetall(keys.pod(name))
+            pipe.hget(keys.auto_limit(name), "limit")
 
     def dated(self, results: list[Any]) -> list[str]:
         """The ids of the oldest queued tasks, whose records date them."""
@@ -107,9 +111,10 @@ class SignalsRead:
             admitting, admit_oldest = int(next(answers)), next(answers)
             at_gate, gate_oldest = int(next(answers)), next(answers)
             in_flight, last_call, pod = int(next(answers)), next(answers), next(answers)
+            limit = next(answers)
             joined = [int(score) for _, score in [*admit_oldest, *gate_oldest]]
             self._partial.append(
-                (name, depth + admitting + at_gate, ids, joined, in_flight, last_call, pod)
+                (name, depth + admitting + at_gate, ids, joined, in_flight, last_call, pod, limit)
             )
             self._ids += ids
         return self._ids
@@ -121,7 +126,7 @@ class SignalsRead:
     def signals(self, results: list[Any]) -> list[EndpointSignals]:
         created = _created_ms(self._ids, results)
         signals = []
-        for name, depth, ids, joined, in_flight, last_call, pod in self._partial:
+        for name, depth, ids, joined, in_flight, last_call, pod, limit in self._partial:
             assert self._endpoints is not None
             spec = self._endpoints.get(name)
             dates = [*joined, *(created[i] for i in ids if i in created)]
@@ -135,7 +140,8 @@ class SignalsRead:
                     if dates
                     else 0.0,
                     in_flight=in_flight,
-                    max_concurrency=spec.max_concurrency,
+                    max_concurrency=limit_of(spec.cap, limit),
+                    auto=not isinstance(spec.cap, int),
                     since_last_call_s=None if since_s is None else max(0.0, since_s),
                     pod_state=(fields.get("state") or "unknown") if spec.runpod_pod_id else None,
                     pod_running_s=float(fields.get("running_s") or 0),
@@ -195,7 +201,7 @@ def scaling_families(signals: Sequence[EndpointSignals]) -> list[Metric]:
             ("genqueue_endpoint_oldest_queued_age_seconds",
              "How long the oldest task waiting for the endpoint has waited (0: none waits)."),
             ("genqueue_endpoint_in_flight_ratio",
-             "Calls in flight over the endpoint's max_concurrency."),
+             "Calls in flight over the endpoint's limit in force (max_concurrency, or auto's)."),
             ("genqueue_endpoint_seconds_since_last_call",
              "Since the endpoint's last call ended (no series before the first)."),
             ("genqueue_pod_ready", "1 when the endpoint's pod is up and its model loaded."),

@@ -16,14 +16,20 @@ from typing import Any
 from worker import keys
 from worker.delivery import backlog
 from worker.endpoints.config import Endpoints
+from worker.limits.auto_limit import AutoBounds, limit_of
 
 
 @dataclass(frozen=True)
 class EndpointCap:
-    """An endpoint to report on: its id and its ``max_concurrency``."""
+    """An endpoint to report on: its id and its cap, fixed or the bounds of an "auto" one."""
 
     endpoint_id: str
-    max_concurrency: int
+    cap: int | AutoBounds
+
+    @property
+    def max_concurrency(self) -> int:
+        """The fixed cap, or the upper bound of an "auto" one."""
+        return self.cap if isinstance(self.cap, int) else self.cap.high
 
 
 def endpoint_caps(endpoints: Endpoints | None) -> list[EndpointCap]:
@@ -31,7 +37,7 @@ def endpoint_caps(endpoints: Endpoints | None) -> list[EndpointCap]:
     if endpoints is None:
         return []
     names = [endpoints.default, *(n for n in endpoints.names if n != endpoints.default)]
-    return [EndpointCap(name, endpoints.get(name).max_concurrency) for name in names]
+    return [EndpointCap(name, endpoints.get(name).cap) for name in names]
 
 
 def queue_keys(endpoint_ids: Sequence[str] = ()) -> list[str]:
@@ -43,11 +49,14 @@ def queue_keys(endpoint_ids: Sequence[str] = ()) -> list[str]:
 @dataclass(frozen=True)
 class EndpointState:
     endpoint_id: str
-    max_concurrency: int
+    max_concurrency: int  # the fixed cap, or the upper bound of an "auto" one
     in_flight: int
     breaker_state: str  # closed, open, half_open
     breaker_failures: int = 0
     breaker_retry_in_s: float = 0.0
+    #: The limit in force: the fixed cap, or the one an "auto" limit's controller found.
+    limit: int = 0
+    auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Snapshot:
         for cap in caps:
             pipe.zcount(keys.lease(cap.endpoint_id), now_ms, "+inf")
             pipe.hmget(keys.breaker(cap.endpoint_id), "open_until", "failures")
+            pipe.hget(keys.auto_limit(cap.endpoint_id), "limit")
 
     @classmethod
     def parse(cls, results: list[Any], caps: Sequence[EndpointCap]) -> Snapshot:
@@ -83,8 +93,8 @@ class Snapshot:
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         states = []
         for index, cap in enumerate(caps):
-            in_flight, (open_until_raw, failures) = results[
-                queues + 3 + 2 * index : queues + 5 + 2 * index
+            in_flight, (open_until_raw, failures), limit = results[
+                queues + 3 + 3 * index : queues + 6 + 3 * index
             ]
             open_until = int(open_until_raw or 0)
             state = "closed"
@@ -100,6 +110,8 @@ class Snapshot:
                     breaker_state=state,
                     breaker_failures=int(failures or 0),
                     breaker_retry_in_s=max(0.0, (open_until - now_ms) / 1000),
+                    limit=limit_of(cap.cap, limit),
+                    auto=not isinstance(cap.cap, int),
                 )
             )
         return cls(

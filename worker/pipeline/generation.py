@@ -39,6 +39,7 @@ from worker.errors import (
     RetryableEndpointError,
     TaskCancelled,
 )
+from worker.limits.auto_limit import overloaded, sample
 from worker.limits.guard import Claim, GrantedSlot, Outcome, Slot, SlotOffer
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.pipeline.attempt import (
@@ -330,6 +331,7 @@ class Generation:
                     result = self._jobs.await_job(request, target, result)
         except RetryableEndpointError as err:
             latency_s = self._called(started)
+            slot.sample = sample(latency_s, overload=overloaded(err))  # ("auto" limits)
             self._record.failed_call(request.tenant or INTERNAL, target.spec.name, latency_s)
             verdict = self._faults.judge(task_id, target.spec.name, target.spec.base_url, err)
             # A failure that follows this request says nothing of the endpoint's health.
@@ -349,10 +351,11 @@ class Generation:
             latency_s = time.perf_counter() - started
             self._record.failed_call(request.tenant or INTERNAL, target.spec.name, latency_s)
             raise
-        self._called(started)
+        latency_s = self._called(started)
         slot.outcome = Outcome.OK
         if isinstance(result, GenerationResult):
             slot.tokens = result.usage.total_tokens
+            slot.sample = sample(latency_s, result.usage.completion_tokens)
             self._record.slot_releases[task_id] = target.guard.hand_off(slot)
         if isinstance(result, Job):
             return self._jobs.outcome(task_id, request, target, result, polls=0, attempt=attempt)

@@ -57,6 +57,8 @@
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
 -- ARGV[24..26]                with the admission queue: limit, every, queues (worker.limits'
 --                             admission.lua)
+-- ARGV[27]                    the call's sample for an "auto" limit (worker.limits'
+--                             release_slot.lua)
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
 local record_key, events_key, result_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -75,7 +77,7 @@ local slot_token, outcome, failure_threshold = ARGV[19], ARGV[20], ARGV[21]
 local cooldown, tokens_used = ARGV[22], ARGV[23]
 local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[16], KEYS[17], KEYS[18],
   KEYS[19]
-local limit, every, queues = ARGV[24], ARGV[25], ARGV[26]
+local limit, every, queues, sample = ARGV[24], ARGV[25], ARGV[26], ARGV[27]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
 -- #include worker.limits:now_ms
@@ -85,7 +87,7 @@ if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
     failure_threshold, cooldown, tokens_used, now, admit_key and {admit = admit_key,
       byage = admit_byage_key, info = admit_info_key, age = admit_age_key, limit = limit,
-      every = every, queues = queues})
+      every = every, queues = queues}, sample)
 end
 local function acknowledge()
   redis.call('ZREM', inbox_key, task_id)

@@ -13,6 +13,7 @@
 -- that is refused (2, 3, 4, 5) goes on to the next in the queue.
 local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
                             cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now, queue)
+  limit = limit_in_force(limit)  -- a fixed cap, or the one found for "auto" (auto_limit.lua)
   -- Only a waiter (queue.wait) may have been granted a slot already.
   local granted = queue and queue.wait and redis.call('ZSCORE', lease, token)
   local function refuse(answer)

@@ -5,10 +5,16 @@
 -- With `queue` (the endpoint's admission queue: a table of its keys admit, byage, info, age, and
 -- limit, every and queues, see admission.lua), the freed slot goes to the queue's head at once
 -- (or is held a moment for a more urgent task still in the Redis lists of the queues).
+-- `sample` ("<latency ms>:<output tokens>:<signal>", or nil) feeds the controller of an endpoint
+-- whose limit is "auto" (auto_limit.lua), before the freed slot is given on.
 -- Returns the cooldown in ms when this call opened the breaker, else 0.
 local BREAKER_TTL_MS = 3600000
 local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
-                            tokens, now, queue)
+                            tokens, now, queue, sample)
+  if queue and sample then
+    auto_limit_sample(queue.limit, sample, redis.call('ZCARD', lease),
+      redis.call('EXISTS', queue.admit) == 1)
+  end
   redis.call('ZREM', lease, token)
   if queue then
     admit_next(lease, queue, queue.limit, queue.every, now)
