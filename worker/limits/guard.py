@@ -26,124 +26,34 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import Enum
 
 import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
-from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError, TaskCancelled
+from worker.errors import AlreadyRunning, TaskCancelled
 from worker.limits.admission import Admission, Weights, equal_weights
+from worker.limits.pool import ReplicaPool
 from worker.limits.slot_gate import SlotGate
-from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
+from worker.limits.slots import (
+    Claim,
+    GrantedSlot,
+    GuardPolicy,
+    Outcome,
+    Slot,
+    SlotOffer,
+    SlotRelease,
+    circuit_open,
+    rate_limited,
+)
+from worker.redis_outage import RedisOutage, ride_out
+
+__all__ = [
+    "Claim", "EndpointGuard", "GrantedSlot", "GuardPolicy", "Outcome", "Slot", "SlotOffer",
+    "SlotRelease", "circuit_open", "rate_limited",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-
-def circuit_open(retry_in_s: float) -> CircuitOpenError:
-    """The error of a call held back by the open breaker (no attempt spent)."""
-    message = f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s"
-    return CircuitOpenError(message, retry_after_s=retry_in_s)
-
-
-def rate_limited(retry_in_s: float) -> RateLimitedError:
-    """The error of a call held back by a spent rate limit (no attempt spent)."""
-    message = f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s"
-    return RateLimitedError(message, retry_after_s=retry_in_s)
-
-
-class Outcome(Enum):
-    OK = "ok"  # the endpoint answered (a 4xx too: it is up)
-    FAILURE = "failure"  # a retryable failure: counts towards opening the breaker
-    NEUTRAL = "neutral"  # says nothing of the endpoint (cancelled, for instance)
-
-
-@dataclass
-class Slot:
-    """A held slot; set ``outcome`` (and ``tokens`` used) before leaving the ``with`` block.
-
-    :meth:`EndpointGuard.hand_off` leaves its release to another script instead.
-    """
-
-    outcome: Outcome = Outcome.NEUTRAL
-    tokens: int = 0
-    #: With a :class:`Claim`: the task's attempt number, in all and on this endpoint.
-    attempt: int = 0
-    attempt_on_endpoint: int = 0
-    token: str = ""
-    handed_off: bool = False
-
-
-@dataclass(frozen=True)
-class SlotOffer:
-    """A slot to try for in passing, in another script that calls ``acquire_slot`` with
-    ``keys`` and ``args`` (its arguments, ``now`` aside, then the admission queue's keys and
-    arguments): taken only if it is free and no task waits for one."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    claim: Claim
-
-
-@dataclass(frozen=True)
-class GrantedSlot:
-    """A :class:`SlotOffer` the script granted, with the task's attempt numbers."""
-
-    offer: SlotOffer
-    attempt: int
-    attempt_on_endpoint: int
-
-
-@dataclass(frozen=True)
-class SlotRelease:
-    """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
-    ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
-    renews the slot until :meth:`EndpointGuard.settle` or :meth:`EndpointGuard.release`."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A task to claim as running here and whose attempt to count, in the same round trip
-    that grants the slot (the claim is ``worker.delivery.heartbeat``'s; see
-    ``worker.delivery.task_scripts``)."""
-
-    task_id: str
-    token: str
-    ttl_ms: int
-    endpoint: str
-    #: Where the task waits in the endpoint's admission queue: its priority and tenant.
-    priority: int = PRIORITY_DEFAULT
-    tenant: str | None = None
-    #: The task's deadline, which a wait at the endpoint's gate respects.
-    deadline: datetime | None = None
-
-
-@dataclass(frozen=True)
-class GuardPolicy:
-    limit: int = 1
-    lease_ttl_s: float = 30.0
-    failure_threshold: int = 5
-    #: The first cooldown of an open breaker; each failed probe multiplies it by 1.5, up to
-    #: ``cooldown_max_s``.
-    cooldown_s: float = 1.0
-    cooldown_max_s: float = 5.0
-    #: Every how many slots one goes to the priority band of the task that has waited longest
-    #: (0: strict priority; see :mod:`worker.limits.admission`).
-    oldest_every: int = 10
-    #: Shared per-minute limits (0: none); tokens are counted after each call.
-    requests_per_minute: int = 0
-    tokens_per_minute: int = 0
-    #: How long the wait for a slot rides out an unreachable Redis.
-    outage: OutagePolicy = field(default_factory=OutagePolicy)
 
 
 class EndpointGuard:
@@ -154,6 +64,8 @@ class EndpointGuard:
     :param policy: the cap, the lease TTL and the breaker's threshold and cooldown.
     :param weights: a tenant's weight in the admission queue's fair shares.
     :param gate: passed before a slot is sought (``None``: none).
+    :param pool: the replicas of a pool endpoint (``None``: one server), whose slots it caps
+        together and whose calls it spreads (:mod:`worker.limits.pool`).
     """
 
     def __init__(
@@ -163,9 +75,11 @@ class EndpointGuard:
         policy: GuardPolicy,
         weights: Weights = equal_weights,
         gate: SlotGate | None = None,
+        pool: ReplicaPool | None = None,
     ) -> None:
         self._client = client
         self.gate = gate
+        self.pool = pool
         self._keys = [
             keys.lease(endpoint_id),
             keys.breaker(endpoint_id),
@@ -178,8 +92,9 @@ class EndpointGuard:
         # The scripts' cooldown argument: the first and the longest, in ms.
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
+        limit = policy.limit if pool is None else pool.spec
         self._admission = Admission(
-            client, endpoint_id, policy.limit, policy.oldest_every, weights, self._ttl_ms
+            client, endpoint_id, limit, policy.oldest_every, weights, self._ttl_ms
         )
         self._presence = self._admission.presence
         #: The slots this process holds, renewed by the heartbeat; those of them whose call
@@ -212,7 +127,7 @@ class EndpointGuard:
                 *self._admission.keys,
             ),
             args=(
-                policy.limit,
+                self._admission.limit(),
                 self._ttl_ms,
                 token,
                 self._cooldown_ms,
@@ -252,6 +167,8 @@ class EndpointGuard:
             if self.gate is not None:
                 self.gate.wait(claim.deadline if claim else None)
             slot.token = token = self._wait_for_slot(claim, slot)
+        if self.pool is not None:
+            self._pick_replica(slot, claim.affinity if claim else "")
         try:
             yield slot
         finally:
@@ -268,9 +185,10 @@ class EndpointGuard:
         self._handed_off.add(slot.token)
         args = (
             slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
+            slot.tokens, self._admission.limit(), self._admission.every, self._admission.queues,
         )  # fmt: skip
-        return SlotRelease(self, (*self._keys, *self._admission.keys), args, slot.token)
+        script_keys = (*self._slot_keys(slot.replica), *self._admission.keys)
+        return SlotRelease(self, script_keys, args, slot.token, slot.replica)
 
     def settle(self, release: SlotRelease) -> None:
         """Another script released the slot of ``release``: stop renewing it, and let the
@@ -283,7 +201,7 @@ class EndpointGuard:
         self._held.discard(release.token)
         self._handed_off.discard(release.token)
         outcome, tokens = Outcome(release.args[1]), int(release.args[4])
-        self._release(release.token, Slot(outcome=outcome, tokens=tokens))
+        self._release(release.token, Slot(outcome=outcome, tokens=tokens, replica=release.replica))
 
     def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
         """Take a slot, or wait in the admission queue until one is handed over."""
@@ -293,7 +211,7 @@ class EndpointGuard:
         script_keys = [*self._keys, *admission.keys]
         priority, tenant = (claim.priority, claim.tenant) if claim else (PRIORITY_DEFAULT, None)
         args: list[int | str] = [
-            policy.limit, self._ttl_ms, token, self._cooldown_ms,
+            admission.limit(), self._ttl_ms, token, self._cooldown_ms,
             policy.requests_per_minute, policy.tokens_per_minute,
             *admission.args(priority, tenant),
         ]  # fmt: skip
@@ -334,12 +252,42 @@ class EndpointGuard:
         self._ensure_heartbeat()
         return token
 
+    def _pick_replica(self, slot: Slot, affinity: str) -> None:
+        """Choose the replica of a held pool slot; release it and raise
+        :class:`CircuitOpenError` when no replica may take work."""
+        assert self.pool is not None
+        try:
+            replica, wait_ms = ride_out(
+                lambda: self.pool.pick(slot.token, affinity),  # type: ignore[union-attr]
+                "picking its replica",
+                self._policy.outage,
+            )
+        except BaseException:
+            self._held.discard(slot.token)
+            self._release(slot.token, Slot())
+            raise
+        if replica is None:
+            self._held.discard(slot.token)
+            self._release(slot.token, Slot())
+            raise circuit_open(wait_ms / 1000)
+        slot.replica = replica
+
+    def _slot_keys(self, replica: int | None) -> list[str]:
+        """The release's keys: for a pool's slot, its replica's breaker and probe."""
+        if self.pool is None or replica is None:
+            return list(self._keys)
+        lease, _breaker, _probe, rate = self._keys
+        return [lease, *self.pool.health_keys(replica), rate]
+
     def _release(self, token: str, slot: Slot) -> None:
+        outcome = slot.outcome
+        if self.pool is not None and slot.replica is None:
+            outcome = Outcome.NEUTRAL  # no replica was called: no breaker to move
         args = [
-            token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
+            token, outcome.value, self._policy.failure_threshold, self._cooldowns,
+            slot.tokens, self._admission.limit(), self._admission.every, self._admission.queues,
         ]  # fmt: skip
-        script_keys = [*self._keys, *self._admission.keys]
+        script_keys = [*self._slot_keys(slot.replica), *self._admission.keys]
         try:
             # Ridden out: a lease left behind holds a slot of the cap until it lapses.
             opened = ride_out(

@@ -22,6 +22,11 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
     end
     return answer
   end
+  -- A pool's limit is its healthy replicas' (pool_limit.lua); with all of them open, it is
+  -- refused as an open breaker is, until the soonest of their cooldowns ends.
+  local pool_open
+  limit, pool_open = slot_limit(limit, lease, now)
+  if pool_open then return refuse({2, pool_open - now}) end
   local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
   if open_until > now then
     return refuse({2, open_until - now})

@@ -5,17 +5,10 @@
 -- With `queue` (the endpoint's admission queue: a table of its keys admit, byage, info, age, and
 -- limit, every and queues, see admission.lua), the freed slot goes to the queue's head at once
 -- (or is held a moment for a more urgent task still in the Redis lists of the queues).
--- Returns the cooldown in ms when this call opened the breaker, else 0.
+-- `breaker` and `probe` are the endpoint's, or for a pool's slot its replica's
+-- (worker.limits.pool). Returns the cooldown in ms when this call opened the breaker, else 0.
 local BREAKER_TTL_MS = 3600000
-local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
-                            tokens, now, queue)
-  redis.call('ZREM', lease, token)
-  if queue then
-    admit_next(lease, queue, queue.limit, queue.every, now)
-  end
-  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
-    redis.call('HINCRBY', rate, 't', tokens)
-  end
+local function release_breaker(breaker, probe, token, outcome, threshold, cooldown, now)
   if outcome == 'ok' then
     redis.call('HINCRBY', breaker, 'served', 1)
     if redis.call('HDEL', breaker, 'failures', 'open_until', 'cooldown') > 0 then
@@ -43,4 +36,19 @@ local function release_slot(lease, breaker, probe, rate, token, outcome, thresho
   redis.call('HSET', breaker, 'open_until', now + wait, 'cooldown', wait)
   redis.call('DEL', probe)
   return wait
+end
+
+-- The breaker moves before the freed slot is granted: a pool's limit (pool_limit.lua) counts
+-- the replica of `breaker` by its state after this call.
+local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
+                            tokens, now, queue)
+  redis.call('ZREM', lease, token)
+  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
+    redis.call('HINCRBY', rate, 't', tokens)
+  end
+  local opened = release_breaker(breaker, probe, token, outcome, threshold, cooldown, now)
+  if queue then
+    admit_next(lease, queue, queue.limit, queue.every, now)
+  end
+  return opened
 end
