@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import redis
@@ -33,7 +34,7 @@ from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import AlreadyRunning, TaskCancelled
 from worker.limits.admission import Admission, Weights, equal_weights
-from worker.limits.pool import ReplicaPool
+from worker.limits.pool import FULL, REPICK_EVERY_S, REPICK_FOR_S, ReplicaPool
 from worker.limits.slot_gate import SlotGate
 from worker.limits.slots import (
     Claim,
@@ -167,8 +168,6 @@ class EndpointGuard:
             if self.gate is not None:
                 self.gate.wait(claim.deadline if claim else None)
             slot.token = token = self._wait_for_slot(claim, slot)
-        if self.pool is not None:
-            self._pick_replica(slot, claim.affinity if claim else "")
         try:
             yield slot
         finally:
@@ -252,25 +251,27 @@ class EndpointGuard:
         self._ensure_heartbeat()
         return token
 
-    def _pick_replica(self, slot: Slot, affinity: str) -> None:
-        """Choose the replica of a held pool slot; release it and raise
-        :class:`CircuitOpenError` when no replica may take work."""
-        assert self.pool is not None
-        try:
+    def pick_replica(self, slot: Slot, affinity: str = "") -> None:
+        """Choose the replica of a held pool slot (nothing without a pool), inside the slot's
+        ``with`` block: :class:`CircuitOpenError` when no replica may take work (the block's
+        end releases the slot). A healthy replica full (its breaker opened between the grant
+        and the pick) is asked for again as calls end."""
+        pool = self.pool
+        if pool is None:
+            return
+        deadline = time.monotonic() + REPICK_FOR_S
+        while True:
             replica, wait_ms = ride_out(
-                lambda: self.pool.pick(slot.token, affinity),  # type: ignore[union-attr]
-                "picking its replica",
-                self._policy.outage,
+                lambda: pool.pick(slot.token, affinity), "picking its replica", self._policy.outage
             )
-        except BaseException:
-            self._held.discard(slot.token)
-            self._release(slot.token, Slot())
-            raise
-        if replica is None:
-            self._held.discard(slot.token)
-            self._release(slot.token, Slot())
-            raise circuit_open(wait_ms / 1000)
-        slot.replica = replica
+            if replica is not None:
+                slot.replica = replica
+                return
+            if wait_ms != FULL:
+                raise circuit_open(wait_ms / 1000)
+            if time.monotonic() > deadline:
+                raise circuit_open(1.0)
+            self._stopped.wait(REPICK_EVERY_S)
 
     def _slot_keys(self, replica: int | None) -> list[str]:
         """The release's keys: for a pool's slot, its replica's breaker and probe."""
@@ -300,9 +301,11 @@ class EndpointGuard:
             log.warning("could not release a concurrency lease; it expires by itself")
             return
         if opened:
+            where = "endpoint" if slot.replica is None else f"pool replica {slot.replica}"
             log.warning(
-                "endpoint circuit breaker opened after %d consecutive failures; holding tasks "
+                "%s circuit breaker opened after %d consecutive failures; holding tasks "
                 "back for %.1fs",
+                where,
                 self._policy.failure_threshold,
                 int(opened) / 1000,
             )

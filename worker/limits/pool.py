@@ -27,6 +27,12 @@ AFFINITY_TTL_S = 3_600.0
 #: The most prefixes and sessions remembered per pool (past it, the memory starts afresh).
 AFFINITY_MAX = 10_000
 
+#: What :meth:`ReplicaPool.pick` answers for the wait when a healthy replica is full.
+FULL = -1
+#: How often a call whose healthy replicas were all full asks for one again, and for how long.
+REPICK_EVERY_S = 0.05
+REPICK_FOR_S = 30.0
+
 #: A replica's cap by its index: ``max_concurrency`` today (one place for "auto" to plug in).
 Caps = Callable[[int], int]
 
@@ -83,8 +89,9 @@ class ReplicaPool:
         return keys.breaker(self._ids[replica]), keys.breaker_probe(self._ids[replica])
 
     def pick(self, token: str, affinity_key: str = "") -> tuple[int | None, int]:
-        """The replica for the call holding the pool slot ``token``, or ``None`` and the ms
-        until one may take work (every replica open, or half-open with its probe running)."""
+        """The replica for the call holding the pool slot ``token``; or ``None`` and the ms
+        until one may take work (every replica open, or half-open with its probe running),
+        or ``None`` and :data:`FULL` (a healthy replica is full: ask again as calls end)."""
         replica, wait_ms = self._pick(
             keys=[self._lease, self._affinity],
             args=[
@@ -92,6 +99,8 @@ class ReplicaPool:
                 int(AFFINITY_TTL_S * 1000), AFFINITY_MAX,
             ],
         )  # fmt: skip
+        if int(replica) == -2:
+            return None, FULL
         return (None if int(replica) < 0 else int(replica)), int(wait_ms)
 
     def states(self) -> list[ReplicaState]:

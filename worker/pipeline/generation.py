@@ -42,13 +42,7 @@ from worker.errors import (
 from worker.limits.guard import Claim, GrantedSlot, Outcome, Slot, SlotOffer
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.pipeline.affinity import affinity_for
-from worker.pipeline.attempt import (
-    DUPLICATE,
-    Call,
-    Delivery,
-    GenerationPolicy,
-    message_dicts,
-)
+from worker.pipeline.attempt import DUPLICATE, Call, Delivery, GenerationPolicy, message_dicts
 from worker.pipeline.payload import parse_payload
 from worker.pipeline.recording import TaskRecorder
 from worker.pipeline.render import PromptRenderer
@@ -301,6 +295,7 @@ class Generation:
             # Granted together with the slot: the task's running claim and its attempt count.
             with target.guard.slot(claim, granted) as slot:
                 self._running.hold(task_id, claim.token)
+                target.guard.pick_replica(slot, claim.affinity)  # a pool's
                 return self._call(task_id, request, target, call, progress, slot)
         except AlreadyRunning:
             return DUPLICATE

@@ -9,7 +9,9 @@
 -- KEYS: lease (the pool's), affinity (hash: key -> replica index)
 -- ARGV: the pool's spec (pool_limit.lua), token, lease ttl ms, affinity key ("": none),
 --       affinity ttl ms, affinity entries at most
--- Returns {replica index, 0}, or {-1, ms until a replica may take work}.
+-- Returns {replica index, 0}; {-1, ms until a replica may take work} when every replica is open
+-- (or half-open with its probe running); {-2, 0} when a closed one is full (a breaker opened
+-- between this call's grant and its pick: the room comes back as calls end).
 local lease, affinity = KEYS[1], KEYS[2]
 local spec, token, ttl, key = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local affinity_ttl, affinity_max = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -29,13 +31,14 @@ for i = 1, #entries, 2 do
   end
 end
 
-local rooms, soonest = {}, nil
+local rooms, soonest, closed = {}, nil, false
 for i, replica in ipairs(replicas) do
   local r = i - 1
   local state, open_until = pool_state(replica, now)
   local held = counts[r] or 0
   local allowed = pool_allowed(replica, state, held)
   rooms[r] = {room = allowed - held, allowed = allowed, state = state}
+  if state == 'closed' then closed = true end
   if state ~= 'closed' and (not soonest or open_until < soonest) then soonest = open_until end
 end
 
@@ -54,6 +57,7 @@ if not chosen then
     end
   end
 end
+if not chosen and closed then return {-2, 0} end
 if not chosen then
   local wait = 1000
   if soonest and soonest > now then wait = soonest - now end
