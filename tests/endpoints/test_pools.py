@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from genqueue.embedded_redis import free_port
 from genqueue.simulator import SimulatorConfig, serve_in_thread
 from tests.conftest import SimulatorControl
 from tests.endpoints.test_routing import FAST, endpoints_file, send
@@ -66,3 +67,17 @@ def test_a_replica_stopped_mid_run_loses_no_task(
     assert stopped.completions_ok + sum(served) >= 18
     assert sum(served) >= 18 - stopped.completions_ok
     assert min(served) >= 4  # both others took part of the stopped one's share
+
+
+def test_a_pool_whose_replicas_are_all_down_falls_back(
+    tmp_path, redis_url, replicas, start_worker, celery_client
+) -> None:
+    dead = ", ".join(f'"http://127.0.0.1:{free_port()}"' for _ in range(2))
+    env = endpoints_file(
+        tmp_path,
+        f'[endpoints.pool]\nurls = [{dead}]\nfallbacks = ["spare"]\n'
+        f'[endpoints.spare]\nurl = "{replicas[0].url}"\n',
+    )
+    start_worker(redis_url, "", GENQUEUE_BREAKER_FAILURE_THRESHOLD=1, **FAST, **env)
+    value = send(celery_client, {"prompt": "Hi", "endpoint": "pool"}).get(timeout=25)
+    assert value["endpoint"] == "spare" and value["endpoints_tried"] == ["pool", "spare"]

@@ -9,7 +9,7 @@ import redis
 
 from worker import keys
 from worker.endpoints.completions import CompletionClient, EndpointConfig, endpoint_session
-from worker.endpoints.config import EndpointSpec
+from worker.endpoints.config import EndpointSpec, replica_cap
 from worker.endpoints.pods.control import PodControl
 from worker.endpoints.pods.gate import Decision, PodGate
 from worker.endpoints.pods.idle import IdlePolicy, IdleStop
@@ -97,13 +97,6 @@ def _probe(client: CompletionClient) -> Callable[[], bool]:
 
 #: The read timeout of a readiness probe.
 PROBE_TIMEOUT_S = 10.0
-
-
-def replica_cap(spec: EndpointSpec, replica: int) -> int:
-    """The cap of a pool's replica ``replica``: the endpoint's ``max_concurrency``, per replica
-    (the one place a cap of its own, or "auto", per replica would be read)."""
-    del replica  # every replica has the endpoint's cap today
-    return spec.max_concurrency
 
 
 def replica_pool(spec: EndpointSpec, client: redis.Redis, lease_ttl_s: float) -> ReplicaPool | None:

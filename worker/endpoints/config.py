@@ -190,6 +190,20 @@ class EndpointSpec(BaseModel):
         return os.environ.get(self.api_key_env) or None
 
 
+def replica_cap(spec: EndpointSpec, replica: int) -> int:
+    """The cap of a pool's replica ``replica``: the endpoint's ``max_concurrency``, per replica
+    (the one place a cap of its own, or "auto", per replica would be read)."""
+    del replica  # every replica has the endpoint's cap today
+    return spec.max_concurrency
+
+
+def total_cap(spec: EndpointSpec) -> int:
+    """The most calls at once to the endpoint: a pool's replicas' caps together."""
+    if not spec.is_pool:
+        return spec.max_concurrency
+    return sum(replica_cap(spec, i) for i in range(len(spec.replica_urls)))
+
+
 def check_replica_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
     """A pool's replica URLs as given; a :class:`ValueError` for none, a URL that is not
     ``http(s)://host...``, or one given twice (after :func:`endpoint_base`)."""

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from worker import keys
 from worker.delivery.records import F_CREATED
-from worker.endpoints.config import Endpoints
+from worker.endpoints.config import Endpoints, total_cap
 from worker.endpoints.pods.gate import LOCK_TTL_S
 
 
@@ -135,7 +135,7 @@ class SignalsRead:
                     if dates
                     else 0.0,
                     in_flight=in_flight,
-                    max_concurrency=spec.max_concurrency,
+                    max_concurrency=total_cap(spec),
                     since_last_call_s=None if since_s is None else max(0.0, since_s),
                     pod_state=(fields.get("state") or "unknown") if spec.runpod_pod_id else None,
                     pod_running_s=float(fields.get("running_s") or 0),

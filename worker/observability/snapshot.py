@@ -15,7 +15,7 @@ from typing import Any
 
 from worker import keys
 from worker.delivery import backlog
-from worker.endpoints.config import Endpoints
+from worker.endpoints.config import Endpoints, replica_cap, total_cap
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ def endpoint_caps(endpoints: Endpoints | None) -> list[EndpointCap]:
     for name in names:
         spec = endpoints.get(name)
         replicas = len(spec.replica_urls) if spec.is_pool else 0
-        caps.append(EndpointCap(name, spec.max_concurrency * (replicas or 1)))
+        caps.append(EndpointCap(name, total_cap(spec)))
         caps += [
-            EndpointCap(keys.replica_id(name, i), spec.max_concurrency, pool=name, replica=i)
+            EndpointCap(keys.replica_id(name, i), replica_cap(spec, i), pool=name, replica=i)
             for i in range(replicas)
         ]
     return caps

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from worker import keys, lua
-from worker.limits.pool import ReplicaPool
+from worker.limits.pool import FULL, ReplicaPool
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -135,3 +135,26 @@ def test_a_dead_calls_assignment_stops_counting(redis_client: redis.Redis) -> No
     assert redis_client.hkeys(keys.pool_assign(EP)) != [] and not redis_client.hexists(
         keys.pool_assign(EP), "dead.a"
     )
+
+
+def test_a_breaker_opened_between_grant_and_pick_says_full(redis_client: redis.Redis) -> None:
+    pool = Pool(redis_client, [1, 1])
+    assert pool.take("p.a") == 0
+    assert pool.ask("p.b") == [1, 0]  # granted while both were closed
+    pool.open(1, 60_000)  # then replica 1 went down, before p.b picked
+    assert pool.pool.pick("p.b") == (None, FULL)  # ask again as calls end, not a circuit open
+    pool.end("p.a", 0)
+    assert pool.pool.pick("p.b") == (0, 0)
+
+
+def test_the_affinity_memory_is_bounded(redis_client: redis.Redis) -> None:
+    pool = Pool(redis_client, [8])
+    pick = lua.register(redis_client, "worker.limits", "pool_pick")
+    for i in range(5):
+        assert pool.ask(f"p.{i}") == [1, 0]
+        pick(
+            keys=[LEASE, keys.pool_affinity(EP)],
+            args=[pool.pool.spec(), f"p.{i}", TTL_MS, f"k{i}", 60_000, 3],
+        )
+        assert redis_client.hlen(keys.pool_affinity(EP)) <= 3
+    assert 0 < redis_client.pttl(keys.pool_affinity(EP)) <= 60_000
