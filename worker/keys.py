@@ -115,6 +115,26 @@ def running(task_id: str) -> str:
     return f"{PREFIX}:running:{task_id}"
 
 
+def replica_id(endpoint_id: str, index: int) -> str:
+    """The id of a pool's replica (its place in the endpoint's ``urls``, from 0) in the keys of
+    its own breaker (:func:`breaker`, :func:`breaker_probe`, :func:`dropped`) and in metrics:
+    ``<endpoint>@<index>``, never its URL."""
+    return f"{endpoint_id}@{index}"
+
+
+def pool_assign(endpoint_id: str) -> str:
+    """Hash: each of a pool's slot tokens -> the replica its call went to (an index); an entry
+    counts while its token holds a lease (``worker/limits/scripts/pool_pick.lua`` removes the
+    others). TTL: four lease TTLs after the last pick."""
+    return f"{PREFIX}:pool-assign:{endpoint_id}"
+
+
+def pool_affinity(endpoint_id: str) -> str:
+    """Hash: a prefix or session digest -> the pool's replica that served it last. TTL: the
+    affinity TTL after the last pick; bounded by ``worker.limits.pool.AFFINITY_MAX`` entries."""
+    return f"{PREFIX}:pool-affinity:{endpoint_id}"
+
+
 def breaker(endpoint_id: str) -> str:
     """Hash: consecutive failures, ``open_until`` and ``cooldown`` (ms), and ``served``, the
     successes counted. TTL: an hour after its last change."""

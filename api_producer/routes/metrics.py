@@ -122,7 +122,24 @@ def _endpoint_families(endpoints: tuple[EndpointState, ...]) -> list[Metric]:
         "The endpoint's circuit breaker: 1 for its current state.",
         labels=["endpoint", "state"],
     )
+    replica_in_flight = GaugeMetricFamily(
+        "genqueue_replica_in_flight",
+        "A pool's calls in flight on each replica (replica: its place in urls, from 0).",
+        labels=["endpoint", "replica"],
+    )
+    replica_state = GaugeMetricFamily(
+        "genqueue_replica_breaker_state",
+        "Each pool replica's circuit breaker: 1 for its current state.",
+        labels=["endpoint", "replica", "state"],
+    )
     for endpoint in endpoints:
+        if endpoint.pool is not None:
+            where = [endpoint.pool, str(endpoint.replica)]
+            replica_in_flight.add_metric(where, endpoint.in_flight)
+            for breaker in BREAKER_STATES:
+                is_state = float(endpoint.breaker_state == breaker)
+                replica_state.add_metric([*where, breaker], is_state)
+            continue
         name = endpoint.endpoint_id
         in_flight.add_metric([name], endpoint.in_flight)
         cap.add_metric([name], endpoint.max_concurrency)
@@ -130,7 +147,7 @@ def _endpoint_families(endpoints: tuple[EndpointState, ...]) -> list[Metric]:
         failures.add_metric([name], endpoint.breaker_failures)
         for breaker in BREAKER_STATES:
             state.add_metric([name, breaker], float(endpoint.breaker_state == breaker))
-    return [in_flight, cap, limit, failures, state]
+    return [in_flight, cap, limit, failures, state, replica_in_flight, replica_state]
 
 
 def tenant_families(totals: dict[bytes, bytes], label_of: Callable[[str], str]) -> list[Metric]:

@@ -103,17 +103,36 @@ def _other_rows(results: dict[str, Any]) -> list:
             )  # fmt: skip
     batching = results.get("batching")
     if batching:
-        rows.append((f"batching: knee {batching['knee']}, L={batching['latency_ms']:g} ms, "
-                     f"{batching['seconds']:g} s a cap; tasks/s, call p50 ms", "", "", ""))
+        rows.append(
+            (
+                f"batching: knee {batching['knee']}, L={batching['latency_ms']:g} ms, "
+                f"{batching['seconds']:g} s a cap; tasks/s, call p50 ms",
+                "",
+                "",
+                "",
+            )
+        )
         for cap, found in [*batching["fixed"].items(), ("auto", batching["auto"])]:
-            rows.append((f"  max_concurrency {cap}", f"{found['per_s']} / {found['call_p50_ms']}",
-                         "", ""))
-        rows.append((f"  auto over the best fixed cap ({batching['best_fixed_cap']}): "
-                     "throughput / p50", f"{batching['auto_throughput_ratio']} / "
-                     f"{batching.get('auto_p50_ratio')}", "", ""))
+            rows.append(
+                (f"  max_concurrency {cap}", f"{found['per_s']} / {found['call_p50_ms']}", "", "")
+            )
+        rows.append(
+            (
+                f"  auto over the best fixed cap ({batching['best_fixed_cap']}): throughput / p50",
+                f"{batching['auto_throughput_ratio']} / {batching.get('auto_p50_ratio')}",
+                "",
+                "",
+            )
+        )
         for move in batching["moved"]["moves"]:
-            rows.append((f"  knee moved to {move['knee']}: limit near it after, s",
-                         str(move["reached_after_s"]), "", ""))
+            rows.append(
+                (
+                    f"  knee moved to {move['knee']}: limit near it after, s",
+                    str(move["reached_after_s"]),
+                    "",
+                    "",
+                )
+            )
     latency = results.get("latency")
     if latency:
         for label, key in (("p50", "p50_ms"), ("p99", "p99_ms")):

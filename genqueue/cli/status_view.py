@@ -21,7 +21,7 @@ from worker import connections
 from worker.endpoints.config import load_endpoints
 from worker.observability.completion_stream import RecentEvents, recent
 from worker.observability.scaling import EndpointSignals, read_signals
-from worker.observability.snapshot import Snapshot, endpoint_caps
+from worker.observability.snapshot import EndpointState, Snapshot, endpoint_caps
 from worker.settings import Settings
 
 REFRESH_S = 2.0
@@ -67,6 +67,13 @@ def view_json(view: View) -> dict[str, Any]:
             else round(signal.since_last_call_s, 3),
             "breaker": breaker.breaker_state if breaker else None,
         }
+        replicas = [e for e in snap.endpoints if e.pool == signal.endpoint]
+        if replicas:
+            entry["replicas"] = [
+                {"replica": r.replica, "in_flight": r.in_flight,
+                 "max_concurrency": r.max_concurrency, "breaker": r.breaker_state}
+                for r in replicas
+            ]  # fmt: skip
         if signal.pod_state is not None:
             entry["pod"] = {
                 "state": signal.pod_state,
@@ -105,6 +112,15 @@ def _signal_lines(view: View) -> list[str]:
     return lines
 
 
+def _breaker(endpoint: EndpointState) -> str:
+    breaker = endpoint.breaker_state
+    if breaker == "open":
+        breaker += f" (probe in {endpoint.breaker_retry_in_s:.0f}s)"
+    if endpoint.breaker_failures:
+        breaker += f", {endpoint.breaker_failures} consecutive failures"
+    return breaker
+
+
 def _counts(counter: dict[str, int], names: tuple[str, ...] = ()) -> str:
     keys = list(names) + sorted(k for k in counter if k not in names)
     return "  ".join(f"{k} {counter.get(k, 0)}" for k in keys) or "none"
@@ -121,17 +137,18 @@ def render(view: View, note: str | None = None) -> str:
         lines.append("in flight        unknown (set RUNPOD_ENDPOINT_URL to see the endpoint)")
         lines.append("breaker          unknown")
     for endpoint in snap.endpoints:
+        if endpoint.pool is not None:  # a pool's replica, under the pool's lines
+            lines.append(
+                f"  replica {endpoint.replica:<7}{endpoint.in_flight} / "
+                f"{endpoint.max_concurrency}, breaker {_breaker(endpoint)}"
+            )
+            continue
         auto = f" (auto, at most {endpoint.max_concurrency})" if endpoint.auto else ""
         lines.append(
             f"in flight        {endpoint.in_flight} / {endpoint.limit}{auto}"
             f"  (endpoint {endpoint.endpoint_id})"
         )
-        breaker = endpoint.breaker_state
-        if breaker == "open":
-            breaker += f" (probe in {endpoint.breaker_retry_in_s:.0f}s)"
-        if endpoint.breaker_failures:
-            breaker += f", {endpoint.breaker_failures} consecutive failures"
-        lines.append(f"breaker          {breaker}")
+        lines.append(f"breaker          {_breaker(endpoint)}")
     lines += _signal_lines(view)
     lines.append(f"dead letters     {snap.dead_letters}")
     if snap.unreadable:

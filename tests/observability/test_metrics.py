@@ -169,3 +169,39 @@ def test_api_metrics_and_status_show_every_endpoint(api_factory, redis_url, redi
     assert lines[2] == "2 / 8  (endpoint vllm)"
     assert lines[3].startswith("open (probe in ") and lines[3].endswith(", 5 consecutive failures")
     assert "unreadable       2 (set aside in genqueue:unreadable)" in text.splitlines()
+
+
+def test_api_metrics_and_status_show_each_pool_replica(
+    api_factory, redis_url, redis_client, tmp_path
+):
+    endpoints = tmp_path / "endpoints.toml"
+    endpoints.write_text(
+        '[endpoints.pool]\nkind = "vllm"\nmax_concurrency = 2\n'
+        'urls = ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"]\n'
+    )
+    now_ms = int(time.time() * 1000)
+    live = now_ms + 60_000
+    redis_client.zadd(keys.lease("pool"), {"a": live, "b": live, "c": live})
+    # "gone" ended (no lease): its assignment does not count.
+    redis_client.hset(keys.pool_assign("pool"), mapping={"a": 0, "b": 1, "c": 1, "gone": 0})
+    redis_client.hset(keys.breaker(keys.replica_id("pool", 0)), "open_until", live)
+    api = api_factory(redis_url, endpoints_file=endpoints)
+
+    scraped = scrape(f"{api.url}/metrics")
+    assert value(scraped, "genqueue_endpoint_in_flight", endpoint="pool") == 3
+    assert value(scraped, "genqueue_endpoint_max_concurrency", endpoint="pool") == 4
+    assert value(scraped, "genqueue_replica_in_flight", endpoint="pool", replica="0") == 1
+    assert value(scraped, "genqueue_replica_in_flight", endpoint="pool", replica="1") == 2
+    open_0 = {"endpoint": "pool", "replica": "0", "state": "open"}
+    assert value(scraped, "genqueue_replica_breaker_state", **open_0) == 1
+    closed_1 = {"endpoint": "pool", "replica": "1", "state": "closed"}
+    assert value(scraped, "genqueue_replica_breaker_state", **closed_1) == 1
+    # The pool's own breaker is closed while one replica is.
+    assert value(scraped, "genqueue_breaker_state", endpoint="pool", state="closed") == 1
+
+    text = render(read_view(redis_client, Settings(redis_url=redis_url, endpoints_file=endpoints)))
+    lines = text.splitlines()
+    at = lines.index("in flight        3 / 4  (endpoint pool)")
+    assert lines[at + 1] == "breaker          closed"
+    assert lines[at + 2].startswith("  replica 0      1 / 2, breaker open (probe in ")
+    assert lines[at + 3] == "  replica 1      2 / 2, breaker closed"

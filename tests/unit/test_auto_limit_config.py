@@ -55,7 +55,7 @@ def test_auto_with_and_without_bounds(tmp_path: Path) -> None:
         ),
         (
             HEAD + "max_concurrency = 4\nauto_max_concurrency = 8\n",
-            ':4: endpoints.a.auto_max_concurrency: Value error, a bound of the limit is given only '
+            ":4: endpoints.a.auto_max_concurrency: Value error, a bound of the limit is given only "
             'with max_concurrency = "auto"',
         ),
         (
@@ -64,7 +64,7 @@ def test_auto_with_and_without_bounds(tmp_path: Path) -> None:
         ),
         (
             HEAD + 'max_concurrency = "automatic"\n',
-            ':3: endpoints.a.max_concurrency: Value error, must be a whole number from 1 to '
+            ":3: endpoints.a.max_concurrency: Value error, must be a whole number from 1 to "
             '100000, or "auto"',
         ),
         (
@@ -75,9 +75,7 @@ def test_auto_with_and_without_bounds(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_bad_auto_input_names_file_line_and_field(
-    tmp_path: Path, text: str, expected: str
-) -> None:
+def test_bad_auto_input_names_file_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(SettingsError) as info:
         load(tmp_path, text)
     assert f"{tmp_path / 'endpoints.toml'}{expected}" in str(info.value)
@@ -97,7 +95,7 @@ def test_runpod_max_concurrency_auto_and_its_bounds(monkeypatch: pytest.MonkeyPa
     with pytest.raises(SettingsError) as info:
         load_endpoints(load_settings())
     assert (
-        'GENQUEUE_AUTO_MIN_CONCURRENCY: Value error, a bound of the limit is given only with '
+        "GENQUEUE_AUTO_MIN_CONCURRENCY: Value error, a bound of the limit is given only with "
         'max_concurrency = "auto"' in str(info.value)
     )
 
@@ -108,8 +106,11 @@ def test_runpod_max_concurrency_auto_and_its_bounds(monkeypatch: pytest.MonkeyPa
         ({"RUNPOD_MAX_CONCURRENCY": "lots"}, "RUNPOD_MAX_CONCURRENCY: "),
         ({"RUNPOD_MAX_CONCURRENCY": "0"}, "RUNPOD_MAX_CONCURRENCY: "),
         (
-            {"RUNPOD_MAX_CONCURRENCY": "auto", "GENQUEUE_AUTO_MIN_CONCURRENCY": "9",
-             "GENQUEUE_AUTO_MAX_CONCURRENCY": "3"},
+            {
+                "RUNPOD_MAX_CONCURRENCY": "auto",
+                "GENQUEUE_AUTO_MIN_CONCURRENCY": "9",
+                "GENQUEUE_AUTO_MAX_CONCURRENCY": "3",
+            },
             "GENQUEUE_AUTO_MAX_CONCURRENCY: Value error, auto_max_concurrency (3) is below "
             "auto_min_concurrency (9)",
         ),

@@ -119,6 +119,44 @@ def test_nothing_configured(tmp_path: Path) -> None:
             '[endpoints.a]\nurl = "http://x"\nread_timeout_s = 120\n',
             ":3: endpoints.a.read_timeout_s",
         ),
+        # Pools (urls = [...]).
+        ('[endpoints.a]\nkind = "vllm"\nurls = []\n', ":3: endpoints.a.urls: Value error, a pool"),
+        (
+            '[endpoints.a]\nurls = [\n  "http://h:1",\n  "http://h:1/v1/",\n]\n',
+            ":2: endpoints.a.urls: Value error, urls[1] repeats urls[0]",
+        ),
+        (
+            '[endpoints.a]\nurl = "http://h:1"\nurls = ["http://h:2"]\n',
+            ":3: endpoints.a.urls: Value error, give 'url' (one server) or 'urls' (a pool), "
+            "not both",
+        ),
+        (
+            '[endpoints.a]\nurls = ["http://h:1", "h:2"]\n',
+            ":2: endpoints.a.urls: Value error, urls[1] is not an http:// or https:// URL",
+        ),
+        ('[endpoints.a]\nurls = ["http://"]\n', "urls[0] is not an http:// or https:// URL"),
+        (
+            '[endpoints.a]\nurls = ["http://h:1"]\nmax_concurrency = "auto"\n',
+            "max_concurrency = \"auto\" is not for a pool ('urls') yet",
+        ),
+        ('[endpoints.a]\nurls = "http://h:1"\n', ":2: endpoints.a.urls: Input should be"),
+        (
+            '[endpoints.a]\nkind = "runpod-serverless"\nurls = ["http://h:1"]\n',
+            ":1: endpoints.a: Value error, 'urls' (a pool) is for the llamacpp, openai, textgen, "
+            "vllm kinds, not runpod-serverless",
+        ),
+        (
+            '[endpoints.a]\nurls = ["http://h:1"]\nrunpod_pod_id = "p1"\n',
+            "'runpod_pod_id' names one pod; a pool ('urls') has several",
+        ),
+        (
+            '[endpoints.a]\nurls = ["http://h:1"]\naffinity = "warm"\n',
+            ":3: endpoints.a.affinity: Input should be 'off', 'prefix' or 'session'",
+        ),
+        (
+            '[endpoints.a]\nurl = "http://h:1"\naffinity = "prefix"\n',
+            ":1: endpoints.a: Value error, 'affinity' is for a pool: give 'urls'",
+        ),
     ],
 )
 def test_invalid_files_name_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -130,3 +168,23 @@ def test_invalid_files_name_line_and_field(tmp_path: Path, text: str, expected: 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="GENQUEUE_ENDPOINTS_FILE: cannot read"):
         load_endpoints(Settings(endpoints_file=tmp_path / "nope.toml"))
+
+
+def test_a_pool_lists_its_replicas(tmp_path: Path) -> None:
+    text = (
+        '[endpoints.p]\nkind = "llamacpp"\nmax_concurrency = 4\naffinity = "session"\n'
+        'urls = ["http://10.0.0.5:8080/v1", "http://10.0.0.6:8080/"]\n'
+    )
+    endpoints = load_endpoints(settings(tmp_path, text))
+    assert endpoints is not None
+    spec = endpoints.get("p")
+    assert spec.is_pool and spec.affinity == "session" and spec.max_concurrency == 4
+    assert spec.replica_urls == ("http://10.0.0.5:8080", "http://10.0.0.6:8080")
+    assert spec.url_for(chat=False, replica=1) == "http://10.0.0.6:8080/v1/completions"
+    assert spec.base_url == "http://10.0.0.5:8080"  # the first replica's (checks, messages)
+
+
+def test_a_bad_replica_url_is_not_quoted(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_endpoints(settings(tmp_path, '[endpoints.a]\nurls = ["secret-token@h"]\n'))
+    assert "secret-token" not in str(info.value)

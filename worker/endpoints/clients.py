@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from worker import keys
 from worker.endpoints.completions import CompletionClient, EndpointConfig, endpoint_session
-from worker.endpoints.config import EndpointSpec
+from worker.endpoints.config import EndpointSpec, replica_cap
 from worker.endpoints.pods.control import PodControl
 from worker.endpoints.pods.gate import Decision, PodGate
 from worker.endpoints.pods.idle import IdlePolicy, IdleStop
@@ -17,6 +17,7 @@ from worker.endpoints.serverless import ServerlessClient
 from worker.errors import EndpointError
 from worker.limits.admission import Weights, equal_weights
 from worker.limits.guard import EndpointGuard, GuardPolicy
+from worker.limits.pool import ReplicaPool
 from worker.redis_outage import OutagePolicy
 from worker.settings import Settings, env_name
 
@@ -32,6 +33,26 @@ class EndpointTarget:
     #: The pod genqueue starts and stops (``runpod_pod_id``), and its idle stop.
     pod: PodGate | None = None
     idle: IdleStop | None = None
+    #: A pool's clients, one per replica in the order of its ``urls`` (``client`` is the first).
+    replicas: list[CompletionClient] = field(default_factory=list)
+
+    def client_for(self, replica: int | None) -> CompletionClient | None:
+        """The client of a pool's replica ``replica``; ``client`` otherwise."""
+        if replica is None or not self.replicas:
+            return self.client
+        return self.replicas[replica]
+
+    def replica_url(self, replica: int | None) -> str:
+        """The base URL a call on ``replica`` went to (the endpoint's, not in a pool)."""
+        if replica is None or not self.spec.is_pool:
+            return self.spec.base_url
+        return self.spec.replica_urls[replica]
+
+    def health_ids(self) -> list[str]:
+        """The ids whose breakers count the endpoint's successes: its replicas' in a pool."""
+        if self.guard.pool is not None:
+            return self.guard.pool.replica_ids()
+        return [endpoint_id(self.spec.name)]
 
     def close(self) -> None:
         if self.idle is not None:
@@ -39,8 +60,8 @@ class EndpointTarget:
         if self.pod is not None:
             self.pod.control.close()
         self.guard.close()
-        if self.client is not None:
-            self.client.close()
+        for client in self.replicas or ([self.client] if self.client is not None else []):
+            client.close()
 
 
 def endpoint_id(name: str) -> str:
@@ -76,6 +97,19 @@ def _probe(client: CompletionClient) -> Callable[[], bool]:
 
 #: The read timeout of a readiness probe.
 PROBE_TIMEOUT_S = 10.0
+
+
+def replica_pool(spec: EndpointSpec, client: redis.Redis, lease_ttl_s: float) -> ReplicaPool | None:
+    """The replicas of a pool endpoint (``urls``); ``None`` for one server."""
+    if not spec.is_pool:
+        return None
+    return ReplicaPool(
+        client,
+        endpoint_id(spec.name),
+        len(spec.replica_urls),
+        lambda replica: replica_cap(spec, replica),
+        int(lease_ttl_s * 1000),
+    )
 
 
 def pod_gate(
@@ -125,6 +159,7 @@ def build_target(
         ),
         weights=weights,
         gate=gate,
+        pool=replica_pool(spec, client, lease_ttl_s),
     )
     target = EndpointTarget(spec=spec, guard=guard, pod=gate)
     api_key = endpoint_api_key(spec, settings)
@@ -140,19 +175,25 @@ def build_target(
             max_response_bytes=settings.endpoint_max_response_bytes,
         )
         return target
-    target.client = CompletionClient(
-        EndpointConfig(
-            completions_url=spec.url_for(chat=False),
-            name=spec.name,
-            chat_url=spec.url_for(chat=True),
-            api_key=api_key,
-            model=spec.model,
-            connect_timeout_s=spec.connect_timeout_s,
-            read_timeout_s=spec.read_timeout_s,
-            pool_size=pool_size,
-            max_response_bytes=settings.endpoint_max_response_bytes,
+    clients = [
+        CompletionClient(
+            EndpointConfig(
+                completions_url=spec.url_for(chat=False, replica=replica),
+                name=spec.name,
+                chat_url=spec.url_for(chat=True, replica=replica),
+                api_key=api_key,
+                model=spec.model,
+                connect_timeout_s=spec.connect_timeout_s,
+                read_timeout_s=spec.read_timeout_s,
+                pool_size=pool_size,
+                max_response_bytes=settings.endpoint_max_response_bytes,
+            )
         )
-    )
+        for replica in range(len(spec.replica_urls))
+    ]
+    target.client = clients[0]
+    if spec.is_pool:
+        target.replicas = clients
     if gate is not None:
         gate.probe = _probe(target.client)
         target.idle = IdleStop(gate, IdlePolicy(

@@ -19,6 +19,12 @@
     endpoint_id = "xyz789"
     api_key_env = "RUNPOD_API_KEY"
 
+    [endpoints.pool]
+    kind = "llamacpp"                # a pool: replicas of one model (docs/endpoints.md)
+    urls = ["http://10.0.0.5:8080", "http://10.0.0.6:8080"]
+    max_concurrency = 4              # per replica
+    affinity = "prefix"              # or "session" (metadata.session), "off" (the default)
+
 ``RUNPOD_ENDPOINT_URL`` alone still works: it defines the endpoint ``default``. An invalid file
 stops the service at start with the line and the field at fault.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -53,6 +60,8 @@ NAME_PATTERN = ENDPOINT_NAME_PATTERN
 EndpointKind = Literal["textgen", "vllm", "llamacpp", "openai", "runpod-serverless"]
 #: The kinds that speak the OpenAI completions API at ``{url}/v1/completions``.
 OPENAI_STYLE_KINDS = frozenset({"textgen", "vllm", "llamacpp", "openai"})
+#: How a pool keeps requests on the replica that served the same prefix (or session) last.
+Affinity = Literal["off", "prefix", "session"]
 
 
 class EndpointSpec(BaseModel):
@@ -66,6 +75,12 @@ class EndpointSpec(BaseModel):
     #: to ``{url}/v1/completions``;
     #: for ``runpod-serverless``, the endpoint's base (``https://api.runpod.ai/v2/<id>``).
     url: str | None = Field(default=None, pattern=r"^https?://")
+    #: A pool: the base URLs of replicas of one model, each with its own cap
+    #: (``max_concurrency`` applies per replica), breaker and health (docs/endpoints.md).
+    urls: tuple[str, ...] | None = None
+    #: A pool's requests sharing a prompt prefix (``prefix``) or ``metadata.session``
+    #: (``session``) go to the replica that served it last, while it has room.
+    affinity: Affinity = "off"
     #: RunPod endpoint id, for the ``runpod-serverless``, ``vllm`` and ``openai`` kinds.
     endpoint_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
@@ -120,10 +135,26 @@ class EndpointSpec(BaseModel):
             return int(self.max_concurrency)
         return AutoBounds.of(self.auto_min_concurrency, self.auto_max_concurrency)
 
+    @field_validator("urls")
+    @classmethod
+    def _replicas(
+        cls, urls: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
+        if urls is None:
+            return None
+        if info.data.get("url") is not None:
+            raise ValueError("give 'url' (one server) or 'urls' (a pool), not both")
+        return check_replica_urls(urls)
+
     @model_validator(mode="after")
     def _where(self) -> EndpointSpec:
+        if self.urls is not None:
+            self._check_pool()
+            return self
+        if self.affinity != "off":
+            raise ValueError("'affinity' is for a pool: give 'urls'")
         if self.url is None and self.endpoint_id is None:
-            raise ValueError("give 'url' or 'endpoint_id'")
+            raise ValueError("give 'url', 'urls' or 'endpoint_id'")
         if self.kind in ("textgen", "llamacpp") and self.url is None:
             raise ValueError(f"a {self.kind} endpoint needs 'url'")
         if self.name in self.fallbacks:
@@ -134,6 +165,32 @@ class EndpointSpec(BaseModel):
             raise ValueError("'idle_stop_after_s' needs 'runpod_pod_id'")
         return self
 
+    def _check_pool(self) -> None:
+        if self.kind not in OPENAI_STYLE_KINDS:
+            raise ValueError(f"'urls' (a pool) is for the {_kinds()} kinds, not {self.kind}")
+        if self.endpoint_id is not None:
+            raise ValueError("a pool ('urls') takes no 'endpoint_id'")
+        if self.runpod_pod_id is not None:
+            raise ValueError("'runpod_pod_id' names one pod; a pool ('urls') has several")
+        if self.max_concurrency == AUTO:
+            raise ValueError(
+                "max_concurrency = \"auto\" is not for a pool ('urls') yet: give its replicas' "
+                "cap as a number"
+            )
+        if self.name in self.fallbacks:
+            raise ValueError("an endpoint cannot fall back to itself")
+
+    @property
+    def replica_urls(self) -> tuple[str, ...]:
+        """The base URLs of a pool's replicas (:func:`endpoint_base`); the one of any other."""
+        if self.urls is not None:
+            return tuple(endpoint_base(url) for url in self.urls)
+        return (self.base_url,)
+
+    @property
+    def is_pool(self) -> bool:
+        return self.urls is not None
+
     @property
     def base_url(self) -> str:
         """The URL without a trailing ``/`` (and, but for serverless, without ``/v1`` or
@@ -142,6 +199,8 @@ class EndpointSpec(BaseModel):
             return (self.url or f"{RUNPOD_API_BASE}/{self.endpoint_id}").rstrip("/")
         if self.url is not None:
             return endpoint_base(self.url)
+        if self.urls is not None:  # a pool: its first replica's (readiness checks, messages)
+            return endpoint_base(self.urls[0])
         return f"{RUNPOD_API_BASE}/{self.endpoint_id}/openai"
 
     @property
@@ -149,10 +208,12 @@ class EndpointSpec(BaseModel):
         """Where this endpoint's generations go (the chat route in chat mode)."""
         return self.url_for(chat=self.chat)
 
-    def url_for(self, *, chat: bool) -> str:
-        """The completions or chat completions URL, for the OpenAI-style kinds."""
+    def url_for(self, *, chat: bool, replica: int = 0) -> str:
+        """The completions or chat completions URL, for the OpenAI-style kinds (of a pool's
+        replica ``replica``)."""
         path = "chat/completions" if chat else "completions"
-        return f"{self.base_url}/v1/{path}"
+        base = self.replica_urls[replica] if self.urls is not None else self.base_url
+        return f"{base}/v1/{path}"
 
     def control_api_key(self) -> str | None:
         """The RunPod account key of the pod's control calls, from its variable."""
@@ -163,6 +224,43 @@ class EndpointSpec(BaseModel):
         if self.api_key_env is None:
             return None
         return os.environ.get(self.api_key_env) or None
+
+
+def replica_cap(spec: EndpointSpec, replica: int) -> int:
+    """The cap of a pool's replica ``replica``: the endpoint's ``max_concurrency``, per replica
+    (the one place a cap of its own, or "auto", per replica would be read)."""
+    del replica  # every replica has the endpoint's cap today (a number: see _check_pool)
+    return int(spec.max_concurrency)
+
+
+def total_cap(spec: EndpointSpec) -> int:
+    """The most calls at once to the endpoint: a pool's replicas' caps together."""
+    if not spec.is_pool:
+        cap = spec.cap
+        return cap if isinstance(cap, int) else cap.high
+    return sum(replica_cap(spec, i) for i in range(len(spec.replica_urls)))
+
+
+def check_replica_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """A pool's replica URLs as given; a :class:`ValueError` for none, a URL that is not
+    ``http(s)://host...``, or one given twice (after :func:`endpoint_base`)."""
+    if not urls:
+        raise ValueError("a pool needs at least one URL")
+    seen: dict[str, int] = {}
+    for index, url in enumerate(urls):
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # Not quoted: a URL may carry a secret in its query or user part.
+            raise ValueError(f"urls[{index}] is not an http:// or https:// URL with a host")
+        base = endpoint_base(url)
+        if base in seen:
+            raise ValueError(f"urls[{index}] repeats urls[{seen[base]}]")
+        seen[base] = index
+    return urls
+
+
+def _kinds() -> str:
+    return ", ".join(sorted(OPENAI_STYLE_KINDS))
 
 
 class EndpointsFile(BaseModel):

@@ -43,6 +43,10 @@ STALL_TTLS = 0.5
 DEFAULT_TENANT = "internal"
 
 Weights = Callable[[str], float]
+#: An endpoint's cap, or what the slot scripts take for it: a number, an "auto" spec
+#: (:func:`worker.limits.auto_limit.limit_spec`), or a pool's spec
+#: (:meth:`worker.limits.pool.ReplicaPool.spec`), read anew for each script.
+Limit = int | str | Callable[[], int | str]
 
 
 def equal_weights(_tenant: str) -> float:
@@ -57,8 +61,7 @@ def band(priority: int) -> int:
 class Admission:
     """This process's waiters in the admission queue of the endpoint ``endpoint_id``.
 
-    :param limit: the endpoint's concurrency cap, as the scripts take it: a number, or an
-        "auto" spec (:func:`worker.limits.auto_limit.limit_spec`).
+    :param limit: the endpoint's concurrency cap (see :data:`Limit`).
     :param every: every how many grants one goes to the band of the longest wait (0: never).
     :param weights: a tenant's weight (1.0 for all by default).
     """
@@ -67,7 +70,7 @@ class Admission:
         self,
         client: redis.Redis,
         endpoint_id: str,
-        limit: int | str,
+        limit: Limit,
         every: int,
         weights: Weights = equal_weights,
         ttl_ms: int = 30_000,
@@ -98,6 +101,10 @@ class Admission:
         self._wake = threading.Event()
         self._stopped = threading.Event()
 
+    def limit(self) -> int | str:
+        """The cap as the scripts take it now."""
+        return self._limit() if callable(self._limit) else self._limit
+
     def args(self, priority: int, tenant: str | None) -> tuple[str | int, ...]:
         """A waiter's arguments of the scripts: band, tenant, weight, grant list, every."""
         name = tenant or DEFAULT_TENANT
@@ -119,7 +126,7 @@ class Admission:
         """``token`` stops waiting: its place, or a slot granted to it, goes to the next."""
         self.forget(token)
         try:
-            self._leave(keys=[self._lease, *self.keys], args=[token, self._limit, self.every])
+            self._leave(keys=[self._lease, *self.keys], args=[token, self.limit(), self.every])
         except redis.RedisError:
             log.warning("could not leave the admission queue; the place lapses by itself")
 
@@ -140,7 +147,7 @@ class Admission:
         granted, _removed = self._sweep(
             keys=[self._lease, *self.keys, self._swept],
             args=[
-                self._limit, self.every, self._ttl_ms, int(self._ttl_ms * STALL_TTLS),
+                self.limit(), self.every, self._ttl_ms, int(self._ttl_ms * STALL_TTLS),
                 self.presence.id, "-" if live is None else ",".join(sorted(live)),
             ],
         )  # fmt: skip

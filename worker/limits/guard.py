@@ -1,8 +1,9 @@
 """What protects one endpoint, shared by every worker through Redis.
 
-- **A concurrency cap**, fixed or "auto" (:mod:`worker.limits.auto_limit`). Each call holds a
-  token in a sorted set scored by its expiry (Redis server time). A background heartbeat pushes
-  the expiry of the tokens this process holds: a killed worker's lapses after ``lease_ttl_s``.
+- **A concurrency cap.** Each call holds a token in a sorted set scored by its expiry (Redis
+  server time, so the clocks of different machines do not matter). A background heartbeat
+  pushes the expiry of the tokens this process holds, so the token of a killed worker lapses
+  after ``lease_ttl_s`` and frees its slot.
 - **A circuit breaker.** ``failure_threshold`` consecutive retryable failures open it for
   ``cooldown_s``: calls are refused with :class:`~worker.errors.CircuitOpenError` (tasks are
   delayed, not failed).
@@ -24,127 +25,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import Enum
 
 import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
-from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError, TaskCancelled
+from worker.errors import AlreadyRunning, TaskCancelled
 from worker.limits.admission import Admission, Weights, equal_weights
-from worker.limits.auto_limit import AutoBounds, limit_spec
+from worker.limits.auto_limit import limit_spec
+from worker.limits.pool import FULL, REPICK_EVERY_S, REPICK_FOR_S, ReplicaPool
 from worker.limits.slot_gate import SlotGate
-from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
+from worker.limits.slots import (
+    Claim,
+    GrantedSlot,
+    GuardPolicy,
+    Outcome,
+    Slot,
+    SlotOffer,
+    SlotRelease,
+    circuit_open,
+    rate_limited,
+)
+from worker.redis_outage import RedisOutage, ride_out
+
+__all__ = [
+    "Claim", "EndpointGuard", "GrantedSlot", "GuardPolicy", "Outcome", "Slot", "SlotOffer",
+    "SlotRelease", "circuit_open", "rate_limited",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-
-def circuit_open(retry_in_s: float) -> CircuitOpenError:
-    """The error of a call held back by the open breaker (no attempt spent)."""
-    message = f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s"
-    return CircuitOpenError(message, retry_after_s=retry_in_s)
-
-
-def rate_limited(retry_in_s: float) -> RateLimitedError:
-    """The error of a call held back by a spent rate limit (no attempt spent)."""
-    message = f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s"
-    return RateLimitedError(message, retry_after_s=retry_in_s)
-
-
-class Outcome(Enum):
-    OK = "ok"  # the endpoint answered (a 4xx too: it is up)
-    FAILURE = "failure"  # a retryable failure: counts towards opening the breaker
-    NEUTRAL = "neutral"  # says nothing of the endpoint (cancelled, for instance)
-
-
-@dataclass
-class Slot:
-    """A held slot; set ``outcome`` (and ``tokens`` used) before leaving the ``with`` block.
-
-    :meth:`EndpointGuard.hand_off` leaves its release to another script instead.
-    """
-
-    outcome: Outcome = Outcome.NEUTRAL
-    tokens: int = 0
-    #: With a :class:`Claim`: the task's attempt number, in all and on this endpoint.
-    attempt: int = 0
-    attempt_on_endpoint: int = 0
-    token: str = ""
-    handed_off: bool = False
-    sample: str = ""  # the call's end, for an "auto" limit (worker.limits.auto_limit.sample)
-
-
-@dataclass(frozen=True)
-class SlotOffer:
-    """A slot to try for in passing, in another script that calls ``acquire_slot`` with
-    ``keys`` and ``args`` (its arguments, ``now`` aside, then the admission queue's keys and
-    arguments): taken only if it is free and no task waits for one."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    claim: Claim
-
-
-@dataclass(frozen=True)
-class GrantedSlot:
-    """A :class:`SlotOffer` the script granted, with the task's attempt numbers."""
-
-    offer: SlotOffer
-    attempt: int
-    attempt_on_endpoint: int
-
-
-@dataclass(frozen=True)
-class SlotRelease:
-    """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
-    ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
-    renews the slot until :meth:`EndpointGuard.settle` or :meth:`EndpointGuard.release`."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A task to claim as running here and whose attempt to count, in the same round trip
-    that grants the slot (the claim is ``worker.delivery.heartbeat``'s; see
-    ``worker.delivery.task_scripts``)."""
-
-    task_id: str
-    token: str
-    ttl_ms: int
-    endpoint: str
-    #: Where the task waits in the endpoint's admission queue: its priority and tenant.
-    priority: int = PRIORITY_DEFAULT
-    tenant: str | None = None
-    #: The task's deadline, which a wait at the endpoint's gate respects.
-    deadline: datetime | None = None
-
-
-@dataclass(frozen=True)
-class GuardPolicy:
-    limit: int | AutoBounds = 1  # a fixed cap, or the bounds of an "auto" one
-    lease_ttl_s: float = 30.0
-    failure_threshold: int = 5
-    #: The first cooldown of an open breaker; each failed probe multiplies it by 1.5, up to
-    #: ``cooldown_max_s``.
-    cooldown_s: float = 1.0
-    cooldown_max_s: float = 5.0
-    #: Every how many slots one goes to the priority band of the task that has waited longest
-    #: (0: strict priority; see :mod:`worker.limits.admission`).
-    oldest_every: int = 10
-    #: Shared per-minute limits (0: none); tokens are counted after each call.
-    requests_per_minute: int = 0
-    tokens_per_minute: int = 0
-    #: How long the wait for a slot rides out an unreachable Redis.
-    outage: OutagePolicy = field(default_factory=OutagePolicy)
 
 
 class EndpointGuard:
@@ -155,6 +66,8 @@ class EndpointGuard:
     :param policy: the cap, the lease TTL and the breaker's threshold and cooldown.
     :param weights: a tenant's weight in the admission queue's fair shares.
     :param gate: passed before a slot is sought (``None``: none).
+    :param pool: the replicas of a pool endpoint (``None``: one server), whose slots it caps
+        together and whose calls it spreads (:mod:`worker.limits.pool`).
     """
 
     def __init__(
@@ -164,9 +77,11 @@ class EndpointGuard:
         policy: GuardPolicy,
         weights: Weights = equal_weights,
         gate: SlotGate | None = None,
+        pool: ReplicaPool | None = None,
     ) -> None:
         self._client = client
         self.gate = gate
+        self.pool = pool
         self._keys = [
             keys.lease(endpoint_id),
             keys.breaker(endpoint_id),
@@ -174,14 +89,15 @@ class EndpointGuard:
             keys.rate(endpoint_id),
         ]
         self._policy = policy
-        self.limit = limit_spec(endpoint_id, policy.limit)  # as the scripts take it
         self._ttl_ms = int(policy.lease_ttl_s * 1000)
         self._cooldown_ms = int(policy.cooldown_s * 1000)
         # The scripts' cooldown argument: the first and the longest, in ms.
         longest_ms = int(max(policy.cooldown_max_s, policy.cooldown_s) * 1000)
         self._cooldowns = f"{self._cooldown_ms}:{longest_ms}"
+        # As the scripts take it: a fixed cap, an "auto" spec, or the pool's replicas.
+        limit = limit_spec(endpoint_id, policy.limit) if pool is None else pool.spec
         self._admission = Admission(
-            client, endpoint_id, self.limit, policy.oldest_every, weights, self._ttl_ms
+            client, endpoint_id, limit, policy.oldest_every, weights, self._ttl_ms
         )
         self._presence = self._admission.presence
         #: The slots this process holds, renewed by the heartbeat; those of them whose call
@@ -214,7 +130,7 @@ class EndpointGuard:
                 *self._admission.keys,
             ),
             args=(
-                self.limit,
+                self._admission.limit(),
                 self._ttl_ms,
                 token,
                 self._cooldown_ms,
@@ -270,9 +186,11 @@ class EndpointGuard:
         self._handed_off.add(slot.token)
         args = (
             slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self.limit, self._admission.every, self._admission.queues, slot.sample,
+            slot.tokens, self._admission.limit(), self._admission.every, self._admission.queues,
+            slot.sample,
         )  # fmt: skip
-        return SlotRelease(self, (*self._keys, *self._admission.keys), args, slot.token)
+        script_keys = (*self._slot_keys(slot.replica), *self._admission.keys)
+        return SlotRelease(self, script_keys, args, slot.token, slot.replica)
 
     def settle(self, release: SlotRelease) -> None:
         """Another script released the slot of ``release``: stop renewing it, and let the
@@ -285,7 +203,10 @@ class EndpointGuard:
         self._held.discard(release.token)
         self._handed_off.discard(release.token)
         outcome, tokens, sample = Outcome(release.args[1]), int(release.args[4]), release.args[8]
-        self._release(release.token, Slot(outcome=outcome, tokens=tokens, sample=str(sample)))
+        self._release(
+            release.token,
+            Slot(outcome=outcome, tokens=tokens, replica=release.replica, sample=str(sample)),
+        )
 
     def _wait_for_slot(self, claim: Claim | None, slot: Slot) -> str:
         """Take a slot, or wait in the admission queue until one is handed over."""
@@ -295,7 +216,7 @@ class EndpointGuard:
         script_keys = [*self._keys, *admission.keys]
         priority, tenant = (claim.priority, claim.tenant) if claim else (PRIORITY_DEFAULT, None)
         args: list[int | str] = [
-            self.limit, self._ttl_ms, token, self._cooldown_ms,
+            admission.limit(), self._ttl_ms, token, self._cooldown_ms,
             policy.requests_per_minute, policy.tokens_per_minute,
             *admission.args(priority, tenant),
         ]  # fmt: skip
@@ -336,12 +257,45 @@ class EndpointGuard:
         self._ensure_heartbeat()
         return token
 
+    def pick_replica(self, slot: Slot, affinity: str = "") -> None:
+        """Choose the replica of a held pool slot (nothing without a pool), inside the slot's
+        ``with`` block: :class:`CircuitOpenError` when no replica may take work (the block's
+        end releases the slot). A healthy replica full (its breaker opened between the grant
+        and the pick) is asked for again as calls end."""
+        pool = self.pool
+        if pool is None:
+            return
+        deadline = time.monotonic() + REPICK_FOR_S
+        while True:
+            replica, wait_ms = ride_out(
+                lambda: pool.pick(slot.token, affinity), "picking its replica", self._policy.outage
+            )
+            if replica is not None:
+                slot.replica = replica
+                return
+            if wait_ms != FULL:
+                raise circuit_open(wait_ms / 1000)
+            if time.monotonic() > deadline:
+                raise circuit_open(1.0)
+            self._stopped.wait(REPICK_EVERY_S)
+
+    def _slot_keys(self, replica: int | None) -> list[str]:
+        """The release's keys: for a pool's slot, its replica's breaker and probe."""
+        if self.pool is None or replica is None:
+            return list(self._keys)
+        lease, _breaker, _probe, rate = self._keys
+        return [lease, *self.pool.health_keys(replica), rate]
+
     def _release(self, token: str, slot: Slot) -> None:
+        outcome = slot.outcome
+        if self.pool is not None and slot.replica is None:
+            outcome = Outcome.NEUTRAL  # no replica was called: no breaker to move
         args = [
-            token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self.limit, self._admission.every, self._admission.queues, slot.sample,
+            token, outcome.value, self._policy.failure_threshold, self._cooldowns,
+            slot.tokens, self._admission.limit(), self._admission.every, self._admission.queues,
+            slot.sample,
         ]  # fmt: skip
-        script_keys = [*self._keys, *self._admission.keys]
+        script_keys = [*self._slot_keys(slot.replica), *self._admission.keys]
         try:
             # Ridden out: a lease left behind holds a slot of the cap until it lapses.
             opened = ride_out(
@@ -354,9 +308,11 @@ class EndpointGuard:
             log.warning("could not release a concurrency lease; it expires by itself")
             return
         if opened:
+            where = "endpoint" if slot.replica is None else f"pool replica {slot.replica}"
             log.warning(
-                "endpoint circuit breaker opened after %d consecutive failures; holding tasks "
+                "%s circuit breaker opened after %d consecutive failures; holding tasks "
                 "back for %.1fs",
+                where,
                 self._policy.failure_threshold,
                 int(opened) / 1000,
             )

@@ -27,7 +27,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from worker import keys
 from worker.delivery.records import F_CREATED
-from worker.endpoints.config import Endpoints
+from worker.endpoints.config import Endpoints, total_cap
 from worker.endpoints.pods.gate import LOCK_TTL_S
 from worker.limits.auto_limit import limit_of
 
@@ -140,7 +140,7 @@ class SignalsRead:
                     if dates
                     else 0.0,
                     in_flight=in_flight,
-                    max_concurrency=limit_of(spec.cap, limit),
+                    max_concurrency=total_cap(spec) if spec.is_pool else limit_of(spec.cap, limit),
                     auto=not isinstance(spec.cap, int),
                     since_last_call_s=None if since_s is None else max(0.0, since_s),
                     pod_state=(fields.get("state") or "unknown") if spec.runpod_pod_id else None,

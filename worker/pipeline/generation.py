@@ -42,13 +42,8 @@ from worker.errors import (
 from worker.limits.auto_limit import overloaded, sample
 from worker.limits.guard import Claim, GrantedSlot, Outcome, Slot, SlotOffer
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
-from worker.pipeline.attempt import (
-    DUPLICATE,
-    Call,
-    Delivery,
-    GenerationPolicy,
-    message_dicts,
-)
+from worker.pipeline.affinity import affinity_for
+from worker.pipeline.attempt import DUPLICATE, Call, Delivery, GenerationPolicy, message_dicts
 from worker.pipeline.payload import parse_payload
 from worker.pipeline.recording import TaskRecorder
 from worker.pipeline.render import PromptRenderer
@@ -269,6 +264,7 @@ class Generation:
             priority=request.priority,
             tenant=getattr(request, "tenant", None),
             deadline=request.deadline,
+            affinity=affinity_for(request, self._endpoints.get(endpoint)),
         )
 
     def _on_endpoint(
@@ -300,6 +296,7 @@ class Generation:
             # Granted together with the slot: the task's running claim and its attempt count.
             with target.guard.slot(claim, granted) as slot:
                 self._running.hold(task_id, claim.token)
+                target.guard.pick_replica(slot, claim.affinity)  # a pool's
                 return self._call(task_id, request, target, call, progress, slot)
         except AlreadyRunning:
             return DUPLICATE
@@ -326,14 +323,15 @@ class Generation:
         started = time.perf_counter()
         try:
             with self._running.cancellable(task_id):
-                result = self._send(task_id, target, call, read_timeout_s)
+                result = self._send(task_id, target, call, read_timeout_s, slot.replica)
                 if isinstance(result, Job):
                     result = self._jobs.await_job(request, target, result)
         except RetryableEndpointError as err:
             latency_s = self._called(started)
             slot.sample = sample(latency_s, overload=overloaded(err))  # ("auto" limits)
             self._record.failed_call(request.tenant or INTERNAL, target.spec.name, latency_s)
-            verdict = self._faults.judge(task_id, target.spec.name, target.spec.base_url, err)
+            where = target.replica_url(slot.replica)  # a pool's replica's, for its health
+            verdict = self._faults.judge(task_id, target.spec.name, where, err, target.health_ids())
             # A failure that follows this request says nothing of the endpoint's health.
             slot.outcome = Outcome.NEUTRAL if verdict.request_caused else Outcome.FAILURE
             if verdict.fault is not None:
@@ -362,18 +360,19 @@ class Generation:
         return result
 
     def _send(
-        self, task_id: str, target: EndpointTarget, call: Call, read_timeout_s: float | None
+        self, task_id: str, target: EndpointTarget, call: Call, read_s: float | None, at: int | None
     ) -> GenerationResult | Job:
         if target.serverless is not None:
             return self._jobs.submit(task_id, target, call.prompt, call.messages, call.params)
-        assert target.client is not None
+        client = target.client_for(at)  # a pool's replica
+        assert client is not None
         on_piece = None
         if call.stream:
             self._streamed.add(task_id)
             on_piece = self._tokens.call(task_id)
         if call.messages is not None:
-            return target.client.chat(call.messages, call.params, read_timeout_s, on_piece)
-        return target.client.complete(call.prompt or "", call.params, read_timeout_s, on_piece)
+            return client.chat(call.messages, call.params, read_s, on_piece)
+        return client.complete(call.prompt or "", call.params, read_s, on_piece)
 
     def _fall_back(
         self,

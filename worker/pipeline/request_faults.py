@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -119,25 +120,37 @@ class RequestFaults:
         return int(in_flight or 0) <= 1
 
     def judge(
-        self, task_id: str, endpoint: str, base_url: str, err: RetryableEndpointError
+        self,
+        task_id: str,
+        endpoint: str,
+        base_url: str,
+        err: RetryableEndpointError,
+        served_by: Sequence[str] = (),
     ) -> Verdict:
-        """Whether ``err``, a retryable failure of ``task_id`` on ``endpoint``, is the fault of
-        the task's request."""
+        """Whether ``err``, a retryable failure of ``task_id`` on ``endpoint`` (at ``base_url``:
+        a pool's replica's), is the fault of the task's request; ``served_by`` names the
+        breakers that count the endpoint's successes (a pool's replicas'; default its own)."""
+        served = list(served_by) or [endpoint]
         return ride_out(
-            lambda: self._judge(task_id, endpoint, base_url, err),
+            lambda: self._judge(task_id, endpoint, base_url, err, served),
             "judging its failure",
             self._outage,
         )
 
     def _judge(
-        self, task_id: str, endpoint: str, base_url: str, err: RetryableEndpointError
+        self,
+        task_id: str,
+        endpoint: str,
+        base_url: str,
+        err: RetryableEndpointError,
+        served_by: list[str],
     ) -> Verdict:
         if isinstance(err, ConnectionDropped):
             if not self._dropped_alone(endpoint):
                 return Verdict()  # several calls dropped at once: none can be blamed
             if stopped_listening(base_url):
                 return self._crashed(task_id, endpoint)
-        return self._repeated(task_id, endpoint, err)
+        return self._repeated(task_id, endpoint, err, served_by)
 
     def _crashed(self, task_id: str, endpoint: str) -> Verdict:
         record = keys.task_record(task_id)
@@ -157,17 +170,20 @@ class RequestFaults:
             )
         return Verdict(request_caused=True)
 
-    def _repeated(self, task_id: str, endpoint: str, err: RetryableEndpointError) -> Verdict:
+    def _repeated(
+        self, task_id: str, endpoint: str, err: RetryableEndpointError, served_by: list[str]
+    ) -> Verdict:
         signature = _signature(err)
         if signature is None:
             return Verdict()
         record = keys.task_record(task_id)
         field = f"fault:{endpoint}"
         with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.breaker(endpoint), "served")
+            for health in served_by:
+                pipe.hget(keys.breaker(health), "served")
             pipe.hget(record, field)
-            served_raw, previous = pipe.execute()
-        served = int(served_raw or 0)
+            *served_raw, previous = pipe.execute()
+        served = sum(int(raw or 0) for raw in served_raw)
         self._redis.hset(record, field, f"{signature}:{served}")
         if previous is None:
             return Verdict()

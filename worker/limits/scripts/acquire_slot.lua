@@ -13,7 +13,6 @@
 -- that is refused (2, 3, 4, 5) goes on to the next in the queue.
 local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
                             cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now, queue)
-  limit = limit_in_force(limit)  -- a fixed cap, or the one found for "auto" (auto_limit.lua)
   -- Only a waiter (queue.wait) may have been granted a slot already.
   local granted = queue and queue.wait and redis.call('ZSCORE', lease, token)
   local function refuse(answer)
@@ -23,6 +22,12 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
     end
     return answer
   end
+  -- The limit in force: a fixed cap, the one found for "auto" (auto_limit.lua), or a pool's,
+  -- its healthy replicas' (pool_limit.lua); with all of those open, it is refused as an open
+  -- breaker is, until the soonest of their cooldowns ends.
+  local pool_open
+  limit, pool_open = slot_limit(limit, lease, now)
+  if pool_open then return refuse({2, pool_open - now}) end
   local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
   if open_until > now then
     return refuse({2, open_until - now})

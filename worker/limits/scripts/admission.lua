@@ -1,5 +1,6 @@
 -- #include worker.delivery:backlog_keys
 -- #include worker.limits:auto_limit
+-- #include worker.limits:pool_limit
 -- A library: the admission queue of an endpoint, the tasks held by workers and waiting for a
 -- slot of its concurrency cap (see docs/scheduling.md). Included by acquire_slot.lua and
 -- release_slot.lua, so that every slot that frees goes to the head of the queue in the same
@@ -162,7 +163,9 @@ local function admit_next(lease, q, limit, every, now)
   if redis.call('EXISTS', q.admit) == 0 then return 0 end  -- nobody waits: nothing to do
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
   local granted = 0
-  limit = limit_in_force(limit)  -- a fixed cap, or the one the controller found (auto_limit)
+  -- A fixed cap, the one the controller found (auto_limit.lua), or a pool's: its healthy
+  -- replicas' (pool_limit.lua).
+  limit = slot_limit(limit, lease, now)
   local hold = tonumber(redis.call('HGET', q.info, 'hold') or '0')
   if hold > now then limit = limit - 1 end
   while redis.call('ZCARD', lease) < limit do

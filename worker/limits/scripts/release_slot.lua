@@ -7,21 +7,10 @@
 -- (or is held a moment for a more urgent task still in the Redis lists of the queues).
 -- `sample` ("<latency ms>:<output tokens>:<signal>", or nil) feeds the controller of an endpoint
 -- whose limit is "auto" (auto_limit.lua), before the freed slot is given on.
--- Returns the cooldown in ms when this call opened the breaker, else 0.
+-- `breaker` and `probe` are the endpoint's, or for a pool's slot its replica's
+-- (worker.limits.pool). Returns the cooldown in ms when this call opened the breaker, else 0.
 local BREAKER_TTL_MS = 3600000
-local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
-                            tokens, now, queue, sample)
-  if queue and sample then
-    auto_limit_sample(queue.limit, sample, redis.call('ZCARD', lease),
-      redis.call('EXISTS', queue.admit) == 1)
-  end
-  redis.call('ZREM', lease, token)
-  if queue then
-    admit_next(lease, queue, queue.limit, queue.every, now)
-  end
-  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
-    redis.call('HINCRBY', rate, 't', tokens)
-  end
+local function release_breaker(breaker, probe, token, outcome, threshold, cooldown, now)
   if outcome == 'ok' then
     redis.call('HINCRBY', breaker, 'served', 1)
     if redis.call('HDEL', breaker, 'failures', 'open_until', 'cooldown') > 0 then
@@ -49,4 +38,23 @@ local function release_slot(lease, breaker, probe, rate, token, outcome, thresho
   redis.call('HSET', breaker, 'open_until', now + wait, 'cooldown', wait)
   redis.call('DEL', probe)
   return wait
+end
+
+-- The breaker moves before the freed slot is granted: a pool's limit (pool_limit.lua) counts
+-- the replica of `breaker` by its state after this call.
+local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
+                            tokens, now, queue, sample)
+  if queue and sample then
+    auto_limit_sample(queue.limit, sample, redis.call('ZCARD', lease),
+      redis.call('EXISTS', queue.admit) == 1)
+  end
+  redis.call('ZREM', lease, token)
+  if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
+    redis.call('HINCRBY', rate, 't', tokens)
+  end
+  local opened = release_breaker(breaker, probe, token, outcome, threshold, cooldown, now)
+  if queue then
+    admit_next(lease, queue, queue.limit, queue.every, now)
+  end
+  return opened
 end
