@@ -147,6 +147,18 @@ class CircuitOpenError(RetryableEndpointError):
     error_type = "circuit_open"
 
 
+def circuit_open(retry_in_s: float) -> CircuitOpenError:
+    """The error of a call held back by the open breaker (no attempt spent)."""
+    message = f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s"
+    return CircuitOpenError(message, retry_after_s=retry_in_s)
+
+
+def rate_limited(retry_in_s: float) -> RateLimitedError:
+    """The error of a call held back by a spent rate limit (no attempt spent)."""
+    message = f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s"
+    return RateLimitedError(message, retry_after_s=retry_in_s)
+
+
 class AlreadyRunning(GenQueueError):
     """Raised when another worker holds the task's running claim: this delivery is a copy."""
 

@@ -91,6 +91,22 @@ def test_a_full_completions_url_is_taken_for_its_base(tmp_path: Path, url: str) 
         assert spec.url_for(chat=True) == "http://127.0.0.1:5000/v1/chat/completions"
 
 
+def test_fairness_is_by_tasks_unless_the_file_or_the_setting_says_tokens(
+    tmp_path: Path,
+) -> None:
+    text = '[endpoints.a]\nurl = "http://x"\n[endpoints.b]\nurl = "http://y"\nfairness = "tokens"\n'
+    endpoints = load_endpoints(settings(tmp_path, text))
+    assert endpoints is not None
+    assert [endpoints.get(name).fairness for name in ("a", "b")] == ["tasks", "tokens"]
+    from_variable = load_endpoints(
+        settings(tmp_path, None, runpod_endpoint_url="http://127.0.0.1:5000", fairness="tokens")
+    )
+    assert from_variable is not None
+    assert from_variable.get(None).fairness == "tokens"
+    with pytest.raises(ValueError, match="fairness"):
+        Settings(fairness="bytes")  # type: ignore[arg-type]
+
+
 def test_nothing_configured(tmp_path: Path) -> None:
     assert load_endpoints(settings(tmp_path, None)) is None
 
@@ -118,6 +134,10 @@ def test_nothing_configured(tmp_path: Path) -> None:
         (
             '[endpoints.a]\nurl = "http://x"\nread_timeout_s = 120\n',
             ":3: endpoints.a.read_timeout_s",
+        ),
+        (
+            '[endpoints.a]\nurl = "http://x"\nfairness = "token"\n',
+            ":3: endpoints.a.fairness: Input should be 'tasks' or 'tokens'",
         ),
     ],
 )

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
-from worker.settings import POD_PROXY_TIMEOUT_S, Settings, endpoint_base, env_name
+from worker.settings import POD_PROXY_TIMEOUT_S, Fairness, Settings, endpoint_base, env_name
 from worker.toml_lines import read_named_tables
 
 DEFAULT_ENDPOINT = "default"
@@ -88,6 +88,9 @@ class EndpointSpec(BaseModel):
     stop_pods_started_by_others: bool = False
     #: The pod's price, for the cost in usage and status.
     usd_per_hour: float | None = Field(default=None, ge=0, le=10_000)
+    #: How tenants share the endpoint's slots: ``tasks`` (a turn is a task, by weight) or
+    #: ``tokens`` (a turn costs its tokens: the Virtual Token Counter; docs/scheduling.md).
+    fairness: Fairness = "tasks"
 
     @model_validator(mode="after")
     def _where(self) -> EndpointSpec:
@@ -190,6 +193,7 @@ def load_endpoints(settings: Settings) -> Endpoints | None:
             tokens_per_minute=settings.endpoint_tokens_per_minute,
             connect_timeout_s=settings.endpoint_connect_timeout_s,
             read_timeout_s=settings.endpoint_read_timeout_s,
+            fairness=settings.fairness,
         )
     if not specs:
         return None

@@ -34,24 +34,13 @@ import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
-from worker.errors import AlreadyRunning, CircuitOpenError, RateLimitedError, TaskCancelled
-from worker.limits.admission import Admission, Weights, equal_weights
+from worker.errors import AlreadyRunning, TaskCancelled, circuit_open, rate_limited
+from worker.limits import cost
+from worker.limits.admission import Admission, Weights, band, equal_weights
 from worker.limits.slot_gate import SlotGate
 from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
 
 log = logging.getLogger(__name__)
-
-
-def circuit_open(retry_in_s: float) -> CircuitOpenError:
-    """The error of a call held back by the open breaker (no attempt spent)."""
-    message = f"the endpoint's circuit breaker is open; retry in {retry_in_s:.1f}s"
-    return CircuitOpenError(message, retry_after_s=retry_in_s)
-
-
-def rate_limited(retry_in_s: float) -> RateLimitedError:
-    """The error of a call held back by a spent rate limit (no attempt spent)."""
-    message = f"the endpoint's rate limit is spent; retry in {retry_in_s:.1f}s"
-    return RateLimitedError(message, retry_after_s=retry_in_s)
 
 
 class Outcome(Enum):
@@ -74,6 +63,7 @@ class Slot:
     attempt_on_endpoint: int = 0
     token: str = ""
     handed_off: bool = False
+    claim: Claim | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +98,8 @@ class SlotRelease:
     keys: tuple[str, ...]
     args: tuple[str | int, ...]
     token: str
+    #: Fair by tokens: the settling of the turn's cost (:func:`worker.limits.cost.settle_args`).
+    settle: tuple[str | int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +115,8 @@ class Claim:
     #: Where the task waits in the endpoint's admission queue: its priority and tenant.
     priority: int = PRIORITY_DEFAULT
     tenant: str | None = None
+    #: Its turn's estimated tokens where the endpoint is fair by tokens (None: by tasks).
+    cost: int | None = None
     #: The task's deadline, which a wait at the endpoint's gate respects.
     deadline: datetime | None = None
 
@@ -221,7 +215,7 @@ class EndpointGuard:
                 claim.token,
                 claim.ttl_ms,
                 claim.endpoint,
-                *self._admission.args(claim.priority, claim.tenant),
+                *self._admission.args(claim.priority, claim.tenant, claim.cost or 1),
             ),
             token=token,
             claim=claim,
@@ -241,7 +235,7 @@ class EndpointGuard:
         """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpenError` if open,
         :class:`RateLimitedError` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
         is held by another worker. With ``granted``, the slot is already held: no wait."""
-        slot = Slot()
+        slot = Slot(claim=claim)
         if granted is not None:
             slot.token = token = granted.offer.token
             slot.attempt = granted.attempt
@@ -270,7 +264,11 @@ class EndpointGuard:
             slot.token, slot.outcome.value, self._policy.failure_threshold, self._cooldowns,
             slot.tokens, self._policy.limit, self._admission.every, self._admission.queues,
         )  # fmt: skip
-        return SlotRelease(self, (*self._keys, *self._admission.keys), args, slot.token)
+        claim = slot.claim or Claim("", "", 0, "")
+        settle = cost.settle_args(
+            claim.cost, band(claim.priority), self._admission.weight(claim.tenant)
+        )
+        return SlotRelease(self, (*self._keys, *self._admission.keys), args, slot.token, settle)
 
     def settle(self, release: SlotRelease) -> None:
         """Another script released the slot of ``release``: stop renewing it, and let the
@@ -295,7 +293,7 @@ class EndpointGuard:
         args: list[int | str] = [
             policy.limit, self._ttl_ms, token, self._cooldown_ms,
             policy.requests_per_minute, policy.tokens_per_minute,
-            *admission.args(priority, tenant),
+            *admission.args(priority, tenant, (claim.cost if claim else None) or 1),
         ]  # fmt: skip
         if claim is not None:
             script_keys += [keys.running(claim.task_id), keys.task_record(claim.task_id)]

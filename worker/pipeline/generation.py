@@ -39,6 +39,7 @@ from worker.errors import (
     RetryableEndpointError,
     TaskCancelled,
 )
+from worker.limits.cost import turn_cost
 from worker.limits.guard import Claim, GrantedSlot, Outcome, Slot, SlotOffer
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.pipeline.attempt import (
@@ -267,6 +268,9 @@ class Generation:
             endpoint,
             priority=request.priority,
             tenant=getattr(request, "tenant", None),
+            cost=turn_cost(
+                self._endpoints.get(endpoint).fairness, request, self._policy.default_max_tokens
+            ),
             deadline=request.deadline,
         )
 
