@@ -52,15 +52,26 @@ def time_to_start(tasks: Iterable[Sent], tenant: str, watched_until_s: float) ->
     }
 
 
-def contended_shares(tasks: Sequence[Sent], tenants: Sequence[str]) -> dict[str, Any]:
+def contended_shares(
+    tasks: Sequence[Sent], tenants: Sequence[str], from_first_start: bool = False
+) -> dict[str, Any]:
     """Each tenant's share of the calls, and of their tokens, among the calls that started while
     every tenant of ``tenants`` had work waiting (a task sent and not started before, or
-    starting then)."""
+    starting then). With ``from_first_start``, a burst's tasks wait from when its first task
+    started (the time a burst takes to reach the scheduler is left out)."""
+    first: dict[tuple[str, int], float] = {}
+    for task in tasks:
+        if task.started_s is not None and task.burst >= 0:
+            key = (task.tenant, task.burst)
+            first[key] = min(first.get(key, task.started_s), task.started_s)
     waiting: dict[str, list[tuple[float, float]]] = {name: [] for name in tenants}
     for task in tasks:
         if task.tenant in waiting:
             end = task.started_s if task.started_s is not None else float("inf")
-            waiting[task.tenant].append((task.sent_s, end))
+            begin = task.sent_s
+            if from_first_start and task.burst >= 0:
+                begin = max(begin, first.get((task.tenant, task.burst), float("inf")))
+            waiting[task.tenant].append((begin, end))
 
     # Per tenant, by time sent: the latest start of the tasks sent so far (a prefix maximum),
     # so that "some task sent by then starts then or later" is one bisection.

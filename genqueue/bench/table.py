@@ -122,8 +122,8 @@ def _fair_backlog_rows(fair: dict[str, Any] | None) -> list[tuple[str, str, str,
         first = run[tenant]["first_of_burst_s"]
         return f"{first['p50']} / {first['p99']} ({run[tenant]['unstarted']} unstarted)"
 
-    def shares(run: dict[str, Any], key: str) -> str:
-        return " ".join(f"{n} {v}" for n, v in run["shares"][key].items())
+    def shares(run: dict[str, Any], key: str, figure: str = "shares") -> str:
+        return " ".join(f"{n} {v}" for n, v in run[figure][key].items())
 
     rows = [
         (f"fair-backlog: a's {fair['backlog_tasks']} tasks, b and c {fair['burst']} every "
@@ -133,6 +133,8 @@ def _fair_backlog_rows(fair: dict[str, Any] | None) -> list[tuple[str, str, str,
         ("  c's first start of a burst p50 / p99, s", starts(g, "c"), starts(b, "c"), ""),
         ("  shares of the calls while all three wait (0.25 0.25 0.5)",
          shares(g, "call_shares"), shares(b, "call_shares"), ""),
+        ("  the same, from each burst's first start on",
+         shares(g, "call_shares", "shares_after_first_start"), "", ""),
         ("  endpoint use", str(g["endpoint_use"]), str(b["endpoint_use"]), ""),
         ("  Redis commands / CPU µs per call", f"{g['redis_commands_per_call']} / "
          f"{g['redis_cpu_us_per_call']}", f"{b['redis_commands_per_call']} / "
@@ -145,6 +147,8 @@ def _fair_backlog_rows(fair: dict[str, Any] | None) -> list[tuple[str, str, str,
         ("  fairness=tokens: shares of the tokens while all three wait (0.25 0.25 0.5)",
          shares(t, "token_shares"), "", ""),
         ("  fairness=tokens: shares of the calls", shares(t, "call_shares"), "", ""),
+        ("  fairness=tokens: shares of the tokens, from each burst's first start on",
+         shares(t, "token_shares", "shares_after_first_start"), "", ""),
     ]  # fmt: skip
     return rows
 

@@ -221,6 +221,7 @@ def _figures(
         "b": time_to_start(sent, "b", watched - LATENCY_S),
         "c": time_to_start(sent, "c", watched - LATENCY_S),
         "shares": contended_shares(in_window, list(WEIGHTS)),
+        "shares_after_first_start": contended_shares(in_window, list(WEIGHTS), True),
         "calls_in_window": calls,
         "endpoint_use": round(calls / (span_s - LATENCY_S) / (CAP / LATENCY_S), 3),
         "calls_measured_per_task": steady_calls,

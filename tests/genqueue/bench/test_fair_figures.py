@@ -23,3 +23,12 @@ def test_time_to_start_per_task_and_per_burst_with_a_lower_bound_for_the_unstart
     assert found["unstarted"] == 1
     assert found["first_of_burst_s"] == {"p50": 0.5, "p99": 4.0, "max": 4.0}
     assert found["per_task_s"]["max"] == 4.0
+
+
+def test_from_a_bursts_first_start_the_time_it_took_to_reach_the_scheduler_is_left_out() -> None:
+    tasks = [Sent("a", -1, 0.0, float(n), 1) for n in range(10)]
+    tasks += [Sent("b", 0, 2.0, 4.0, 1), Sent("b", 0, 2.0, 5.0, 1)]  # sent at 2, first start 4
+    assert contended_shares(tasks, ["a", "b"])["calls_counted"] == 6  # calls at 2 to 5
+    later = contended_shares(tasks, ["a", "b"], from_first_start=True)
+    assert later["calls_counted"] == 4  # calls at 4 and 5
+    assert later["call_shares"] == {"a": 0.5, "b": 0.5}
