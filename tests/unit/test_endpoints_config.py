@@ -8,7 +8,7 @@ import pytest
 
 from worker.endpoints.config import load_endpoints, queue_for
 from worker.errors import SettingsError
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 
 GOOD = """
 default = "big"
@@ -103,8 +103,14 @@ def test_fairness_is_by_tasks_unless_the_file_or_the_setting_says_tokens(
     )
     assert from_variable is not None
     assert from_variable.get(None).fairness == "tokens"
-    with pytest.raises(ValueError, match="fairness"):
-        Settings(fairness="bytes")  # type: ignore[arg-type]
+
+
+def test_an_unknown_fairness_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENQUEUE_FAIRNESS", "bytes")
+    with pytest.raises(
+        SettingsError, match="GENQUEUE_FAIRNESS: Input should be 'tasks' or 'tokens'"
+    ):
+        load_settings()
 
 
 def test_nothing_configured(tmp_path: Path) -> None:
