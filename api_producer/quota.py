@@ -21,8 +21,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from api_producer.producers.enqueue import Reservation
-from worker import keys, lua
-from worker.contract import GenerationRequest
+from worker import contract, keys, lua
+from worker.contract import GenerationRequest, request_tokens_estimate
 from worker.errors import GenQueueError
 from worker.tenants import Tenant
 
@@ -30,7 +30,7 @@ DAY_S = 86_400
 #: Holdings outlive their day: a task may end the next day and give its hold back then.
 RESERVED_TTL_S = 2 * DAY_S
 #: Characters per token in the prompt's estimate (the usual rule of thumb for English).
-CHARS_PER_TOKEN = 4
+CHARS_PER_TOKEN = contract.CHARS_PER_TOKEN
 
 
 class QuotaExceeded(GenQueueError):
@@ -45,10 +45,7 @@ class QuotaExceeded(GenQueueError):
 
 def estimate(request: GenerationRequest, default_max_tokens: int) -> int:
     """The tokens a request may spend at most, as far as the API can tell before it runs."""
-    chars = len(request.prompt or "") + len(request.system or "")
-    chars += sum(len(message.content) for message in request.messages or ())
-    max_tokens = request.params.max_tokens or default_max_tokens
-    return math.ceil(chars / CHARS_PER_TOKEN) + max_tokens
+    return request_tokens_estimate(request, default_max_tokens)
 
 
 def utc_day(now_s: float) -> str:

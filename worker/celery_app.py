@@ -79,6 +79,9 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         settings = parent.app.genqueue_settings
         backlog.use_weights(backlog.tenants_file_weights(TenantsSource(settings)))
+        endpoints = load_endpoints(settings)
+        if endpoints is not None:
+            backlog.use_fairness(backlog.token_queues(endpoints), settings.default_max_tokens)
         self._client = connections.sync_client(settings, max_connections=4)
         self._results = connections.results_client(settings, self._client, max_connections=2)
         channel = parent.task_consumer.channel

@@ -192,6 +192,16 @@ def estimate_tokens(chars: int) -> int:
     return -(-chars // CHARS_PER_TOKEN)
 
 
+def request_tokens_estimate(request: GenerationRequest, default_max_tokens: int) -> int:
+    """The tokens a request may spend at most, as far as can be told before it runs: its
+    prompt's estimate (system and messages included) plus its ``max_tokens`` (else
+    ``default_max_tokens``). What a submission holds of its tenant's ``tokens_per_day``, and a
+    turn's cost at an endpoint that is fair by tokens (docs/scheduling.md)."""
+    chars = len(request.prompt or "") + len(request.system or "")
+    chars += sum(len(message.content) for message in request.messages or ())
+    return estimate_tokens(chars) + (request.params.max_tokens or default_max_tokens)
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

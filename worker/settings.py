@@ -37,6 +37,8 @@ _NO_SOCKET = "a unix socket is not supported (Celery's Redis transport has no un
 POD_PROXY_TIMEOUT_S = 100.0
 
 WorkerPool = Literal["gevent", "threads", "prefork", "solo"]
+#: How an endpoint's tenants share it: by tasks, or by tokens (docs/scheduling.md).
+Fairness = Literal["tasks", "tokens"]
 
 
 #: How many visibility timeouts a task's record outlives at least (the lost-message sweep sends
@@ -156,6 +158,11 @@ class Settings(BaseSettings):
     #: longest, so low priorities progress under a steady stream of high ones (0: strict
     #: priority). See docs/scheduling.md.
     oldest_band_every: int = Field(default=10, ge=0, le=1_000_000)
+    #: How the default endpoint (``RUNPOD_ENDPOINT_URL``) shares its slots among tenants:
+    #: ``tasks`` (a turn is a task) or ``tokens`` (a turn costs its tokens, as the Virtual Token
+    #: Counter). An endpoint of the endpoints file says it with ``fairness``. See
+    #: docs/scheduling.md.
+    fairness: Fairness = "tasks"
     #: ``max_tokens`` sent when a request gives none (servers' own defaults differ).
     default_max_tokens: int = Field(default=512, ge=1, le=32_768)
     #: How long a task's Redis round trip (start, slot, end, retry) is retried while Redis is

@@ -26,7 +26,8 @@ from celery.app.trace import trace_ok_t
 from celery.exceptions import Ignore, Reject
 from kombu.exceptions import OperationalError
 
-from worker.contract import QUEUE_NAME, TASK_NAME
+from worker import keys
+from worker.contract import PRIORITY_MAX, QUEUE_NAME, TASK_NAME
 from worker.errors import GenQueueError, TaskCancelled
 from worker.observability.flower_summaries import (
     NO_ARGS,
@@ -180,6 +181,17 @@ class GenerateTask(SummarizedTask):
             _enqueue_webhook(self, task_id, args, kwargs)
 
 
+def queue_list_of(info: Mapping[str, Any] | None) -> str:
+    """The Redis list a message was taken from, by its delivery info (kombu's list of its
+    routing key, the queue, and priority step); '' when it names no queue."""
+    queue = (info or {}).get("routing_key")
+    if not isinstance(queue, str) or not queue:
+        return ""
+    priority = (info or {}).get("priority")
+    step = priority if isinstance(priority, int) else 0
+    return keys.queue_list(queue, max(0, min(PRIORITY_MAX, step)))
+
+
 @shared_task(
     base=GenerateTask,
     name=TASK_NAME,
@@ -203,6 +215,7 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
             kwargs,
             self.request.hostname or "",
             properties.get("delivery_tag"),
+            queue_list_of(getattr(self.request, "delivery_info", None)),
         )
         outcome = generation.run(delivery)
     except TaskCancelled as err:

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from api_producer.producers.celery_message import MessageBuilder, Outgoing
 from worker import keys
-from worker.contract import PRIORITY_MAX, TASK_NAME, GenerationRequest
+from worker.contract import PRIORITY_MAX, TASK_NAME, GenerationRequest, request_tokens_estimate
 from worker.delivery import records
 from worker.errors import GenQueueError
 from worker.observability.flower_summaries import payload_summary
@@ -127,6 +127,7 @@ class EnqueuePlan:
 
     def __init__(self, settings: Settings, builder: MessageBuilder) -> None:
         self._ttl_s = settings.result_ttl_s
+        self._default_max_tokens = settings.default_max_tokens
         self._builder = builder
         self._declared: set[str] = set()
 
@@ -179,6 +180,7 @@ class EnqueuePlan:
         record[records.F_PAYLOAD] = json.dumps(payload, separators=(",", ":"))
         record[records.F_QUEUE] = queue_of(request)
         record[records.F_PRIORITY] = str(celery_priority(request))
+        record[records.F_ESTIMATE] = str(request_tokens_estimate(request, self._default_max_tokens))
         return record
 
     def _write(self, task_id: str, record: dict[str, str], now: float) -> list[Command]:

@@ -9,7 +9,9 @@ from pathlib import Path
 from worker.errors import GenQueueError
 
 PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
-SCENARIOS = ("standard", "mixed", "batching")
+SCENARIOS = ("standard", "mixed", "batching", "fair-backlog")
+#: The fair-backlog scenario's backlog of one tenant, unless --tasks says.
+FAIR_BACKLOG_TASKS = 50_000
 
 
 class BenchError(GenQueueError):
@@ -20,7 +22,10 @@ class BenchError(GenQueueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``genqueue bench``."""
-    parser.add_argument("--tasks", type=int, default=2000, help="tasks per drain (default 2000)")
+    parser.add_argument(
+        "--tasks", type=int, default=None,
+        help="tasks per drain (default 2000); fair-backlog: tenant a's backlog (50000)",
+    )  # fmt: skip
     parser.add_argument(
         "--latency-ms", type=float, default=500.0, help="simulator latency of the I/O drain (500)"
     )
@@ -53,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="standard",
         help="standard: the phases; mixed: a batch backlog and interactive tasks on a capped "
         "endpoint (docs/scheduling.md); batching: max_concurrency auto against fixed caps on "
-        "a batching simulator (docs/endpoints.md)",
+        "a batching simulator (docs/endpoints.md); fair-backlog: one tenant's huge backlog and "
+        "two others' bursts, fair by tasks and by tokens (docs/scheduling.md)",
     )
     parser.add_argument(
         "--batching-seconds", type=float, default=15.0,
@@ -63,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixed-batch", type=int, default=10_000, help="mixed: batch tasks (10000)"
     )
     parser.add_argument(
-        "--mixed-seconds", type=float, default=60.0, help="mixed: seconds measured (60)"
-    )
+        "--mixed-seconds", type=float, default=60.0,
+        help="mixed, fair-backlog: seconds measured (60)",
+    )  # fmt: skip
     parser.add_argument(
         "--mixed-every", type=float, default=1.0, help="mixed: an interactive task every (1 s)"
     )
@@ -93,7 +100,9 @@ class BenchConfig:
 
 
 def resolve_config(args: argparse.Namespace) -> BenchConfig:
-    tasks, latency_ms = args.tasks, args.latency_ms
+    fair = args.scenario == "fair-backlog"
+    tasks = args.tasks if args.tasks is not None else (FAIR_BACKLOG_TASKS if fair else 2000)
+    latency_ms = args.latency_ms
     phases = tuple(args.only or PHASES)
     if args.soak_littles:
         tasks, latency_ms = max(tasks, 4000), 5000.0
@@ -101,6 +110,8 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
     repeat, enqueue_s, samples = args.repeat, args.enqueue_seconds, args.latency_samples
     if args.quick:
         tasks, repeat, enqueue_s, samples = 50, 1, min(enqueue_s, 2.0), min(samples, 20)
+        if fair:  # a backlog far beyond the workers' windows all the same
+            tasks = min(args.tasks or 2000, 2000)
     if tasks < 1 or repeat < 1 or latency_ms < 0 or enqueue_s <= 0 or samples < 1:
         raise BenchError("--tasks, --repeat and --latency-samples must be positive")
     return BenchConfig(

@@ -18,6 +18,7 @@ from genqueue.bench.harness import Harness
 from genqueue.bench.phases.batching import run_batching
 from genqueue.bench.phases.drain import run_drains
 from genqueue.bench.phases.enqueue import run_enqueue
+from genqueue.bench.phases.fair_backlog import run_fair_backlog
 from genqueue.bench.phases.latency import run_latency
 from genqueue.bench.phases.mixed import run_mixed
 from genqueue.bench.processes import Children
@@ -38,6 +39,8 @@ def run_phases(harness: Harness) -> dict[str, Any]:
         return {"mixed": run_mixed(harness)}
     if harness.cfg.scenario == "batching":
         return {"batching": run_batching(harness)}
+    if harness.cfg.scenario == "fair-backlog":
+        return {"fair_backlog": run_fair_backlog(harness)}
     phases = set(harness.cfg.phases)
     results: dict[str, Any] = {}
     if "enqueue" in phases:

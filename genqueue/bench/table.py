@@ -133,6 +133,7 @@ def _other_rows(results: dict[str, Any]) -> list:
                     "",
                 )
             )
+    rows += _fair_backlog_rows(results.get("fair_backlog"))
     latency = results.get("latency")
     if latency:
         for label, key in (("p50", "p50_ms"), ("p99", "p99_ms")):
@@ -141,6 +142,46 @@ def _other_rows(results: dict[str, Any]) -> list:
                  f"{_fmt(latency['direct_call'][key], 2)})",
                  _fmt(latency["genqueue"][key], 1), _fmt(latency["bare"][key], 1), "")
             )  # fmt: skip
+    return rows
+
+
+def _fair_backlog_rows(fair: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    if not fair:
+        return []
+    g, b, t = fair["genqueue"], fair["bare"], fair["genqueue_tokens"]
+
+    def starts(run: dict[str, Any], tenant: str) -> str:
+        first = run[tenant]["first_of_burst_s"]
+        return f"{first['p50']} / {first['p99']} ({run[tenant]['unstarted']} unstarted)"
+
+    def shares(run: dict[str, Any], key: str, figure: str = "shares") -> str:
+        return " ".join(f"{n} {v}" for n, v in run[figure][key].items())
+
+    rows = [
+        (f"fair-backlog: a's {fair['backlog_tasks']} tasks, b and c {fair['burst']} every "
+         f"{fair['burst_every_s']:g} s (weights 1, 1, 2), cap {fair['cap']}, "
+         f"L={fair['latency_ms']:g} ms", "", "", ""),
+        ("  b's first start of a burst p50 / p99, s", starts(g, "b"), starts(b, "b"), ""),
+        ("  c's first start of a burst p50 / p99, s", starts(g, "c"), starts(b, "c"), ""),
+        ("  shares of the calls while all three wait (0.25 0.25 0.5)",
+         shares(g, "call_shares"), shares(b, "call_shares"), ""),
+        ("  the same, from each burst's first start on",
+         shares(g, "call_shares", "shares_after_first_start"), "", ""),
+        ("  endpoint use", str(g["endpoint_use"]), str(b["endpoint_use"]), ""),
+        ("  Redis commands / CPU µs per call", f"{g['redis_commands_per_call']} / "
+         f"{g['redis_cpu_us_per_call']}", f"{b['redis_commands_per_call']} / "
+         f"{b['redis_cpu_us_per_call']}", ""),
+        ("  worker CPU per call, ms", str(g["worker_cpu_ms_per_call"]),
+         str(b["worker_cpu_ms_per_call"]), ""),
+        ("  backlog sorted after, s", str(g["backlog_sorted_after_s"]), "", ""),
+        (f"  fairness=tokens (a long, b short, c mixed; a's backlog {fair['tokens_backlog']}): "
+         "b's / c's first start p50 / p99, s", f"{starts(t, 'b')}; {starts(t, 'c')}", "", ""),
+        ("  fairness=tokens: shares of the tokens while all three wait (0.25 0.25 0.5)",
+         shares(t, "token_shares"), "", ""),
+        ("  fairness=tokens: shares of the calls", shares(t, "call_shares"), "", ""),
+        ("  fairness=tokens: shares of the tokens, from each burst's first start on",
+         shares(t, "token_shares", "shares_after_first_start"), "", ""),
+    ]  # fmt: skip
     return rows
 
 

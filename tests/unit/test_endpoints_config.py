@@ -8,7 +8,7 @@ import pytest
 
 from worker.endpoints.config import load_endpoints, queue_for
 from worker.errors import SettingsError
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 
 GOOD = """
 default = "big"
@@ -91,6 +91,28 @@ def test_a_full_completions_url_is_taken_for_its_base(tmp_path: Path, url: str) 
         assert spec.url_for(chat=True) == "http://127.0.0.1:5000/v1/chat/completions"
 
 
+def test_fairness_is_by_tasks_unless_the_file_or_the_setting_says_tokens(
+    tmp_path: Path,
+) -> None:
+    text = '[endpoints.a]\nurl = "http://x"\n[endpoints.b]\nurl = "http://y"\nfairness = "tokens"\n'
+    endpoints = load_endpoints(settings(tmp_path, text))
+    assert endpoints is not None
+    assert [endpoints.get(name).fairness for name in ("a", "b")] == ["tasks", "tokens"]
+    from_variable = load_endpoints(
+        settings(tmp_path, None, runpod_endpoint_url="http://127.0.0.1:5000", fairness="tokens")
+    )
+    assert from_variable is not None
+    assert from_variable.get(None).fairness == "tokens"
+
+
+def test_an_unknown_fairness_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENQUEUE_FAIRNESS", "bytes")
+    with pytest.raises(
+        SettingsError, match="GENQUEUE_FAIRNESS: Input should be 'tasks' or 'tokens'"
+    ):
+        load_settings()
+
+
 def test_nothing_configured(tmp_path: Path) -> None:
     assert load_endpoints(settings(tmp_path, None)) is None
 
@@ -156,6 +178,10 @@ def test_nothing_configured(tmp_path: Path) -> None:
         (
             '[endpoints.a]\nurl = "http://h:1"\naffinity = "prefix"\n',
             ":1: endpoints.a: Value error, 'affinity' is for a pool: give 'urls'",
+        ),
+        (
+            '[endpoints.a]\nurl = "http://x"\nfairness = "token"\n',
+            ":3: endpoints.a.fairness: Input should be 'tasks' or 'tokens'",
         ),
     ],
 )

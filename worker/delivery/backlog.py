@@ -8,8 +8,16 @@ sorts what arrives meanwhile (``scripts/backlog_sort.lua``), so a newcomer's mes
 turn by the time a window has room. A message is moved within one script: it is in its queue
 list, in its tenant's list, or recorded as unacked, never nowhere (see docs/scheduling.md).
 
-This module holds what the scripts take from the worker: the tenants' weights, and the size of
-the backlog for those that count what is queued (the lost-message sweep, ``/metrics``).
+This module holds what the scripts take from the worker: the tenants' weights, the queues whose
+endpoint is fair by tokens, and the size of the backlog for those that count what is queued
+(the lost-message sweep, ``/metrics``).
+
+**Fair by tokens.** A backlog serves a queue's lists, and a queue feeds one endpoint: a named
+endpoint's queue (``genqueue.<name>``) its endpoint, the general queues (``genqueue``,
+``celery``) the default endpoint. So the mode is the queue's: the worker names the queues whose
+endpoint's ``fairness`` is ``tokens`` (:func:`token_queues`, set once at its start by
+:func:`use_fairness`) in each fetch and sort, and the scripts charge a message taken from such a
+queue's list its estimated tokens (:mod:`worker.limits.cost`) instead of 1.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from worker import keys
+from worker.endpoints.config import Endpoints
 from worker.tenants import INTERNAL, TenantsSource
 
 #: The tenant of a message that names none (as the admission queue's).
@@ -52,6 +61,36 @@ def tenants_file_weights(tenants: TenantsSource) -> WeightsSource:
         return {name: tenant.weight for name, tenant in tenants.current().by_name.items()}
 
     return weights
+
+
+#: The queues fair by tokens in this process, and the max_tokens of a request that gives none.
+_token_queues: tuple[str, ...] = ()
+_default_max_tokens = 512
+
+
+def token_queues(endpoints: Endpoints) -> list[str]:
+    """The queues whose messages go to an endpoint fair by tokens: each such endpoint's own
+    queue, and the general queues when it is the default endpoint."""
+    found: list[str] = []
+    for name, spec in endpoints.specs.items():
+        if spec.fairness == "tokens":
+            found.append(keys.queue_for(name))
+            if name == endpoints.default:
+                found.extend(keys.GENERAL_QUEUES)
+    return list(dict.fromkeys(found))
+
+
+def use_fairness(queues: Iterable[str], default_max_tokens: int) -> None:
+    """The backlogs of ``queues`` take turns by tokens in this process (the others by tasks);
+    ``default_max_tokens`` is the estimate's max_tokens of a request that gives none."""
+    global _token_queues, _default_max_tokens
+    _token_queues = tuple(queues)
+    _default_max_tokens = default_max_tokens
+
+
+def fairness_args() -> tuple[str, int]:
+    """The scripts' ``token_queues`` and ``default_max_tokens`` arguments."""
+    return "\n".join(_token_queues), _default_max_tokens
 
 
 def weights_spec(source: WeightsSource | None = None) -> str:

@@ -278,8 +278,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self._fetch_script = lua.register(client, "worker.delivery", "fetch")
             reply: list[Any] = self._fetch_script(
                 keys=[self.unacked_key, self.unacked_index_key, keys.unreadable(), *lists],
-                args=[want, time(), UNREADABLE_MAX, backlog.DEFAULT_TENANT, backlog.weights_spec()],
-            )
+                args=[
+                    want, time(), UNREADABLE_MAX, backlog.DEFAULT_TENANT, backlog.weights_spec(),
+                    *backlog.fairness_args(),
+                ],
+            )  # fmt: skip
         return reply
 
     def _sort_backlog(self) -> int:
@@ -294,7 +297,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 keys=[keys.unreadable(), *self._lists()],
                 args=[
                     backlog.SORT_MAX, UNREADABLE_MAX, backlog.DEFAULT_TENANT,
-                    backlog.weights_spec(),
+                    backlog.weights_spec(), backlog.fairness_args()[0],
                 ],
             )  # fmt: skip
         for name in aside:

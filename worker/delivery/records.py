@@ -55,6 +55,9 @@ F_TENANT = "tenant"
 F_RESERVED = "reserved_tokens"
 F_RESERVED_DAY = "reserved_day"
 F_COUNTED = "usage_counted"
+#: The tokens the task may spend, estimated at submission (worker.contract's
+#: request_tokens_estimate): its turn's cost in a backlog fair by tokens (worker.limits.cost).
+F_ESTIMATE = "estimated_tokens"
 #: Prefix of the per-message delivery counters (``deliveries:<retry round>``).
 F_DELIVERIES = "deliveries"
 

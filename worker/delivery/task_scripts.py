@@ -288,9 +288,11 @@ class Lifecycle:
         claim_token: str | None,
         slot_release: SlotRelease | None = None,
         message_tag: str | None = None,
+        queue_list: str = "",
     ) -> Finished:
         """Record the end; release the running claim ``claim_token`` and the endpoint slot
-        ``slot_release`` (handed off by the guard), and acknowledge the message
+        ``slot_release`` (handed off by the guard, settling its turn's cost where the endpoint
+        is fair by tokens, in the backlog of ``queue_list`` too), and acknowledge the message
         ``message_tag`` when the end is final, in the same round trip."""
         error = ""
         if ending.status != "succeeded":
@@ -317,6 +319,8 @@ class Lifecycle:
         if slot_release is not None:
             script_keys += slot_release.keys
             release_args = slot_release.args
+            if slot_release.settle:
+                release_args = (*release_args, *slot_release.settle, queue_list)
         try:
             if store_apart is not None:
                 # First, and idempotent: a success stored twice (a redelivered message) is one.

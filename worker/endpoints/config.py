@@ -50,7 +50,7 @@ from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
 from worker.limits.auto_limit import AUTO, AutoBounds, check_auto_bound, check_max_concurrency
-from worker.settings import POD_PROXY_TIMEOUT_S, Settings, endpoint_base, env_name
+from worker.settings import POD_PROXY_TIMEOUT_S, Fairness, Settings, endpoint_base, env_name
 from worker.toml_lines import read_named_tables
 
 DEFAULT_ENDPOINT = "default"
@@ -116,6 +116,9 @@ class EndpointSpec(BaseModel):
     stop_pods_started_by_others: bool = False
     #: The pod's price, for the cost in usage and status.
     usd_per_hour: float | None = Field(default=None, ge=0, le=10_000)
+    #: How tenants share the endpoint's slots: ``tasks`` (a turn is a task, by weight) or
+    #: ``tokens`` (a turn costs its tokens: the Virtual Token Counter; docs/scheduling.md).
+    fairness: Fairness = "tasks"
 
     @field_validator("max_concurrency", mode="before")
     @classmethod
@@ -337,6 +340,7 @@ def _default_spec(settings: Settings, url: str) -> EndpointSpec:
             tokens_per_minute=settings.endpoint_tokens_per_minute,
             connect_timeout_s=settings.endpoint_connect_timeout_s,
             read_timeout_s=settings.endpoint_read_timeout_s,
+            fairness=settings.fairness,
         )
     except ValidationError as err:
         problems = [

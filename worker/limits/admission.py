@@ -3,7 +3,8 @@
 A task that finds every slot of its endpoint taken joins the endpoint's admission queue
 (``scripts/admission.lua``), ordered by priority band first (9 - priority: 0 first), then by
 its tenant's virtual finish time (self-clocked weighted fair queuing: a tenant of weight ``w``
-moves its clock on by ``1/w`` a task, so tenants with backlogs share the slots by weight, a
+moves its clock on by ``1/w`` a task, or by ``tokens/w`` where the endpoint is fair by tokens
+(:mod:`worker.limits.cost`), so tenants with backlogs share the slots by weight, a
 tenant's own tasks go oldest first, and a tenant with nothing waiting leaves its share to the
 others). Every ``every``-th slot goes to the band of the task that has waited longest, so low
 priorities progress under a steady stream of high ones.
@@ -105,11 +106,15 @@ class Admission:
         """The cap as the scripts take it now."""
         return self._limit() if callable(self._limit) else self._limit
 
-    def args(self, priority: int, tenant: str | None) -> tuple[str | int, ...]:
-        """A waiter's arguments of the scripts: band, tenant, weight, grant list, every."""
+    def args(self, priority: int, tenant: str | None, cost: int = 1) -> tuple[str | int, ...]:
+        """A waiter's arguments of the scripts: band, tenant, weight, grant list, every, cost
+        (its turn's: 1, or its estimated tokens where the endpoint is fair by tokens)."""
         name = tenant or DEFAULT_TENANT
-        weight = float(self._weights(name))
-        return band(priority), name, repr(weight), self.owner, self.every
+        return band(priority), name, repr(self.weight(name)), self.owner, self.every, cost
+
+    def weight(self, tenant: str | None) -> float:
+        """``tenant``'s weight in the queue's fair shares."""
+        return float(self._weights(tenant or DEFAULT_TENANT))
 
     def expect(self, token: str) -> threading.Event:
         """Listen for a grant to ``token`` (before it joins the queue: none is missed)."""

@@ -33,7 +33,8 @@ import redis
 from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import AlreadyRunning, TaskCancelled
-from worker.limits.admission import Admission, Weights, equal_weights
+from worker.limits import cost
+from worker.limits.admission import Admission, Weights, band, equal_weights
 from worker.limits.auto_limit import limit_spec
 from worker.limits.pool import FULL, REPICK_EVERY_S, REPICK_FOR_S, ReplicaPool
 from worker.limits.slot_gate import SlotGate
@@ -139,7 +140,7 @@ class EndpointGuard:
                 claim.token,
                 claim.ttl_ms,
                 claim.endpoint,
-                *self._admission.args(claim.priority, claim.tenant),
+                *self._admission.args(claim.priority, claim.tenant, claim.cost or 1),
             ),
             token=token,
             claim=claim,
@@ -159,7 +160,7 @@ class EndpointGuard:
         """Wait for a slot and hold it for the ``with`` body; :class:`CircuitOpenError` if open,
         :class:`RateLimitedError` if a rate limit is spent, :class:`AlreadyRunning` if ``claim``
         is held by another worker. With ``granted``, the slot is already held: no wait."""
-        slot = Slot()
+        slot = Slot(claim=claim)
         if granted is not None:
             slot.token = token = granted.offer.token
             slot.attempt = granted.attempt
@@ -190,7 +191,11 @@ class EndpointGuard:
             slot.sample,
         )  # fmt: skip
         script_keys = (*self._slot_keys(slot.replica), *self._admission.keys)
-        return SlotRelease(self, script_keys, args, slot.token, slot.replica)
+        claim = slot.claim or Claim("", "", 0, "")
+        settle = cost.settle_args(
+            claim.cost, band(claim.priority), self._admission.weight(claim.tenant)
+        )
+        return SlotRelease(self, script_keys, args, slot.token, slot.replica, settle)
 
     def settle(self, release: SlotRelease) -> None:
         """Another script released the slot of ``release``: stop renewing it, and let the
@@ -218,7 +223,7 @@ class EndpointGuard:
         args: list[int | str] = [
             admission.limit(), self._ttl_ms, token, self._cooldown_ms,
             policy.requests_per_minute, policy.tokens_per_minute,
-            *admission.args(priority, tenant),
+            *admission.args(priority, tenant, (claim.cost if claim else None) or 1),
         ]  # fmt: skip
         if claim is not None:
             script_keys += [keys.running(claim.task_id), keys.task_record(claim.task_id)]

@@ -50,6 +50,7 @@ class Slot:
     token: str = ""
     handed_off: bool = False
     sample: str = ""  # the call's end, for an "auto" limit (worker.limits.auto_limit.sample)
+    claim: Claim | None = None
     #: A pool's slot: the replica its call goes to (``None``: not a pool, or none picked yet).
     replica: int | None = None
 
@@ -87,6 +88,8 @@ class SlotRelease:
     args: tuple[str | int, ...]
     token: str
     replica: int | None = None
+    #: Fair by tokens: the settling of the turn's cost (:func:`worker.limits.cost.settle_args`).
+    settle: tuple[str | int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class Claim:
     #: Where the task waits in the endpoint's admission queue: its priority and tenant.
     priority: int = PRIORITY_DEFAULT
     tenant: str | None = None
+    #: Its turn's estimated tokens where the endpoint is fair by tokens (None: by tasks).
+    cost: int | None = None
     #: The task's deadline, which a wait at the endpoint's gate respects.
     deadline: datetime | None = None
     #: A pool's affinity key (a digest of the prefix or session; "": none).

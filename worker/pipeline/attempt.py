@@ -36,6 +36,9 @@ class Delivery:
     hostname: str = ""
     #: The broker's tag of the message, acknowledged by the task's end script.
     message_tag: str | None = None
+    #: The Redis list the message came from (its queue and priority step), whose backlog the
+    #: end settles a turn's cost in (fair by tokens: worker.limits.cost); '' when unknown.
+    queue_list: str = ""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from worker.errors import (
     TaskCancelled,
 )
 from worker.limits.auto_limit import overloaded, sample
+from worker.limits.cost import turn_cost
 from worker.limits.guard import Claim, GrantedSlot, Outcome, Slot, SlotOffer
 from worker.observability.metrics import CURRENT_ENDPOINT, TaskObserver, seconds_since
 from worker.pipeline.affinity import affinity_for
@@ -256,16 +257,13 @@ class Generation:
 
     def _claim(self, task_id: str, endpoint: str, request: GenerationRequest) -> Claim:
         """A new running claim on ``task_id`` for a slot on ``endpoint`` (see :class:`Claim`)."""
+        spec = self._endpoints.get(endpoint)
         return Claim(
-            task_id,
-            uuid.uuid4().hex,
-            self._running.claim_ttl_ms,
-            endpoint,
-            priority=request.priority,
-            tenant=getattr(request, "tenant", None),
-            deadline=request.deadline,
-            affinity=affinity_for(request, self._endpoints.get(endpoint)),
-        )
+            task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, endpoint,
+            priority=request.priority, tenant=getattr(request, "tenant", None),
+            cost=turn_cost(spec.fairness, request, self._policy.default_max_tokens),
+            deadline=request.deadline, affinity=affinity_for(request, spec),
+        )  # fmt: skip
 
     def _on_endpoint(
         self,

@@ -167,7 +167,12 @@ class TaskRecorder:
         try:
             finished = ride_out(
                 lambda: self._lifecycle.finish(
-                    task_id, ending, claim_token, slot_release, delivery.message_tag
+                    task_id,
+                    ending,
+                    claim_token,
+                    slot_release,
+                    delivery.message_tag,
+                    delivery.queue_list,
                 ),
                 "storing its end",
                 self._outage,

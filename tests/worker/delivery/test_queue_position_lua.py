@@ -145,7 +145,7 @@ def test_a_task_a_worker_holds_counts_its_tenants_older_waiters_and_the_others_t
     for n in (2, 0, 1):  # joined in any order: each counts those created before it
         task = f"a{n}"
         args = [1, admission.TTL_MS, f"t{n}", "1000:5000", 0, 0, 0, "a", "1.0", admission.OWNER]
-        args += [0, "c", 30_000, admission.EP]
+        args += [0, 1, "c", 30_000, admission.EP]
         lease = [admission.LEASE, admission.BREAKER, admission.PROBE, admission.RATE]
         lease += admission.QUEUE
         claim = [keys.running(task), keys.task_record(task)]

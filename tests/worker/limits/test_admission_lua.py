@@ -39,11 +39,13 @@ class Endpoint:
         tenant: str = "internal",
         weight: float = 1.0,
         ttl_ms: int = TTL_MS,
+        cost: int = 1,
     ) -> int:
-        """Ask for a slot for ``token``: 1 taken, 0 waiting in the queue."""
+        """Ask for a slot for ``token``: 1 taken, 0 waiting in the queue. ``cost``: its turn's
+        (1 fair by tasks, its estimated tokens fair by tokens: worker.limits.cost)."""
         args = [
             LIMIT, ttl_ms, token, "1000:5000", 0, 0,
-            9 - priority, tenant, repr(weight), OWNER, self.every,
+            9 - priority, tenant, repr(weight), OWNER, self.every, cost,
         ]  # fmt: skip
         code = int(self._acquire(keys=[LEASE, BREAKER, PROBE, RATE, *QUEUE], args=args)[0])
         if code == 1:
@@ -130,6 +132,24 @@ def test_a_tenant_back_from_idle_gets_no_credit_for_its_absence(endpoint: Endpoi
         endpoint.ask(f"b-{n}", priority=2, tenant="b")
     # Equal weights: from now on they alternate; b does not get 20 slots in a row.
     assert Counter(t[0] for t in endpoint.drain(10)) == {"a": 5, "b": 5}
+
+
+@pytest.mark.parametrize("fairness", ["tasks", "tokens"])
+def test_fair_by_tokens_turns_go_in_inverse_proportion_to_cost(
+    endpoint: Endpoint, fairness: str
+) -> None:
+    # Tenant a sends 4,000-token prompts, b 100-token ones, at the same weight (the cost is what
+    # worker.limits.cost.turn_cost gives: 1 by tasks, the estimate by tokens).
+    by_tokens = fairness == "tokens"
+    for n in range(5):
+        endpoint.ask(f"a-{n:03}", priority=2, tenant="a", cost=4000 if by_tokens else 1)
+    for n in range(100):
+        endpoint.ask(f"b-{n:03}", priority=2, tenant="b", cost=100 if by_tokens else 1)
+    served = Counter(token[0] for token in endpoint.drain(82))
+    if by_tokens:  # 40 of b's turns for each of a's: equal tokens served
+        assert served == {"a": 2, "b": 80}
+    else:  # by tasks, as before: turns alternate, whatever they cost
+        assert served == {"a": 5, "b": 77}
 
 
 def test_low_priority_progresses_under_a_steady_stream_of_high(redis_client: redis.Redis) -> None:

@@ -14,7 +14,10 @@
 -- A tenant of weight w moves its score on by 1/w a message taken (self-clocked weighted fair
 -- queuing, as the admission queue's); one with nothing queued has no state at all, and one
 -- that comes back starts from the clock: no credit for its absence. Everything of L is gone
--- when its backlog is empty.
+-- when its backlog is empty. Where L's queue is fair by tokens (worker.limits.cost), a score is
+-- the tenant's counter of tokens served over its weight (the Virtual Token Counter, Sheng et
+-- al., OSDI 2024): a message taken moves it on by its estimated tokens / w, the task's end
+-- corrects it by (actual - estimate) / w (backlog_settle), and the least counter goes first.
 
 local B64 = {}
 do
@@ -63,6 +66,26 @@ local function backlog_tenant_name(name)
   return type(name) == 'string' and #name <= 64 and string.match(name, '^%w[%w_%.%-]*$')
 end
 
+-- The request of a genqueue.generate message, decoded from its body (plain Celery: args
+-- [request] or kwargs {request = ...}); nil when it has none.
+local function backlog_request(message)
+  local body = message['body']
+  if type(body) ~= 'string' then return nil end
+  if message['properties']['body_encoding'] == 'base64' then
+    body = backlog_b64(body)
+    if not body then return nil end
+  end
+  local ok, decoded = pcall(cjson.decode, body)
+  if not (ok and type(decoded) == 'table') then return nil end
+  local args, kwargs, raw = decoded[1], decoded[2], nil
+  if type(args) == 'table' and #args == 1 then
+    raw = args[1]
+  elseif type(kwargs) == 'table' then
+    raw = kwargs['request']
+  end
+  return type(raw) == 'table' and raw or nil
+end
+
 -- The tenant a genqueue.generate message names in its request (as worker.tenants'
 -- tenant_of_message reads it), else `default`. The task's record says it when a genqueue
 -- producer wrote one (one read); else the message's body is decoded (plain Celery).
@@ -73,22 +96,52 @@ local function backlog_tenant(message, default)
     local named = redis.call('HGET', TASK_RECORD .. id, RECORD_TENANT)
     if backlog_tenant_name(named) then return named end
   end
-  local body = message['body']
-  if type(body) ~= 'string' then return default end
-  if message['properties']['body_encoding'] == 'base64' then
-    body = backlog_b64(body)
-    if not body then return default end
-  end
-  local ok, decoded = pcall(cjson.decode, body)
-  if not (ok and type(decoded) == 'table') then return default end
-  local args, kwargs, raw = decoded[1], decoded[2], nil
-  if type(args) == 'table' and #args == 1 then
-    raw = args[1]
-  elseif type(kwargs) == 'table' then
-    raw = kwargs['request']
-  end
-  local name = type(raw) == 'table' and raw['tenant']
+  local raw = backlog_request(message)
+  local name = raw and raw['tenant']
   return backlog_tenant_name(name) and name or default
+end
+
+-- The characters of a text (UTF-8 code points, as Python counts them), 0 if not a string.
+local function backlog_chars(text)
+  if type(text) ~= 'string' then return 0 end
+  local _, n = string.gsub(text, '[^\128-\191]', '')
+  return n
+end
+
+-- The cost of a message's turn where its queue is fair by tokens: the estimate its task's
+-- record keeps (RECORD_ESTIMATE, written by genqueue's producers), else the one of its request
+-- (worker.contract's request_tokens_estimate: the prompt's characters / 4, rounded up, plus its
+-- max_tokens or `default_max`), decoded from its body (plain Celery).
+local function backlog_cost(message, default_max)
+  local headers = message['headers']
+  local id = type(headers) == 'table' and headers['id']
+  if type(id) == 'string' then
+    local kept = tonumber(redis.call('HGET', TASK_RECORD .. id, RECORD_ESTIMATE) or '')
+    if kept then return kept end
+  end
+  local raw = backlog_request(message)
+  if not raw then return default_max end
+  local chars = backlog_chars(raw['prompt']) + backlog_chars(raw['system'])
+  if type(raw['messages']) == 'table' then
+    for _, m in ipairs(raw['messages']) do
+      if type(m) == 'table' then chars = chars + backlog_chars(m['content']) end
+    end
+  end
+  local params = raw['params']
+  local most = type(params) == 'table' and tonumber(params['max_tokens'])
+  return math.ceil(chars / 4) + ((most and most >= 1) and most or default_max)
+end
+
+-- The queues fair by tokens, from "queue\n..." (the worker's, worker.delivery.backlog), and
+-- whether a queue list (kombu's "<queue>" or "<queue>\x06\x16<step>") is one of theirs.
+local function backlog_costed_queues(spec)
+  local queues = {}
+  for name in string.gmatch(spec or '', '[^\n]+') do queues[name] = true end
+  return queues
+end
+
+local function backlog_costed(queues, list)
+  return queues[string.match(list, '^(.-)\6\22') or list] == true
 end
 
 -- The weights of "name=weight\n..." (the tenants whose weight is not 1).
@@ -121,7 +174,9 @@ end
 -- Up to `n` messages off the tail of `list` into its backlog, oldest first; one that is not
 -- kombu's is set aside in `unreadable` (and {list, false, false} added to `out`). Each is
 -- written where it goes before it leaves `list`. Returns how many were moved, set aside.
-local function backlog_sort(list, n, out, unreadable, unreadable_max, default, weights)
+-- With `costed` (the list is fair by tokens), a tenant's score is its counter (the Virtual
+-- Token Counter's): it starts at the clock, and each message taken moves it by cost/weight.
+local function backlog_sort(list, n, out, unreadable, unreadable_max, default, weights, costed)
   local moved, aside, clock = 0, 0, nil
   local tenants = backlog_tenants(list)
   while moved + aside < n do
@@ -134,7 +189,7 @@ local function backlog_sort(list, n, out, unreadable, unreadable_max, default, w
       backlog_number(list, tenant, message)
       if not redis.call('ZSCORE', tenants, tenant) then
         clock = clock or tonumber(redis.call('GET', backlog_clock(list)) or '0')
-        redis.call('ZADD', tenants, clock + 1 / (weights[tenant] or 1), tenant)
+        redis.call('ZADD', tenants, clock + (costed and 0 or 1 / (weights[tenant] or 1)), tenant)
       end
       redis.call('HINCRBY', BACKLOG_SIZE, list, 1)
       moved = moved + 1
@@ -154,7 +209,11 @@ end
 -- Up to `n` messages of `list`'s backlog, the tenant of the least virtual finish time first
 -- (each tenant's oldest), each recorded as unacked in kombu's format (as its QoS.append writes
 -- it) before it leaves the backlog, and {list, message, tag} added to `out`. Returns how many.
-local function backlog_take(list, n, out, unacked, unacked_index, now_s, weights)
+-- With `costed` (fair by tokens), a message taken moves its tenant's score on by its cost
+-- (backlog_cost: `default_max` is the max_tokens of a request that gives none) over its weight,
+-- and the tenants' scores are counters: the one served least goes first.
+local function backlog_take(list, n, out, unacked, unacked_index, now_s, weights, costed,
+                            default_max)
   local tenants = backlog_tenants(list)
   local taken, finish = 0, nil
   while taken < n do
@@ -164,8 +223,10 @@ local function backlog_take(list, n, out, unacked, unacked_index, now_s, weights
     finish = tonumber(head[2])
     local queue = backlog_list(list, tenant)
     local item = redis.call('LINDEX', queue, -1)
+    local cost = 1
     if item then
-      local tag, info = backlog_envelope(item)
+      local tag, info, message = backlog_envelope(item)
+      if costed then cost = backlog_cost(message, default_max) end
       redis.call('ZADD', unacked_index, now_s, tag)
       redis.call('HSET', unacked, tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
         .. ',' .. cjson.encode(info['routing_key']) .. ']')
@@ -177,7 +238,7 @@ local function backlog_take(list, n, out, unacked, unacked_index, now_s, weights
       taken = taken + 1
     end
     if redis.call('EXISTS', queue) == 1 then
-      redis.call('ZADD', tenants, finish + 1 / (weights[tenant] or 1), tenant)
+      redis.call('ZADD', tenants, finish + cost / (weights[tenant] or 1), tenant)
     else
       redis.call('ZREM', tenants, tenant)
       redis.call('HDEL', backlog_seq(list), 's:' .. tenant, 't:' .. tenant)

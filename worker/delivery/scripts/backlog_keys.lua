@@ -1,11 +1,14 @@
--- A library: the names of the backlog's keys (backlog.lua), as worker.keys writes them, and
--- whether a queue list's backlog holds a message. Included by backlog.lua and by the admission
--- queue (worker.limits:admission), which looks for a more urgent message still queued.
+-- A library: the names of the backlog's keys (backlog.lua), as worker.keys writes them,
+-- whether a queue list's backlog holds a message, and the settling of a turn's cost in it.
+-- Included by backlog.lua and by the admission queue (worker.limits:admission), which looks
+-- for a more urgent message still queued (and through it by the task's end script).
 local BACKLOG = 'genqueue:backlog'
 local BACKLOG_SIZE = BACKLOG .. '-size'
 -- A task's record (worker.keys.task_record) and its tenant field (worker.delivery.records).
 local TASK_RECORD = 'genqueue:task:'
 local RECORD_TENANT = 'tenant'
+-- A task's estimated tokens (worker.delivery.records.F_ESTIMATE): a turn's cost by tokens.
+local RECORD_ESTIMATE = 'estimated_tokens'
 
 local function backlog_list(list, tenant) return BACKLOG .. ':' .. tenant .. ':' .. list end
 local function backlog_tenants(list) return BACKLOG .. '-tenants:' .. list end
@@ -23,4 +26,14 @@ local BACKLOG_SEQ_PER_MS = 1000
 -- Whether L's backlog holds a message.
 local function backlog_waiting(list)
   return redis.call('HEXISTS', BACKLOG_SIZE, list) == 1
+end
+
+-- A task of `tenant` that `list` gave ended, at an endpoint fair by tokens: its tenant's counter
+-- in `list`'s backlog moves by `delta` (actual - estimated tokens) over its weight, while the
+-- tenant has messages there (backlog.lua; worker.limits.cost). Returns 1 if it moved.
+local function backlog_settle(list, tenant, weight, delta)
+  if list == '' or delta == 0 then return 0 end
+  local moved = redis.call('ZADD', backlog_tenants(list), 'XX', 'INCR',
+    delta / math.max(tonumber(weight) or 1, 0.001), tenant)
+  return moved and 1 or 0
 end

@@ -10,6 +10,7 @@
 -- ARGV[2]  unreadable_max   the set-aside list's bound
 -- ARGV[3]  default_tenant   the tenant of a message that names none
 -- ARGV[4]  weights          "tenant=weight\n..." for the tenants whose weight is not 1
+-- ARGV[5]  token_queues     "queue\n..." the queues whose endpoint is fair by tokens
 --
 -- Returns {moved, left, list of each message set aside...}: left is 1 when a list still holds
 -- messages (the next call has more to do), else 0.
@@ -17,12 +18,13 @@ local unreadable_key = KEYS[1]
 local first_queue = 2
 local most, unreadable_max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local default_tenant, weights = ARGV[3], backlog_weights(ARGV[4])
+local token_queues = backlog_costed_queues(ARGV[5])
 
 local out, moved = {}, 0
 for i = first_queue, #KEYS do
   if moved >= most then break end
   local n, aside = backlog_sort(KEYS[i], most - moved, out, unreadable_key, unreadable_max,
-    default_tenant, weights)
+    default_tenant, weights, backlog_costed(token_queues, KEYS[i]))
   moved = moved + n + aside
 end
 local left = 0

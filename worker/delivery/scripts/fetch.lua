@@ -17,6 +17,9 @@
 -- ARGV[3]  unreadable_max     the set-aside list's bound
 -- ARGV[4]  default_tenant     the tenant of a message that names none
 -- ARGV[5]  weights            "tenant=weight\n..." for the tenants whose weight is not 1
+-- ARGV[6]  token_queues       "queue\n..." the queues whose endpoint is fair by tokens: their
+--                             lists' tenants take turns by cost (backlog.lua); '' for none
+-- ARGV[7]  default_max_tokens the max_tokens of a request that gives none (a turn's cost)
 --
 -- Returns {list, message, delivery tag, ...} for each message taken, in the order taken; a
 -- message set aside comes back as {list, false, false}.
@@ -24,16 +27,18 @@ local unacked_key, unacked_index_key, unreadable_key = KEYS[1], KEYS[2], KEYS[3]
 local first_queue = 4
 local want, now_s, unreadable_max = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local default_tenant, weights = ARGV[4], backlog_weights(ARGV[5])
+local token_queues, default_max = backlog_costed_queues(ARGV[6]), tonumber(ARGV[7] or '512')
 
 local out = {}
 local taken = 0
 for i = first_queue, #KEYS do
   if taken >= want then break end
   local list = KEYS[i]
+  local costed = backlog_costed(token_queues, list)
   local _, aside = backlog_sort(list, want - taken, out, unreadable_key, unreadable_max,
-    default_tenant, weights)
+    default_tenant, weights, costed)
   taken = taken + aside
   taken = taken + backlog_take(list, want - taken, out, unacked_key, unacked_index_key, now_s,
-    weights)
+    weights, costed, default_max)
 end
 return out

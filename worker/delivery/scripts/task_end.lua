@@ -59,6 +59,10 @@
 --                             admission.lua)
 -- ARGV[27]                    the call's sample for an "auto" limit (worker.limits'
 --                             release_slot.lua)
+-- ARGV[28..31]                at an endpoint fair by tokens (worker.limits.cost): the turn's
+--          estimated tokens, its admission band, the tenant's weight, and the queue list the
+--          message came from (or ''): the first success settles the estimate with the real
+--          usage in the admission queue and that list's backlog
 --
 -- Returns {cancel_requested, attempts, created_at} of the record.
 local record_key, events_key, result_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -78,6 +82,8 @@ local cooldown, tokens_used = ARGV[22], ARGV[23]
 local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[16], KEYS[17], KEYS[18],
   KEYS[19]
 local limit, every, queues, sample = ARGV[24], ARGV[25], ARGV[26], ARGV[27]
+local estimate, settle_band, settle_weight = tonumber(ARGV[28]), ARGV[29], ARGV[30]
+local settle_list = ARGV[31]
 
 -- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
 -- #include worker.limits:now_ms
@@ -118,6 +124,13 @@ local function count_usage()
   add(usage_totals_key, total .. 'gpu_ms', gpu_ms)
   redis.call('EXPIRE', usage_totals_key, usage_ttl_s)
   settle_reservation(record_key, reserved_key)
+  -- Fair by tokens: the tenant's clocks move by what the task used beyond its estimate (or
+  -- back by what it did not use), where the tenant has one still. Once, as the usage.
+  local used = prompt_tokens + completion_tokens
+  if estimate and status == 'succeeded' and used > 0 then
+    admit_settle({info = admit_info_key}, settle_band, tenant, settle_weight, used - estimate)
+    backlog_settle(settle_list or '', tenant, settle_weight, used - estimate)
+  end
 end
 
 -- A task sent through Celery has a record only from its start: its tenant is written here.

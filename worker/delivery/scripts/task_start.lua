@@ -32,9 +32,9 @@
 -- ARGV[8..16]                the offer's arguments (worker.limits.guard.SlotOffer.args):
 --          limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute,
 --          tokens_per_minute, claim_token, claim_ttl_ms, endpoint
--- ARGV[17..21]               with the admission queue: band, tenant, weight, grant list,
---                            every (worker.limits' admission.lua); the slot is taken only
---                            when no task waits in the queue (this one does not join it)
+-- ARGV[17..22]               with the admission queue: band, tenant, weight, grant list,
+--                            every, cost (worker.limits' admission.lua); the slot is taken
+--                            only when no task waits in the queue (this one does not join it)
 --
 -- Returns {deliveries, progress fields, result meta (false when apart), slot answer}: the
 -- progress fields are the
@@ -52,6 +52,7 @@ local claim_token, claim_ttl_ms, endpoint = ARGV[14], ARGV[15], ARGV[16]
 local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[9], KEYS[10], KEYS[11],
   KEYS[12]
 local band, tenant, weight, grant_list, every = ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]
+local cost = ARGV[22]
 
 -- The guard's own function, written once in worker/limits/scripts/acquire_slot.lua.
 -- #include worker.limits:now_ms
@@ -83,6 +84,7 @@ if lease_key and not succeeded and not cancel_requested and not moved_to and not
     limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute, tokens_per_minute,
     claim_token, claim_ttl_ms, endpoint, now, admit_key and {admit = admit_key,
       byage = admit_byage_key, info = admit_info_key, age = admit_age_key, band = band,
-      tenant = tenant, weight = weight, owner = grant_list, every = every, wait = false})
+      tenant = tenant, weight = weight, owner = grant_list, every = every, cost = cost,
+      wait = false})
 end
 return {deliveries, fields, meta, slot}

@@ -9,7 +9,9 @@
 -- q.admit  sorted set, every score 0, ordered by its members: "<band>:<finish>:<token>", where
 --          band is 9 - the task's priority (0 first) and finish a virtual finish time on its
 --          tenant's clock (self-clocked weighted fair queuing: a tenant of weight w moves its
---          clock on by 1/w a task, from no earlier than the band's clock): a tenant's turns
+--          clock on by c/w a task, from no earlier than the band's clock, where c, q.cost, is 1
+--          when the endpoint is fair by tasks, the task's estimated tokens when by tokens;
+--          admit_settle corrects the estimate at the task's end): a tenant's turns
 -- q.byage  sorted set, every score 0: "<band>\t<tenant>\t<created>\t<token>", the waiters of
 --          each band and tenant, oldest first: a tenant's turn goes to its oldest waiter
 -- q.info   hash: "w:<token>" -> "<member>\t<grant list>\t<expiry ms>\t<lease ttl ms>\t<tenant>
@@ -84,7 +86,10 @@ local function admit_enqueue(q, token, band, tenant, weight, owner, ttl, created
     local clock = tonumber(redis.call('HGET', q.info, 'V:' .. band) or '0')
     local tenant_field = 'F:' .. band .. ':' .. tenant
     local last = tonumber(redis.call('HGET', q.info, tenant_field) or '0')
-    local finish = math.max(clock, last) + 1 / math.max(tonumber(weight), 0.001)
+    -- A turn costs 1 (fair by tasks) or the task's estimated tokens (fair by tokens, q.cost:
+    -- the Virtual Token Counter's charge), over the tenant's weight.
+    local finish = math.max(clock, last)
+      + math.max(tonumber(q.cost or '1') or 1, 0) / math.max(tonumber(weight), 0.001)
     redis.call('HSET', q.info, tenant_field, string.format('%.6f', finish))
     e = {member = string.format('%d:%020.6f:%s', band, finish, token), owner = owner,
       ttl = ttl, tenant = tenant, band = tostring(band),
@@ -208,4 +213,18 @@ local function admit_leave(lease, q, token, limit, every, now)
     return 2
   end
   return 0
+end
+
+-- A task of `tenant` (band `band`, weight `weight`) ended at an endpoint fair by tokens: its
+-- tenant's clock moves by (actual - estimate) / weight, while the tenant has a clock in the
+-- band (a waiter), so that its next turns are placed by what it really used. (Virtual Token
+-- Counter, Sheng et al., OSDI 2024.) A tenant with no clock left has nothing to correct: it
+-- starts from the band's clock when it comes back. Returns 1 if the clock moved.
+local function admit_settle(q, band, tenant, weight, delta)
+  local field = 'F:' .. band .. ':' .. tenant
+  local last = redis.call('HGET', q.info, field)
+  if not last or delta == 0 then return 0 end
+  redis.call('HSET', q.info, field, string.format('%.6f',
+    tonumber(last) + delta / math.max(tonumber(weight) or 1, 0.001)))
+  return 1
 end

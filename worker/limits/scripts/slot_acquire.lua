@@ -8,16 +8,18 @@
 --       [running claim, task record]
 -- ARGV: limit, lease ttl ms, token, cooldown ("first_ms:max_ms"), requests per minute,
 --       tokens per minute (0: no limit), band (9 - priority), tenant, weight, grant list (the
---       waiter's worker's), every (see admission.lua), [claim token, claim ttl ms, endpoint]
+--       waiter's worker's), every, cost (a turn's: 1, or the task's tokens when the endpoint is
+--       fair by tokens; see admission.lua), [claim token, claim ttl ms, endpoint]
 local lease, breaker, probe, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local admit, byage, info, age = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local running, record = KEYS[9], KEYS[10]
 local limit, ttl, token, cooldown, rpm, tpm = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local band, tenant, weight, owner, every = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local claim_token, claim_ttl, endpoint = ARGV[12], ARGV[13], ARGV[14]
+local cost = ARGV[12]
+local claim_token, claim_ttl, endpoint = ARGV[13], ARGV[14], ARGV[15]
 -- #include worker.limits:now_ms
 -- #include worker.limits:acquire_slot
 local queue = {admit = admit, byage = byage, info = info, age = age, band = band, tenant = tenant,
-  weight = weight, owner = owner, every = every, wait = true}
+  weight = weight, owner = owner, every = every, cost = cost, wait = true}
 return acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token, cooldown,
   rpm, tpm, claim_token, claim_ttl, endpoint, now, queue)
