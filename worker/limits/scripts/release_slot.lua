@@ -12,8 +12,7 @@ local BREAKER_TTL_MS = 3600000
 local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
                             tokens, now, queue, sample)
   if queue and sample then
-    auto_limit_sample(queue.limit, sample, redis.call('ZCARD', lease),
-      redis.call('EXISTS', queue.admit) == 1)
+    auto_limit_sample(queue.limit, sample, lease, token, redis.call('EXISTS', queue.admit) == 1)
   end
   redis.call('ZREM', lease, token)
   if queue then
