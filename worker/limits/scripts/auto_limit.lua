@@ -137,7 +137,7 @@ local function auto_limit_sample(spec, sample, lease, token, waiting)
       limit = restore
     end
     return fresh_window(math.max(lo, limit * BACKOFF), {'cut', windows,
-      'mark', math.floor(limit)}, true)
+      'mark', math.floor(limit), 'rose', ''}, true)
   end
   ms, tokens = tonumber(ms), tonumber(tokens)
   local value = math.max(tokens > 0 and ms / tokens or ms, 0.001)
