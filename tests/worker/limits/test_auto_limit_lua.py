@@ -33,6 +33,35 @@ def batching(knee: int, base_ms: float = 100.0) -> Latency:
     return lambda n: base_ms * max(1.0, n / knee) ** 1.5
 
 
+class Server:
+    """A batching server in virtual time: every call needs the same work, done in ``base_ms``
+    up to ``knee`` calls at once; with more, each runs slower by (running / knee) ** 1.5 (the
+    simulator's batching mode). A call's latency is what it met over its whole life, so calls
+    that started under an older limit end with the latency of the load they ran in."""
+
+    def __init__(self, knee: int, base_ms: float = 100.0) -> None:
+        self.knee = knee
+        self.base_ms = base_ms
+        self.now_ms = 0.0
+        self.work: dict[str, float] = {}  # work left of each running call (1.0 at its start)
+        self.started: dict[str, float] = {}
+
+    def start(self, token: str) -> None:
+        if token not in self.work:
+            self.work[token], self.started[token] = 1.0, self.now_ms
+
+    def finish_next(self, running: list[str]) -> tuple[str, int]:
+        """Run until the first of ``running`` finishes: its token and latency in ms."""
+        speed = min(1.0, self.knee / len(self.work)) ** 1.5 / self.base_ms  # work per ms
+        token = min(running, key=lambda t: (self.work[t], self.started[t]))
+        elapsed_ms = self.work[token] / speed
+        self.now_ms += elapsed_ms
+        for other in self.work:
+            self.work[other] -= elapsed_ms * speed
+        del self.work[token]
+        return token, int(self.now_ms - self.started.pop(token))
+
+
 class Clients:
     """``count`` callers that always want a slot: each ended call asks again at once, so the
     endpoint's queue is never empty (the limit is what holds them back)."""
@@ -64,6 +93,26 @@ class Clients:
         while (granted := self.client.lpop(OWNER)) is not None:
             self._ask(granted.decode())
         self._ask(token)  # it wants another call
+
+    def end_timed(self, server: Server) -> None:
+        """The call that finishes first on ``server`` ends, measured from its start."""
+        for running in self.running:
+            server.start(running)  # (those it runs already go on)
+        token, ms = server.finish_next(self.running)
+        self.running.remove(token)
+        args = [token, "ok", 5, "1000:5000", 0, self.spec, 0, "", f"{ms}:{TOKENS}:ok"]
+        self._release(keys=SLOT_KEYS, args=args)
+        while (granted := self.client.lpop(OWNER)) is not None:
+            self._ask(granted.decode())
+        self._ask(token)
+
+    def run_timed(self, calls: int, server: Server) -> list[int]:
+        """End ``calls`` calls on ``server``; the limit in force after each."""
+        seen = []
+        for _ in range(calls):
+            self.end_timed(server)
+            seen.append(self.limit())
+        return seen
 
     def run(self, calls: int, latency: Latency) -> list[int]:
         """End ``calls`` calls; the limit in force after each."""
@@ -160,3 +209,74 @@ def test_the_state_lives_a_day_after_the_last_sample(redis_client: redis.Redis) 
         clients.end_one(lambda n: 100.0)
     ttl_ms = redis_client.pttl(keys.auto_limit(EP))
     assert 86_000_000 < ttl_ms <= 86_400_000
+
+
+def _outside_probes(client: redis.Redis, clients: Clients, calls: int, server: Server) -> list[int]:
+    """The limit in force after each of ``calls`` calls on ``server``, but for those during
+    a probe of the no-load latency (a window at half the limit, by design)."""
+    seen = []
+    for _ in range(calls):
+        clients.end_timed(server)
+        if not client.hexists(keys.auto_limit(EP), "restore"):
+            seen.append(clients.limit())
+    return seen
+
+
+def test_the_knee_moving_down_is_found_without_a_dip_below_it(redis_client: redis.Redis) -> None:
+    # Calls that started under the old limit end slow, with the load they ran in: they must not
+    # cut the new limit again (it sank to the min in the batching bench before they were
+    # skipped).
+    clients = Clients(redis_client, SPEC, 60)
+    server = Server(knee=8)
+    _outside_probes(redis_client, clients, 800, server)
+    assert clients.limit() in (8, 9)
+    server.knee = 4
+    down = _outside_probes(redis_client, clients, 800, server)
+    assert min(down) >= 4  # never under the new knee
+    assert max(down[100:]) <= 5
+    assert sorted(down[100:])[len(down[100:]) // 2] == 4  # the median: the knee
+
+
+def test_a_high_knee_is_not_overshot(redis_client: redis.Redis) -> None:
+    # Past a knee of 16, latency grows by under 15 % a slot ((17 / 16) ** 1.5 = 1.095): it is
+    # the throughput the rise did not buy that brings the limit back.
+    clients = Clients(redis_client, SPEC, 60)
+    server = Server(knee=16)
+    late = _outside_probes(redis_client, clients, 2000, server)[1000:]
+    assert set(late) <= {16, 17}
+    assert late.count(16) > 2 * late.count(17)
+
+
+def test_the_samples_of_calls_started_before_a_cut_are_not_kept(
+    redis_client: redis.Redis,
+) -> None:
+    clients = Clients(redis_client, SPEC, 60)
+    server = Server(knee=8)
+    clients.run_timed(400, server)
+    server.knee = 2
+    for _ in range(200):
+        clients.end_timed(server)
+        assert set(_stale(redis_client)) <= set(
+            clients.running
+        )  # only calls still in flight are listed
+
+
+def test_an_overload_of_a_call_started_before_the_last_change_is_dropped(
+    redis_client: redis.Redis,
+) -> None:
+    clients = Clients(redis_client, SPEC, 60)
+    server = Server(knee=64)  # room everywhere: the limit only rises
+    while not (stale := _stale(redis_client)) or clients.limit() < 8:
+        clients.end_timed(server)
+    before = clients.limit()
+    for _ in stale:  # each ends with a 429: they started under the limit before
+        assert clients.running[0] in stale
+        clients.end_one(lambda n: 100.0, signal="overload")
+        assert clients.limit() == before
+    assert clients.running[0] not in stale
+    clients.end_one(lambda n: 100.0, signal="overload")
+    assert clients.limit() == int(before * 0.75)
+
+
+def _stale(client: redis.Redis) -> list[str]:
+    return (client.hget(keys.auto_limit(EP), "stale") or b"").decode().split()

@@ -45,8 +45,7 @@ end
 local function release_slot(lease, breaker, probe, rate, token, outcome, threshold, cooldown,
                             tokens, now, queue, sample)
   if queue and sample then
-    auto_limit_sample(queue.limit, sample, redis.call('ZCARD', lease),
-      redis.call('EXISTS', queue.admit) == 1)
+    auto_limit_sample(queue.limit, sample, lease, token, redis.call('EXISTS', queue.admit) == 1)
   end
   redis.call('ZREM', lease, token)
   if tonumber(tokens) > 0 and redis.call('EXISTS', rate) == 1 then
