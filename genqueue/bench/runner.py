@@ -20,6 +20,7 @@ from genqueue.bench.phases.drain import run_drains
 from genqueue.bench.phases.enqueue import run_enqueue
 from genqueue.bench.phases.latency import run_latency
 from genqueue.bench.phases.mixed import run_mixed
+from genqueue.bench.phases.pool import run_pool
 from genqueue.bench.processes import Children
 from genqueue.bench.progress import progress
 from genqueue.bench.redis_db import choose_redis
@@ -38,6 +39,8 @@ def run_phases(harness: Harness) -> dict[str, Any]:
         return {"mixed": run_mixed(harness)}
     if harness.cfg.scenario == "batching":
         return {"batching": run_batching(harness)}
+    if harness.cfg.scenario == "pool":
+        return {"pool": run_pool(harness)}
     phases = set(harness.cfg.phases)
     results: dict[str, Any] = {}
     if "enqueue" in phases:
