@@ -146,10 +146,10 @@ def _killed(
                              "before_per_s": round(before / (killed_at - started - warmup_s), 2),
                              "killed_replica_served_before_kill": killed_served,
                              "survivors_served": served}  # fmt: skip
-    return found | _after_kill(done, killed_at, after_s)
+    return found | rates_after_kill(done, killed_at, after_s)
 
 
-def _after_kill(done: dict[str, float], killed_at: float, after_s: float) -> dict[str, Any]:
+def rates_after_kill(done: dict[str, float], killed_at: float, after_s: float) -> dict[str, Any]:
     """The rolling rate every ``STEP_S`` after the kill, when it settled, the rate since."""
     end = killed_at + after_s
     steps = int((after_s - ROLLING_S) / STEP_S) + 1

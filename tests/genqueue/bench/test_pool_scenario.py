@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from genqueue.bench.phases.pool import rates_after_kill
 from tests.genqueue.bench.test_runner import _kill_session
 
 
@@ -39,4 +40,20 @@ def test_quick_pool_scenario_loses_no_task_when_a_replica_dies(
     # Both replicas left took work after the kill, and the rate was sampled all along.
     assert min(killed["survivors_served"]) > killed["killed_replica_served_before_kill"] / 2
     assert len(killed["rolling_per_s"]) == int((pool["after_s"] - 2.0) / 0.5) + 1
-    assert killed["lowest_rolling_per_s"] <= killed["settled_level_per_s"]
+    # The replica was gone: the pool ran slower after the kill than before it.
+    assert killed["settled_level_per_s"] < killed["before_per_s"]
+
+
+@pytest.mark.timeout(5)
+def test_settled_is_the_first_window_from_which_the_rate_stays_near_its_end_level() -> None:
+    killed_at = 100.0
+    # 10 a second for the first 3 s after the kill, then 20 a second to the 12th.
+    done = {f"a{i}": killed_at + 0.05 + i * 0.1 for i in range(30)}
+    done |= {f"b{i}": killed_at + 3.025 + i * 0.05 for i in range(180)}
+    found = rates_after_kill(done, killed_at, after_s=12.0)
+    assert found["settled_level_per_s"] == 20.0
+    # Windows of 2 s every 0.5 s: the one from 2.5 s holds 0.5 s at 10/s and 1.5 s at 20/s
+    # (17.5/s, within 10 % of 20 only from 3.0 s on).
+    assert found["settled_after_s"] == 3.0
+    assert found["after_per_s"] == 20.0
+    assert found["lowest_rolling_per_s"] == 10.0
