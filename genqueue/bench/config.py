@@ -9,7 +9,7 @@ from pathlib import Path
 from worker.errors import GenQueueError
 
 PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
-SCENARIOS = ("standard", "mixed", "batching", "fair-backlog")
+SCENARIOS = ("standard", "mixed", "batching", "fair-backlog", "pool")
 #: The fair-backlog scenario's backlog of one tenant, unless --tasks says.
 FAIR_BACKLOG_TASKS = 50_000
 
@@ -59,11 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="standard: the phases; mixed: a batch backlog and interactive tasks on a capped "
         "endpoint (docs/scheduling.md); batching: max_concurrency auto against fixed caps on "
         "a batching simulator (docs/endpoints.md); fair-backlog: one tenant's huge backlog and "
-        "two others' bursts, fair by tasks and by tokens (docs/scheduling.md)",
+        "two others' bursts, fair by tasks and by tokens (docs/scheduling.md); pool: a pool of "
+        "three replicas, one killed mid-run, against two alone",
     )
     parser.add_argument(
         "--batching-seconds", type=float, default=15.0,
         help="batching: seconds measured per cap (15)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-seconds", type=float, default=30.0,
+        help="pool: seconds measured before the kill and with two alone (30); 1.5x after it",
     )  # fmt: skip
     parser.add_argument(
         "--mixed-batch", type=int, default=10_000, help="mixed: batch tasks (10000)"
@@ -97,6 +102,7 @@ class BenchConfig:
     mixed_s: float = 60.0
     mixed_every_s: float = 1.0
     batching_s: float = 15.0
+    pool_s: float = 30.0
 
 
 def resolve_config(args: argparse.Namespace) -> BenchConfig:
@@ -114,6 +120,8 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
             tasks = min(args.tasks or 2000, 2000)
     if tasks < 1 or repeat < 1 or latency_ms < 0 or enqueue_s <= 0 or samples < 1:
         raise BenchError("--tasks, --repeat and --latency-samples must be positive")
+    if args.pool_seconds < 3:
+        raise BenchError("--pool-seconds must be at least 3")
     return BenchConfig(
         tasks=tasks,
         latency_s=latency_ms / 1000,
@@ -130,4 +138,5 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
         mixed_s=min(args.mixed_seconds, 15.0) if args.quick else args.mixed_seconds,
         mixed_every_s=args.mixed_every,
         batching_s=min(args.batching_seconds, 4.0) if args.quick else args.batching_seconds,
+        pool_s=min(args.pool_seconds, 3.0) if args.quick else args.pool_seconds,
     )

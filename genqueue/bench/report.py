@@ -124,6 +124,25 @@ def targets(cfg: BenchConfig, results: dict[str, Any], found: dict[str, Any]) ->
     ]  # fmt: skip
 
 
+def pool_targets(results: dict[str, Any]) -> list[Any]:
+    """A pool of three, one killed: nothing lost, the two left within 10 % of two alone."""
+    pool = results.get("pool")
+    if not pool:
+        return []
+    killed, ratio_two = pool["killed"], pool.get("after_over_two_alone")
+    off = None if ratio_two is None else abs(ratio_two - 1)
+    return [
+        _target("pool, one replica killed: tasks lost = 0", killed["lost"], 0, False),
+        _target(
+            "pool: the two left within 10 % of two alone (|ratio - 1|)",
+            off,
+            0.1,
+            False,
+            f"ratio {ratio_two}",
+        ),
+    ]
+
+
 def build_report(
     cfg: BenchConfig, results: dict[str, Any], machine: dict[str, Any]
 ) -> dict[str, Any]:
@@ -144,5 +163,5 @@ def build_report(
         },
         "results": results,
         "ratios": found,
-        "targets": targets(cfg, results, found),
+        "targets": targets(cfg, results, found) + pool_targets(results),
     }

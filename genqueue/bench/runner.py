@@ -21,6 +21,7 @@ from genqueue.bench.phases.enqueue import run_enqueue
 from genqueue.bench.phases.fair_backlog import run_fair_backlog
 from genqueue.bench.phases.latency import run_latency
 from genqueue.bench.phases.mixed import run_mixed
+from genqueue.bench.phases.pool import run_pool
 from genqueue.bench.processes import Children
 from genqueue.bench.progress import progress
 from genqueue.bench.redis_db import choose_redis
@@ -41,6 +42,8 @@ def run_phases(harness: Harness) -> dict[str, Any]:
         return {"batching": run_batching(harness)}
     if harness.cfg.scenario == "fair-backlog":
         return {"fair_backlog": run_fair_backlog(harness)}
+    if harness.cfg.scenario == "pool":
+        return {"pool": run_pool(harness)}
     phases = set(harness.cfg.phases)
     results: dict[str, Any] = {}
     if "enqueue" in phases:

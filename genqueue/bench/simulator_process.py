@@ -17,9 +17,9 @@ from genqueue.embedded_redis import free_port
 class SimProcess:
     """``genqueue simulate --latency L`` in a child process."""
 
-    def __init__(self, children: Children, latency_s: float) -> None:
+    def __init__(self, children: Children, latency_s: float, name: str | None = None) -> None:
         self.latency_s = latency_s
-        self.name = f"simulator-{latency_s * 1000:g}ms"
+        self.name = name or f"simulator-{latency_s * 1000:g}ms"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._session = requests.Session()

@@ -185,6 +185,25 @@ def _fair_backlog_rows(fair: dict[str, Any] | None) -> list[tuple[str, str, str,
     return rows
 
 
+def _pool_rows(pool: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    if not pool:
+        return []
+    two, killed = pool["two_alone"], pool["killed"]
+    title = (f"pool: {pool['replicas']} replicas, cap {pool['cap_per_replica']} each, "
+             f"L={pool['latency_ms']:g} ms, {pool['seconds']:g} s a window")  # fmt: skip
+    figures = [
+        ("  tasks lost / failed (one killed; two alone)",
+         f"{killed['lost']} / {killed['failed']}; {two['lost']} / {two['failed']}"),
+        ("  tasks/s, three before the kill", str(killed["before_per_s"])),
+        ("  tasks/s, the two left once settled", str(killed["after_per_s"])),
+        ("  tasks/s, two replicas alone", str(two["per_s"])),
+        ("  the two left over two alone", str(pool.get("after_over_two_alone"))),
+        ("  settled after the kill, s (lowest rolling rate, tasks/s)",
+         f"{killed['settled_after_s']} ({killed['lowest_rolling_per_s']})"),
+    ]  # fmt: skip
+    return [(title, "", "", ""), *((label, value, "", "") for label, value in figures)]
+
+
 def render_table(report: dict[str, Any]) -> str:
     results, found = report["results"], report["ratios"]
     rows: list[tuple[str, str, str, str]] = [("figure", "genqueue", "bare Celery", "ratio")]
@@ -193,6 +212,7 @@ def render_table(report: dict[str, Any]) -> str:
     if "overhead" in results or "bare_overhead" in results:
         rows += _drain_rows(results, found, "overhead", "bare_overhead", "overhead")
     rows += _other_rows(results)
+    rows += _pool_rows(results.get("pool"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
