@@ -48,7 +48,8 @@ from worker.delivery import backlog
 from worker.endpoints.config import DEFAULT_ENDPOINT, load_endpoints
 from worker.errors import TemplateError
 from worker.pipeline.render import PromptRenderer
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
+from worker.settings_loading import load_settings
 from worker.tenants import TenantsSource, no_key_error
 
 

@@ -33,7 +33,8 @@ from worker.errors import SettingsError
 from worker.observability.flower_events import BatchedTaskEvents
 from worker.observability.metrics import configure_task_logging, serve_worker_metrics
 from worker.resources import SPARE_CONNECTIONS, close_runtimes, runtime_for
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
+from worker.settings_loading import load_settings
 from worker.tenants import TenantsSource
 
 

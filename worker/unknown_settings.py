@@ -3,7 +3,7 @@
 pydantic-settings ignores a variable (or ``.env`` entry) that names no field, so
 ``GENQUEUE_RETRY_MAX_ATTEMPS=2`` would leave the default in place without a word.
 :func:`unknown_settings` names each such variable and the setting it probably meant;
-:func:`worker.settings.load_settings` logs what it finds, so every component (worker, API,
+:func:`worker.settings_loading.load_settings` logs what it finds, so every component (worker, API,
 Flower, ``genqueue up`` and every command) says it when it starts, and starts anyway.
 """
 

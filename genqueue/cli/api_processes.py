@@ -107,7 +107,7 @@ def _child(parent_pid: int, fd: int, host: str, port: int, log_level: str) -> in
 
     from api_producer.main import app_from_environment
     from genqueue.cli.api import keys_required
-    from worker.settings import load_settings
+    from worker.settings_loading import load_settings
 
     sock = socket.socket(fileno=fd)
     try:

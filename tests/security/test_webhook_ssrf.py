@@ -33,7 +33,7 @@ from tests.security.helpers import TinyServer
 from worker import keys
 from worker.delivery import records
 from worker.errors import SettingsError
-from worker.settings import load_settings
+from worker.settings_loading import load_settings
 from worker.webhooks.sender import (
     WebhookPolicy,
     WebhookRefused,

@@ -10,7 +10,8 @@ import pytest
 from worker.endpoints.config import load_endpoints
 from worker.errors import SettingsError
 from worker.limits.auto_limit import AutoBounds, limit_spec
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
+from worker.settings_loading import load_settings
 
 HEAD = '[endpoints.a]\nurl = "http://x"\n'
 

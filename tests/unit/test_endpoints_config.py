@@ -8,7 +8,8 @@ import pytest
 
 from worker.endpoints.config import load_endpoints, queue_for
 from worker.errors import SettingsError
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
+from worker.settings_loading import load_settings
 
 GOOD = """
 default = "big"

@@ -8,7 +8,8 @@ import pytest
 
 from worker.endpoints.config import load_endpoints
 from worker.errors import SettingsError
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
+from worker.settings_loading import load_settings
 
 
 def _load(tmp_path: Path, text: str) -> Settings:

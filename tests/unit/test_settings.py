@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from worker.errors import SettingsError
-from worker.settings import Settings, env_name, load_settings
+from worker.settings import Settings, env_name
+from worker.settings_loading import load_settings
 
 SECRET = "sk-runpod-SECRET-9f8e7d6c5b4a"
 
