@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.reliability.conftest import send, wait_for
+from worker import keys
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -109,6 +110,43 @@ def test_poison_task_is_dead_lettered_then_requeued(
     assert requeued.returncode == 0, requeued.stderr
     assert celery_client.AsyncResult(result.id).get(timeout=30)["text"]
     assert redis_client.llen("genqueue:dead") == 0
+
+
+def test_a_worker_killed_while_its_task_waits_for_a_slot_makes_it_no_poison(
+    redis_url, redis_client, simulator, start_worker, celery_client
+) -> None:
+    """Deliveries whose worker died while the task only waited in the admission queue are
+    forgiven: killed three times there with GENQUEUE_MAX_DELIVERIES=2, it still runs."""
+    settings = {**FAST_REDELIVERY, "RUNPOD_MAX_CONCURRENCY": 1, "GENQUEUE_MAX_DELIVERIES": 2}
+    simulator.configure(latency_s=60.0)
+    keeper = start_worker(redis_url, simulator.url, GENQUEUE_WORKER_CONCURRENCY=1, **settings)
+    blocker = send(celery_client, "holds the only slot")
+    wait_for(lambda: simulator.stats()["in_flight"] == 1, 30, "the keeper's call")
+    waiter = start_worker(redis_url, simulator.url, GENQUEUE_WORKER_CONCURRENCY=1, **settings)
+    waiter.wait_ready()
+    time.sleep(1.0)  # the keeper's window is full: the next task is the waiter's
+    waiting = send(celery_client, "waits")
+    record = f"genqueue:task:{waiting.id}"
+    seen: set[bytes | None] = {None}  # the waiting deliveries, by their slot token
+
+    def waits_anew() -> bool:
+        token = redis_client.hget(record, "forgiven:deliveries:0")
+        queue = redis_client.zrange(keys.admission("default"), 0, -1)
+        return token not in seen and any(m.endswith(token) for m in queue)
+
+    for kill in (1, 2, 3):
+        wait_for(waits_anew, 30, f"delivery {kill} to wait for the slot")
+        seen.add(redis_client.hget(record, "forgiven:deliveries:0"))
+        # This delivery is counted, then forgiven while it waits (before: ``kill`` of them).
+        assert int(redis_client.hget(record, "deliveries:0") or 0) == 0
+        waiter.kill()
+        waiter = start_worker(redis_url, simulator.url, GENQUEUE_WORKER_CONCURRENCY=1, **settings)
+    simulator.configure(latency_s=0.0)
+    keeper.kill()  # its slot is freed at once; the blocker comes back elsewhere
+    assert waiting.get(timeout=60)["text"]
+    assert blocker.get(timeout=60)["text"]
+    assert int(redis_client.hget(record, "deliveries:0")) == 1  # only the one that called
+    assert redis_client.hget(record, "error") is None
 
 
 def test_concurrency_cap_across_three_workers(

@@ -58,6 +58,7 @@ def test_a_first_delivery_is_counted_and_started(start: Script, redis_client: re
     assert redis_client.hgetall(RECORD) == {
         b"created_at": b"2026-01-01T00:00:00",
         b"deliveries:0": b"1",
+        b"delivery_field": b"deliveries:0",  # which field a wait for a slot forgives
     }
     assert 590 <= redis_client.ttl(RECORD) <= 600
     assert redis_client.get(RESULT) == STARTED.encode()

@@ -60,6 +60,7 @@ local cost = ARGV[22]
 
 redis.call('HSETNX', record_key, 'created_at', created_at)
 local deliveries = redis.call('HINCRBY', record_key, deliveries_field, 1)
+redis.call('HSET', record_key, 'delivery_field', deliveries_field)  -- acquire_slot's forgive_wait
 local fields = redis.call('HMGET', record_key, 'attempts', 'first_attempt_at', 'cancel_requested',
   'endpoint', 'endpoints_tried', 'job_id', 'polls')
 local cancel_requested, moved_to, job_id = fields[3], fields[4], fields[6]

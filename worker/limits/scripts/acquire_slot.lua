@@ -11,6 +11,26 @@
 -- 4 the task is claimed by another worker, 5 the waiting task was cancelled. With a claim,
 -- code 1 also returns the task's attempt numbers, in all and on this endpoint. A granted slot
 -- that is refused (2, 3, 4, 5) goes on to the next in the queue.
+-- A delivery that waits in the queue is forgiven while it waits (worker.delivery's
+-- task_start.lua counts each delivery, and names its field in the record's `delivery_field`):
+-- a worker killed then is no fault of the task's, and must not make it poison
+-- (GENQUEUE_MAX_DELIVERIES). The delivery counts again when it takes its slot.
+local function forgive_wait(record, token)
+  local field = record and redis.call('HGET', record, 'delivery_field')
+  if not field or redis.call('HGET', record, 'forgiven:' .. field) == token then return end
+  if tonumber(redis.call('HGET', record, field) or '0') > 0 then
+    redis.call('HINCRBY', record, field, -1)
+    redis.call('HSET', record, 'forgiven:' .. field, token)
+  end
+end
+local function count_again(record, token)
+  local field = record and redis.call('HGET', record, 'delivery_field')
+  if field and redis.call('HGET', record, 'forgiven:' .. field) == token then
+    redis.call('HINCRBY', record, field, 1)
+    redis.call('HDEL', record, 'forgiven:' .. field)
+  end
+end
+
 local function acquire_slot(lease, breaker, probe, rate, running, record, limit, ttl, token,
                             cooldown, rpm, tpm, claim_token, claim_ttl, endpoint, now, queue)
   -- Only a waiter (queue.wait) may have been granted a slot already.
@@ -72,6 +92,7 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
       local created = record and redis.call('HGET', record, 'created_at')
       admit_enqueue(queue, token, queue.band, queue.tenant, queue.weight, queue.owner, ttl,
         admit_created(created, now), now)
+      forgive_wait(running and record, token)
       -- A slot held for a task more urgent than the queue's head: this one, if it is the head.
       local head = redis.call('ZRANGE', queue.admit, 0, 0)[1]
       if head and string.sub(head, -#token) == token
@@ -100,6 +121,7 @@ local function acquire_slot(lease, breaker, probe, rate, running, record, limit,
       if probing then redis.call('DEL', probe) end
       return refuse({4, 0})
     end
+    if queue and queue.wait then count_again(record, token) end
     redis.call('HSETNX', record, 'first_attempt_at', string.format('%.3f', now / 1000))
     attempts[1] = redis.call('HINCRBY', record, 'attempts', 1)
     attempts[2] = redis.call('HINCRBY', record, 'attempts:' .. endpoint, 1)
