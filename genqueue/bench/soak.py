@@ -128,9 +128,14 @@ def _drive(
     next_kill = began + args.kill_every
     pending: set[str] = set(task_ids)
     final_states: dict[str, bytes] = {}
+    timeline: list[dict[str, float]] = []
+    next_sample = began
     while time.monotonic() - began < args.timeout_s:
         time.sleep(1)
         settle(client, pending, final_states)
+        if time.monotonic() >= next_sample or not pending:
+            timeline.append(_sample(sim, began, len(final_states), kills))
+            next_sample = time.monotonic() + args.sample_every_s
         if not pending:
             break
         if time.monotonic() >= next_kill:
@@ -171,7 +176,22 @@ def _drive(
             int(client.info("memory")["used_memory"]) if args.wait_expiry else None
         ),
         "redis_keys_after": int(client.dbsize()),
+        "timeline": timeline,
         "logs": str(work),
+    }
+
+
+def _sample(sim: str, began: float, finished: int, kills: int) -> dict[str, float]:
+    """One point of the timeline: tasks finished, endpoint calls and calls in flight so far,
+    to see whether the rate under kills falls as the run goes on."""
+    stats = requests.get(f"{sim}/_sim/stats", timeout=5).json()
+    return {
+        "t_s": round(time.monotonic() - began, 1),
+        "finished": finished,
+        "kills": kills,
+        "endpoint_calls": stats["calls"],
+        "in_flight": stats["in_flight"],
+        "load_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -184,6 +204,7 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=64, help="RUNPOD_MAX_CONCURRENCY")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--sample-every-s", type=float, default=20, help="timeline spacing")
     parser.add_argument(
         "--result-ttl-s", type=int, default=600, help="GENQUEUE_RESULT_TTL_S (>= 4 x 30 s)"
     )
