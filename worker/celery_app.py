@@ -161,6 +161,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Look for messages of dead workers every few seconds, not every 100.
             "unacked_restore_interval": max(1, int(settings.visibility_timeout_s / 6)),
             "unacked_restore_throttle": 1,
+            # The sweep runs under a Redis lock that only its holder releases: kombu's 300 s
+            # expiry means a worker killed mid-sweep stops every sweep for five minutes, while
+            # a dead worker's messages wait. Sweeps are safe to overlap (each message moves
+            # back in its own WATCH transaction), so the lock only saves work: a third of the
+            # visibility timeout is enough.
+            "unacked_mutex_expire": restore_lock_s(settings),
             "priority_steps": list(range(PRIORITY_MAX + 1)),
             "queue_order_strategy": "priority",
             "max_connections": pool_size,
@@ -178,6 +184,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency,
         "worker_log_color": False,
     }
+
+
+def restore_lock_s(settings: Settings) -> int:
+    """How long the dead workers' sweep lock outlives a sweeper that died holding it."""
+    return max(5, settings.visibility_timeout_s // 3)
 
 
 def create_celery_app(settings: Settings) -> GenQueueCelery:

@@ -174,3 +174,28 @@ def test_a_killed_worker_does_not_leak_its_slot(
     # The dead worker's lease lapses (30 s at most), then both tasks run.
     assert send(celery_client, "next").get(timeout=60)["text"]
     assert stuck.get(timeout=60)["text"]
+
+
+def test_a_worker_killed_mid_sweep_stops_the_sweeps_for_seconds_not_minutes(
+    redis_url, redis_client, simulator, start_worker
+) -> None:
+    """The dead workers' sweep runs under a lock only its holder releases. A worker killed
+    while it sweeps leaves the lock behind; the other workers sweep again once it expires, a
+    third of the visibility timeout later (10 s by default; kombu's own expiry is 300 s)."""
+    stale = time.time() - 3600
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(30_000):
+        # A dead worker's messages, routed to a queue nobody consumes: a long sweep.
+        message = {"body": "", "headers": {}, "properties": {"delivery_info": {}}}
+        pipe.hset("unacked", f"tag-{i}", json.dumps([message, "", "genqueue-test-sink"]))
+        pipe.zadd("unacked_index", {f"tag-{i}": stale})
+    pipe.execute()
+    doomed = start_worker(redis_url, simulator.url)
+    wait_for(lambda: redis_client.exists("unacked_mutex"), 30, "a sweep under way")
+    doomed.kill()
+    left = redis_client.hlen("unacked")
+    assert left > 0, "the sweep ended before the kill: make it longer"
+    assert 0 < redis_client.pttl("unacked_mutex") <= 10_000
+    start_worker(redis_url, simulator.url)
+    wait_for(lambda: redis_client.hlen("unacked") == 0, 90, "the survivor's sweep")
+    assert redis_client.llen("genqueue-test-sink") == 30_000
