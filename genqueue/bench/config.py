@@ -81,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixed-every", type=float, default=1.0, help="mixed: an interactive task every (1 s)"
     )
     parser.add_argument(
+        "--worker-code", type=Path, metavar="DIR",
+        help="fair-backlog: also run a genqueue worker from the checkout DIR (the code before a "
+        "change), first on its PYTHONPATH",
+    )  # fmt: skip
+    parser.add_argument(
         "--flush", action="store_true", help="empty the bench's Redis database even if not empty"
     )
 
@@ -103,6 +108,7 @@ class BenchConfig:
     mixed_every_s: float = 1.0
     batching_s: float = 15.0
     pool_s: float = 30.0
+    worker_code: Path | None = None
 
 
 def resolve_config(args: argparse.Namespace) -> BenchConfig:
@@ -122,6 +128,9 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
         raise BenchError("--tasks, --repeat and --latency-samples must be positive")
     if args.pool_seconds < 3:
         raise BenchError("--pool-seconds must be at least 3")
+    worker_code = args.worker_code.resolve() if args.worker_code else None
+    if worker_code is not None and not (worker_code / "worker" / "__init__.py").is_file():
+        raise BenchError(f"--worker-code {args.worker_code}: no worker/ package there")
     return BenchConfig(
         tasks=tasks,
         latency_s=latency_ms / 1000,
@@ -139,4 +148,5 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
         mixed_every_s=args.mixed_every,
         batching_s=min(args.batching_seconds, 4.0) if args.quick else args.batching_seconds,
         pool_s=min(args.pool_seconds, 3.0) if args.quick else args.pool_seconds,
+        worker_code=worker_code,
     )

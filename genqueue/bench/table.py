@@ -182,6 +182,16 @@ def _fair_backlog_rows(fair: dict[str, Any] | None) -> list[tuple[str, str, str,
         ("  fairness=tokens: shares of the tokens, from each burst's first start on",
          shares(t, "token_shares", "shares_after_first_start"), "", ""),
     ]  # fmt: skip
+    w = fair.get("genqueue_worker_code")
+    if w is not None:
+        rows += [
+            (f"  the worker of {fair['worker_code']}: b's / c's first start p50 / p99, s",
+             f"{starts(w, 'b')}; {starts(w, 'c')}", "", ""),
+            ("  the worker of that checkout: shares of the calls while all three wait",
+             shares(w, "call_shares"), "", ""),
+            ("  the worker of that checkout: endpoint use / Redis commands per call",
+             f"{w['endpoint_use']} / {w['redis_commands_per_call']}", "", ""),
+        ]  # fmt: skip
     return rows
 
 

@@ -14,7 +14,9 @@ had work waiting, the endpoint's use, and Redis's commands and CPU and the worke
 3. genqueue with ``GENQUEUE_FAIRNESS=tokens``: a's prompts long (``LONG_WORDS`` tokens), b's
    short (``SHORT_WORDS``), c's half and half; its backlog is at most ``TOKENS_BACKLOG_MAX``
    tasks (50,000 long prompts and their records would take some 400 MB of Redis), and the
-   shares are of the tokens (each task's estimate, which the simulator's count matches).
+   shares are of the tokens (each task's estimate, which the simulator's count matches);
+4. with ``--worker-code DIR``: run 1 again, its worker started from the checkout ``DIR`` (the
+   code before a change, against this one in the same run).
 """
 
 from __future__ import annotations
@@ -59,14 +61,18 @@ def run_fair_backlog(harness: Harness) -> dict[str, Any]:
     }  # fmt: skip
     bare = BareKind(harness.settings)
     bare.cap = CAP
-    runs: list[tuple[str, Kind, str, int]] = [
-        ("genqueue", harness.genqueue, "tasks", cfg.tasks),
-        ("bare", bare, "tasks", cfg.tasks),
-        ("genqueue_tokens", harness.genqueue, "tokens", min(cfg.tasks, TOKENS_BACKLOG_MAX)),
+    runs: list[tuple[str, Kind, str, int, dict[str, str]]] = [
+        ("genqueue", harness.genqueue, "tasks", cfg.tasks, {}),
+        ("bare", bare, "tasks", cfg.tasks, {}),
+        ("genqueue_tokens", harness.genqueue, "tokens", min(cfg.tasks, TOKENS_BACKLOG_MAX), {}),
     ]
+    if cfg.worker_code is not None:
+        figures["worker_code"] = str(cfg.worker_code)
+        code_env = {"PYTHONPATH": str(cfg.worker_code)}
+        runs.append(("genqueue_worker_code", harness.genqueue, "tasks", cfg.tasks, code_env))
     with harness.simulator(LATENCY_S) as sim:
-        for name, kind, fairness, backlog in runs:
-            found = _once(harness, kind, sim, fairness, backlog)
+        for name, kind, fairness, backlog, code_env in runs:
+            found = _once(harness, kind, sim, fairness, backlog, code_env)
             figures[name] = found
             b, c = found["b"]["first_of_burst_s"], found["c"]["first_of_burst_s"]
             progress(
@@ -138,7 +144,12 @@ def _tenants_file() -> Path:
 
 
 def _once(
-    harness: Harness, kind: Kind, sim: SimProcess, fairness: str, backlog: int
+    harness: Harness,
+    kind: Kind,
+    sim: SimProcess,
+    fairness: str,
+    backlog: int,
+    code_env: dict[str, str],
 ) -> dict[str, Any]:
     cfg = harness.cfg
     harness.redis.flushdb()
@@ -148,7 +159,7 @@ def _once(
         queues = hold_queues(harness, kind, backlog)
         sim.reset()
         env = {"RUNPOD_MAX_CONCURRENCY": str(CAP), "GENQUEUE_TENANTS_FILE": str(_tenants_file()),
-               "GENQUEUE_FAIRNESS": fairness}  # fmt: skip
+               "GENQUEUE_FAIRNESS": fairness, **code_env}  # fmt: skip
         worker = harness.start_worker(kind, sim, env)
         try:
             return _measure(harness, sender, worker.pid, queues, backlog_ids)
