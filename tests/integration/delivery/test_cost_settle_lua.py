@@ -42,7 +42,8 @@ def _end(
         "", "", "", TENANT, EP, prompt_tokens, completion_tokens, 10, 3600,
         "slot-1", "ok", 5, "1000:5000", prompt_tokens + completion_tokens, 1, 0, "", "",
     ]  # fmt: skip
-    if settle:  # as worker.limits.guard.hand_off and worker.delivery.task_scripts add them
+    # As worker.limits.guard.EndpointGuard.hand_off and worker.delivery.task_scripts add them.
+    if settle:
         args += [*settle_args(ESTIMATE, BAND, WEIGHT), LIST]
     return script(keys=script_keys, args=args)
 

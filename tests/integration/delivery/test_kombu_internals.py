@@ -179,7 +179,8 @@ def test_kombu_records_a_taken_message_as_genqueue_reads_it(
         broker.UNACKED_INDEX_KEY,
     ), loudly("kombu's unacked key names changed")
     entry = redis_client.hget(broker.UNACKED_KEY, message.delivery_tag)
-    # What worker.delivery.broker.FETCH writes, and the lost-message sweep reads.
+    # What the fetch script (worker/delivery/scripts/fetch.lua) writes, and the lost-message
+    # sweep reads.
     assert entry is not None and json.loads(entry) == [raw, "", QUEUE], loudly(
         f"kombu's QoS.append no longer writes [message, exchange, routing_key]: {entry!r}"
     )
