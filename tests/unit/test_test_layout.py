@@ -36,6 +36,8 @@ def _test_files() -> list[Path]:
 
 def test_tests_has_only_the_four_kinds_at_its_top() -> None:
     assert [p.name for p in _folders(TESTS) if p.name not in KINDS] == []
+    # Beside them, only the root conftest and the helpers it shares: no test.
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []
 
 
 def test_no_two_test_files_share_a_name() -> None:
@@ -91,3 +93,11 @@ def test_development_page_says_where_a_new_test_goes() -> None:
     assert "`worker/pipeline/backoff.py`" in section
     assert (ROOT / "worker" / "pipeline" / "backoff.py").is_file()
     assert "tests/unit/test_test_layout.py" in section
+    # The end-to-end tests it names are there.
+    for named, test in [
+        ("`genqueue up`", "test_up.py"),
+        ("the compose file", "test_compose.py"),
+        ("the wheel", "test_wheel.py"),
+        ("a docs example", "test_plain_celery_docs.py"),
+    ]:
+        assert named in section and (TESTS / "e2e" / test).is_file(), test

@@ -1,6 +1,7 @@
 """The plain-Celery example of docs/http-api.md, run as it is written (with canaries for its
-prompt and metadata): its message's headers, what Flower shows and what Flower keeps hold
-neither (tests/integration/security/test_flower_args.py: the messages genqueue sends itself)."""
+prompt and metadata) against a ``genqueue worker`` and Flower: its message's headers, what Flower
+shows and what Flower keeps hold neither (tests/integration/security/test_flower_args.py: the
+messages genqueue sends itself)."""
 
 from __future__ import annotations
 
