@@ -4,7 +4,8 @@ a module of the tree and its attribute, a path (``worker/x/y.py``, ``tests/...py
 ``scripts/...``) to a file or folder of the repository.
 
 Scanned: the docstrings and comments of worker/, api_producer/, genqueue/ and tests/ (this file
-aside: its examples are made up), README.md, BENCHMARKS.md and docs/*.md."""
+aside: its examples are made up), README.md, BENCHMARKS.md, docs/*.md, pyproject.toml, .ci/run
+and scripts/test."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ DOTTED = re.compile(r"(?<![\w.:/-])((?:worker|api_producer|genqueue)(?:\.[A-Za-z
 PATH = re.compile(
     r"(?<![\w./~-])((?:worker|api_producer|genqueue|tests|scripts)/[\w./-]*[\w/])(?![\w-]*\()"
 )
+#: The tooling's files, read whole: their comments name modules and tests too.
+TOOLING = ("pyproject.toml", ".ci/run", "scripts/test")
 #: A name ending so is a file's (``worker.log``, ``worker.py``), not a dotted reference.
 FILE_SUFFIXES = {"py", "log", "lua", "md", "toml", "json", "yml", "yaml", "txt", "env"}
 LOGGER = re.compile(r'(?:getLogger\(|_LOGGER = )\s*"([\w.]+)"')
@@ -62,7 +65,7 @@ def _texts() -> Iterator[tuple[Path, str]]:
                 for text in _docstrings_and_comments(path):
                     yield path, text
     pages = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
-    for page in pages:
+    for page in [*pages, *(ROOT / name for name in TOOLING)]:
         yield page, page.read_text(encoding="utf-8")
 
 
