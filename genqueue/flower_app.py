@@ -20,7 +20,7 @@ from worker.celery_app import app as app
 from worker.delivery import backlog
 
 #: Flower's method this module replaces (its source is checked against Flower 2.2.0's by
-#: tests/observability/test_flower_broker.py).
+#: tests/integration/observability/test_flower_broker.py).
 FLOWERS_QUEUES = flower_broker.RedisBase.queues
 
 

@@ -40,7 +40,7 @@ The tree::
     ├── PortInUse                      an address genqueue api or up must listen on is taken
     ├── StartupFailed                  a process genqueue up or the embedded Redis starts died
     │                                  or did not answer in time
-    └── BenchError                     genqueue bench cannot go on (genqueue/bench.py)
+    └── BenchError                     genqueue bench cannot go on (genqueue/bench/)
 
 Outside the tree on purpose: ``worker.redis_outage.RedisOutage`` (Redis away past the budget:
 the task is abandoned to be sent again, never failed, so it must not be caught as a

@@ -1,17 +1,21 @@
-"""The Celery task ``genqueue.generate``: as thin as a web view.
+"""The Celery tasks ``genqueue.generate`` and ``genqueue.webhook``, and their task classes.
 
-It hands the message to :class:`worker.pipeline.generation.Generation` and maps the outcome onto
-Celery: a result is returned, a :class:`RetryLater` becomes ``self.retry(countdown=...)`` (the
-wait goes back to the queue and frees the slot), a cancellation is stored as REVOKED, a copy of
-a task that runs elsewhere is dropped, and a final error is raised and stored.
+``generate`` hands the message to :class:`worker.pipeline.generation.Generation` and maps the
+outcome onto Celery: a result is returned, a :class:`RetryLater` becomes
+``self.retry(countdown=...)`` (the wait goes back to the queue and frees the slot), a
+cancellation is stored as REVOKED, a copy of a task that runs elsewhere is dropped, and a final
+error is raised and stored.
 
 A task whose request carries a ``webhook_url`` enqueues ``genqueue.webhook`` when it ends (once
 Celery has stored the outcome); that task posts the status and retries on its own, so delivery
 never holds a generation slot nor changes the task's outcome.
 
-Both tasks send again only summaries of their arguments (:class:`SummarizedTask`), and a
-success's event carries a summary of the result (:class:`GenerateTask`): see
-:mod:`worker.observability.flower_summaries`.
+The task classes are not thin: they change parts of Celery's ``Task``. Both tasks send again
+only summaries of their arguments (:class:`SummarizedTask` overrides ``signature_from_request``,
+listed in ``UPSTREAM_COPIES``), and a success's event carries a summary of the result
+(:class:`GenerateTask` wraps the worker's tracer): see
+:mod:`worker.observability.flower_summaries`. :class:`GenerateTask` also skips Celery's write of
+a success, which genqueue's end script has stored already.
 """
 
 from __future__ import annotations

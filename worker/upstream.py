@@ -6,8 +6,9 @@ Some genqueue modules copy or override a method of kombu, Celery or redis-py
 ``QoS.append``, and so on). Each keeps an ``UPSTREAM_COPIES`` table: the methods it copies or
 overrides, with a digest of their source in the releases of :data:`TESTED`. :func:`changes`
 compares those digests with the installed source; a worker logs what differs when it starts
-(:func:`report`, worded by :func:`warning`), and ``tests/worker/delivery/test_kombu_internals.py``
-fails on it, beside behavioural checks of the Redis formats against a real Redis.
+(:func:`report`, worded by :func:`warning`), and
+``tests/integration/delivery/test_kombu_internals.py`` fails on it, beside behavioural checks of
+the Redis formats against a real Redis.
 docs/development.md says how to upgrade (:data:`UPGRADE_PAGE`).
 """
 

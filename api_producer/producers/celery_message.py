@@ -4,7 +4,7 @@ The bytes are those ``Celery.send_task`` writes through kombu's Redis transport 
 2, JSON, base64 body), so workers, Flower and plain Celery clients see no difference. Building
 them here lets the producer put the record, the message and the event in one Redis
 transaction instead of three round trips through kombu's producer pool and its locks.
-``tests/api/test_wire.py`` compares the two byte for byte (ids and clocks aside).
+``tests/integration/api/test_wire.py`` compares the two byte for byte (ids and clocks aside).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The figures of ``genqueue bench --scenario fair-backlog``, from when each task was sent and
 started: time to start, and each tenant's share of the calls (and tokens) made while every
-tenant had work waiting. Pure: tested on their own (tests/genqueue/bench/test_fair_figures.py).
+tenant had work waiting. Pure: tested on their own (tests/unit/genqueue/bench/test_fair_figures.py).
 """
 
 from __future__ import annotations

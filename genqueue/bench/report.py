@@ -1,4 +1,5 @@
-"""The bench's report: the machine, the genqueue/bare ratios, the targets met or not."""
+"""The bench's report: the machine, the ratios of genqueue to bare Celery, the targets met or
+not."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def _median(results: dict[str, Any], *path: str) -> float | None:
 
 
 def _paired(results: dict[str, Any], a: str, b: str, key: str) -> dict[str, Any] | None:
-    """genqueue/bare of ``key``, repetition by repetition (they ran interleaved)."""
+    """genqueue's ``key`` over bare Celery's, repetition by repetition (they ran interleaved)."""
     if a not in results or b not in results:
         return None
     runs_a, runs_b = results[a][key]["runs"], results[b][key]["runs"]

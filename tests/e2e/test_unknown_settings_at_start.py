@@ -1,5 +1,5 @@
 """A misspelled setting is said at the start of every component, each a real process started
-as users start it (the warnings themselves: tests/unit/test_unknown_settings.py)."""
+as users start it (the warnings themselves: tests/unit/worker/test_unknown_settings.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from genqueue.embedded_redis import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
 
 
 @pytest.fixture

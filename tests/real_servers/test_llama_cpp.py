@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.api.conftest import API_KEY, api_factory
+from tests.integration.api.conftest import API_KEY, api_factory
+from tests.integration.reliability.conftest import wait_for
 from tests.real_servers.conftest import REAL_SERVERS, CountingProxy, LlamaServer
-from tests.reliability.conftest import wait_for
 from worker import keys
 
 __all__ = ["api_factory"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import api_factory
+from tests.integration.api.conftest import api_factory
 from tests.real_servers.conftest import REAL_SERVERS, CountingProxy, LlamaServer
 from tests.real_servers.test_llama_cpp import Pipeline
 

@@ -10,7 +10,7 @@ import openai
 import requests
 
 from api_producer.client import GenQueueClient
-from tests.api.conftest import API_KEY, api_factory
+from tests.integration.api.conftest import API_KEY, api_factory
 from tests.real_servers.conftest import REAL_SERVERS, LlamaServer
 from tests.real_servers.test_llama_cpp import _endpoints
 from worker.contract import TaskStatus

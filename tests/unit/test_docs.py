@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import ROOT
 from worker.contract import RESERVED_PARAMS, GenerationRequest, GenerationResult, Usage
 from worker.observability.metrics import (
     CURRENT_ENDPOINT,
@@ -29,7 +30,6 @@ from worker.observability.metrics import (
 from worker.pipeline.render import BUILTIN_SOURCES, PromptRenderer
 from worker.settings import Settings, env_name
 
-ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]

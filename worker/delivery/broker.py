@@ -70,7 +70,7 @@ UNREADABLE_MAX = 10_000
 log = logging.getLogger(__name__)
 
 # What this module relies on in kombu's Redis transport, beyond its public API (checked by
-# worker.upstream at a worker's start and by tests/worker/delivery/test_kombu_internals.py):
+# worker.upstream at a worker's start and by tests/integration/delivery/test_kombu_internals.py):
 # - the unacked hash (a delivery tag -> JSON ``[message, exchange, routing_key]``, as
 #   ``QoS.append`` writes it; FETCH writes the same) and the ``unacked_index`` sorted set
 #   (tag -> time taken), which ``QoS.ack``, ``restore_visible`` and ``_do_restore_message`` read;

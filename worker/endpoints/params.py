@@ -31,7 +31,7 @@ OPENAI_PARAMS = frozenset(
 #: vLLM's OpenAI server (and RunPod's serverless vLLM worker): the sampler fields of its
 #: ``CompletionRequest`` (``vllm/entrypoints/openai/completion/protocol.py`` at vLLM commit
 #: 002032ee2b18, which has no ``best_of``, no ``top_logprobs``, and ``structured_outputs`` in
-#: place of the ``guided_*`` fields); tests/unit/test_params_vllm.py checks it.
+#: place of the ``guided_*`` fields); tests/unit/worker/endpoints/test_params_vllm.py checks it.
 VLLM_PARAMS = (OPENAI_PARAMS - {"best_of", "top_logprobs"}) | {
     "use_beam_search", "top_k", "min_p", "repetition_penalty", "watermarking", "length_penalty",
     "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
@@ -48,7 +48,8 @@ LLAMACPP_PARAMS = OPENAI_PARAMS | {
 
 #: text-generation-webui's OpenAI-compatible extension: v4.7.3's ``CompletionRequest``
 #: (``modules/api/typing.py``: GenerationOptions and CompletionRequestParams, which have no
-#: ``response_format`` and no ``top_logprobs``); tests/unit/test_params_sources.py checks it.
+#: ``response_format`` and no ``top_logprobs``); tests/unit/worker/endpoints/test_params_sources.py
+#: checks it.
 TEXTGEN_PARAMS = (OPENAI_PARAMS - {"response_format", "top_logprobs"}) | {
     "preset", "dynatemp_low", "dynatemp_high", "dynatemp_exponent", "smoothing_factor",
     "smoothing_curve", "min_p", "top_k", "typical_p", "xtc_threshold", "xtc_probability",

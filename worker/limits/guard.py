@@ -12,7 +12,7 @@
   outage is used within a second or two, one down for long is probed rarely.
 - **Successes served.** Each success counts in the breaker hash's ``served`` field, so that a
   task failing the same way on every attempt while other tasks succeed can be told from an
-  endpoint that is down (see :mod:`worker.faults`).
+  endpoint that is down (see :mod:`worker.pipeline.request_faults`).
 
 Both live in the same Lua scripts, so a call costs one round trip to start and one to end.
 A caller that finds every slot taken joins the endpoint's admission queue
@@ -147,7 +147,8 @@ class EndpointGuard:
         )
 
     def withdraw(self, offer: SlotOffer) -> None:
-        """The script did not grant ``offer`` (nothing is held for it)."""
+        """Nothing to give back: a start script that did not grant ``offer`` took nothing for it,
+        and this process holds no permit of its own for an offer (a no-op, kept for its callers)."""
 
     def release_granted(self, granted: GrantedSlot) -> None:
         """Release a granted slot that no call took over (the task ended before its call)."""

@@ -245,8 +245,8 @@ class Generation:
         return outcome
 
     def _offer(self, task_id: str, request: GenerationRequest) -> SlotOffer | None:
-        """The slot the task's start script may take in passing: its expected endpoint's,
-        when this process has a permit free and the deadline has not passed."""
+        """The slot the task's start script may take in passing: its expected endpoint's, while
+        that endpoint's gate is open and the deadline has not passed."""
         name = request.endpoint or self._endpoints.default
         target = self._targets.get(name)
         if target is None:
