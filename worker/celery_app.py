@@ -25,11 +25,13 @@ from kombu import Queue
 from worker import connections, keys, redis_sentinel, upstream
 from worker.contract import PRIORITY_MAX, QUEUE_NAME
 from worker.delivery import backlog, broker
+from worker.delivery.dead_holders import dead_holder_sweeper, held_recorder
 from worker.delivery.heartbeat import Heartbeat, restorer, unacked_renewer
 from worker.delivery.lost_message_sweep import sender, sweep
 from worker.delivery.result_backend import ResultBackend, SentinelResultBackend
 from worker.endpoints.config import load_endpoints
 from worker.errors import SettingsError
+from worker.limits import presence
 from worker.observability.flower_events import BatchedTaskEvents
 from worker.observability.metrics import configure_task_logging, serve_worker_metrics
 from worker.resources import SPARE_CONNECTIONS, close_runtimes, runtime_for
@@ -89,7 +91,15 @@ class DeliveryHeartbeat(bootsteps.StartStopStep):
         renew = unacked_renewer(self._client, channel)
         queues = [queue.name for queue in parent.task_consumer.queues]
         reap = self._reaper(parent.app, settings, queues, channel.unacked_key)
-        beats = [renew, restorer(channel, settings.visibility_timeout_s), reap]
+        process_id = presence.for_process(self._client).id
+        visibility_s, beat_s = settings.visibility_timeout_s, settings.heartbeat_interval_s
+        beats = [
+            renew,
+            held_recorder(self._client, channel, process_id, visibility_s),
+            dead_holder_sweeper(self._client, channel, beat_s, visibility_s),
+            restorer(channel, visibility_s),
+            reap,
+        ]
         self._heartbeat = Heartbeat(settings.heartbeat_interval_s, beats)
         self._heartbeat.start()
 

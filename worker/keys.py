@@ -115,6 +115,18 @@ def running(task_id: str) -> str:
     return f"{PREFIX}:running:{task_id}"
 
 
+def held_messages(process_id: str) -> str:
+    """Set: the delivery tags of the messages one worker process held unacknowledged at its
+    last heartbeat (``worker/delivery/dead_holders.py``). TTL: the visibility timeout."""
+    return f"{PREFIX}:held:{process_id}"
+
+
+def message_holders() -> str:
+    """Sorted set: worker process id -> when it last wrote :func:`held_messages` (ms). Entries
+    older than the visibility timeout go at the next sweep."""
+    return f"{PREFIX}:message-holders"
+
+
 def replica_id(endpoint_id: str, index: int) -> str:
     """The id of a pool's replica (its place in the endpoint's ``urls``, from 0) in the keys of
     its own breaker (:func:`breaker`, :func:`breaker_probe`, :func:`dropped`) and in metrics:

@@ -24,6 +24,7 @@ import redis
 
 from worker import keys, lua
 from worker.errors import TaskCancelled
+from worker.limits import presence
 from worker.redis_outage import (
     REDIS_DOWN,
     OutagePolicy,
@@ -70,6 +71,11 @@ class RunningTasks:
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
+
+    def new_token(self) -> str:
+        """A running claim's token, named by this process's presence id: a sweep that finds
+        the process gone releases its claims (:mod:`worker.delivery.dead_holders`)."""
+        return presence.for_process(self._redis).token()
 
     def hold(self, task_id: str, token: str) -> None:
         self._claims[task_id] = token

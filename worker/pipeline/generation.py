@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -259,7 +258,7 @@ class Generation:
         """A new running claim on ``task_id`` for a slot on ``endpoint`` (see :class:`Claim`)."""
         spec = self._endpoints.get(endpoint)
         return Claim(
-            task_id, uuid.uuid4().hex, self._running.claim_ttl_ms, endpoint,
+            task_id, self._running.new_token(), self._running.claim_ttl_ms, endpoint,
             priority=request.priority, tenant=getattr(request, "tenant", None),
             cost=turn_cost(spec.fairness, request, self._policy.default_max_tokens),
             deadline=request.deadline, affinity=affinity_for(request, spec),

@@ -1,5 +1,5 @@
-"""worker/delivery/scripts/release_claim.lua and renew_claims.lua on their own, against a real
-Redis."""
+"""worker/delivery/scripts/release_claim.lua, renew_claims.lua and release_dead_claims.lua on
+their own, against a real Redis."""
 
 from __future__ import annotations
 
@@ -51,3 +51,16 @@ def test_renew_with_no_claims_does_nothing(redis_client: redis.Redis) -> None:
     renew = lua.register(redis_client, "worker.delivery", "renew_claims")
     assert renew(keys=[], args=[60_000]) == 1
     assert redis_client.dbsize() == 0
+
+
+def test_a_dead_process_claims_go_and_no_other(redis_client: redis.Redis) -> None:
+    release = lua.register(redis_client, "worker.delivery", "release_dead_claims")
+    redis_client.set(A, "deadbeef00000000.1234")
+    redis_client.set(B, "deadbeef00000001.1234")  # another process, same first characters
+    c = "genqueue:running:c"
+
+    assert release(keys=[A, B, c], args=["deadbeef00000000."]) == 1
+
+    assert redis_client.get(A) is None
+    assert redis_client.get(B) == b"deadbeef00000001.1234"
+    assert redis_client.exists(c) == 0

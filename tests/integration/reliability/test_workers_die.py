@@ -199,3 +199,22 @@ def test_a_worker_killed_mid_sweep_stops_the_sweeps_for_seconds_not_minutes(
     start_worker(redis_url, simulator.url)
     wait_for(lambda: redis_client.hlen("unacked") == 0, 90, "the survivor's sweep")
     assert redis_client.llen("genqueue-test-sink") == 30_000
+
+
+def test_a_killed_workers_messages_come_back_without_waiting_for_the_visibility_timeout(
+    redis_url, redis_client, simulator, start_worker, celery_client
+) -> None:
+    """With a visibility timeout of ten minutes, a SIGKILLed worker's tasks still run on
+    another within a minute: its messages go back once its presence connection is gone."""
+    simulator.configure(latency_s=15.0)  # still calling after the first heartbeat (5 s)
+    slow = {"GENQUEUE_VISIBILITY_TIMEOUT_S": 600}
+    doomed = start_worker(redis_url, simulator.url, **slow)
+    results = [send(celery_client, f"task {i}") for i in range(5)]
+    wait_for(lambda: simulator.stats()["in_flight"] == 5, 20, "5 calls in flight")
+    wait_for(lambda: redis_client.zcard(keys.message_holders()) == 1, 15, "its held messages")
+    doomed.kill()
+    simulator.configure(latency_s=0.5)
+    start_worker(redis_url, simulator.url, **slow)
+    assert [r.get(timeout=60)["usage"]["completion_tokens"] for r in results] == [16] * 5
+    assert simulator.stats()["calls"] == 10
+    assert redis_client.zcard(keys.message_holders()) == 0
