@@ -1,20 +1,17 @@
-"""What a call at an endpoint holds and hands on: its slot, the claim it is granted with, the
-offer of a slot in passing and the release another script does (:mod:`worker.limits.guard`)."""
+"""What a call at an endpoint holds: its slot, the claim it is granted with, and the guard's
+policy (the offer of a slot in passing and the release another script does, which name their
+guard, are :mod:`worker.limits.guard`'s)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import CircuitOpenError, RateLimitedError
 from worker.limits.auto_limit import AutoBounds
 from worker.redis_outage import OutagePolicy
-
-if TYPE_CHECKING:
-    from worker.limits.guard import EndpointGuard
 
 
 def circuit_open(retry_in_s: float) -> CircuitOpenError:
@@ -53,43 +50,6 @@ class Slot:
     claim: Claim | None = None
     #: A pool's slot: the replica its call goes to (``None``: not a pool, or none picked yet).
     replica: int | None = None
-
-
-@dataclass(frozen=True)
-class SlotOffer:
-    """A slot to try for in passing, in another script that calls ``acquire_slot`` with
-    ``keys`` and ``args`` (its arguments, ``now`` aside, then the admission queue's keys and
-    arguments): taken only if it is free and no task waits for one."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    claim: Claim
-
-
-@dataclass(frozen=True)
-class GrantedSlot:
-    """A :class:`SlotOffer` the script granted, with the task's attempt numbers."""
-
-    offer: SlotOffer
-    attempt: int
-    attempt_on_endpoint: int
-
-
-@dataclass(frozen=True)
-class SlotRelease:
-    """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
-    ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
-    renews the slot until :meth:`EndpointGuard.settle` or :meth:`EndpointGuard.release`."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    replica: int | None = None
-    #: Fair by tokens: the settling of the turn's cost (:func:`worker.limits.cost.settle_args`).
-    settle: tuple[str | int, ...] = ()
 
 
 @dataclass(frozen=True)
