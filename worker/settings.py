@@ -9,7 +9,7 @@ every other setting is ``GENQUEUE_<FIELD NAME>``. Build one object per process w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -33,6 +33,9 @@ WorkerPool = Literal["gevent", "threads", "prefork", "solo"]
 #: How an endpoint's tenants share it: by tasks, or by tokens (docs/scheduling.md).
 Fairness = Literal["tasks", "tokens"]
 
+
+#: Seconds in a day: usage is counted and kept by UTC day.
+DAY_S = 86_400
 
 #: How many visibility timeouts a task's record outlives at least (the lost-message sweep sends
 #: a task again after two, from its record: see worker.delivery.lost_message_sweep).
@@ -237,6 +240,11 @@ class Settings(BaseSettings):
     webhook_retry_max_delay_s: float = Field(default=300.0, gt=0, le=3_600)
 
     @property
+    def usage_ttl_s(self) -> int:
+        """How long a tenant's usage of one day is kept, in seconds."""
+        return self.usage_retention_days * DAY_S
+
+    @property
     def submit_replicas(self) -> int:
         """The replicas a submission waits for (``redis_submit_replicas``, or its default)."""
         if self.redis_submit_replicas is not None:
@@ -366,6 +374,12 @@ def endpoint_base(url: str) -> str:
         if base.endswith(suffix):
             return base.removesuffix(suffix)
     return base
+
+
+def default_of(field: str) -> Any:
+    """The default of setting ``field``: what a policy built without settings (a test's, or a
+    tool's) takes, so that each default is written here only."""
+    return Settings.model_fields[field].default
 
 
 def env_name(field: str) -> str:

@@ -224,8 +224,8 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
         _enqueue_webhook(self, self.request.id, args, kwargs)
         raise Ignore() from err
     if isinstance(outcome, RetryLater):
-        budget_s = self.app.genqueue_settings.redis_outage_s
-        raise _schedule_retry(self, outcome, OutagePolicy(budget_s=budget_s))
+        policy = OutagePolicy.from_settings(self.app.genqueue_settings)
+        raise _schedule_retry(self, outcome, policy)
     if outcome in (DUPLICATE, ABANDONED):
         raise Ignore()
     return outcome

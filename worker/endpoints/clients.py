@@ -155,7 +155,7 @@ def build_target(
             oldest_every=settings.oldest_band_every,
             requests_per_minute=spec.requests_per_minute,
             tokens_per_minute=spec.tokens_per_minute,
-            outage=OutagePolicy(budget_s=settings.redis_outage_s),
+            outage=OutagePolicy.from_settings(settings),
         ),
         weights=weights,
         gate=gate,

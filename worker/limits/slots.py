@@ -12,6 +12,7 @@ from worker.contract import PRIORITY_DEFAULT
 from worker.errors import CircuitOpenError, RateLimitedError
 from worker.limits.auto_limit import AutoBounds
 from worker.redis_outage import OutagePolicy
+from worker.settings import default_of
 
 
 def circuit_open(retry_in_s: float) -> CircuitOpenError:
@@ -76,15 +77,15 @@ class Claim:
 @dataclass(frozen=True)
 class GuardPolicy:
     limit: int | AutoBounds = 1  # a fixed cap, or the bounds of an "auto" one
-    lease_ttl_s: float = 30.0
-    failure_threshold: int = 5
+    lease_ttl_s: float = default_of("slot_lease_ttl_s")
+    failure_threshold: int = default_of("breaker_failure_threshold")
     #: The first cooldown of an open breaker; each failed probe multiplies it by 1.5, up to
     #: ``cooldown_max_s``.
-    cooldown_s: float = 1.0
-    cooldown_max_s: float = 5.0
+    cooldown_s: float = default_of("breaker_cooldown_s")
+    cooldown_max_s: float = default_of("breaker_cooldown_max_s")
     #: Every how many slots one goes to the priority band of the task that has waited longest
     #: (0: strict priority; see :mod:`worker.limits.admission`).
-    oldest_every: int = 10
+    oldest_every: int = default_of("oldest_band_every")
     #: Shared per-minute limits (0: none); tokens are counted after each call.
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
