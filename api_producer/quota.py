@@ -25,7 +25,7 @@ from worker import contract, keys, lua
 from worker.contract import GenerationRequest, request_tokens_estimate
 from worker.errors import GenQueueError
 from worker.settings import DAY_S
-from worker.tenants import Tenant
+from worker.tenancy.tenants import Tenant
 
 #: Holdings outlive their day: a task may end the next day and give its hold back then.
 RESERVED_TTL_S = 2 * DAY_S

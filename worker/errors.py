@@ -42,8 +42,8 @@ The tree::
     └── PodControlError                a RunPod control call (pod start, stop, state) failed
                                        worker/endpoints/pods/control.py
 
-Outside the tree on purpose: ``worker.redis_outage.RedisOutage`` (Redis away past the budget:
-the task is abandoned to be sent again, never failed, so it must not be caught as a
+Outside the tree on purpose: ``worker.redis_io.redis_outage.RedisOutage`` (Redis away past the
+budget: the task is abandoned to be sent again, never failed, so it must not be caught as a
 ``GenQueueError``), :class:`api_producer.client.GenQueueClientError`, the HTTP client's own
 tree for callers of the API, and :class:`genqueue.errors.CommandError`, the errors the
 ``genqueue`` commands stop on (a port in use, a process that did not start, a benchmark that

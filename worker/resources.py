@@ -13,7 +13,6 @@ from typing import TypeVar
 import redis
 from redis import Redis
 
-from worker import connections
 from worker.delivery import broker
 from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
@@ -28,9 +27,10 @@ from worker.pipeline.attempt import GenerationPolicy
 from worker.pipeline.backoff import RetryPolicy
 from worker.pipeline.generation import Generation
 from worker.pipeline.render import PromptRenderer
-from worker.redis_outage import OutagePolicy
+from worker.redis_io import connections
+from worker.redis_io.redis_outage import OutagePolicy
 from worker.settings import Settings
-from worker.tenants import TenantsSource
+from worker.tenancy.tenants import TenantsSource
 from worker.webhooks.sender import WebhookSender, policy_from
 
 #: Connections beyond the task concurrency, for the heartbeat and bookkeeping.

@@ -2,7 +2,7 @@
 
 The contract's variables keep their names (``REDIS_URL``, ``RUNPOD_*``, ``GENQUEUE_API_KEYS``);
 every other setting is ``GENQUEUE_<FIELD NAME>``. Build one object per process with
-:func:`worker.settings_loading.load_settings` and pass it explicitly; tests build
+:func:`worker.config.settings_loading.load_settings` and pass it explicitly; tests build
 ``Settings(field=value)``.
 """
 
@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker import redis_sentinel
+from worker.redis_io import redis_sentinel
 from worker.webhooks.url_check import WebhookRefused, check_allowlist_entry
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -203,7 +203,8 @@ class Settings(BaseSettings):
     api_key_hashes: Annotated[tuple[str, ...], NoDecode] = ()
     #: Submissions per minute per API key (0: no limit); over it, 429 with Retry-After.
     api_rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)
-    #: A TOML file of named tenants (keys, weight, limits, webhook secret): worker/tenants.py.
+    #: A TOML file of named tenants (keys, weight, limits, webhook secret):
+    #: worker/tenancy/tenants.py.
     tenants_file: Path | None = Field(default=None, validation_alias="GENQUEUE_TENANTS_FILE")
     #: Days of per-tenant usage (tasks, tokens, GPU-seconds) kept, by UTC day.
     usage_retention_days: int = Field(default=90, ge=1, le=3_660)

@@ -37,9 +37,9 @@ from worker.observability.flower_summaries import (
 )
 from worker.pipeline.attempt import ABANDONED, DUPLICATE, Delivery
 from worker.pipeline.retry_decision import RetryLater
-from worker.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
+from worker.redis_io.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.resources import runtime_for
-from worker.tenants import tenant_of_message
+from worker.tenancy.tenants import tenant_of_message
 from worker.webhooks.sender import WEBHOOK_TASK_NAME, webhook_url_of
 
 log = logging.getLogger("genqueue.webhook")

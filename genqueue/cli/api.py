@@ -12,7 +12,7 @@ from genqueue.cli.api_processes import reuseport_supported, serve_processes
 from genqueue.cli.ports import keys_required
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.tenants import load_tenants
+from worker.tenancy.tenants import load_tenants
 
 
 def serve(settings: Settings, host: str, port: int) -> int:

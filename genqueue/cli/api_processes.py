@@ -106,7 +106,7 @@ def _child(parent_pid: int, fd: int, host: str, port: int, log_level: str) -> in
     import uvicorn
 
     from api_producer.main import app_from_environment
-    from worker.settings_loading import load_settings
+    from worker.config.settings_loading import load_settings
 
     sock = socket.socket(fileno=fd)
     try:

@@ -22,8 +22,8 @@ import requests
 
 from tests.reliability.conftest import wait_for
 from tests.reliability.sentinel_cluster import Node, SentinelCluster
-from worker import connections
 from worker.celery_app import GenQueueCelery, celery_config
+from worker.redis_io import connections
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)

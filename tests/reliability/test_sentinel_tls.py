@@ -32,7 +32,7 @@ from tests.reliability.sentinel_cluster import (
     tls_redis_server,
 )
 from tests.reliability.test_sentinel import Submitter, final_status, prompts_called
-from worker import connections
+from worker.redis_io import connections
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(180)

@@ -28,9 +28,9 @@ from typing import Any
 from worker import keys
 from worker.endpoints.config import Endpoints
 from worker.settings import default_of
-from worker.tenants import INTERNAL, TenantsSource
+from worker.tenancy.tenants import INTERNAL, TenantsSource
 
-#: The tenant of a message that names none: :data:`worker.tenant_keys.INTERNAL` (the scripts
+#: The tenant of a message that names none: :data:`worker.tenancy.tenant_keys.INTERNAL` (the scripts
 #: take it as an argument).
 DEFAULT_TENANT = INTERNAL
 #: The most messages one sorting run moves (a few ms of Redis's time: 30 µs or so each).

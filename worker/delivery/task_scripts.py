@@ -40,9 +40,9 @@ from worker.contract import GenerationResult
 from worker.delivery import records
 from worker.limits.guard import GrantedSlot, SlotOffer, SlotRelease
 from worker.observability import completion_stream as events
-from worker.redis_outage import REDIS_DOWN
+from worker.redis_io.redis_outage import REDIS_DOWN
 from worker.settings import DAY_S, default_of
-from worker.tenants import INTERNAL
+from worker.tenancy.tenants import INTERNAL
 
 log = logging.getLogger("genqueue.task")
 

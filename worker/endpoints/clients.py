@@ -18,7 +18,7 @@ from worker.errors import EndpointError
 from worker.limits.admission import Weights, equal_weights
 from worker.limits.guard import EndpointGuard, GuardPolicy
 from worker.limits.pool import ReplicaPool
-from worker.redis_outage import OutagePolicy
+from worker.redis_io.redis_outage import OutagePolicy
 from worker.settings import Settings, env_name
 
 

@@ -46,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker.config.toml_lines import read_named_tables
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
@@ -58,7 +59,6 @@ from worker.settings import (
     endpoint_base,
     env_name,
 )
-from worker.toml_lines import read_named_tables
 
 DEFAULT_ENDPOINT = "default"
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"

@@ -31,7 +31,7 @@ import redis
 from worker import keys, lua
 from worker.contract import PRIORITY_MAX
 from worker.limits import presence
-from worker.tenant_keys import INTERNAL
+from worker.tenancy.tenant_keys import INTERNAL
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from worker.limits.auto_limit import limit_spec
 from worker.limits.pool import FULL, REPICK_EVERY_S, REPICK_FOR_S, ReplicaPool
 from worker.limits.slot_gate import SlotGate
 from worker.limits.slots import Claim, GuardPolicy, Outcome, Slot, circuit_open, rate_limited
-from worker.redis_outage import RedisOutage, ride_out
+from worker.redis_io.redis_outage import RedisOutage, ride_out
 
 __all__ = [
     "Claim", "EndpointGuard", "GrantedSlot", "GuardPolicy", "Outcome", "Slot", "SlotOffer",

@@ -11,7 +11,7 @@ from enum import Enum
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import CircuitOpenError, RateLimitedError
 from worker.limits.auto_limit import AutoBounds
-from worker.redis_outage import OutagePolicy
+from worker.redis_io.redis_outage import OutagePolicy
 from worker.settings import default_of
 
 

@@ -11,7 +11,7 @@ from worker.delivery.task_scripts import USAGE_TTL_S
 from worker.pipeline.backoff import RetryPolicy
 from worker.pipeline.render import as_messages
 from worker.pipeline.retry_decision import RetryLimits
-from worker.redis_outage import OutagePolicy
+from worker.redis_io.redis_outage import OutagePolicy
 from worker.settings import default_of
 
 #: Returned when another live worker runs the same task: this copy is dropped.
