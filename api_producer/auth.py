@@ -8,9 +8,9 @@ import hmac
 from fastapi import HTTPException, Request, status
 from fastapi.security import HTTPBearer
 
-from worker.tenants import ANONYMOUS, Tenant, Tenants, TenantsSource
-from worker.tenants import hash_key as hash_key
-from worker.tenants import parse_key_hash as parse_key_hash
+from worker.tenancy.tenants import ANONYMOUS, Tenant, Tenants, TenantsSource
+from worker.tenancy.tenants import hash_key as hash_key
+from worker.tenancy.tenants import parse_key_hash as parse_key_hash
 
 #: The one security scheme of ``openapi.json``: ``Authorization: Bearer <key>`` (the page at
 #: ``/docs`` offers it behind its Authorize button). A dependency of every keyed route

@@ -43,14 +43,14 @@ from api_producer.token_follow import TokenFollower
 from api_producer.uploads import UploadSlots
 from api_producer.usage import UsageReader, prices_of
 from api_producer.waiters import ResultListener
-from worker import connections
+from worker.config.settings_loading import load_settings
 from worker.delivery import backlog
 from worker.endpoints.config import DEFAULT_ENDPOINT, load_endpoints
 from worker.errors import TemplateError
 from worker.pipeline.render import PromptRenderer
+from worker.redis_io import connections
 from worker.settings import Settings
-from worker.settings_loading import load_settings
-from worker.tenants import TenantsSource, no_key_error
+from worker.tenancy.tenants import TenantsSource, no_key_error
 
 
 def _templates(settings: Settings) -> frozenset[str] | None:

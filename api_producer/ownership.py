@@ -11,7 +11,7 @@ from fastapi import HTTPException, status
 from api_producer.deps import ApiState
 from worker.contract import GenerationRequest, TaskStatus
 from worker.endpoints.config import Endpoints
-from worker.tenants import Tenant
+from worker.tenancy.tenants import Tenant
 
 
 def may_reach(state: ApiState, caller: str, owner: str) -> bool:

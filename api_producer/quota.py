@@ -24,9 +24,9 @@ from api_producer.producers.enqueue import Reservation
 from worker import contract, keys, lua
 from worker.contract import GenerationRequest, request_tokens_estimate
 from worker.errors import GenQueueError
-from worker.tenants import Tenant
+from worker.settings import DAY_S
+from worker.tenancy.tenants import Tenant
 
-DAY_S = 86_400
 #: Holdings outlive their day: a task may end the next day and give its hold back then.
 RESERVED_TTL_S = 2 * DAY_S
 #: Characters per token in the prompt's estimate (the usual rule of thumb for English).

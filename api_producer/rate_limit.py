@@ -21,9 +21,10 @@ from fastapi import Depends, HTTPException, Request, status
 from redis.commands.core import AsyncScript
 
 from api_producer.deps import CallerDep, StateDep
-from worker import connections, keys, lua
+from worker import keys, lua
+from worker.redis_io import connections
 from worker.settings import Settings
-from worker.tenants import Tenant
+from worker.tenancy.tenants import Tenant
 
 WINDOW_S = 60
 #: Keys outlive their window a little, so a slow clock on one API process still finds them.

@@ -13,7 +13,7 @@ from api_producer.waiters import ResultListener, TooManyWaiters
 from worker import keys
 from worker.contract import TaskState, TaskStatus
 from worker.delivery import records
-from worker.tenants import INTERNAL
+from worker.tenancy.tenants import INTERNAL
 
 #: How long ``DELETE`` waits for a running task to acknowledge its cancellation.
 CANCEL_WAIT_S = 5.0

@@ -12,10 +12,11 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from celery import states
 
-from worker import connections, keys, lua
+from worker import keys, lua
 from worker.contract import TaskState
 from worker.delivery import backlog, records
 from worker.endpoints.config import DEFAULT_ENDPOINT
+from worker.redis_io import connections
 from worker.settings import Settings
 
 #: A task's record (its raw hash) and Celery's raw result meta (``None``: none stored).

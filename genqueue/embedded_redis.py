@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
+from genqueue.errors import StartupFailed
 from genqueue.private_files import PRIVATE_UMASK, make_private_tree, write_private_file
-from worker.errors import StartupFailed
 
 START_TIMEOUT_S = 10.0
 #: The config file, in the data folder, that holds ``requirepass``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker import connections
+from worker.redis_io import connections
 from worker.settings import Settings
 
 

@@ -22,7 +22,8 @@ from celery.signals import (
 )
 from kombu import Queue
 
-from worker import connections, keys, redis_sentinel, upstream
+from worker import keys, upstream
+from worker.config.settings_loading import load_settings
 from worker.contract import PRIORITY_MAX, QUEUE_NAME
 from worker.delivery import backlog, broker
 from worker.delivery.dead_holders import dead_holder_sweeper, held_recorder
@@ -34,10 +35,10 @@ from worker.errors import SettingsError
 from worker.limits import presence
 from worker.observability.flower_events import BatchedTaskEvents
 from worker.observability.metrics import configure_task_logging, serve_worker_metrics
+from worker.redis_io import connections, redis_sentinel
 from worker.resources import SPARE_CONNECTIONS, close_runtimes, runtime_for
 from worker.settings import Settings
-from worker.settings_loading import load_settings
-from worker.tenants import TenantsSource
+from worker.tenancy.tenants import TenantsSource
 
 
 class GenQueueCelery(Celery):
@@ -159,7 +160,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_timeout": 30,
         "redis_retry_on_timeout": True,
         # Celery's own state writes (RETRY, FAILURE) ride out a Redis outage too, about as long
-        # as genqueue's round trips do (worker.redis_outage): a retry sleeps 1 s on average.
+        # as genqueue's round trips do (worker.redis_io.redis_outage): a retry sleeps 1 s on
+        # average.
         "result_backend_always_retry": True,
         "result_backend_max_retries": int(settings.redis_outage_s) + 1,
         "result_backend_base_sleep_between_retries_ms": 100,

@@ -1,7 +1,7 @@
 """The wire contract: what producers send and what the worker stores.
 
-This module imports nothing but pydantic, so the HTTP API, the Python client and any service
-that only has pydantic can share it. Producers enqueue by ``TASK_NAME`` with
+This module imports nothing but pydantic and the standard library, so the HTTP API, the Python
+client and any service that only has pydantic can share it. Producers enqueue by ``TASK_NAME`` with
 ``kwargs={"request": GenerationRequest.model_dump(mode="json", exclude_none=True)}``.
 """
 
@@ -24,8 +24,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-
-from worker.webhooks.url_check import parse_webhook_url
 
 TASK_NAME = "genqueue.generate"
 ENDPOINT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -129,7 +127,9 @@ class GenerationRequest(BaseModel):
     #: ``expired``, and is not sent to the endpoint. An ISO 8601 time with a timezone.
     deadline: AwareDatetime | None = None
     #: Where genqueue POSTs the final status, signed (see the README). http or https; the API
-    #: refuses private and loopback addresses unless the operator allowlists them.
+    #: refuses private and loopback addresses unless the operator allowlists them. Read with
+    #: urllib3's parser, which this module does not import: by the API before a task is
+    #: stored and by the worker (worker.pipeline.payload), not by this model.
     webhook_url: str | None = Field(
         default=None,
         max_length=WEBHOOK_URL_MAX_CHARS,
@@ -148,14 +148,6 @@ class GenerationRequest(BaseModel):
         if problem is not None:
             raise PydanticCustomError("string_unicode", problem)
         return data
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parse_webhook_url(value)  # read the one way it is sent; raises a ValueError
-        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:

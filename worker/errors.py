@@ -13,7 +13,9 @@ The tree::
     │   │   │   └── ConnectionDropped  the connection broke after the request was sent
     │   │   ├── CircuitOpenError       the breaker holds calls back (no attempt spent)
     │   │   ├── RateLimitedError       the per-minute limit is spent (no attempt spent)
-    │   │   └── JobPending             a serverless job is still queued or running
+    │   │   ├── JobPending             a serverless job is still queued or running
+    │   │   └── EmptyStream            a 200 stream closed without an event
+    │   │                              worker/endpoints/streaming.py
     │   └── PermanentEndpointError     another attempt would get the same answer
     │       └── InvalidEndpointResponse  a 2xx whose body is not the expected JSON
     ├── AlreadyRunning                 another worker holds the task's running claim
@@ -29,23 +31,25 @@ The tree::
     ├── IdempotencyConflict            an Idempotency-Key reused with another body (409)
     │   │                              api_producer/producers/enqueue.py
     │   └── IdempotencyInUse           its first request still enqueueing after a wait (409)
+    ├── QuotaExceeded                  a submission would pass its tenant's tokens_per_day
+    │                                  api_producer/quota.py
     ├── TooManyWaiters                 this API process holds its most ?wait= waits
     │                                  api_producer/waiters.py
     ├── BatchRefused                   a batch body refused whole (also a ValueError)
     │   ├── UnreadableBody         400 api_producer/batches/
     │   ├── UnsupportedMediaType   415
     │   └── BatchInvalid           422
-    ├── PodControlError                a RunPod control call (pod start, stop, state) failed
-    │                                  worker/endpoints/pods/control.py
-    ├── PortInUse                      an address genqueue api or up must listen on is taken
-    ├── StartupFailed                  a process genqueue up or the embedded Redis starts died
-    │                                  or did not answer in time
-    └── BenchError                     genqueue bench cannot go on (genqueue/bench/)
+    └── PodControlError                a RunPod control call (pod start, stop, state) failed
+                                       worker/endpoints/pods/control.py
 
-Outside the tree on purpose: ``worker.redis_outage.RedisOutage`` (Redis away past the budget:
-the task is abandoned to be sent again, never failed, so it must not be caught as a
-``GenQueueError``), and :class:`api_producer.client.GenQueueClientError`, the HTTP client's own
-tree for callers of the API.
+Outside the tree on purpose: ``worker.redis_io.redis_outage.RedisOutage`` (Redis away past the
+budget: the task is abandoned to be sent again, never failed, so it must not be caught as a
+``GenQueueError``), :class:`api_producer.client.GenQueueClientError`, the HTTP client's own
+tree for callers of the API, and :class:`genqueue.errors.CommandError`, the errors the
+``genqueue`` commands stop on (a port in use, a process that did not start, a benchmark that
+cannot go on).
+
+This module imports nothing of genqueue (as httpx's ``_exceptions``): any module may import it.
 
 Each class carries a stable ``error_type``: the ``error.type`` callers see in a task status.
 Messages never contain secrets: the endpoint client builds them from status codes and the
@@ -53,6 +57,13 @@ endpoint's own error text, never from request headers.
 """
 
 from __future__ import annotations
+
+import re
+
+#: A lone surrogate (a JSON escape such as ``"\udfff"`` decodes to one): not UTF-8. The same
+#: characters as :func:`worker.contract.replace_lone_surrogates`, kept here too so this module
+#: imports nothing of genqueue.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class GenQueueError(Exception):
@@ -63,11 +74,7 @@ class GenQueueError(Exception):
     def __init__(self, message: str) -> None:
         # An endpoint's words may hold a lone surrogate (a JSON escape): it could not be
         # logged, stored or answered as UTF-8.
-        # Imported here: worker.contract imports worker.webhooks, whose WebhookRefused is one
-        # of these classes.
-        from worker.contract import replace_lone_surrogates
-
-        message = replace_lone_surrogates(message)
+        message = _LONE_SURROGATE.sub("\ufffd", message)
         super().__init__(message)
         self.message = message
 
@@ -204,16 +211,3 @@ class TaskCancelled(GenQueueError):
     """Raised when a task was cancelled before or while it ran."""
 
     error_type = "cancelled"
-
-
-class PortInUse(GenQueueError):
-    """Raised when ``genqueue api`` or ``genqueue up`` cannot listen on its address."""
-
-    error_type = "port_in_use"
-
-
-class StartupFailed(GenQueueError):
-    """Raised when a process ``genqueue up`` (or the embedded Redis) starts died or did not
-    answer in time; the message names it and where its log is."""
-
-    error_type = "startup_failed"

@@ -13,7 +13,6 @@ from typing import TypeVar
 import redis
 from redis import Redis
 
-from worker import connections
 from worker.delivery import broker
 from worker.delivery.dead_letters import DeadLetters
 from worker.delivery.heartbeat import RunningTasks
@@ -28,9 +27,10 @@ from worker.pipeline.attempt import GenerationPolicy
 from worker.pipeline.backoff import RetryPolicy
 from worker.pipeline.generation import Generation
 from worker.pipeline.render import PromptRenderer
-from worker.redis_outage import OutagePolicy
+from worker.redis_io import connections
+from worker.redis_io.redis_outage import OutagePolicy
 from worker.settings import Settings
-from worker.tenants import TenantsSource
+from worker.tenancy.tenants import TenantsSource
 from worker.webhooks.sender import WebhookSender, policy_from
 
 #: Connections beyond the task concurrency, for the heartbeat and bookkeeping.
@@ -119,7 +119,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     }
     # A claim outlives its worker by less than the visibility timeout, so a redelivered task
     # of a dead worker is never taken for a duplicate.
-    outage = OutagePolicy(budget_s=settings.redis_outage_s)
+    outage = OutagePolicy.from_settings(settings)
     running = RunningTasks(client, settings.visibility_timeout_s * 2 / 3, outage)
     generation = Generation(
         redis_client=client,
@@ -129,19 +129,14 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         running=running,
         dead_letters=DeadLetters(client, settings.dead_letter_max),
         policy=GenerationPolicy(
-            retry=RetryPolicy(
-                max_attempts=settings.retry_max_attempts,
-                base_delay_s=settings.retry_base_delay_s,
-                max_delay_s=settings.retry_max_delay_s,
-                retry_after_max_s=settings.retry_after_max_s,
-            ),
+            retry=RetryPolicy.from_settings(settings),
             deadline_s=settings.task_deadline_s,
             record_ttl_s=settings.result_ttl_s,
             max_deliveries=settings.max_deliveries,
             events_maxlen=settings.events_maxlen,
             outage=outage,
             default_max_tokens=settings.default_max_tokens,
-            usage_ttl_s=settings.usage_retention_days * 86_400,
+            usage_ttl_s=settings.usage_ttl_s,
         ),
         observer=TaskObserver(
             process_metrics(), log_prompts=settings.log_prompts, on_call=call_clock.note

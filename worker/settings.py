@@ -2,14 +2,14 @@
 
 The contract's variables keep their names (``REDIS_URL``, ``RUNPOD_*``, ``GENQUEUE_API_KEYS``);
 every other setting is ``GENQUEUE_<FIELD NAME>``. Build one object per process with
-:func:`worker.settings_loading.load_settings` and pass it explicitly; tests build
+:func:`worker.config.settings_loading.load_settings` and pass it explicitly; tests build
 ``Settings(field=value)``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker import redis_sentinel
+from worker.redis_io import redis_sentinel
 from worker.webhooks.url_check import WebhookRefused, check_allowlist_entry
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,6 +33,9 @@ WorkerPool = Literal["gevent", "threads", "prefork", "solo"]
 #: How an endpoint's tenants share it: by tasks, or by tokens (docs/scheduling.md).
 Fairness = Literal["tasks", "tokens"]
 
+
+#: Seconds in a day: usage is counted and kept by UTC day.
+DAY_S = 86_400
 
 #: How many visibility timeouts a task's record outlives at least (the lost-message sweep sends
 #: a task again after two, from its record: see worker.delivery.lost_message_sweep).
@@ -200,7 +203,8 @@ class Settings(BaseSettings):
     api_key_hashes: Annotated[tuple[str, ...], NoDecode] = ()
     #: Submissions per minute per API key (0: no limit); over it, 429 with Retry-After.
     api_rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)
-    #: A TOML file of named tenants (keys, weight, limits, webhook secret): worker/tenants.py.
+    #: A TOML file of named tenants (keys, weight, limits, webhook secret):
+    #: worker/tenancy/tenants.py.
     tenants_file: Path | None = Field(default=None, validation_alias="GENQUEUE_TENANTS_FILE")
     #: Days of per-tenant usage (tasks, tokens, GPU-seconds) kept, by UTC day.
     usage_retention_days: int = Field(default=90, ge=1, le=3_660)
@@ -235,6 +239,11 @@ class Settings(BaseSettings):
     #: A webhook is retried (with backoff) for this long after the task ended, then given up.
     webhook_retry_for_s: float = Field(default=3_600.0, ge=0, le=7 * 86_400)
     webhook_retry_max_delay_s: float = Field(default=300.0, gt=0, le=3_600)
+
+    @property
+    def usage_ttl_s(self) -> int:
+        """How long a tenant's usage of one day is kept, in seconds."""
+        return self.usage_retention_days * DAY_S
 
     @property
     def submit_replicas(self) -> int:
@@ -366,6 +375,12 @@ def endpoint_base(url: str) -> str:
         if base.endswith(suffix):
             return base.removesuffix(suffix)
     return base
+
+
+def default_of(field: str) -> Any:
+    """The default of setting ``field``: what a policy built without settings (a test's, or a
+    tool's) takes, so that each default is written here only."""
+    return Settings.model_fields[field].default
 
 
 def env_name(field: str) -> str:

@@ -41,9 +41,9 @@ from worker.observability.flower_summaries import (
 )
 from worker.pipeline.attempt import ABANDONED, DUPLICATE, Delivery
 from worker.pipeline.retry_decision import RetryLater
-from worker.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
+from worker.redis_io.redis_outage import REDIS_DOWN, OutagePolicy, RedisOutage, ride_out
 from worker.resources import runtime_for
-from worker.tenants import tenant_of_message
+from worker.tenancy.tenants import tenant_of_message
 from worker.webhooks.sender import WEBHOOK_TASK_NAME, webhook_url_of
 
 log = logging.getLogger("genqueue.webhook")
@@ -228,8 +228,8 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> Any:
         _enqueue_webhook(self, self.request.id, args, kwargs)
         raise Ignore() from err
     if isinstance(outcome, RetryLater):
-        budget_s = self.app.genqueue_settings.redis_outage_s
-        raise _schedule_retry(self, outcome, OutagePolicy(budget_s=budget_s))
+        policy = OutagePolicy.from_settings(self.app.genqueue_settings)
+        raise _schedule_retry(self, outcome, policy)
     if outcome in (DUPLICATE, ABANDONED):
         raise Ignore()
     return outcome

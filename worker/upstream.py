@@ -33,7 +33,7 @@ COPYING_MODULES = (
     "worker.delivery.broker",
     "worker.delivery.result_backend",
     "worker.tasks",
-    "worker.redis_sentinel",
+    "worker.redis_io.redis_sentinel",
 )
 
 log = logging.getLogger(__name__)

@@ -41,11 +41,12 @@ from api_producer.producers.direct import DirectProducer, EnqueueError, describe
 from api_producer.producers.enqueue import Reservation
 from api_producer.quota import TokenBudget
 from api_producer.task_redis import RawTask, TaskRedis
-from worker import connections, keys
+from worker import keys
 from worker.contract import TaskState
 from worker.delivery import records
+from worker.redis_io import connections
 from worker.settings import Settings
-from worker.tenants import INTERNAL, Tenant
+from worker.tenancy.tenants import INTERNAL, Tenant
 
 
 def task_state(raw_record: dict[Any, Any], raw_meta: bytes | str | None) -> TaskState:

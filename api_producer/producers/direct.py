@@ -28,8 +28,8 @@ from api_producer.producers.enqueue import (
     summary,
 )
 from api_producer.producers.submission import Step, describe_redis_error
-from worker import connections
 from worker.contract import PRIORITY_MAX, QUEUE_NAME, GenerationRequest
+from worker.redis_io import connections
 from worker.settings import Settings
 
 __all__ = [

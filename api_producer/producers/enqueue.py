@@ -25,7 +25,7 @@ from worker.delivery import records
 from worker.errors import GenQueueError
 from worker.observability.flower_summaries import payload_summary
 from worker.settings import Settings
-from worker.tenants import tenant_of
+from worker.tenancy.tenants import tenant_of
 
 #: A Redis command and its arguments, as ``execute_command`` takes them.
 Command = tuple[Any, ...]

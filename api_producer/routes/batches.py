@@ -28,7 +28,7 @@ from api_producer.rate_limit import Charge, RateLimitDep
 from api_producer.routes.metrics import MetricsDep
 from api_producer.routes.tasks import ANY_ROUTE, InvalidInput, problem
 from api_producer.uploads import UploadSlots
-from worker.tenants import Tenant
+from worker.tenancy.tenants import Tenant
 
 _T = TypeVar("_T")
 PATH = "/v1/batches"

@@ -20,10 +20,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from redis.exceptions import RedisError
 
 from api_producer.deps import ApiState, StateDep
-from worker import connections, keys
+from worker import keys
 from worker.endpoints.config import load_endpoints
 from worker.observability.scaling import EndpointSignals, SignalsRead, scaling_families
 from worker.observability.snapshot import EndpointState, Snapshot, endpoint_caps
+from worker.redis_io import connections
 from worker.settings import Settings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -18,7 +18,7 @@ from api_producer.routes.metrics import MetricsDep
 from api_producer.waiters import TooManyWaiters
 from worker.contract import GenerationRequest, TaskAccepted, TaskStatus
 from worker.endpoints.params import request_problem
-from worker.tenants import Tenant
+from worker.tenancy.tenants import Tenant
 from worker.webhooks.sender import WebhookRefused, check_webhook_url
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import GenQueueError
+from genqueue.errors import CommandError
 
 PHASES = ("drain", "overhead", "bare", "enqueue", "latency")
 SCENARIOS = ("standard", "mixed", "batching", "fair-backlog", "pool")
@@ -14,10 +14,8 @@ SCENARIOS = ("standard", "mixed", "batching", "fair-backlog", "pool")
 FAIR_BACKLOG_TASKS = 50_000
 
 
-class BenchError(GenQueueError):
+class BenchError(CommandError):
     """The benchmark cannot go on; the message says why."""
-
-    error_type = "bench_error"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

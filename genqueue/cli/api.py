@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Any
 
@@ -10,23 +9,10 @@ import uvicorn
 
 from api_producer.main import create_app, settle_heap
 from genqueue.cli.api_processes import reuseport_supported, serve_processes
+from genqueue.cli.ports import keys_required
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.tenants import load_tenants
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def keys_required(settings: Settings, host: str) -> bool:
-    """Whether an API on ``host`` must have a key: off loopback, unless told otherwise."""
-    return not is_loopback(host) and not settings.api_insecure_no_auth
+from worker.tenancy.tenants import load_tenants
 
 
 def serve(settings: Settings, host: str, port: int) -> int:

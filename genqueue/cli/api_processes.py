@@ -25,7 +25,7 @@ import sys
 
 from genqueue.cli import ports
 from genqueue.cli.supervise import Policy, Supervisor
-from worker.errors import PortInUse
+from genqueue.errors import PortInUse
 
 #: The exit status of a child whose app did not start (starting it again would fail alike).
 STARTUP_FAILURE = 3
@@ -106,12 +106,11 @@ def _child(parent_pid: int, fd: int, host: str, port: int, log_level: str) -> in
     import uvicorn
 
     from api_producer.main import app_from_environment
-    from genqueue.cli.api import keys_required
-    from worker.settings_loading import load_settings
+    from worker.config.settings_loading import load_settings
 
     sock = socket.socket(fileno=fd)
     try:
-        app = app_from_environment(require_keys=keys_required(load_settings(), host))
+        app = app_from_environment(require_keys=ports.keys_required(load_settings(), host))
     except Exception as err:  # reported; the parent stops every process
         print(f"genqueue api: the app could not start: {err}", file=sys.stderr, flush=True)
         return STARTUP_FAILURE

@@ -12,8 +12,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from genqueue.errors import StartupFailed
 from genqueue.private_files import FILE_MODE
-from worker.errors import StartupFailed
 
 LOCK_FILE_NAME = "up.lock"
 

@@ -10,9 +10,9 @@ import redis
 from pydantic import ValidationError
 
 from api_producer.producers.direct import DirectProducer, EnqueueError
-from worker import connections
 from worker.contract import GenerationRequest
 from worker.delivery.dead_letters import DeadLetters
+from worker.redis_io import connections
 from worker.settings import Settings
 
 

@@ -21,9 +21,9 @@ from pydantic import ValidationError
 
 from genqueue.cli.up_output import hide_password
 from genqueue.private_files import write_private_file
+from worker.config.settings_loading import load_settings
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.settings_loading import load_settings
 
 ENV_FILE_NAME = "env"
 #: The user's own ``.env`` (pydantic-settings reads it from the working directory).

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from genqueue.cli.api import is_loopback
+from genqueue.cli.ports import is_loopback
 from genqueue.private_files import PRIVATE_UMASK, make_private_dir
 from worker.errors import SettingsError
 from worker.settings import Settings

@@ -220,7 +220,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         worker_queues,
     )
     from worker.endpoints.config import require_endpoints
-    from worker.tenants import load_tenants
+    from worker.tenancy.tenants import load_tenants
 
     load_tenants(settings)  # an invalid tenants file stops the workers here, file:line: field
 

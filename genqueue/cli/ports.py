@@ -1,11 +1,28 @@
-"""Whether an address genqueue must listen on is free, for ``genqueue api`` and ``genqueue up``."""
+"""The addresses genqueue listens on, for ``genqueue api``, ``up`` and ``flower``: whether one
+is free, and whether one off loopback needs keys."""
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
-from worker.errors import PortInUse
+from genqueue.errors import PortInUse
+from worker.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def keys_required(settings: Settings, host: str) -> bool:
+    """Whether an API on ``host`` must have a key: off loopback, unless told otherwise."""
+    return not is_loopback(host) and not settings.api_insecure_no_auth
 
 
 def family(host: str) -> socket.AddressFamily:

@@ -17,11 +17,11 @@ from typing import Any, TextIO
 import redis
 
 from api_producer.producers.direct import describe_redis_error
-from worker import connections
 from worker.endpoints.config import load_endpoints
 from worker.observability.completion_stream import RecentEvents, recent
 from worker.observability.scaling import EndpointSignals, read_signals
 from worker.observability.snapshot import EndpointState, Snapshot, endpoint_caps
+from worker.redis_io import connections
 from worker.settings import Settings
 
 REFRESH_S = 2.0

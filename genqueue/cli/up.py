@@ -52,6 +52,7 @@ from genqueue.cli.up_output import (
 )
 from genqueue.cli.up_tasks import TaskWatcher
 from genqueue.embedded_redis import EmbeddedRedis, free_port
+from genqueue.errors import PortInUse, StartupFailed
 from genqueue.private_files import (
     FILE_MODE,
     PRIVATE_UMASK,
@@ -61,7 +62,6 @@ from genqueue.private_files import (
 )
 from worker import upstream
 from worker.endpoints.config import load_endpoints
-from worker.errors import PortInUse, StartupFailed
 from worker.settings import Settings
 
 START_TIMEOUT_S = 60.0

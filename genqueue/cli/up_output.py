@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from genqueue.errors import StartupFailed
 from genqueue.private_files import FILE_MODE, make_private_dir
 from worker.endpoints.config import DEFAULT_ENDPOINT, OPENAI_STYLE_KINDS, Endpoints
-from worker.errors import StartupFailed
 from worker.settings import Settings
 
 LOGS_DIR_NAME = "logs"

@@ -17,9 +17,10 @@ from typing import NoReturn
 import redis
 
 from api_producer.producers.submission import describe_redis_error
-from worker import connections, keys
+from worker import keys
 from worker.endpoints.config import Endpoints
 from worker.errors import SettingsError
+from worker.redis_io import connections
 from worker.settings import Settings
 
 

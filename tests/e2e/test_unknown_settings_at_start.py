@@ -1,5 +1,5 @@
 """A misspelled setting is said at the start of every component, each a real process started
-as users start it (the warnings themselves: tests/unit/worker/test_unknown_settings.py)."""
+as users start it (the warnings themselves: tests/unit/worker/config/test_unknown_settings.py)."""
 
 from __future__ import annotations
 

@@ -27,9 +27,11 @@ from typing import Any
 
 from worker import keys
 from worker.endpoints.config import Endpoints
-from worker.tenants import INTERNAL, TenantsSource
+from worker.settings import default_of
+from worker.tenancy.tenants import INTERNAL, TenantsSource
 
-#: The tenant of a message that names none (as the admission queue's).
+#: The tenant of a message that names none: :data:`worker.tenancy.tenant_keys.INTERNAL` (the scripts
+#: take it as an argument).
 DEFAULT_TENANT = INTERNAL
 #: The most messages one sorting run moves (a few ms of Redis's time: 30 µs or so each).
 SORT_MAX = 500
@@ -65,7 +67,7 @@ def tenants_file_weights(tenants: TenantsSource) -> WeightsSource:
 
 #: The queues fair by tokens in this process, and the max_tokens of a request that gives none.
 _token_queues: tuple[str, ...] = ()
-_default_max_tokens = 512
+_default_max_tokens: int = default_of("default_max_tokens")
 
 
 def token_queues(endpoints: Endpoints) -> list[str]:

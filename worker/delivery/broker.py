@@ -39,8 +39,8 @@ error naming the queue; the worker goes on.
 :func:`install` maps the ``redis://`` and ``rediss://`` schemes to this transport, and
 ``sentinel://`` to :class:`SentinelTransport` (kombu's Sentinel channel with this one's
 behaviour, whose connections reconnect when the primary they hold was demoted: see
-:mod:`worker.redis_sentinel`), in the process that calls it (the worker); URLs, options and TLS
-handling are kombu's own.
+:mod:`worker.redis_io.redis_sentinel`), in the process that calls it (the worker); URLs,
+options and TLS handling are kombu's own.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from worker import keys, lua, redis_sentinel
-from worker import redis_outage as outage
+from worker import keys, lua
 from worker.delivery import backlog
+from worker.redis_io import redis_outage as outage
+from worker.redis_io import redis_sentinel
 
 SCHEMES = ("redis", "rediss")
 SENTINEL_SCHEME = "sentinel"
@@ -149,7 +150,7 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
 
     def maybe_restore_messages(self) -> Any:
         """kombu's sweep for abandoned messages, held back for a visibility timeout after this
-        process found Redis away (see :func:`worker.redis_outage.recently_down`)."""
+        process found Redis away (see :func:`worker.redis_io.redis_outage.recently_down`)."""
         for channel in self._channels:
             if not channel.active_queues:
                 continue

@@ -17,8 +17,8 @@ meanwhile is left alone, so two sweeps at once move nothing twice), and the set 
 What this does not see comes back after the visibility timeout, as before: a message taken after
 its holder's last beat, and every message where Redis refuses ``CLIENT LIST``. A stalled process
 (``SIGSTOP``) keeps its connection open: its messages stay its own. Right after Redis was away
-nobody is taken for dead (:func:`worker.redis_outage.recently_down`): the presence connections of
-live processes may not be back yet.
+nobody is taken for dead (:func:`worker.redis_io.redis_outage.recently_down`): the presence
+connections of live processes may not be back yet.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import redis
 
 from worker import keys, lua
 from worker.limits import presence
-from worker.redis_outage import recently_down
+from worker.redis_io.redis_outage import recently_down
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import redis
 from worker import keys, lua
 from worker.errors import TaskCancelled
 from worker.limits import presence
-from worker.redis_outage import (
+from worker.redis_io.redis_outage import (
     REDIS_DOWN,
     OutagePolicy,
     RedisOutage,

@@ -19,7 +19,8 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from worker import lua, redis_sentinel
+from worker import lua
+from worker.redis_io import redis_sentinel
 
 #: The Celery methods this module copies (``_store_result``, ``set``: the meta and its key, SET
 #: with a time to live and PUBLISH) or plugs into (worker.celery_app overrides ``_get_backend``),

@@ -40,8 +40,9 @@ from worker.contract import GenerationResult
 from worker.delivery import records
 from worker.limits.guard import GrantedSlot, SlotOffer, SlotRelease
 from worker.observability import completion_stream as events
-from worker.redis_outage import REDIS_DOWN
-from worker.tenants import INTERNAL
+from worker.redis_io.redis_outage import REDIS_DOWN
+from worker.settings import DAY_S, default_of
+from worker.tenancy.tenants import INTERNAL
 
 log = logging.getLogger("genqueue.task")
 
@@ -100,7 +101,7 @@ class Ending:
 #: The endpoint usage is counted under when the task never reached one (an invalid request).
 NO_ENDPOINT = "-"
 #: How long usage is kept unless told (``GENQUEUE_USAGE_RETENTION_DAYS``).
-USAGE_TTL_S = 90 * 86_400
+USAGE_TTL_S: int = default_of("usage_retention_days") * DAY_S
 
 
 def error_json(error_type: str, message: str) -> str:

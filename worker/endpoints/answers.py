@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import requests
 
 from worker.contract import MAX_TOKENS_LIMIT
+from worker.settings import default_of
 
 #: Room for everything in a completion but its text: ids, usage, the model's name, headers.
 RESPONSE_OVERHEAD_BYTES = 64 * 1024
@@ -29,7 +30,7 @@ RESPONSE_BYTES_PER_TOKEN = 1024
 #: How much of an error answer (a 500 page, a job status) is read.
 ERROR_BODY_MAX_BYTES = 64 * 1024
 #: The default ceiling of any answer (``GENQUEUE_ENDPOINT_MAX_RESPONSE_BYTES``).
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES: int = default_of("endpoint_max_response_bytes")
 CHUNK_BYTES = 64 * 1024
 
 

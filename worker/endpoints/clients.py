@@ -18,7 +18,7 @@ from worker.errors import EndpointError
 from worker.limits.admission import Weights, equal_weights
 from worker.limits.guard import EndpointGuard, GuardPolicy
 from worker.limits.pool import ReplicaPool
-from worker.redis_outage import OutagePolicy
+from worker.redis_io.redis_outage import OutagePolicy
 from worker.settings import Settings, env_name
 
 
@@ -155,7 +155,7 @@ def build_target(
             oldest_every=settings.oldest_band_every,
             requests_per_minute=spec.requests_per_minute,
             tokens_per_minute=spec.tokens_per_minute,
-            outage=OutagePolicy(budget_s=settings.redis_outage_s),
+            outage=OutagePolicy.from_settings(settings),
         ),
         weights=weights,
         gate=gate,

@@ -36,6 +36,7 @@ from worker.errors import (
     InvalidEndpointResponse,
     PermanentEndpointError,
 )
+from worker.settings import default_of
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ class EndpointConfig:
     chat_url: str | None = None
     api_key: str | None = None
     model: str | None = None
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 95.0
+    connect_timeout_s: float = default_of("endpoint_connect_timeout_s")
+    read_timeout_s: float = default_of("endpoint_read_timeout_s")
     pool_size: int = 10
     #: The endpoint's configured name: the only way errors callers see speak of it.
     name: str = "default"

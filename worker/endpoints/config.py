@@ -46,12 +46,19 @@ from pydantic import (
     model_validator,
 )
 
+from worker.config.toml_lines import read_named_tables
 from worker.contract import ENDPOINT_NAME_PATTERN
 from worker.errors import SettingsError
 from worker.keys import queue_for as queue_for  # where worker/pipeline imports it from
 from worker.limits.auto_limit import AUTO, AutoBounds, check_auto_bound, check_max_concurrency
-from worker.settings import POD_PROXY_TIMEOUT_S, Fairness, Settings, endpoint_base, env_name
-from worker.toml_lines import read_named_tables
+from worker.settings import (
+    POD_PROXY_TIMEOUT_S,
+    Fairness,
+    Settings,
+    default_of,
+    endpoint_base,
+    env_name,
+)
 
 DEFAULT_ENDPOINT = "default"
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
@@ -93,8 +100,10 @@ class EndpointSpec(BaseModel):
     #: Shared by all workers; 0 for no limit. Tokens are counted after each call.
     requests_per_minute: int = Field(default=0, ge=0)
     tokens_per_minute: int = Field(default=0, ge=0)
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
-    read_timeout_s: float = Field(default=95.0, gt=0, lt=POD_PROXY_TIMEOUT_S)
+    connect_timeout_s: float = Field(default=default_of("endpoint_connect_timeout_s"), gt=0, le=60)
+    read_timeout_s: float = Field(
+        default=default_of("endpoint_read_timeout_s"), gt=0, lt=POD_PROXY_TIMEOUT_S
+    )
     template: str | None = None
     #: Send ``messages`` to ``/v1/chat/completions`` as they are (the server's chat template).
     chat: bool = False

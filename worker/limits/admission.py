@@ -31,6 +31,7 @@ import redis
 from worker import keys, lua
 from worker.contract import PRIORITY_MAX
 from worker.limits import presence
+from worker.tenancy.tenant_keys import INTERNAL
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ SWEEP_S = 0.5
 #: heartbeat sweeps every third of a TTL): its leases are renewed on its behalf while its
 #: presence connection is open (worker.limits.presence).
 STALL_TTLS = 0.5
-#: The tenant of a task that names none.
-DEFAULT_TENANT = "internal"
 
 Weights = Callable[[str], float]
 #: An endpoint's cap, or what the slot scripts take for it: a number, an "auto" spec
@@ -109,12 +108,12 @@ class Admission:
     def args(self, priority: int, tenant: str | None, cost: int = 1) -> tuple[str | int, ...]:
         """A waiter's arguments of the scripts: band, tenant, weight, grant list, every, cost
         (its turn's: 1, or its estimated tokens where the endpoint is fair by tokens)."""
-        name = tenant or DEFAULT_TENANT
+        name = tenant or INTERNAL
         return band(priority), name, repr(self.weight(name)), self.owner, self.every, cost
 
     def weight(self, tenant: str | None) -> float:
         """``tenant``'s weight in the queue's fair shares."""
-        return float(self._weights(tenant or DEFAULT_TENANT))
+        return float(self._weights(tenant or INTERNAL))
 
     def expect(self, token: str) -> threading.Event:
         """Listen for a grant to ``token`` (before it joins the queue: none is missed)."""

@@ -1,20 +1,18 @@
-"""What a call at an endpoint holds and hands on: its slot, the claim it is granted with, the
-offer of a slot in passing and the release another script does (:mod:`worker.limits.guard`)."""
+"""What a call at an endpoint holds: its slot, the claim it is granted with, and the guard's
+policy (the offer of a slot in passing and the release another script does, which name their
+guard, are :mod:`worker.limits.guard`'s)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import CircuitOpenError, RateLimitedError
 from worker.limits.auto_limit import AutoBounds
-from worker.redis_outage import OutagePolicy
-
-if TYPE_CHECKING:
-    from worker.limits.guard import EndpointGuard
+from worker.redis_io.redis_outage import OutagePolicy
+from worker.settings import default_of
 
 
 def circuit_open(retry_in_s: float) -> CircuitOpenError:
@@ -56,43 +54,6 @@ class Slot:
 
 
 @dataclass(frozen=True)
-class SlotOffer:
-    """A slot to try for in passing, in another script that calls ``acquire_slot`` with
-    ``keys`` and ``args`` (its arguments, ``now`` aside, then the admission queue's keys and
-    arguments): taken only if it is free and no task waits for one."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    claim: Claim
-
-
-@dataclass(frozen=True)
-class GrantedSlot:
-    """A :class:`SlotOffer` the script granted, with the task's attempt numbers."""
-
-    offer: SlotOffer
-    attempt: int
-    attempt_on_endpoint: int
-
-
-@dataclass(frozen=True)
-class SlotRelease:
-    """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
-    ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
-    renews the slot until :meth:`EndpointGuard.settle` or :meth:`EndpointGuard.release`."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    replica: int | None = None
-    #: Fair by tokens: the settling of the turn's cost (:func:`worker.limits.cost.settle_args`).
-    settle: tuple[str | int, ...] = ()
-
-
-@dataclass(frozen=True)
 class Claim:
     """A task to claim as running here and whose attempt to count, in the same round trip
     that grants the slot (the claim is ``worker.delivery.heartbeat``'s; see
@@ -116,15 +77,15 @@ class Claim:
 @dataclass(frozen=True)
 class GuardPolicy:
     limit: int | AutoBounds = 1  # a fixed cap, or the bounds of an "auto" one
-    lease_ttl_s: float = 30.0
-    failure_threshold: int = 5
+    lease_ttl_s: float = default_of("slot_lease_ttl_s")
+    failure_threshold: int = default_of("breaker_failure_threshold")
     #: The first cooldown of an open breaker; each failed probe multiplies it by 1.5, up to
     #: ``cooldown_max_s``.
-    cooldown_s: float = 1.0
-    cooldown_max_s: float = 5.0
+    cooldown_s: float = default_of("breaker_cooldown_s")
+    cooldown_max_s: float = default_of("breaker_cooldown_max_s")
     #: Every how many slots one goes to the priority band of the task that has waited longest
     #: (0: strict priority; see :mod:`worker.limits.admission`).
-    oldest_every: int = 10
+    oldest_every: int = default_of("oldest_band_every")
     #: Shared per-minute limits (0: none); tokens are counted after each call.
     requests_per_minute: int = 0
     tokens_per_minute: int = 0

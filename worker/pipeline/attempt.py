@@ -11,7 +11,8 @@ from worker.delivery.task_scripts import USAGE_TTL_S
 from worker.pipeline.backoff import RetryPolicy
 from worker.pipeline.render import as_messages
 from worker.pipeline.retry_decision import RetryLimits
-from worker.redis_outage import OutagePolicy
+from worker.redis_io.redis_outage import OutagePolicy
+from worker.settings import default_of
 
 #: Returned when another live worker runs the same task: this copy is dropped.
 DUPLICATE = "duplicate"
@@ -64,10 +65,10 @@ class GenerationPolicy:
     deadline_s: float
     record_ttl_s: int
     max_deliveries: int
-    events_maxlen: int = 100_000
+    events_maxlen: int = default_of("events_maxlen")
     outage: OutagePolicy = field(default_factory=OutagePolicy)
     #: ``max_tokens`` of a request that gives none.
-    default_max_tokens: int = 512
+    default_max_tokens: int = default_of("default_max_tokens")
     #: How long a tenant's usage of a day is kept.
     usage_ttl_s: int = USAGE_TTL_S
 

@@ -8,15 +8,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from worker.settings import Settings, default_of
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How long to wait between attempts. Built from the settings' ``retry_*`` fields."""
+    """How long to wait between attempts: the settings' ``retry_*`` fields."""
 
-    max_attempts: int = 5
-    base_delay_s: float = 1.0
-    max_delay_s: float = 30.0
-    retry_after_max_s: float = 120.0
+    max_attempts: int = default_of("retry_max_attempts")
+    base_delay_s: float = default_of("retry_base_delay_s")
+    max_delay_s: float = default_of("retry_max_delay_s")
+    retry_after_max_s: float = default_of("retry_after_max_s")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.retry_max_attempts,
+            base_delay_s=settings.retry_base_delay_s,
+            max_delay_s=settings.retry_max_delay_s,
+            retry_after_max_s=settings.retry_after_max_s,
+        )
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

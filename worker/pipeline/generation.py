@@ -58,8 +58,8 @@ from worker.pipeline.retry_decision import (
     time_left,
 )
 from worker.pipeline.serverless_jobs import ServerlessJobs
-from worker.redis_outage import RedisOutage
-from worker.tenants import INTERNAL, Tenants
+from worker.redis_io.redis_outage import RedisOutage
+from worker.tenancy.tenants import INTERNAL, Tenants
 
 log = logging.getLogger("genqueue.task")
 

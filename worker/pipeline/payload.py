@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from worker.contract import GenerationRequest
 from worker.errors import InvalidRequest
+from worker.webhooks.url_check import WebhookRefused, parse_webhook_url
 
 
 def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRequest:
@@ -24,9 +25,15 @@ def parse_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationRe
     if not isinstance(raw, dict):
         raise InvalidRequest(f"'request' must be a JSON object, not {type(raw).__name__}")
     try:
-        return GenerationRequest.model_validate(raw)
+        request = GenerationRequest.model_validate(raw)
     except ValidationError as err:
         raise InvalidRequest(f"invalid request: {describe_errors(err)}") from None
+    if request.webhook_url is not None:
+        try:
+            parse_webhook_url(request.webhook_url)  # read the one way it would be sent
+        except WebhookRefused as err:
+            raise InvalidRequest(f"invalid request: webhook_url: {err}") from None
+    return request
 
 
 def describe_errors(err: ValidationError) -> str:

@@ -15,8 +15,8 @@ from worker.errors import GenQueueError, TaskCancelled
 from worker.limits.guard import SlotOffer, SlotRelease
 from worker.observability.metrics import CURRENT_ENDPOINT
 from worker.pipeline.attempt import ABANDONED, UNSTORED_MAX, Delivery
-from worker.redis_outage import OutagePolicy, RedisOutage, ride_out
-from worker.tenants import tenant_of_message
+from worker.redis_io.redis_outage import OutagePolicy, RedisOutage, ride_out
+from worker.tenancy.tenants import tenant_of_message
 
 log = logging.getLogger("genqueue.task")
 

@@ -34,7 +34,7 @@ from worker.errors import (
     PoisonTask,
     RetryableEndpointError,
 )
-from worker.redis_outage import OutagePolicy, ride_out
+from worker.redis_io.redis_outage import OutagePolicy, ride_out
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from worker.errors import (
     TaskCancelled,
 )
 from worker.pipeline.retry_decision import RetryLater, later, poll_delay_s
-from worker.redis_outage import OutagePolicy, ride_out
+from worker.redis_io.redis_outage import OutagePolicy, ride_out
 
 log = logging.getLogger("genqueue.task")
 

@@ -34,7 +34,7 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from worker.contract import TaskStatus
 from worker.delivery import records
 from worker.pipeline.backoff import RetryPolicy, compute_delay_s
-from worker.settings import Settings
+from worker.settings import Settings, default_of
 from worker.webhooks.transport import PostTimeouts, post_pinned
 from worker.webhooks.url_check import (
     CheckedWebhook,
@@ -130,9 +130,9 @@ class WebhookPolicy:
 
     secret: SecretStr | None
     allowlist: tuple[str, ...] = ()
-    timeout_s: float = 5.0
-    retry_for_s: float = 3_600.0
-    retry_max_delay_s: float = 300.0
+    timeout_s: float = default_of("webhook_timeout_s")
+    retry_for_s: float = default_of("webhook_retry_for_s")
+    retry_max_delay_s: float = default_of("webhook_retry_max_delay_s")
 
 
 @dataclass(frozen=True)

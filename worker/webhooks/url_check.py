@@ -51,7 +51,7 @@ _PRIVATE = (
 class WebhookRefused(GenQueueError, ValueError):
     """Raised when a URL may not receive webhooks; the message says why, without the URL.
 
-    A ``ValueError`` too: the contract's validator raises it for pydantic."""
+    A ``ValueError`` too: a refused URL is a value refused (a pydantic validator may raise it)."""
 
     error_type = "webhook_refused"
 

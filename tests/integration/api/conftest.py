@@ -15,7 +15,7 @@ import uvicorn
 from api_producer.main import create_app
 from genqueue.embedded_redis import free_port
 from worker.settings import Settings
-from worker.tenants import key_tenant
+from worker.tenancy.tenants import key_tenant
 
 API_KEY = "test-key-1"
 #: The tenant of API_KEY: a task sent by a producer (no key) for it names this tenant.

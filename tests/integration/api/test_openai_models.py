@@ -11,7 +11,7 @@ import requests
 
 from tests.integration.api.conftest import API_KEY
 from tests.integration.tenants.conftest import write_tenants
-from worker.tenants import hash_key
+from worker.tenancy.tenants import hash_key
 
 pytestmark = pytest.mark.timeout(60)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

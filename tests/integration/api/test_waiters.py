@@ -23,9 +23,10 @@ from api_producer.producers.direct import DirectProducer, make_plan
 from api_producer.store import WAIT_READS
 from genqueue.embedded_redis import free_port
 from tests.integration.api.conftest import API_KEY, API_TENANT
-from worker import connections, keys
+from worker import keys
 from worker.contract import GenerationRequest
 from worker.delivery import records
+from worker.redis_io import connections
 from worker.settings import Settings
 
 WAITERS = 2000

@@ -160,7 +160,7 @@ def test_a_changed_redis_py_is_named_as_such(monkeypatch: pytest.MonkeyPatch) ->
     assert said is not None
     assert said.startswith(
         "redis-py changed what genqueue relies on: redis.sentinel:Sentinel.discover_master, "
-        "which worker.redis_sentinel copies or overrides, has changed"
+        "which worker.redis_io.redis_sentinel copies or overrides, has changed"
     )
     assert f"(pip install 'redis=={upstream.TESTED['redis']}')" in said
     assert "kombu or Celery" not in said

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from tests.integration.tenants.conftest import auth, submit, wait_final, write_tenants
-from worker.tenants import hash_key
+from worker.tenancy.tenants import hash_key
 
 pytestmark = pytest.mark.timeout(60)
 TENANTS = (

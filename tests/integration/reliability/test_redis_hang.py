@@ -20,7 +20,7 @@ import requests
 from genqueue.embedded_redis import EmbeddedRedis, free_port
 from tests.e2e.test_api_processes import _wait_healthy
 from tests.integration.reliability.conftest import wait_for
-from worker.connections import api_answer_bound_s
+from worker.redis_io.connections import api_answer_bound_s
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)

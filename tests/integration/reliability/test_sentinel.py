@@ -23,8 +23,8 @@ import requests
 
 from tests.integration.reliability.conftest import wait_for
 from tests.integration.reliability.sentinel_cluster import Node, SentinelCluster
-from worker import connections
 from worker.celery_app import GenQueueCelery, celery_config
+from worker.redis_io import connections
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)

@@ -1,5 +1,5 @@
-"""worker.redis_sentinel against a real Redis: a sentinel that answers with an error is passed
-over (the pure parts: tests/unit/worker/test_redis_sentinel.py)."""
+"""worker.redis_io.redis_sentinel against a real Redis: a sentinel that answers with an error is
+passed over (the pure parts: tests/unit/worker/redis_io/test_redis_sentinel.py)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from tests.integration.reliability.sentinel_cluster import (
 )
 from tests.integration.reliability.test_sentinel import Submitter, final_status, prompts_called
 from tests.redis_clients import ping_async
-from worker import connections
+from worker.redis_io import connections
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(180)

@@ -17,7 +17,7 @@ from genqueue.cli import flower
 from tests.integration.security.helpers import run_flower
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.tenants import TenantsSource
+from worker.tenancy.tenants import TenantsSource
 
 pytestmark = pytest.mark.timeout(60)
 

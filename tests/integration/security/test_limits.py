@@ -17,7 +17,7 @@ from api_producer.auth import hash_key
 from api_producer.rate_limit import KEY_TTL_S, WINDOW_S, RateLimiter
 from tests.integration.security.conftest import API_KEY, queued_messages
 from worker import keys
-from worker.tenants import Tenant
+from worker.tenancy.tenants import Tenant
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,11 +26,11 @@ from api_producer.producers.direct import DirectProducer, describe_redis_error, 
 from tests.conftest import worker_env
 from tests.integration.security.tls_proxy import Authority, Issued, TlsProxy, server_context
 from tests.redis_clients import ping_async
-from worker import connections
 from worker.celery_app import GenQueueCelery, celery_config
 from worker.contract import GenerationRequest
+from worker.redis_io import connections
 from worker.settings import Settings
-from worker.tenants import key_tenant
+from worker.tenancy.tenants import key_tenant
 
 pytestmark = pytest.mark.timeout(120)
 

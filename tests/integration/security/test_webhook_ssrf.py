@@ -31,9 +31,9 @@ from pydantic import SecretStr
 
 from tests.integration.security.helpers import TinyServer
 from worker import keys
+from worker.config.settings_loading import load_settings
 from worker.delivery import records
 from worker.errors import SettingsError
-from worker.settings_loading import load_settings
 from worker.webhooks.sender import (
     WebhookPolicy,
     WebhookRefused,

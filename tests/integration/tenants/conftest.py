@@ -10,7 +10,7 @@ import requests
 from tests.integration.api.conftest import (
     api_factory as api_factory,  # the fixture, for these tests
 )
-from worker.tenants import hash_key, key_tenant
+from worker.tenancy.tenants import hash_key, key_tenant
 
 KEY_A, KEY_B, KEY_ADMIN = "tenant-a-key", "tenant-b-key", "operator-key"
 TENANT_A, TENANT_B = key_tenant(KEY_A), key_tenant(KEY_B)

@@ -12,7 +12,7 @@ import requests
 from genqueue.embedded_redis import free_port
 from tests.integration.observability.conftest import wait_for
 from tests.integration.tenants.conftest import auth, submit, wait_final, write_tenants
-from worker.tenants import hash_key
+from worker.tenancy.tenants import hash_key
 
 KEY_NARROW, KEY_WIDE = "narrow-key", "wide-key"
 FAST = {"GENQUEUE_RETRY_BASE_DELAY_S": 0.1, "GENQUEUE_RETRY_MAX_DELAY_S": 0.2}

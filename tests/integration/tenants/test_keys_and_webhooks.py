@@ -15,7 +15,7 @@ from tests.integration.observability.conftest import wait_for
 from tests.integration.tenants.conftest import BODY, auth, wait_final, write_tenants
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.tenants import hash_key, load_tenants
+from worker.tenancy.tenants import hash_key, load_tenants
 from worker.webhooks.sender import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
 
 KEY_RED, KEY_BLUE = "red-key", "blue-key"

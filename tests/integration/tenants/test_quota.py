@@ -15,7 +15,7 @@ from api_producer.quota import DAY_S, seconds_to_midnight
 from tests.integration.api.conftest import queued_messages
 from tests.integration.tenants.conftest import auth, wait_final, write_tenants
 from worker import keys
-from worker.tenants import hash_key
+from worker.tenancy.tenants import hash_key
 
 KEY = "metered-key"
 TENANTS = f'[tenants.metered]\nkey_hashes = ["{hash_key(KEY)}"]\ntokens_per_day = 100\n'

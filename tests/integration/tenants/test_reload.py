@@ -16,7 +16,7 @@ import requests
 from tests.conftest import worker_env
 from tests.integration.observability.conftest import wait_for
 from tests.integration.tenants.conftest import BODY, auth, submit, wait_final, write_tenants
-from worker.tenants import hash_key
+from worker.tenancy.tenants import hash_key
 
 KEY_RED, KEY_OPS = "red-reload-key", "ops-reload-key"
 #: Stands for what a tenants file holds that no caller may see (digests, names, limits).

@@ -13,7 +13,7 @@ import requests
 
 from tests.integration.observability.conftest import wait_for
 from tests.integration.tenants.conftest import BODY, auth, submit, write_tenants
-from worker.tenants import hash_key
+from worker.tenancy.tenants import hash_key
 
 KEY = "suspended-key"
 TENANT = f'[tenants.red]\nkey_hashes = ["{hash_key(KEY)}"]\n'

@@ -22,7 +22,7 @@ from tests.integration.tenants.conftest import (
     wait_final,
     write_tenants,
 )
-from worker.tenants import hash_key
+from worker.tenancy.tenants import hash_key
 
 KEY_BILLING = "billing-key-1"
 TENANTS = f"""

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from worker.config.settings_loading import load_settings
 from worker.errors import SettingsError
 from worker.settings import Settings, env_name
-from worker.settings_loading import load_settings
 
 SECRET = "sk-runpod-SECRET-9f8e7d6c5b4a"
 

@@ -86,7 +86,7 @@ local function backlog_request(message)
   return type(raw) == 'table' and raw or nil
 end
 
--- The tenant a genqueue.generate message names in its request (as worker.tenants'
+-- The tenant a genqueue.generate message names in its request (as worker.tenancy.tenants'
 -- tenant_of_message reads it), else `default`. The task's record says it when a genqueue
 -- producer wrote one (one read); else the message's body is decoded (plain Celery).
 local function backlog_tenant(message, default)

@@ -35,6 +35,7 @@ from worker.endpoints.pods.gate import (
     release_lock,
 )
 from worker.errors import PodControlError
+from worker.settings import default_of
 
 #: How long closing waits for a look under way.
 CLOSE_WAIT_S = 5.0
@@ -47,7 +48,7 @@ class IdlePolicy:
     idle_stop_after_s: float | None
     #: Stop a pod genqueue did not start, too.
     stop_others: bool = False
-    check_interval_s: float = 5.0
+    check_interval_s: float = default_of("pod_check_interval_s")
 
 
 def work_waiting(

@@ -11,8 +11,8 @@ from api_producer.producers import submission
 from api_producer.producers.direct import make_plan
 from api_producer.producers.enqueue import EnqueueError
 from api_producer.producers.submission import Step
-from worker import connections
 from worker.contract import GenerationRequest
+from worker.redis_io import connections
 from worker.settings import Settings
 
 SETTINGS = Settings(redis_url="redis://127.0.0.1:9/0")

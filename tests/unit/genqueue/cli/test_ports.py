@@ -8,7 +8,8 @@ import pytest
 
 from genqueue.cli import ports
 from genqueue.cli.api_processes import bind_sockets
-from worker.errors import GenQueueError, PortInUse
+from genqueue.errors import CommandError, PortInUse
+from worker.errors import GenQueueError
 
 
 def test_a_taken_port_is_one_error_for_api_and_up() -> None:
@@ -20,7 +21,7 @@ def test_a_taken_port_is_one_error_for_api_and_up() -> None:
             ports.check_free("127.0.0.1", port, "the API")
         with pytest.raises(PortInUse, match=f"^port {port} on 127.0.0.1 is already in use"):
             bind_sockets("127.0.0.1", port, 2)
-    assert issubclass(PortInUse, GenQueueError)
+    assert issubclass(PortInUse, CommandError) and not issubclass(PortInUse, GenQueueError)
 
 
 def test_errors_raised_on_purpose_are_in_the_tree() -> None:
@@ -28,11 +29,13 @@ def test_errors_raised_on_purpose_are_in_the_tree() -> None:
     from api_producer.producers.enqueue import EnqueueError, IdempotencyConflict
     from api_producer.waiters import TooManyWaiters
     from genqueue.bench.config import BenchError
-    from worker.errors import StartupFailed
+    from genqueue.errors import StartupFailed
     from worker.webhooks.url_check import WebhookRefused
 
-    tree = (BatchInvalid, EnqueueError, IdempotencyConflict, TooManyWaiters, BenchError)
-    for cls in (*tree, StartupFailed, WebhookRefused):
+    tree = (BatchInvalid, EnqueueError, IdempotencyConflict, TooManyWaiters)
+    for cls in (*tree, WebhookRefused):
         assert issubclass(cls, GenQueueError), cls
-    # Still ValueErrors: pydantic turns WebhookRefused into a validation error.
+    for cls in (BenchError, StartupFailed):  # the commands' own: no task fails with one
+        assert issubclass(cls, CommandError) and not issubclass(cls, GenQueueError), cls
+    # Still ValueErrors: a refused URL or batch is a value refused.
     assert issubclass(WebhookRefused, ValueError) and issubclass(BatchInvalid, ValueError)

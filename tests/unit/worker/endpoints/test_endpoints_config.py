@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from worker.config.settings_loading import load_settings
 from worker.endpoints.config import load_endpoints, queue_for
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.settings_loading import load_settings
 
 GOOD = """
 default = "big"

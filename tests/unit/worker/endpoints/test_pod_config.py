@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from worker.config.settings_loading import load_settings
 from worker.endpoints.config import load_endpoints
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.settings_loading import load_settings
 
 
 def _load(tmp_path: Path, text: str) -> Settings:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from worker.config.settings_loading import load_settings
 from worker.endpoints.config import load_endpoints
 from worker.errors import SettingsError
 from worker.limits.auto_limit import AutoBounds, limit_spec
 from worker.settings import Settings
-from worker.settings_loading import load_settings
 
 HEAD = '[endpoints.a]\nurl = "http://x"\n'
 

@@ -24,6 +24,8 @@ from typing import TypeVar
 
 import redis
 
+from worker.settings import Settings, default_of
+
 log = logging.getLogger("genqueue.outage")
 
 T = TypeVar("T")
@@ -37,9 +39,13 @@ REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutE
 class OutagePolicy:
     """How long a round trip rides out an unreachable Redis, and how often it asks again."""
 
-    budget_s: float = 120.0
+    budget_s: float = default_of("redis_outage_s")
     first_delay_s: float = 0.2
     max_delay_s: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutagePolicy:
+        return cls(budget_s=settings.redis_outage_s)
 
 
 class RedisOutage(Exception):

@@ -3,8 +3,9 @@
 pydantic-settings ignores a variable (or ``.env`` entry) that names no field, so
 ``GENQUEUE_RETRY_MAX_ATTEMPS=2`` would leave the default in place without a word.
 :func:`unknown_settings` names each such variable and the setting it probably meant;
-:func:`worker.settings_loading.load_settings` logs what it finds, so every component (worker, API,
-Flower, ``genqueue up`` and every command) says it when it starts, and starts anyway.
+:func:`worker.config.settings_loading.load_settings` logs what it finds, so every component
+(worker, API, Flower, ``genqueue up`` and every command) says it when it starts, and starts
+anyway.
 """
 
 from __future__ import annotations

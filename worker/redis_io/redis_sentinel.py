@@ -9,7 +9,8 @@ Redis are spoken to over TLS, verified as for ``rediss://``.
 
 A connection asks a sentinel for the primary's address whenever it connects, so a client whose
 connection broke (the primary died) reconnects to the new primary once the sentinels elected it:
-the election is an outage that every round trip already rides out (:mod:`worker.redis_outage`).
+the election is an outage that every round trip already rides out
+(:mod:`worker.redis_io.redis_outage`).
 
 A primary that is demoted while clients still hold connections to it (a network partition
 healed, ``SENTINEL FAILOVER``) answers writes with ``READONLY`` and unblocks a waiting ``BRPOP``

@@ -10,7 +10,8 @@ chain to ``GENQUEUE_REDIS_CA_FILE`` (or the system's CAs) and name the host of t
 same options (:mod:`worker.celery_app`).
 
 With a ``sentinel://`` URL every client asks the sentinels for the primary and follows it
-through a failover (:mod:`worker.redis_sentinel`); TLS is then ``GENQUEUE_REDIS_SENTINEL_TLS``.
+through a failover (:mod:`worker.redis_io.redis_sentinel`); TLS is then
+``GENQUEUE_REDIS_SENTINEL_TLS``.
 
 ``results=True`` asks for a client on the Redis of Celery's results: ``GENQUEUE_RESULT_REDIS_URL``
 when set, ``REDIS_URL`` otherwise (:func:`results_client` then hands back the client it is given).
@@ -37,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from worker import redis_sentinel
+from worker.redis_io import redis_sentinel
 from worker.settings import Settings
 
 RETRIES = 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from worker.redis_outage import OutagePolicy, RedisOutage, outage_delay_s, ride_out
+from worker.redis_io.redis_outage import OutagePolicy, RedisOutage, outage_delay_s, ride_out
 
 POLICY = OutagePolicy(budget_s=5.0, first_delay_s=0.5, max_delay_s=2.0)
 

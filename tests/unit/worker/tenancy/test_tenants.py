@@ -14,7 +14,7 @@ from worker.contract import GenerationRequest
 from worker.endpoints.config import load_endpoints
 from worker.errors import SettingsError
 from worker.settings import Settings
-from worker.tenants import (
+from worker.tenancy.tenants import (
     INTERNAL,
     Tenants,
     TenantsSource,

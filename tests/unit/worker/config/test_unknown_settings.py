@@ -1,5 +1,6 @@
 """A ``GENQUEUE_*`` variable that is no setting is a warning naming the closest setting, at the
-start of every component (worker.unknown_settings, worker.settings_loading.load_settings)."""
+start of every component (worker.config.unknown_settings,
+worker.config.settings_loading.load_settings)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from worker import unknown_settings
+from worker.config import unknown_settings
+from worker.config.settings_loading import load_settings
 from worker.settings import Settings, env_name
-from worker.settings_loading import load_settings
 
 SETTINGS = [env_name(field) for field in Settings.model_fields]
 

@@ -36,11 +36,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from worker.config.toml_lines import line_of, read_named_tables
 from worker.contract import PRIORITY_MAX, TENANT_NAME_PATTERN, GenerationRequest
 from worker.errors import SettingsError
 from worker.settings import Settings, env_name
-from worker.tenant_keys import ANONYMOUS as ANONYMOUS
-from worker.tenant_keys import (
+from worker.tenancy.tenant_keys import ANONYMOUS as ANONYMOUS
+from worker.tenancy.tenant_keys import (
     INTERNAL,
     KEY_TENANT_PREFIX,
     OTHER_LABEL,
@@ -49,9 +50,8 @@ from worker.tenant_keys import (
     parse_key_hash,
     reserved_name,
 )
-from worker.tenant_keys import hash_key as hash_key
-from worker.tenant_keys import key_tenant as key_tenant
-from worker.toml_lines import line_of, read_named_tables
+from worker.tenancy.tenant_keys import hash_key as hash_key
+from worker.tenancy.tenant_keys import key_tenant as key_tenant
 
 log = logging.getLogger("genqueue.tenants")
 

@@ -1,5 +1,5 @@
-"""The pure parts of worker.redis_sentinel: the URL's parts, which errors mean "demoted", and
-what a client says when no sentinel answers."""
+"""The pure parts of worker.redis_io.redis_sentinel: the URL's parts, which errors mean
+"demoted", and what a client says when no sentinel answers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from redis.sentinel import MasterNotFoundError
 
 from genqueue.embedded_redis import free_port
 from tests.redis_clients import ping_async
-from worker import connections, redis_sentinel
+from worker.redis_io import connections, redis_sentinel
 from worker.settings import Settings
 
 

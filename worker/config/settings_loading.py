@@ -1,6 +1,6 @@
 """Reading :class:`~worker.settings.Settings` from the environment, as each component starts:
 an invalid variable is a :class:`~worker.errors.SettingsError` naming it, and a ``GENQUEUE_*``
-variable that sets nothing is logged (:mod:`worker.unknown_settings`)."""
+variable that sets nothing is logged (:mod:`worker.config.unknown_settings`)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from pathlib import Path
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
+from worker.config.unknown_settings import unknown_settings, variables_named_in
 from worker.errors import SettingsError
 from worker.settings import Settings, env_name
-from worker.unknown_settings import unknown_settings, variables_named_in
 
 log = logging.getLogger("worker.settings")
 
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; raise :class:`SettingsError` naming each invalid variable, and log a
-    warning for each ``GENQUEUE_*`` variable that sets nothing (:mod:`worker.unknown_settings`)."""
+    warning for each ``GENQUEUE_*`` variable that sets nothing
+    (:mod:`worker.config.unknown_settings`)."""
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:
@@ -31,7 +32,7 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def _unknown_variables(settings: Settings) -> list[str]:
-    """:func:`~worker.unknown_settings.unknown_settings` of the environment and the ``.env``
+    """:func:`~worker.config.unknown_settings.unknown_settings` of the environment and the ``.env``
     file, knowing the variables the endpoints and tenants files name."""
     names = set(os.environ)
     env_file = Path(str(Settings.model_config.get("env_file")))

@@ -1,0 +1,1 @@
+"""Tenants: the tenants file and its reloads, and the keys that name a tenant."""
