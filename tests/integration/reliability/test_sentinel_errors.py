@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from genqueue.embedded_redis import free_port
-from tests.unit.worker.test_redis_sentinel import _no_primary_errors
+from tests.unit.worker.redis_io.test_redis_sentinel import _no_primary_errors
 from worker.settings import Settings
 
 
