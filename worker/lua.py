@@ -1,13 +1,16 @@
 """genqueue's Lua scripts, each in a file of its own, loaded by name.
 
-A package keeps its scripts in ``<package>/scripts/<name>.lua``, shipped with it as package data
-(``[tool.setuptools.package-data]`` in pyproject.toml). Each file opens with a comment block that
-names its ``KEYS`` and ``ARGV`` and binds them to locals on its first lines, so a reader meets
-names, not positions.
+A package keeps the scripts Redis runs in ``<package>/scripts/<name>.lua`` and the libraries they
+include in ``<package>/scripts/lib/<name>.lua``, both shipped with it as package data
+(``[tool.setuptools.package-data]`` in pyproject.toml). Each script opens with a comment block
+that names its ``KEYS`` and ``ARGV`` and binds them to locals on its first lines, so a reader
+meets names, not positions.
 
-A function two scripts share lives in one file too, and each script that needs it says so on a
-line of its own: ``-- #include worker.limits:acquire_slot`` is replaced by that file's text when
-the script is loaded (Redis runs one self-contained script; the function is written once).
+A function two scripts share lives in a library, and each script that needs it says so on a
+line of its own: ``-- #include worker.limits:slot_take`` is replaced by the text of
+``worker/limits/scripts/lib/slot_take.lua`` when the script is loaded (Redis runs one
+self-contained script; the function is written once). Only a script is loaded by name, only a
+library is included: the folder tells them apart.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript, Script
 
 SCRIPTS_DIR = "scripts"
-#: ``-- #include package:name`` on a line of its own.
+LIB_DIR = "scripts/lib"
+#: ``-- #include package:name`` on a line of its own: ``<package>/scripts/lib/<name>.lua``.
 INCLUDE = re.compile(r"^-- #include ([\w.]+):(\w+)$", re.M)
 
 
@@ -30,16 +34,27 @@ INCLUDE = re.compile(r"^-- #include ([\w.]+):(\w+)$", re.M)
 def source(package: str, name: str) -> str:
     """The text of the script ``name`` of ``package`` (``worker.delivery``, ``task_start``),
     with the files it includes in place."""
-    return INCLUDE.sub(lambda m: source(m.group(1), m.group(2)), _read(package, name))
+    return _included(_read(package, SCRIPTS_DIR, name))
 
 
-def _read(package: str, name: str) -> str:
-    path = resources.files(package).joinpath(SCRIPTS_DIR, f"{name}.lua")
+@cache
+def library(package: str, name: str) -> str:
+    """The text of the library ``name`` of ``package`` (``worker.limits``, ``slot_take``), with
+    the libraries it includes in place: what ``-- #include package:name`` stands for."""
+    return _included(_read(package, LIB_DIR, name))
+
+
+def _included(text: str) -> str:
+    return INCLUDE.sub(lambda m: library(m.group(1), m.group(2)), text)
+
+
+def _read(package: str, folder: str, name: str) -> str:
+    path = resources.files(package).joinpath(folder, f"{name}.lua")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"no Lua script {name!r} in {package}/{SCRIPTS_DIR}/: is its .lua file in the "
+            f"no Lua file {name!r} in {package}/{folder}/: is its .lua file in the "
             "package data (pyproject.toml)?"
         ) from None
 

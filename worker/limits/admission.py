@@ -1,8 +1,8 @@
 """Who gets an endpoint's next slot: its admission queue in Redis (see docs/scheduling.md).
 
 A task that finds every slot of its endpoint taken joins the endpoint's admission queue
-(``scripts/admission.lua``), ordered by priority band first (9 - priority: 0 first), then by
-its tenant's virtual finish time (self-clocked weighted fair queuing: a tenant of weight ``w``
+(``scripts/lib/admission_queue.lua``), ordered by priority band first (9 - priority: 0 first), then
+by its tenant's virtual finish time (self-clocked weighted fair queuing: a tenant of weight ``w``
 moves its clock on by ``1/w`` a task, or by ``tokens/w`` where the endpoint is fair by tokens
 (:mod:`worker.limits.cost`), so tenants with backlogs share the slots by weight, a
 tenant's own tasks go oldest first, and a tenant with nothing waiting leaves its share to the

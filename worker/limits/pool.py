@@ -3,7 +3,7 @@
 The pool keeps one set of slots and one admission queue (:mod:`worker.limits.admission`), so
 priority and fair shares hold across the pool as a whole. Its limit is not a number but a spec
 (:meth:`ReplicaPool.spec`) that every slot script reads through ``slot_limit``
-(``scripts/pool_limit.lua``): the caps of the replicas whose breaker is closed, plus the calls
+(``scripts/lib/pool_limit.lua``): the caps of the replicas whose breaker is closed, plus the calls
 the others still hold. A call that holds a pool slot then picks its replica
 (``scripts/pool_pick.lua``): the one with the most room relative to its limit among the healthy
 ones, or with affinity the one that served the same prefix or session last while it has room.
@@ -71,7 +71,7 @@ class ReplicaPool:
         self._pick = lua.register(client, "worker.limits", "pool_pick")
 
     def spec(self) -> str:
-        """The pool's limit as the slot scripts take it (``scripts/pool_limit.lua``)."""
+        """The pool's limit as the slot scripts take it (``scripts/lib/pool_limit.lua``)."""
         parts = ["pool", self._assign]
         for index, replica in enumerate(self._ids):
             parts += [str(self._caps(index)), keys.breaker(replica), keys.breaker_probe(replica)]

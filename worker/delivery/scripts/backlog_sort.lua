@@ -1,6 +1,6 @@
--- #include worker.delivery:backlog
--- Sorts up to `most` messages of the queue lists into their backlogs (backlog.lua), taking
--- none: run by a worker whose prefetch window is full (worker.delivery.broker), so that a
+-- #include worker.delivery:backlog_fair_order
+-- Sorts up to `most` messages of the queue lists into their backlogs (lib/backlog_fair_order.lua),
+-- taking none: run by a worker whose prefetch window is full (worker.delivery.broker), so that a
 -- tenant's message sent behind another's long backlog is next in fair order by the time a
 -- window has room. An unreadable message is set aside, untouched, as the fetch does.
 --

@@ -1,10 +1,10 @@
--- #include worker.delivery:backlog
+-- #include worker.delivery:backlog_fair_order
 -- Up to `want` messages taken from the queues in one round trip, each recorded as unacked in
 -- kombu's format, as its QoS.append writes it (worker.delivery.broker). Each queue list is
--- first sorted into its backlog by tenant (backlog.lua: up to as many messages as are still
--- wanted), then its backlog gives its messages in fair order: the tenant of the least virtual
--- finish time first, each tenant's oldest. An unreadable message (not JSON, or no delivery tag
--- and delivery info) is set aside, untouched. Each message is written where it goes before it
+-- first sorted into its backlog by tenant (lib/backlog_fair_order.lua: up to as many messages as
+-- are still wanted), then its backlog gives its messages in fair order: the tenant of the least
+-- virtual finish time first, each tenant's oldest. An unreadable message (not JSON, or no delivery
+-- tag and delivery info) is set aside, untouched. Each message is written where it goes before it
 -- leaves its list, so an error (a full Redis refusing writes) leaves it queued.
 --
 -- KEYS[1]  unacked_key        kombu's unacked hash: delivery tag -> [message, exchange, key]
@@ -18,7 +18,8 @@
 -- ARGV[4]  default_tenant     the tenant of a message that names none
 -- ARGV[5]  weights            "tenant=weight\n..." for the tenants whose weight is not 1
 -- ARGV[6]  token_queues       "queue\n..." the queues whose endpoint is fair by tokens: their
---                             lists' tenants take turns by cost (backlog.lua); '' for none
+--                             lists' tenants take turns by cost (lib/backlog_fair_order.lua);
+--                             '' for none
 -- ARGV[7]  default_max_tokens the max_tokens of a request that gives none (a turn's cost)
 --
 -- Returns {list, message, delivery tag, ...} for each message taken, in the order taken; a

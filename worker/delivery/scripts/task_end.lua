@@ -56,9 +56,9 @@
 -- ARGV[19..23]                the release's arguments (worker.limits.guard.SlotRelease.args):
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
 -- ARGV[24..26]                with the admission queue: limit, every, queues (worker.limits'
---                             admission.lua)
+--                             lib/admission_queue.lua)
 -- ARGV[27]                    the call's sample for an "auto" limit (worker.limits'
---                             release_slot.lua)
+--                             lib/slot_give_back.lua)
 -- ARGV[28..31]                at an endpoint fair by tokens (worker.limits.cost): the turn's
 --          estimated tokens, its admission band, the tenant's weight, and the queue list the
 --          message came from (or ''): the first success settles the estimate with the real
@@ -85,9 +85,9 @@ local limit, every, queues, sample = ARGV[24], ARGV[25], ARGV[26], ARGV[27]
 local estimate, settle_band, settle_weight = tonumber(ARGV[28]), ARGV[29], ARGV[30]
 local settle_list = ARGV[31]
 
--- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
+-- The guard's own function, written once in worker/limits/scripts/lib/slot_give_back.lua.
 -- #include worker.limits:now_ms
--- #include worker.limits:release_slot
+-- #include worker.limits:slot_give_back
 
 if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
@@ -106,7 +106,7 @@ end
 local function add(key, field, amount)
   if amount > 0 then redis.call('HINCRBY', key, field, amount) end
 end
--- #include worker.delivery:reservation
+-- #include worker.delivery:reservation_settle
 local function count_usage()
   if redis.call('HSETNX', record_key, 'usage_counted', '1') == 0 then return end
   local at = endpoint .. ':'

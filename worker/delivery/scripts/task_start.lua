@@ -33,8 +33,8 @@
 --          limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute,
 --          tokens_per_minute, claim_token, claim_ttl_ms, endpoint
 -- ARGV[17..22]               with the admission queue: band, tenant, weight, grant list,
---                            every, cost (worker.limits' admission.lua); the slot is taken
---                            only when no task waits in the queue (this one does not join it)
+--                            every, cost (worker.limits' lib/admission_queue.lua); the slot
+--                            is taken only when no task waits in the queue (this one does not join it)
 --
 -- Returns {deliveries, progress fields, result meta (false when apart), slot answer}: the
 -- progress fields are the
@@ -54,9 +54,9 @@ local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[9], KEYS[
 local band, tenant, weight, grant_list, every = ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]
 local cost = ARGV[22]
 
--- The guard's own function, written once in worker/limits/scripts/acquire_slot.lua.
+-- The guard's own function, written once in worker/limits/scripts/lib/slot_take.lua.
 -- #include worker.limits:now_ms
--- #include worker.limits:acquire_slot
+-- #include worker.limits:slot_take
 
 redis.call('HSETNX', record_key, 'created_at', created_at)
 local deliveries = redis.call('HINCRBY', record_key, deliveries_field, 1)

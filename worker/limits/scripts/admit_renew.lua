@@ -1,6 +1,7 @@
--- Push the expiry of this worker's waiters in the endpoint's admission queue (admission.lua)
--- a lease ttl ahead, and say which of them no longer wait: those granted a slot (their grant
--- may not have reached the worker) and those the queue lost (dropped when Redis lost data).
+-- Push the expiry of this worker's waiters in the endpoint's admission queue
+-- (lib/admission_queue.lua) a lease ttl ahead, and say which of them no longer wait: those granted
+-- a slot (their grant may not have reached the worker) and those the queue lost (dropped when Redis
+-- lost data).
 --
 -- KEYS: lease, admit, byage, info, age
 -- ARGV: lease ttl ms, token...
@@ -9,7 +10,7 @@ local lease = KEYS[1]
 local q = {admit = KEYS[2], byage = KEYS[3], info = KEYS[4], age = KEYS[5]}
 local ttl = tonumber(ARGV[1])
 -- #include worker.limits:now_ms
--- #include worker.limits:admission
+-- #include worker.limits:admission_queue
 local gone = {}
 for i = 2, #ARGV do
   local token = ARGV[i]

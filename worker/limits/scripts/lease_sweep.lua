@@ -1,7 +1,7 @@
 -- Frees the slots and places of dead worker processes at once, keeps those of stalled ones
 -- (worker.limits.presence), then gives free slots to the head of the admission queue
--- (admission.lua). Run by a worker's admission listener when its grant list is quiet, and by
--- each lease heartbeat.
+-- (lib/admission_queue.lua). Run by a worker's admission listener when its grant list is quiet, and
+-- by each lease heartbeat.
 --
 -- A lease or waiter token is "<process id>.<random>". With the ids of the processes whose
 -- presence connection is open (`live`):
@@ -13,8 +13,8 @@
 -- by its TTL alone, as before.
 --
 -- KEYS: lease, admit, byage, info, age, swept (hash: process id -> when it last swept, ms)
--- ARGV: limit, every (see admission.lua), ttl_ms (a lease's), stall_ms, this process's id,
---       live ("id,id,...", or "-")
+-- ARGV: limit, every (see lib/admission_queue.lua), ttl_ms (a lease's), stall_ms, this
+--       process's id, live ("id,id,...", or "-")
 -- Returns {slots granted, dead tokens removed}.
 local lease = KEYS[1]
 local q = {admit = KEYS[2], byage = KEYS[3], info = KEYS[4], age = KEYS[5]}
@@ -22,7 +22,7 @@ local swept = KEYS[6]
 local limit, every = ARGV[1], ARGV[2]
 local ttl, stall, self_id, live_spec = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
 -- #include worker.limits:now_ms
--- #include worker.limits:admission
+-- #include worker.limits:admission_queue
 
 redis.call('HSET', swept, self_id, now)
 redis.call('PEXPIRE', swept, ttl * 4)

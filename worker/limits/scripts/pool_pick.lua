@@ -1,13 +1,13 @@
 -- Choose the replica of a pool for a call that holds one of the pool's slots (its token is in
 -- the pool's lease set): the replica with the most room relative to its limit among those whose
--- breaker is closed (or half-open, for its one probe; pool_limit.lua); with an affinity key, the
--- replica that served the key last while it has room. Ties go to the replica listed first.
+-- breaker is closed (or half-open, for its one probe; lib/pool_limit.lua); with an affinity key,
+-- the replica that served the key last while it has room. Ties go to the replica listed first.
 -- The call's token is then assigned to the replica (it counts there while its lease lives),
 -- a half-open replica's probe lock is taken for it, and the key remembers the replica.
 -- Assignments whose lease is gone (released, or swept: a dead worker's) are removed here.
 --
 -- KEYS: lease (the pool's), affinity (hash: key -> replica index)
--- ARGV: the pool's spec (pool_limit.lua), token, lease ttl ms, affinity key ("": none),
+-- ARGV: the pool's spec (lib/pool_limit.lua), token, lease ttl ms, affinity key ("": none),
 --       affinity ttl ms, affinity entries at most
 -- Returns {replica index, 0}; {-1, ms until a replica may take work} when every replica is open
 -- (or half-open with its probe running); {-2, 0} when a closed one is full (a breaker opened
