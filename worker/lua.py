@@ -16,9 +16,11 @@ library is included: the folder tells them apart.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import overload
+from typing import Any, overload
 
 import redis
 import redis.asyncio as aioredis
@@ -67,3 +69,108 @@ def register(client: redis.Redis | aioredis.Redis, package: str, name: str) -> S
     """The script ``name`` of ``package``, registered with ``client`` (``EVALSHA``, then ``EVAL``
     when Redis does not know it yet)."""
     return client.register_script(source(package, name))
+
+
+#: A line of a script's header that names one of its ``KEYS`` or ``ARGV``: ``-- KEYS[1]  name``,
+#: ``-- ARGV[8..16] name`` (a group of that many, passed as one sequence), ``-- KEYS[4+] name``
+#: (the rest, any number: the last), each with ``?`` after it when it may be left out (then so
+#: is every one after it).
+NAMED = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(?:\.\.(\d+)|(\+))?\](\?)?\s+(\w+)", re.M)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One name of a script's ``KEYS`` or ``ARGV``: ``size`` values from position ``first``
+    (1 for a value of its own, None for the rest), which a call may leave out if ``optional``."""
+
+    name: str
+    first: int
+    size: int | None = 1
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ScriptSpec:
+    """What a script takes, by name, in the order Redis sees it: read from its header."""
+
+    name: str
+    keys: tuple[Slot, ...]
+    args: tuple[Slot, ...]
+
+    def order(
+        self, keys: Mapping[str, Any], args: Mapping[str, Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """``keys`` and ``args`` by name as Redis's ``KEYS`` and ``ARGV``; a name missing or
+        unknown raises :class:`ScriptArgumentError`."""
+        return self._place("KEYS", self.keys, keys), self._place("ARGV", self.args, args)
+
+    def _place(self, kind: str, slots: tuple[Slot, ...], given: Mapping[str, Any]) -> list[Any]:
+        unknown = sorted(set(given) - {slot.name for slot in slots})
+        if unknown:
+            raise ScriptArgumentError(f"{self.name}.lua takes no {kind} {', '.join(unknown)}")
+        out: list[Any] = []
+        left_out: Slot | None = None
+        for slot in slots:
+            if slot.name not in given:
+                if not slot.optional:
+                    raise ScriptArgumentError(f"{self.name}.lua needs its {kind} {slot.name}")
+                left_out = left_out or slot
+                continue
+            if left_out is not None:
+                raise ScriptArgumentError(
+                    f"{self.name}.lua takes its {kind} {slot.name} only after {left_out.name}"
+                )
+            value = given[slot.name]
+            if slot.size == 1:
+                out.append(value)
+                continue
+            values = list(value)
+            if slot.size is not None and len(values) != slot.size:
+                raise ScriptArgumentError(
+                    f"{self.name}.lua takes {slot.size} {kind} as {slot.name}, not {len(values)}"
+                )
+            out += values
+        return out
+
+
+class ScriptArgumentError(TypeError):
+    """Raised when a script is called with a key or argument its header does not name, or
+    without one it needs."""
+
+
+@cache
+def spec(package: str, name: str) -> ScriptSpec:
+    """The :class:`ScriptSpec` of the script ``name`` of ``package``, read from the header of
+    its own file (its libraries name no ``KEYS`` or ``ARGV``)."""
+    found: dict[str, list[Slot]] = {"KEYS": [], "ARGV": []}
+    for kind, first, last, rest, optional, slot_name in NAMED.findall(
+        _read(package, SCRIPTS_DIR, name)
+    ):
+        slots = found[kind]
+        expected = slots[-1].first + (slots[-1].size or 0) if slots else 1
+        if int(first) != expected or (slots and slots[-1].size is None):
+            raise ValueError(f"{name}.lua names {kind}[{first}] where {kind}[{expected}] goes")
+        if slots and slots[-1].optional and not optional:
+            raise ValueError(f"{name}.lua: {kind} {slot_name} follows an optional one")
+        size = None if rest else int(last) - int(first) + 1 if last else 1
+        slots.append(Slot(slot_name, int(first), size, bool(optional)))
+    return ScriptSpec(name, tuple(found["KEYS"]), tuple(found["ARGV"]))
+
+
+class Named:
+    """A script called by the names of its ``KEYS`` and ``ARGV`` (its :class:`ScriptSpec`):
+    ``script(keys={"record_key": ...}, args={"ttl_s": ...})``, on ``client`` (a pipeline) if
+    given. Its reply is Redis's, to decode where the script's replies are typed."""
+
+    def __init__(self, script: Script | AsyncScript, spec: ScriptSpec) -> None:
+        self.script = script
+        self.spec = spec
+
+    def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any], client: Any = None) -> Any:
+        ordered_keys, ordered_args = self.spec.order(keys, args)
+        return self.script(keys=ordered_keys, args=ordered_args, client=client)
+
+
+def named(client: redis.Redis | aioredis.Redis, package: str, name: str) -> Named:
+    """The script ``name`` of ``package``, registered with ``client`` and called by name."""
+    return Named(register(client, package, name), spec(package, name))
