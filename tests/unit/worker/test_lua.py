@@ -160,4 +160,4 @@ def test_the_spec_is_read_from_the_scripts_header() -> None:
         "unreadable_key",
     ]
     assert spec.keys[3].size is None
-    assert [slot.name for slot in spec.args][0] == "want"
+    assert spec.args[0].name == "want"
