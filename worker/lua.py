@@ -166,6 +166,11 @@ class Named:
         self.script = script
         self.spec = spec
 
+    @property
+    def registered_client(self) -> Any:
+        """The client the script was registered with."""
+        return self.script.registered_client
+
     def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any], client: Any = None) -> Any:
         ordered_keys, ordered_args = self.spec.order(keys, args)
         return self.script(keys=ordered_keys, args=ordered_args, client=client)

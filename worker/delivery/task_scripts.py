@@ -180,7 +180,7 @@ class Lifecycle:
         self._finish = lua.register(client, "worker.delivery", "task_end")
         self._results = results
         self._store_result = (
-            lua.register(results, "worker.delivery", "store_result") if results else None
+            lua.named(results, "worker.delivery", "store_result") if results else None
         )
 
     def begin(
@@ -277,7 +277,10 @@ class Lifecycle:
         its start being counted already."""
         assert self._store_result is not None
         try:
-            self._store_result(keys=[result_key], args=[meta, self._record_ttl_s, "SUCCESS"])
+            self._store_result(
+                keys={"result_key": result_key},
+                args={"meta": meta, "ttl_s": self._record_ttl_s, "success": "SUCCESS"},
+            )
         except REDIS_DOWN as err:
             log.warning("task %s: its STARTED state was not stored (%s)", task_id, err)
 
@@ -325,8 +328,8 @@ class Lifecycle:
             if store_apart is not None:
                 # First, and idempotent: a success stored twice (a redelivered message) is one.
                 store_apart(
-                    keys=[keys.celery_result(task_id)],
-                    args=[meta, self._record_ttl_s, "SUCCESS"],
+                    keys={"result_key": keys.celery_result(task_id)},
+                    args={"meta": meta, "ttl_s": self._record_ttl_s, "success": "SUCCESS"},
                 )
             answer = self._finish(
                 keys=script_keys,

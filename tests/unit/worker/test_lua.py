@@ -83,8 +83,6 @@ def _scripts() -> list[tuple[str, str]]:
 
 #: Scripts whose header does not name each position yet.
 UNNAMED = {
-    "backlog_purge",
-    "fetch",
     "task_end",
     "task_start",
     "admit_leave",

@@ -5,7 +5,7 @@
 -- window has room. An unreadable message is set aside, untouched, as the fetch does.
 --
 -- KEYS[1]  unreadable_key   the list of set-aside messages (genqueue:unreadable)
--- KEYS[2+] queue lists      the lists to sort, in BRPOP's order (priority first)
+-- KEYS[2+] queue_lists      the lists to sort, in BRPOP's order (priority first)
 -- ARGV[1]  most             the most messages to move
 -- ARGV[2]  unreadable_max   the set-aside list's bound
 -- ARGV[3]  default_tenant   the tenant of a message that names none

@@ -10,7 +10,7 @@
 -- KEYS[1]  unacked_key        kombu's unacked hash: delivery tag -> [message, exchange, key]
 -- KEYS[2]  unacked_index_key  kombu's unacked index: delivery tag scored by its time
 -- KEYS[3]  unreadable_key     the list of set-aside messages (genqueue:unreadable)
--- KEYS[4+] queue lists        the lists to take from, in BRPOP's order (priority first, then
+-- KEYS[4+] queue_lists       the lists to take from, in BRPOP's order (priority first, then
 --                             the queue cycle); each backlog is emptied before the next is read
 -- ARGV[1]  want               the most messages to take
 -- ARGV[2]  now_s              the time the entries are scored by (kombu's score, in seconds)
@@ -28,7 +28,8 @@ local unacked_key, unacked_index_key, unreadable_key = KEYS[1], KEYS[2], KEYS[3]
 local first_queue = 4
 local want, now_s, unreadable_max = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local default_tenant, weights = ARGV[4], backlog_weights(ARGV[5])
-local token_queues, default_max = backlog_costed_queues(ARGV[6]), tonumber(ARGV[7] or '512')
+local token_queues = backlog_costed_queues(ARGV[6])
+local default_max_tokens = tonumber(ARGV[7] or '512')
 
 local out = {}
 local taken = 0
@@ -40,6 +41,6 @@ for i = first_queue, #KEYS do
     default_tenant, weights, costed)
   taken = taken + aside
   taken = taken + backlog_take(list, want - taken, out, unacked_key, unacked_index_key, now_s,
-    weights, costed, default_max)
+    weights, costed, default_max_tokens)
 end
 return out
