@@ -30,7 +30,7 @@ import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_MAX
-from worker.limits import presence
+from worker.limits import presence, script_replies
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ SWEEP_S = 0.5
 STALL_TTLS = 0.5
 #: The tenant of a task that names none.
 DEFAULT_TENANT = "internal"
+#: The names the scripts give the queue's keys (:attr:`Admission.keys`) and a waiter's
+#: arguments (:meth:`Admission.args`), in their order.
+QUEUE_KEYS = ("admit", "byage", "info", "age")
+WAITER_ARGS = ("band", "tenant", "weight", "owner", "every", "cost")
 
 Weights = Callable[[str], float]
 #: An endpoint's cap, or what the slot scripts take for it: a number, an "auto" spec
@@ -94,9 +98,9 @@ class Admission:
         self.every = every
         self._weights = weights
         self._waiting: dict[str, threading.Event] = {}
-        self._sweep = lua.register(client, "worker.limits", "lease_sweep")
-        self._leave = lua.register(client, "worker.limits", "admit_leave")
-        self._renew = lua.register(client, "worker.limits", "admit_renew")
+        self._sweep = lua.named(client, "worker.limits", "lease_sweep")
+        self._leave = lua.named(client, "worker.limits", "admit_leave")
+        self._renew = lua.named(client, "worker.limits", "admit_renew")
         self._listener: threading.Thread | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -111,6 +115,14 @@ class Admission:
         (its turn's: 1, or its estimated tokens where the endpoint is fair by tokens)."""
         name = tenant or DEFAULT_TENANT
         return band(priority), name, repr(self.weight(name)), self.owner, self.every, cost
+
+    def named_args(self, priority: int, tenant: str | None, cost: int = 1) -> dict[str, Any]:
+        """:meth:`args` by the names the slot scripts give them."""
+        return dict(zip(WAITER_ARGS, self.args(priority, tenant, cost), strict=True))
+
+    def named_keys(self) -> dict[str, str]:
+        """The queue's keys by the names the scripts give them."""
+        return dict(zip(QUEUE_KEYS, self.keys, strict=True))
 
     def weight(self, tenant: str | None) -> float:
         """``tenant``'s weight in the queue's fair shares."""
@@ -131,7 +143,10 @@ class Admission:
         """``token`` stops waiting: its place, or a slot granted to it, goes to the next."""
         self.forget(token)
         try:
-            self._leave(keys=[self._lease, *self.keys], args=[token, self.limit(), self.every])
+            self._leave(
+                keys={"lease": self._lease, **self.named_keys()},
+                args={"token": token, "limit": self.limit(), "every": self.every},
+            )
         except redis.RedisError:
             log.warning("could not leave the admission queue; the place lapses by itself")
 
@@ -141,22 +156,26 @@ class Admission:
         tokens = list(self._waiting)
         if not tokens:
             return
-        gone = self._renew(keys=[self._lease, *self.keys], args=[ttl_ms, *tokens])
-        for token in gone:
-            self._granted(token.decode() if isinstance(token, bytes) else str(token))
+        gone = self._renew(
+            keys={"lease": self._lease, **self.named_keys()},
+            args={"ttl": ttl_ms, "tokens": tokens},
+        )
+        for token in script_replies.admit_renew(gone):
+            self._granted(token)
 
     def sweep(self) -> int:
         """Free the slots and places of dead processes, keep those of stalled ones, and give
         free slots to the queue (``scripts/lease_sweep.lua``); how many were granted."""
         live = presence.live_ids(self._client)
-        granted, _removed = self._sweep(
-            keys=[self._lease, *self.keys, self._swept],
-            args=[
-                self.limit(), self.every, self._ttl_ms, int(self._ttl_ms * STALL_TTLS),
-                self.presence.id, "-" if live is None else ",".join(sorted(live)),
-            ],
+        swept = self._sweep(
+            keys={"lease": self._lease, **self.named_keys(), "swept": self._swept},
+            args={
+                "limit": self.limit(), "every": self.every, "ttl": self._ttl_ms,
+                "stall": int(self._ttl_ms * STALL_TTLS), "self_id": self.presence.id,
+                "live_spec": "-" if live is None else ",".join(sorted(live)),
+            },
         )  # fmt: skip
-        return int(granted)
+        return script_replies.lease_sweep(swept).granted
 
     def close(self) -> None:
         self._stopped.set()

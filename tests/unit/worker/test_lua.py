@@ -82,18 +82,7 @@ def _scripts() -> list[tuple[str, str]]:
 
 
 #: Scripts whose header does not name each position yet.
-UNNAMED = {
-    "task_end",
-    "task_start",
-    "admit_leave",
-    "admit_renew",
-    "admit_sweep",
-    "lease_renew",
-    "lease_sweep",
-    "pool_pick",
-    "slot_acquire",
-    "slot_release",
-}
+UNNAMED = {"task_end", "task_start"}
 
 
 @pytest.mark.parametrize(("package", "name"), _scripts())

@@ -3,8 +3,13 @@
 -- a slot (their grant may not have reached the worker) and those the queue lost (dropped when Redis
 -- lost data).
 --
--- KEYS: lease, admit, byage, info, age
--- ARGV: lease ttl ms, token...
+-- KEYS[1]  lease     the endpoint's leases: sorted set of slot tokens by expiry
+-- KEYS[2]  admit     the endpoint's admission queue (lib/admission_queue.lua): its order
+-- KEYS[3]  byage     its waiters by band, tenant and age
+-- KEYS[4]  info      its waiters' entries and clocks
+-- KEYS[5]  age       its waiters by their task's creation time
+-- ARGV[1]  ttl       a lease's ttl, in ms
+-- ARGV[2+] tokens    this worker's waiters
 -- Returns the tokens that no longer wait.
 local lease = KEYS[1]
 local q = {admit = KEYS[2], byage = KEYS[3], info = KEYS[4], age = KEYS[5]}

@@ -7,15 +7,16 @@
 -- whose release another script does (worker.limits.guard's hand-off), is renewed only while it
 -- exists: that script may have released it already.
 --
--- KEYS: lease
--- ARGV: the number n of running calls' tokens, their n tokens, the ended calls' tokens, and
---       the lease ttl ms (the last argument)
+-- KEYS[1]  lease    the endpoint's leases: sorted set of slot tokens by expiry
+-- ARGV[1]  ttl      a lease's ttl, in ms
+-- ARGV[2]  running  the number n of running calls' tokens
+-- ARGV[3+] tokens   the n running calls' tokens, then the ended calls'
 local lease = KEYS[1]
-local running = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[#ARGV])
+local ttl = tonumber(ARGV[1])
+local running = tonumber(ARGV[2])
 -- #include worker.limits:now_ms
-for i = 2, #ARGV - 1 do
-  if i <= running + 1 then
+for i = 3, #ARGV do
+  if i <= running + 2 then
     redis.call('ZADD', lease, now + ttl, ARGV[i])
   else
     redis.call('ZADD', lease, 'XX', now + ttl, ARGV[i])

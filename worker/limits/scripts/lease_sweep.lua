@@ -12,9 +12,18 @@
 -- A token without a process id (or `live` = "-": Redis would not list its connections) lapses
 -- by its TTL alone, as before.
 --
--- KEYS: lease, admit, byage, info, age, swept (hash: process id -> when it last swept, ms)
--- ARGV: limit, every (see lib/admission_queue.lua), ttl_ms (a lease's), stall_ms, this
---       process's id, live ("id,id,...", or "-")
+-- KEYS[1]  lease     the endpoint's leases: sorted set of slot tokens by expiry
+-- KEYS[2]  admit     the endpoint's admission queue (lib/admission_queue.lua): its order
+-- KEYS[3]  byage     its waiters by band, tenant and age
+-- KEYS[4]  info      its waiters' entries and clocks
+-- KEYS[5]  age       its waiters by their task's creation time
+-- KEYS[6]  swept     hash: process id -> when it last swept, ms
+-- ARGV[1]  limit     the endpoint's cap
+-- ARGV[2]  every     see lib/admission_queue.lua
+-- ARGV[3]  ttl       a lease's ttl, in ms
+-- ARGV[4]  stall     ms without a sweep after which a live process counts as stalled
+-- ARGV[5]  self_id   this process's id
+-- ARGV[6]  live_spec the ids of the live processes ("id,id,...", or "-")
 -- Returns {slots granted, dead tokens removed}.
 local lease = KEYS[1]
 local q = {admit = KEYS[2], byage = KEYS[3], info = KEYS[4], age = KEYS[5]}

@@ -6,9 +6,14 @@
 -- a half-open replica's probe lock is taken for it, and the key remembers the replica.
 -- Assignments whose lease is gone (released, or swept: a dead worker's) are removed here.
 --
--- KEYS: lease (the pool's), affinity (hash: key -> replica index)
--- ARGV: the pool's spec (lib/pool_limit.lua), token, lease ttl ms, affinity key ("": none),
---       affinity ttl ms, affinity entries at most
+-- KEYS[1]  lease        the pool's leases
+-- KEYS[2]  affinity     hash: key -> replica index
+-- ARGV[1]  spec         the pool's spec (lib/pool_limit.lua)
+-- ARGV[2]  token        the call's slot token
+-- ARGV[3]  ttl          a lease's ttl, in ms
+-- ARGV[4]  key          the affinity key ("": none)
+-- ARGV[5]  affinity_ttl the affinity's ttl, in ms
+-- ARGV[6]  affinity_max the most affinity entries kept
 -- Returns {replica index, 0}; {-1, ms until a replica may take work} when every replica is open
 -- (or half-open with its probe running); {-2, 0} when a closed one is full (a breaker opened
 -- between this call's grant and its pick: the room comes back as calls end).

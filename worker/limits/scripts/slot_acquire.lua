@@ -3,13 +3,31 @@
 -- A caller that finds no free slot joins the endpoint's admission queue (lib/admission_queue.lua),
 -- or keeps its place there; the slot it is granted later is taken by calling this again.
 --
--- KEYS: lease (sorted set of slot tokens by expiry), breaker (hash), probe (the probe's lock),
---       rate (hash of this minute's counts), admit, byage, info, age (the admission queue),
---       [running claim, task record]
--- ARGV: limit, lease ttl ms, token, cooldown ("first_ms:max_ms"), requests per minute,
---       tokens per minute (0: no limit), band (9 - priority), tenant, weight, grant list (the
---       waiter's worker's), every, cost (a turn's: 1, or the task's tokens when the endpoint is
---       fair by tokens; see lib/admission_queue.lua), [claim token, claim ttl ms, endpoint]
+-- KEYS[1]   lease        sorted set of slot tokens by expiry
+-- KEYS[2]   breaker      the endpoint's circuit breaker (hash)
+-- KEYS[3]   probe        the breaker's probe lock
+-- KEYS[4]   rate         hash of this minute's counts
+-- KEYS[5]   admit        the endpoint's admission queue (lib/admission_queue.lua): its order
+-- KEYS[6]   byage        its waiters by band, tenant and age
+-- KEYS[7]   info         its waiters' entries and clocks
+-- KEYS[8]   age          its waiters by their task's creation time
+-- KEYS[9]?  running      with a claim: the task's running claim
+-- KEYS[10]? record       with a claim: the task's record (where its attempt is counted)
+-- ARGV[1]   limit        the endpoint's cap (lib/pool_limit.lua)
+-- ARGV[2]   ttl          a lease's ttl, in ms
+-- ARGV[3]   token        the slot's token
+-- ARGV[4]   cooldown     "first_ms:max_ms"
+-- ARGV[5]   rpm          requests per minute (0: no limit)
+-- ARGV[6]   tpm          tokens per minute (0: no limit)
+-- ARGV[7]   band         9 - priority
+-- ARGV[8]   tenant       the task's tenant
+-- ARGV[9]   weight       the tenant's weight
+-- ARGV[10]  owner        the grant list (the waiter's worker's)
+-- ARGV[11]  every        see lib/admission_queue.lua
+-- ARGV[12]  cost         a turn's: 1, or the task's tokens when the endpoint is fair by tokens
+-- ARGV[13]? claim_token  with a claim: its token
+-- ARGV[14]? claim_ttl    its ttl, in ms
+-- ARGV[15]? endpoint     the endpoint the attempt is counted on
 local lease, breaker, probe, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local admit, byage, info, age = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local running, record = KEYS[9], KEYS[10]
