@@ -75,7 +75,7 @@ def register(client: redis.Redis | aioredis.Redis, package: str, name: str) -> S
 #: ``-- ARGV[8..16] name`` (a group of that many, passed as one sequence), ``-- KEYS[4+] name``
 #: (the rest, any number: the last), each with ``?`` after it when it may be left out (then so
 #: is every one after it).
-NAMED = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(?:\.\.(\d+)|(\+))?\](\?)?\s+(\w+)", re.M)
+NAMED = re.compile(r"^-- (KEYS|ARGV)\[(\d+)(?:\.\.(\d+)|(\+))?\](\?)?\s+(\w+)", re.M)
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,10 @@ class ScriptSpec:
         return self._place("KEYS", self.keys, keys), self._place("ARGV", self.args, args)
 
     def _place(self, kind: str, slots: tuple[Slot, ...], given: Mapping[str, Any]) -> list[Any]:
+        if not isinstance(given, Mapping):
+            raise ScriptArgumentError(
+                f"{self.name}.lua takes its {kind} by name, not as a {type(given).__name__}"
+            )
         unknown = sorted(set(given) - {slot.name for slot in slots})
         if unknown:
             raise ScriptArgumentError(f"{self.name}.lua takes no {kind} {', '.join(unknown)}")
