@@ -6,6 +6,14 @@ include in ``<package>/scripts/lib/<name>.lua``, both shipped with it as package
 that names its ``KEYS`` and ``ARGV`` and binds them to locals on its first lines, so a reader
 meets names, not positions.
 
+That block is the script's :class:`ScriptSpec`, the one place its ``KEYS`` and ``ARGV`` are
+declared: a line ``-- KEYS[1]  record_key  ...`` names a position (``[8..16]`` a group passed
+as one sequence, ``[4+]`` the rest, a ``?`` after the bracket one a call may leave out), and
+:func:`named` calls the script by those names, refusing one missing or unknown
+(tests/unit/worker/test_lua.py holds each header to the locals its script binds). What a script
+answers is decoded beside it, in its package's ``script_replies`` module, so callers read names,
+not codes.
+
 A function two scripts share lives in a library, and each script that needs it says so on a
 line of its own: ``-- #include worker.limits:slot_take`` is replaced by the text of
 ``worker/limits/scripts/lib/slot_take.lua`` when the script is loaded (Redis runs one
