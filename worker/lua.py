@@ -154,13 +154,20 @@ class ScriptArgumentError(TypeError):
 def spec(package: str, name: str) -> ScriptSpec:
     """The :class:`ScriptSpec` of the script ``name`` of ``package``, read from the header of
     its own file (its libraries name no ``KEYS`` or ``ARGV``)."""
+    return parse_spec(name, _read(package, SCRIPTS_DIR, name))
+
+
+def parse_spec(name: str, text: str) -> ScriptSpec:
+    """The :class:`ScriptSpec` the header of ``text`` (the script ``name``) declares; a
+    position named out of its order, or a needed one after one that may be left out, raises
+    :class:`ValueError`."""
     found: dict[str, list[Slot]] = {"KEYS": [], "ARGV": []}
-    for kind, first, last, rest, optional, slot_name in NAMED.findall(
-        _read(package, SCRIPTS_DIR, name)
-    ):
+    for kind, first, last, rest, optional, slot_name in NAMED.findall(text):
         slots = found[kind]
+        if slots and slots[-1].size is None:
+            raise ValueError(f"{name}.lua names {kind}[{first}] after the rest, {slots[-1].name}")
         expected = slots[-1].first + (slots[-1].size or 0) if slots else 1
-        if int(first) != expected or (slots and slots[-1].size is None):
+        if int(first) != expected:
             raise ValueError(f"{name}.lua names {kind}[{first}] where {kind}[{expected}] goes")
         if slots and slots[-1].optional and not optional:
             raise ValueError(f"{name}.lua: {kind} {slot_name} follows an optional one")

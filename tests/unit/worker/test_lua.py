@@ -153,3 +153,23 @@ def test_the_spec_is_read_from_the_scripts_header() -> None:
     ]
     assert spec.keys[3].size is None
     assert spec.args[0].name == "want"
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        ("-- KEYS[1] a\n-- KEYS[3] b\n", r"names KEYS\[3\] where KEYS\[2\] goes"),
+        ("-- ARGV[1+] rest\n-- ARGV[2] more\n", r"names ARGV\[2\] after the rest, rest"),
+        ("-- ARGV[1]? a\n-- ARGV[2] b\n", "ARGV b follows an optional one"),
+    ],
+)
+def test_a_header_out_of_order_is_refused(header: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        lua.parse_spec("demo", header)
+
+
+def test_a_header_that_disagrees_with_its_locals_is_caught() -> None:
+    text = "-- KEYS[1]  lease\n-- ARGV[1]  ttl_ms\nlocal lease, ttl = KEYS[1], tonumber(ARGV[1])\n"
+    spec = lua.parse_spec("demo", text)
+    bound = {local for _kind, _index, local in _bindings(text)}
+    assert {slot.name for slot in (*spec.keys, *spec.args)} - bound == {"ttl_ms"}
