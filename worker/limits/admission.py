@@ -158,7 +158,7 @@ class Admission:
             return
         gone = self._renew(
             keys={"lease": self._lease, **self.named_keys()},
-            args={"ttl": ttl_ms, "tokens": tokens},
+            args={"ttl_ms": ttl_ms, "tokens": tokens},
         )
         for token in script_replies.admit_renew(gone):
             self._granted(token)
@@ -170,8 +170,8 @@ class Admission:
         swept = self._sweep(
             keys={"lease": self._lease, **self.named_keys(), "swept": self._swept},
             args={
-                "limit": self.limit(), "every": self.every, "ttl": self._ttl_ms,
-                "stall": int(self._ttl_ms * STALL_TTLS), "self_id": self.presence.id,
+                "limit": self.limit(), "every": self.every, "ttl_ms": self._ttl_ms,
+                "stall_ms": int(self._ttl_ms * STALL_TTLS), "self_id": self.presence.id,
                 "live_spec": "-" if live is None else ",".join(sorted(live)),
             },
         )  # fmt: skip

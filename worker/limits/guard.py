@@ -223,7 +223,7 @@ class EndpointGuard:
         script_keys = {**_named_slot_keys(self._keys), **admission.named_keys()}
         priority, tenant = (claim.priority, claim.tenant) if claim else (PRIORITY_DEFAULT, None)
         args: dict[str, int | str] = {
-            "limit": admission.limit(), "ttl": self._ttl_ms, "token": token,
+            "limit": admission.limit(), "ttl_ms": self._ttl_ms, "token": token,
             "cooldown": self._cooldown_ms, "rpm": policy.requests_per_minute,
             "tpm": policy.tokens_per_minute,
             **admission.named_args(priority, tenant, (claim.cost if claim else None) or 1),
@@ -235,7 +235,7 @@ class EndpointGuard:
             }
             args |= {
                 "claim_token": claim.token,
-                "claim_ttl": claim.ttl_ms,
+                "claim_ttl_ms": claim.ttl_ms,
                 "endpoint": claim.endpoint,
             }
 
@@ -372,7 +372,7 @@ class EndpointGuard:
         ended = [token for token in held if token in self._handed_off]
         self._renew(
             keys={"lease": self._keys[0]},
-            args={"ttl": self._ttl_ms, "running": len(running), "tokens": [*running, *ended]},
+            args={"ttl_ms": self._ttl_ms, "running": len(running), "tokens": [*running, *ended]},
         )
 
     def close(self) -> None:

@@ -97,8 +97,8 @@ class ReplicaPool:
             self._pick(
                 keys={"lease": self._lease, "affinity": self._affinity},
                 args={
-                    "spec": self.spec(), "token": token, "ttl": self._ttl_ms,
-                    "key": affinity_key, "affinity_ttl": int(AFFINITY_TTL_S * 1000),
+                    "spec": self.spec(), "token": token, "ttl_ms": self._ttl_ms,
+                    "key": affinity_key, "affinity_ttl_ms": int(AFFINITY_TTL_S * 1000),
                     "affinity_max": AFFINITY_MAX,
                 },
             )

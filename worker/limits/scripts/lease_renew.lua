@@ -8,19 +8,19 @@
 -- exists: that script may have released it already.
 --
 -- KEYS[1]  lease    the endpoint's leases: sorted set of slot tokens by expiry
--- ARGV[1]  ttl      a lease's ttl, in ms
+-- ARGV[1]  ttl_ms   a lease's time to live
 -- ARGV[2]  running  the number n of running calls' tokens
 -- ARGV[3+] tokens   the n running calls' tokens, then the ended calls'
 local lease = KEYS[1]
-local ttl = tonumber(ARGV[1])
+local ttl_ms = tonumber(ARGV[1])
 local running = tonumber(ARGV[2])
 -- #include worker.limits:now_ms
 for i = 3, #ARGV do
   if i <= running + 2 then
-    redis.call('ZADD', lease, now + ttl, ARGV[i])
+    redis.call('ZADD', lease, now + ttl_ms, ARGV[i])
   else
-    redis.call('ZADD', lease, 'XX', now + ttl, ARGV[i])
+    redis.call('ZADD', lease, 'XX', now + ttl_ms, ARGV[i])
   end
 end
-redis.call('PEXPIRE', lease, ttl * 2)
+redis.call('PEXPIRE', lease, ttl_ms * 2)
 return 1
