@@ -136,6 +136,8 @@ class ScriptSpec:
             if slot.size == 1:
                 out.append(value)
                 continue
+            if isinstance(value, str | bytes):
+                raise ScriptArgumentError(f"{self.name}.lua takes its {kind} {slot.name} as a list")
             values = list(value)
             if slot.size is not None and len(values) != slot.size:
                 raise ScriptArgumentError(

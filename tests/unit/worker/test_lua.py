@@ -135,6 +135,7 @@ def test_a_call_by_name_is_put_in_the_headers_order() -> None:
         ({"record_key": "r", "queues": []}, {"ttl_s": 1, "offer": [1]}, "takes 2 ARGV as offer"),
         ({"record_key": "r", "queues": []}, {"ttl_s": 1, "cost": 1}, "cost only after offer"),
         (["r"], {"ttl_s": 1}, "takes its KEYS by name, not as a list"),
+        ({"record_key": "r", "queues": "ab"}, {"ttl_s": 1}, "KEYS queues as a list"),
     ],
 )
 def test_a_call_missing_a_name_or_with_one_too_many_is_refused(
@@ -173,3 +174,9 @@ def test_a_header_that_disagrees_with_its_locals_is_caught() -> None:
     spec = lua.parse_spec("demo", text)
     bound = {local for _kind, _index, local in _bindings(text)}
     assert {slot.name for slot in (*spec.keys, *spec.args)} - bound == {"ttl_ms"}
+
+
+def test_a_library_names_no_keys_or_arguments() -> None:
+    for path in _lua_files():
+        if "/scripts/lib/" in path:
+            assert lua.NAMED.findall((ROOT / path).read_text(encoding="utf-8")) == [], path
