@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
+from api_producer import script_replies
 from api_producer.producers.enqueue import Reservation
 from worker import contract, keys, lua
 from worker.contract import GenerationRequest, request_tokens_estimate
@@ -75,7 +75,7 @@ class TokenBudget:
         self._default_max_tokens = default_max_tokens
         #: Seconds since the epoch: the day a hold counts against.
         self.clock = clock
-        self._reserve: AsyncScript = lua.register(client, "api_producer", "token_reserve")
+        self._reserve = lua.named(client, "api_producer", "token_reserve")
 
     async def reserve(
         self, tenant: Tenant, requests: Sequence[GenerationRequest]
@@ -87,15 +87,26 @@ class TokenBudget:
         now = self.clock()
         day = utc_day(now)
         tokens = [estimate(request, self._default_max_tokens) for request in requests]
-        held, used = await self._reserve(
-            keys=[keys.usage(tenant.name, day), keys.reserved_tokens(tenant.name)],
-            args=[day, sum(tokens), budget, RESERVED_TTL_S, utc_day(now - DAY_S)],
+        hold = script_replies.token_reserve(
+            await self._reserve(
+                keys={
+                    "usage_key": keys.usage(tenant.name, day),
+                    "reserved_key": keys.reserved_tokens(tenant.name),
+                },
+                args={
+                    "day": day,
+                    "cost": sum(tokens),
+                    "budget": budget,
+                    "key_ttl_s": RESERVED_TTL_S,
+                    "day_before": utc_day(now - DAY_S),
+                },
+            )
         )
-        if not int(held):
+        if not hold.held:
             retry_after_s = seconds_to_midnight(now)
             raise QuotaExceeded(
                 f"token quota: this submission may use up to {sum(tokens)} tokens and "
-                f"{int(used)} of this tenant's {budget} tokens per day (UTC) are used or held; "
+                f"{hold.used} of this tenant's {budget} tokens per day (UTC) are used or held; "
                 f"the budget resets in {retry_after_s}s",
                 retry_after_s,
             )

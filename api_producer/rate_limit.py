@@ -18,8 +18,8 @@ from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, HTTPException, Request, status
-from redis.commands.core import AsyncScript
 
+from api_producer import script_replies
 from api_producer.deps import CallerDep, StateDep
 from worker import keys, lua
 from worker.redis_io import connections
@@ -48,11 +48,11 @@ class RateLimiter:
         self._redis = client
         self._per_minute = per_minute
         self._clock = clock
-        self._script: AsyncScript | None = None
-        self._refund: AsyncScript | None = None
+        self._script: lua.Named | None = None
+        self._refund: lua.Named | None = None
         if client is not None:
-            self._script = lua.register(client, "api_producer", "rate_charge")
-            self._refund = lua.register(client, "api_producer", "rate_refund")
+            self._script = lua.named(client, "api_producer", "rate_charge")
+            self._refund = lua.named(client, "api_producer", "rate_refund")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -86,10 +86,13 @@ class RateLimiter:
             )
         now = self._clock()
         window = int(now // WINDOW_S)
-        used = await self._script(
-            keys=[keys.api_rate(caller.name, window)], args=[cost, per_minute, KEY_TTL_S]
+        charge = script_replies.rate_charge(
+            await self._script(
+                keys={"window_key": keys.api_rate(caller.name, window)},
+                args={"cost": cost, "limit": per_minute, "key_ttl_s": KEY_TTL_S},
+            )
         )
-        if int(used) < 0:
+        if charge.refused:
             retry_after_s = max(1, math.ceil((window + 1) * WINDOW_S - now))
             raise HTTPException(
                 status.HTTP_429_TOO_MANY_REQUESTS,
@@ -102,7 +105,9 @@ class RateLimiter:
     async def refund(self, caller: str, window: int, cost: int) -> None:
         """Give back ``cost`` charged to ``caller`` in ``window``."""
         if self._refund is not None and cost > 0:
-            await self._refund(keys=[keys.api_rate(caller, window)], args=[cost])
+            await self._refund(
+                keys={"window_key": keys.api_rate(caller, window)}, args={"cost": cost}
+            )
 
     async def aclose(self) -> None:
         if self._redis is not None:

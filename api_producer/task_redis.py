@@ -55,9 +55,9 @@ class TaskRedis:
         self.results = results
         self._result_ttl_s = result_ttl_s
         # Never over a success: a task that finished since its state was read stays finished.
-        self._revoke = lua.register(results, "worker.delivery", "store_result")
-        self._give_back = lua.register(client, "worker.delivery", "reservation_release")
-        self._place = lua.register(client, "worker.delivery", "queue_position")
+        self._revoke = lua.named(results, "worker.delivery", "store_result")
+        self._give_back = lua.named(client, "worker.delivery", "reservation_release")
+        self._place = lua.named(client, "worker.delivery", "queue_position")
         #: The endpoint of genqueue's own queue, and the tenants' weights (``weights_spec``).
         self.default_endpoint = DEFAULT_ENDPOINT
         self.weights: Callable[[], str] = lambda: ""
@@ -102,9 +102,14 @@ class TaskRedis:
         pipe.hgetall(keys.task_record(task_id))
         if not self.apart:
             pipe.get(keys.celery_result(task_id))
-        args = [self.default_endpoint, self.weights(), backlog.DEFAULT_TENANT]
         await self._place(
-            keys=[keys.task_record(task_id), keys.EVENTS_STREAM], args=args, client=pipe
+            keys={"record_key": keys.task_record(task_id), "events_key": keys.EVENTS_STREAM},
+            args={
+                "default_endpoint": self.default_endpoint,
+                "weights": self.weights(),
+                "default_tenant": backlog.DEFAULT_TENANT,
+            },
+            client=pipe,
         )
         if self.apart:
             replies, meta = await asyncio.gather(
@@ -136,11 +141,15 @@ class TaskRedis:
             pipe.hset(keys.task_record(task_id), records.F_FINISHED, records.utcnow_iso())
             # Its hold of the day budget comes back now, not when a worker reaches its message.
             await self._give_back(
-                keys=[keys.task_record(task_id)], args=[keys.reserved_tokens("")], client=pipe
+                keys={"record_key": keys.task_record(task_id)},
+                args={"reserved_prefix": keys.reserved_tokens("")},
+                client=pipe,
             )
             meta = records.revoked_meta(task_id)
-            args = [meta, self._result_ttl_s, states.SUCCESS]
-            await self._revoke(keys=[keys.celery_result(task_id)], args=args, client=results_pipe)
+            args = {"meta": meta, "ttl_s": self._result_ttl_s, "success": states.SUCCESS}
+            await self._revoke(
+                keys={"result_key": keys.celery_result(task_id)}, args=args, client=results_pipe
+            )
             revoked += 1
         await pipe.execute()
         if revoked and results_pipe is not pipe:

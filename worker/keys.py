@@ -32,8 +32,8 @@ def lease(endpoint_id: str) -> str:
 
 def admission(endpoint_id: str) -> str:
     """Sorted set: the endpoint's admission queue, tasks held by workers and waiting for a
-    slot, in the order they get one (``worker/limits/scripts/admission.lua``). TTL: four lease
-    TTLs after its last change; each waiter lapses by itself unless its worker renews it."""
+    slot, in the order they get one (``worker/limits/scripts/lib/admission_queue.lua``). TTL: four
+    lease TTLs after its last change; each waiter lapses by itself unless its worker renews it."""
     return f"{PREFIX}:admit:{endpoint_id}"
 
 
@@ -58,7 +58,7 @@ def admission_age(endpoint_id: str) -> str:
 def auto_limit(endpoint_id: str) -> str:
     """Hash: the controller of an endpoint whose ``max_concurrency`` is ``"auto"``: the limit
     in force, the no-load latency estimate and the current sample window
-    (``worker/limits/scripts/auto_limit.lua``). TTL: a day after its last sample."""
+    (``worker/limits/scripts/lib/auto_limit.lua``). TTL: a day after its last sample."""
     return f"{PREFIX}:auto-limit:{endpoint_id}"
 
 
@@ -292,8 +292,8 @@ def queue_lists(queues: Iterable[str]) -> list[str]:
 
 def backlog(queue_list_key: str, tenant: str) -> str:
     """List: one tenant's messages of a queue list, sorted out of it by a fetch so that tenants
-    take turns over the whole backlog (``worker/delivery/scripts/backlog.lua``, which writes
-    these names too). No TTL, as kombu's lists: bounded by what is queued."""
+    take turns over the whole backlog (``worker/delivery/scripts/lib/backlog_fair_order.lua``, which
+    writes these names too). No TTL, as kombu's lists: bounded by what is queued."""
     return f"{PREFIX}:backlog:{tenant}:{queue_list_key}"
 
 

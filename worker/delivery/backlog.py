@@ -2,11 +2,12 @@
 
 Redis's lists are first in, first out within a priority: a tenant whose tasks were sent behind
 another's 50,000 would wait for all of them. So the worker's fetch (``scripts/fetch.lua``) moves
-the messages it meets off each queue list into a list per tenant (``scripts/backlog.lua``) and
-takes from those by virtual time, each tenant its oldest; a worker whose prefetch window is full
-sorts what arrives meanwhile (``scripts/backlog_sort.lua``), so a newcomer's message is next in
-turn by the time a window has room. A message is moved within one script: it is in its queue
-list, in its tenant's list, or recorded as unacked, never nowhere (see docs/scheduling.md).
+the messages it meets off each queue list into a list per tenant
+(``scripts/lib/backlog_fair_order.lua``) and takes from those by virtual time, each tenant its
+oldest; a worker whose prefetch window is full sorts what arrives meanwhile
+(``scripts/backlog_sort.lua``), so a newcomer's message is next in turn by the time a window has
+room. A message is moved within one script: it is in its queue list, in its tenant's list, or
+recorded as unacked, never nowhere (see docs/scheduling.md).
 
 This module holds what the scripts take from the worker: the tenants' weights, the queues whose
 endpoint is fair by tokens, and the size of the backlog for those that count what is queued

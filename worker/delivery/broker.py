@@ -59,7 +59,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from worker import keys, lua
-from worker.delivery import backlog
+from worker.delivery import backlog, script_replies
 from worker.redis_io import redis_outage as outage
 from worker.redis_io import redis_sentinel
 
@@ -265,26 +265,33 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not self._backlog:
             return 0
         want = FETCH_BATCH_MAX if room is None else min(room, FETCH_BATCH_MAX)
-        reply = self._fetch(self._lists(), want)
-        self._backlog = len(reply) // 3 >= want
-        return self._deliver_fetched(reply)
+        fetched = self._fetch(self._lists(), want)
+        self._backlog = len(fetched) >= want
+        return self._deliver_fetched(fetched)
 
     def _lists(self) -> list[str]:
         queues = self._queue_cycle.consume(len(self.active_queues))
         return [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
 
-    def _fetch(self, lists: list[str], want: int) -> list[Any]:
+    def _fetch(self, lists: list[str], want: int) -> list[script_replies.Fetched]:
         with self.conn_or_acquire() as client:
             if self._fetch_script is None or self._fetch_script.registered_client is not client:
-                self._fetch_script = lua.register(client, "worker.delivery", "fetch")
-            reply: list[Any] = self._fetch_script(
-                keys=[self.unacked_key, self.unacked_index_key, keys.unreadable(), *lists],
-                args=[
-                    want, time(), UNREADABLE_MAX, backlog.DEFAULT_TENANT, backlog.weights_spec(),
-                    *backlog.fairness_args(),
-                ],
+                self._fetch_script = lua.named(client, "worker.delivery", "fetch")
+            token_queues, default_max_tokens = backlog.fairness_args()
+            reply = self._fetch_script(
+                keys={
+                    "unacked_key": self.unacked_key,
+                    "unacked_index_key": self.unacked_index_key,
+                    "unreadable_key": keys.unreadable(),
+                    "queue_lists": lists,
+                },
+                args={
+                    "want": want, "now_s": time(), "unreadable_max": UNREADABLE_MAX,
+                    "default_tenant": backlog.DEFAULT_TENANT, "weights": backlog.weights_spec(),
+                    "token_queues": token_queues, "default_max_tokens": default_max_tokens,
+                },
             )  # fmt: skip
-        return reply
+        return script_replies.fetch(reply)
 
     def _sort_backlog(self) -> int:
         """Sort what the queues received into the backlog, when it is time; 1 if there is more."""
@@ -293,38 +300,42 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return 0
         with self.conn_or_acquire() as client:
             if self._sort_script is None or self._sort_script.registered_client is not client:
-                self._sort_script = lua.register(client, "worker.delivery", "backlog_sort")
-            moved, left, *aside = self._sort_script(
-                keys=[keys.unreadable(), *self._lists()],
-                args=[
-                    backlog.SORT_MAX, UNREADABLE_MAX, backlog.DEFAULT_TENANT,
-                    backlog.weights_spec(), backlog.fairness_args()[0],
-                ],
+                self._sort_script = lua.named(client, "worker.delivery", "backlog_sort")
+            sorted_ = script_replies.backlog_sort(
+                self._sort_script(
+                    keys={"unreadable_key": keys.unreadable(), "queue_lists": self._lists()},
+                    args={
+                        "most": backlog.SORT_MAX, "unreadable_max": UNREADABLE_MAX,
+                        "default_tenant": backlog.DEFAULT_TENANT,
+                        "weights": backlog.weights_spec(),
+                        "token_queues": backlog.fairness_args()[0],
+                    },
+                )
             )  # fmt: skip
-        for name in aside:
-            _log_unreadable(bytes_to_str(name).rsplit(self.sep, 1)[0])
-        if int(moved):
+        for name in sorted_.set_aside:
+            _log_unreadable(name.rsplit(self.sep, 1)[0])
+        if sorted_.moved:
             self._backlog = True  # the window takes from the backlog when it has room
-        more = int(left) == 1 and int(moved) >= backlog.SORT_MAX
+        more = sorted_.more_queued and sorted_.moved >= backlog.SORT_MAX
         self._sort_due = now if more else now + backlog.SORT_EVERY_S
         return 1 if more else 0
 
-    def _deliver_fetched(self, reply: list[Any]) -> int:
+    def _deliver_fetched(self, fetched: list[script_replies.Fetched]) -> int:
         failure: BaseException | None = None
-        for index in range(0, len(reply), 3):
-            queue = bytes_to_str(reply[index]).rsplit(self.sep, 1)[0]
+        for taken in fetched:
+            queue = taken.queue_list.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            if not reply[index + 2]:
+            if taken.delivery_tag is None:
                 _log_unreadable(queue)
                 continue
-            self.qos.recorded.add(bytes_to_str(reply[index + 2]))
+            self.qos.recorded.add(taken.delivery_tag)
             try:
-                self.connection._deliver(loads(bytes_to_str(reply[index + 1])), queue)
+                self.connection._deliver(loads(taken.message), queue)
             except Exception as exc:  # the rest are taken too: deliver them, then raise
                 failure = failure or exc
         if failure is not None:
             raise failure
-        return len(reply) // 3
+        return len(fetched)
 
     def _size(self, queue: str) -> int:
         """kombu's count of the queue's lists, and the messages sorted into their backlogs."""
@@ -338,9 +349,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         purged = int(super()._purge(queue))
         lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
         with self.conn_or_acquire() as client:
-            return purged + int(
-                lua.register(client, "worker.delivery", "backlog_purge")(keys=lists)
-            )
+            purge = lua.named(client, "worker.delivery", "backlog_purge")
+            return purged + int(purge(keys={"lists": lists}, args={}))
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

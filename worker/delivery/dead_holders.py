@@ -98,8 +98,11 @@ def hand_back(client: redis.Redis, channel: Any, holder: str) -> int:
     held = [message for message in raw if message is not None]
     task_ids = [task_id for message in held if (task_id := _task_id(message))]
     if task_ids:
-        release = lua.register(client, "worker.delivery", "release_dead_claims")
-        release(keys=[keys.running(task_id) for task_id in task_ids], args=[f"{holder}."])
+        release = lua.named(client, "worker.delivery", "release_dead_claims")
+        release(
+            keys={"running_keys": [keys.running(task_id) for task_id in task_ids]},
+            args={"prefix": f"{holder}."},
+        )
     for tag in tags:
         channel.qos.restore_by_tag(tag, client)
     client.delete(key)

@@ -64,8 +64,8 @@ class RunningTasks:
         self._claims: dict[str, str] = {}
         self._calls: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._release_claim = lua.register(client, "worker.delivery", "release_claim")
-        self._renew_claims = lua.register(client, "worker.delivery", "renew_claims")
+        self._release_claim = lua.named(client, "worker.delivery", "release_claim")
+        self._renew_claims = lua.named(client, "worker.delivery", "renew_claims")
         #: Held by a renewal while it runs: a claim given up meanwhile is not taken again.
         self._renewing = threading.Lock()
         self._listener: threading.Thread | None = None
@@ -96,7 +96,9 @@ class RunningTasks:
             try:
                 # Ridden out: a claim left behind would drop the task's retry as a duplicate.
                 ride_out(
-                    lambda: self._release_claim(keys=[keys.running(task_id)], args=[token]),
+                    lambda: self._release_claim(
+                        keys={"running_key": keys.running(task_id)}, args={"token": token}
+                    ),
                     "releasing its running claim",
                     self._outage,
                 )
@@ -115,8 +117,8 @@ class RunningTasks:
             if not held:
                 return
             self._renew_claims(
-                keys=[keys.running(task_id) for task_id in held],
-                args=[self.claim_ttl_ms, *held.values()],
+                keys={"running_keys": [keys.running(task_id) for task_id in held]},
+                args={"ttl_ms": self.claim_ttl_ms, "tokens": list(held.values())},
             )
 
     @contextlib.contextmanager

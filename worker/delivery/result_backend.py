@@ -61,9 +61,12 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
     def _store(self, key: bytes | str, value: str | bytes) -> None:
         client = self.client
         if self._store_script is None or self._store_script.registered_client is not client:
-            self._store_script = lua.register(client, "worker.delivery", "store_result")
+            self._store_script = lua.named(client, "worker.delivery", "store_result")
         expires = int(self.expires or 0)
-        self._store_script(keys=[key], args=[value, expires, states.SUCCESS])
+        self._store_script(
+            keys={"result_key": key},
+            args={"meta": value, "ttl_s": expires, "success": states.SUCCESS},
+        )
 
 
 class SentinelResultBackend(ResultBackend, SentinelBackend):  # type: ignore[misc]

@@ -37,8 +37,9 @@ import redis
 
 from worker import keys, lua
 from worker.contract import GenerationResult
-from worker.delivery import records
+from worker.delivery import records, script_replies
 from worker.limits.guard import GrantedSlot, SlotOffer, SlotRelease
+from worker.limits.script_replies import SlotAnswer
 from worker.observability import completion_stream as events
 from worker.redis_io.redis_outage import REDIS_DOWN
 from worker.settings import DAY_S, default_of
@@ -109,6 +110,11 @@ def error_json(error_type: str, message: str) -> str:
     return json.dumps({"type": error_type, "message": message})
 
 
+#: The names the end script gives :func:`usage_keys` and :func:`usage_args`, in their order.
+USAGE_KEYS = ("usage_key", "usage_tenants_key", "usage_totals_key", "reserved_key")
+USAGE_ARGS = ("tenant", "endpoint", "prompt_tokens", "completion_tokens", "gpu_ms", "usage_ttl_s")
+
+
 def usage_args(ending: Ending, usage_ttl_s: int) -> list[str | int]:
     """The end script's usage arguments: tenant, endpoint, tokens, GPU-milliseconds, TTL."""
     result = ending.result or {}
@@ -177,11 +183,11 @@ class Lifecycle:
         self._usage_ttl_s = usage_ttl_s
         self._events_maxlen = events_maxlen
         self._broker = broker
-        self._begin = lua.register(client, "worker.delivery", "task_start")
-        self._finish = lua.register(client, "worker.delivery", "task_end")
+        self._begin = lua.named(client, "worker.delivery", "task_start")
+        self._finish = lua.named(client, "worker.delivery", "task_end")
         self._results = results
         self._store_result = (
-            lua.register(results, "worker.delivery", "store_result") if results else None
+            lua.named(results, "worker.delivery", "store_result") if results else None
         )
 
     def begin(
@@ -205,39 +211,40 @@ class Lifecycle:
             meta_there: bytes | None = self._results.get(result_key)  # type: ignore[assignment]
             stored = stored_result(meta_there)
             result_apart = "succeeded" if stored is not None else "pending"
-        script_keys = [keys.task_record(task_id), result_key]
-        args: list[str | int] = [
-            records.utcnow_iso(),
-            f"{records.F_DELIVERIES}:{delivery_round}",
-            self._record_ttl_s,
-            self._record_ttl_s,
-            started,
-            result_apart,
-        ]
+        script_keys: dict[str, Any] = {
+            "record_key": keys.task_record(task_id),
+            "result_key": result_key,
+        }
+        args: dict[str, Any] = {
+            "created_at": records.utcnow_iso(),
+            "deliveries_field": f"{records.F_DELIVERIES}:{delivery_round}",
+            "record_ttl_s": self._record_ttl_s,
+            "result_ttl_s": self._record_ttl_s,
+            "started_meta": started,
+            "result_apart": result_apart,
+        }
         if offer is not None:
-            script_keys += offer.keys
-            args += [max_deliveries, *offer.args]
-        deliveries, fields, meta, answer = self._begin(keys=script_keys, args=args)
+            script_keys["slot_offer_keys"] = offer.keys
+            args |= {"max_deliveries": max_deliveries, "slot_offer_args": offer.args}
+        start = script_replies.task_start(self._begin(keys=script_keys, args=args))
         granted = None
-        if offer is not None and answer and int(answer[0]) == 1:
-            granted = GrantedSlot(offer, int(answer[2]), int(answer[3]))
-        attempts, first, cancel, endpoint, tried, job_id, polls = (
-            value.decode() if value is not None else None for value in fields
-        )
+        if offer is not None and start.slot and start.slot.answer is SlotAnswer.TAKEN:
+            assert start.slot.attempts is not None  # a claim's slot counts its attempt
+            granted = GrantedSlot(offer, *start.slot.attempts)
         if self._results is None:
-            stored = stored_result(meta)
-        elif stored is None and not cancel:
+            stored = stored_result(start.meta)
+        elif stored is None and not start.cancel_requested:
             self._mark_started(task_id, result_key, started)
         return Progress(
-            attempts=int(attempts or 0),
-            deliveries=int(deliveries),
-            first_attempt_at=float(first) if first else None,
-            cancel_requested=bool(cancel),
+            attempts=int(start.attempts or 0),
+            deliveries=start.deliveries,
+            first_attempt_at=float(start.first_attempt_at) if start.first_attempt_at else None,
+            cancel_requested=bool(start.cancel_requested),
             stored_result=stored,
-            endpoint=endpoint,
-            tried=tuple(tried.split(",")) if tried else (),
-            job_id=job_id,
-            polls=int(polls or 0),
+            endpoint=start.endpoint,
+            tried=tuple(start.endpoints_tried.split(",")) if start.endpoints_tried else (),
+            job_id=start.job_id,
+            polls=int(start.polls or 0),
             granted=granted,
         )
 
@@ -278,7 +285,10 @@ class Lifecycle:
         its start being counted already."""
         assert self._store_result is not None
         try:
-            self._store_result(keys=[result_key], args=[meta, self._record_ttl_s, "SUCCESS"])
+            self._store_result(
+                keys={"result_key": result_key},
+                args={"meta": meta, "ttl_s": self._record_ttl_s, "success": "SUCCESS"},
+            )
         except REDIS_DOWN as err:
             log.warning("task %s: its STARTED state was not stored (%s)", task_id, err)
 
@@ -305,48 +315,50 @@ class Lifecycle:
         if ending.result is not None:
             meta = celery_meta(task_id, "SUCCESS", ending.result, done=True, done_at=ended)
         store_apart = self._store_result if meta else None
-        script_keys = [
-            keys.task_record(task_id),
-            events.EVENTS_STREAM,
-            keys.celery_result(task_id),
-            keys.running(task_id),
-            self._broker.unacked_index_key if self._broker else keys.UNACKED_INDEX,
-            self._broker.unacked_key if self._broker else keys.UNACKED,
-            keys.inbox(),
-            *usage_keys(ending.tenant),
-        ]
+        script_keys: dict[str, Any] = {
+            "record_key": keys.task_record(task_id),
+            "events_key": events.EVENTS_STREAM,
+            "result_key": keys.celery_result(task_id),
+            "running_key": keys.running(task_id),
+            "unacked_index_key": self._broker.unacked_index_key
+            if self._broker
+            else keys.UNACKED_INDEX,
+            "unacked_key": self._broker.unacked_key if self._broker else keys.UNACKED,
+            "inbox_key": keys.inbox(),
+            **dict(zip(USAGE_KEYS, usage_keys(ending.tenant), strict=True)),
+        }
         tag = message_tag if self._broker is not None and message_tag else ""
-        release_args: tuple[str | int, ...] = ()
+        release_args: dict[str, Any] = {}
         if slot_release is not None:
-            script_keys += slot_release.keys
-            release_args = slot_release.args
+            script_keys["slot_release_keys"] = slot_release.keys
+            release_args["slot_release_args"] = slot_release.args
             if slot_release.settle:
-                release_args = (*release_args, *slot_release.settle, queue_list)
+                release_args["slot_release_args"] += (*slot_release.settle, queue_list)
         try:
             if store_apart is not None:
                 # First, and idempotent: a success stored twice (a redelivered message) is one.
                 store_apart(
-                    keys=[keys.celery_result(task_id)],
-                    args=[meta, self._record_ttl_s, "SUCCESS"],
+                    keys={"result_key": keys.celery_result(task_id)},
+                    args={"meta": meta, "ttl_s": self._record_ttl_s, "success": "SUCCESS"},
                 )
             answer = self._finish(
                 keys=script_keys,
-                args=[
-                    self._record_ttl_s,
-                    self._events_maxlen,
-                    task_id,
-                    ending.status,
-                    ending.error_type,
-                    records.iso(ended),
-                    error,
-                    self._record_ttl_s,
-                    "" if store_apart is not None else meta,
-                    "1" if store_apart is not None else "",
-                    claim_token or "",
-                    tag,
-                    *usage_args(ending, self._usage_ttl_s),
-                    *release_args,
-                ],
+                args={
+                    "record_ttl_s": self._record_ttl_s,
+                    "events_maxlen": self._events_maxlen,
+                    "task_id": task_id,
+                    "status": ending.status,
+                    "error_type": ending.error_type,
+                    "finished_at": records.iso(ended),
+                    "error_json": error,
+                    "result_ttl_s": self._record_ttl_s,
+                    "success_meta": "" if store_apart is not None else meta,
+                    "success_apart": "1" if store_apart is not None else "",
+                    "claim_token": claim_token or "",
+                    "delivery_tag": tag,
+                    **dict(zip(USAGE_ARGS, usage_args(ending, self._usage_ttl_s), strict=True)),
+                    **release_args,
+                },
             )
         except REDIS_DOWN:
             raise  # the caller rides the outage out, and asks again with the same release
@@ -354,16 +366,13 @@ class Lifecycle:
             if slot_release is not None:
                 slot_release.guard.release(slot_release)  # it lapses if Redis is away
             raise
-        cancel, attempts, created_at = answer
+        end = script_replies.task_end(answer)
         if slot_release is not None:
             slot_release.guard.settle(slot_release)
-        if tag and self._broker is not None and not (ending.status == "succeeded" and cancel):
+        cancelled_success = ending.status == "succeeded" and end.cancel_requested
+        if tag and self._broker is not None and not cancelled_success:
             self._broker.settled(tag)
-        return Finished(
-            cancel_requested=bool(cancel),
-            attempts=int(attempts or 0),
-            created_at=created_at.decode() if created_at is not None else None,
-        )
+        return Finished(end.cancel_requested, end.attempts, end.created_at)
 
 
 def stored_result(meta: bytes | None) -> GenerationResult | None:

@@ -1,8 +1,8 @@
 """Who gets an endpoint's next slot: its admission queue in Redis (see docs/scheduling.md).
 
 A task that finds every slot of its endpoint taken joins the endpoint's admission queue
-(``scripts/admission.lua``), ordered by priority band first (9 - priority: 0 first), then by
-its tenant's virtual finish time (self-clocked weighted fair queuing: a tenant of weight ``w``
+(``scripts/lib/admission_queue.lua``), ordered by priority band first (9 - priority: 0 first), then
+by its tenant's virtual finish time (self-clocked weighted fair queuing: a tenant of weight ``w``
 moves its clock on by ``1/w`` a task, or by ``tokens/w`` where the endpoint is fair by tokens
 (:mod:`worker.limits.cost`), so tenants with backlogs share the slots by weight, a
 tenant's own tasks go oldest first, and a tenant with nothing waiting leaves its share to the
@@ -30,7 +30,7 @@ import redis
 
 from worker import keys, lua
 from worker.contract import PRIORITY_MAX
-from worker.limits import presence
+from worker.limits import presence, script_replies
 from worker.tenancy.tenant_keys import INTERNAL
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ SWEEP_S = 0.5
 #: heartbeat sweeps every third of a TTL): its leases are renewed on its behalf while its
 #: presence connection is open (worker.limits.presence).
 STALL_TTLS = 0.5
+#: The names the scripts give the queue's keys (:attr:`Admission.keys`) and a waiter's
+#: arguments (:meth:`Admission.args`), in their order.
+QUEUE_KEYS = ("admit", "byage", "info", "age")
+WAITER_ARGS = ("band", "tenant", "weight", "owner", "every", "cost")
 
 Weights = Callable[[str], float]
 #: An endpoint's cap, or what the slot scripts take for it: a number, an "auto" spec
@@ -93,9 +97,9 @@ class Admission:
         self.every = every
         self._weights = weights
         self._waiting: dict[str, threading.Event] = {}
-        self._sweep = lua.register(client, "worker.limits", "lease_sweep")
-        self._leave = lua.register(client, "worker.limits", "admit_leave")
-        self._renew = lua.register(client, "worker.limits", "admit_renew")
+        self._sweep = lua.named(client, "worker.limits", "lease_sweep")
+        self._leave = lua.named(client, "worker.limits", "admit_leave")
+        self._renew = lua.named(client, "worker.limits", "admit_renew")
         self._listener: threading.Thread | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -110,6 +114,14 @@ class Admission:
         (its turn's: 1, or its estimated tokens where the endpoint is fair by tokens)."""
         name = tenant or INTERNAL
         return band(priority), name, repr(self.weight(name)), self.owner, self.every, cost
+
+    def named_args(self, priority: int, tenant: str | None, cost: int = 1) -> dict[str, Any]:
+        """:meth:`args` by the names the slot scripts give them."""
+        return dict(zip(WAITER_ARGS, self.args(priority, tenant, cost), strict=True))
+
+    def named_keys(self) -> dict[str, str]:
+        """The queue's keys by the names the scripts give them."""
+        return dict(zip(QUEUE_KEYS, self.keys, strict=True))
 
     def weight(self, tenant: str | None) -> float:
         """``tenant``'s weight in the queue's fair shares."""
@@ -130,7 +142,10 @@ class Admission:
         """``token`` stops waiting: its place, or a slot granted to it, goes to the next."""
         self.forget(token)
         try:
-            self._leave(keys=[self._lease, *self.keys], args=[token, self.limit(), self.every])
+            self._leave(
+                keys={"lease": self._lease, **self.named_keys()},
+                args={"token": token, "limit": self.limit(), "every": self.every},
+            )
         except redis.RedisError:
             log.warning("could not leave the admission queue; the place lapses by itself")
 
@@ -140,22 +155,26 @@ class Admission:
         tokens = list(self._waiting)
         if not tokens:
             return
-        gone = self._renew(keys=[self._lease, *self.keys], args=[ttl_ms, *tokens])
-        for token in gone:
-            self._granted(token.decode() if isinstance(token, bytes) else str(token))
+        gone = self._renew(
+            keys={"lease": self._lease, **self.named_keys()},
+            args={"ttl_ms": ttl_ms, "tokens": tokens},
+        )
+        for token in script_replies.admit_renew(gone):
+            self._granted(token)
 
     def sweep(self) -> int:
         """Free the slots and places of dead processes, keep those of stalled ones, and give
         free slots to the queue (``scripts/lease_sweep.lua``); how many were granted."""
         live = presence.live_ids(self._client)
-        granted, _removed = self._sweep(
-            keys=[self._lease, *self.keys, self._swept],
-            args=[
-                self.limit(), self.every, self._ttl_ms, int(self._ttl_ms * STALL_TTLS),
-                self.presence.id, "-" if live is None else ",".join(sorted(live)),
-            ],
+        swept = self._sweep(
+            keys={"lease": self._lease, **self.named_keys(), "swept": self._swept},
+            args={
+                "limit": self.limit(), "every": self.every, "ttl_ms": self._ttl_ms,
+                "stall_ms": int(self._ttl_ms * STALL_TTLS), "self_id": self.presence.id,
+                "live_spec": "-" if live is None else ",".join(sorted(live)),
+            },
         )  # fmt: skip
-        return int(granted)
+        return script_replies.lease_sweep(swept).granted
 
     def close(self) -> None:
         self._stopped.set()

@@ -1,7 +1,7 @@
 """``max_concurrency = "auto"``: the limit in force of an endpoint, found from what genqueue
 measures and shared by every worker in Redis.
 
-The controller lives in Lua (``scripts/auto_limit.lua``), updated at each call's end by the
+The controller lives in Lua (``scripts/lib/auto_limit.lua``), updated at each call's end by the
 script that releases its slot; the slot scripts read the limit in force from the same hash in
 the same script. Here: the spec the scripts take (:func:`limit_spec`), the sample a call ends
 with (:func:`sample`), and the limit in force as the reports read it (:func:`in_force`, the
@@ -81,7 +81,7 @@ def _whole(value: object, what: str) -> int:
 
 def limit_spec(endpoint_id: str, cap: int | AutoBounds) -> str:
     """The limit argument of the slot scripts: ``"<n>"`` for a fixed cap, else
-    ``"auto:<min>:<max>:<key>"`` (``scripts/auto_limit.lua``)."""
+    ``"auto:<min>:<max>:<key>"`` (``scripts/lib/auto_limit.lua``)."""
     if isinstance(cap, int):
         return str(cap)
     return f"{AUTO}:{cap.low}:{cap.high}:{keys.auto_limit(endpoint_id)}"

@@ -13,9 +13,10 @@ result's ``prompt_tokens + completion_tokens``, where the tenant still has a clo
 queued): tenants get turns in inverse proportion to what their tasks really cost.
 
 The charge is made where order is decided: the admission queue (``limits/scripts/
-admission.lua``: the waiter's ``cost``) and the backlog (``delivery/scripts/backlog.lua``: the
-message's cost, from its task's record or its body), and settled by the task's end script
-(``delivery/scripts/task_end.lua``), in the round trip the end makes anyway.
+lib/admission_queue.lua``: the waiter's ``cost``) and the backlog
+(``delivery/scripts/lib/backlog_fair_order.lua``: the message's cost, from its task's record or its
+body), and settled by the task's end script (``delivery/scripts/task_end.lua``), in the round trip
+the end makes anyway.
 """
 
 from __future__ import annotations

@@ -34,10 +34,11 @@ import redis
 from worker import keys, lua
 from worker.contract import PRIORITY_DEFAULT
 from worker.errors import AlreadyRunning, TaskCancelled
-from worker.limits import cost
+from worker.limits import cost, script_replies
 from worker.limits.admission import Admission, Weights, band, equal_weights
 from worker.limits.auto_limit import limit_spec
 from worker.limits.pool import FULL, REPICK_EVERY_S, REPICK_FOR_S, ReplicaPool
+from worker.limits.script_replies import SlotAnswer, SlotReply
 from worker.limits.slot_gate import SlotGate
 from worker.limits.slots import Claim, GuardPolicy, Outcome, Slot, circuit_open, rate_limited
 from worker.redis_io.redis_outage import RedisOutage, ride_out
@@ -136,9 +137,9 @@ class EndpointGuard:
         #: Taken by the heartbeat's renewal and by a release's end of renewing: a lease renewed
         #: (re-added) after its release would hold a slot nobody uses until it lapses.
         self._renew_lock = threading.Lock()
-        self._acquire = lua.register(client, "worker.limits", "slot_acquire")
-        self._release_script = lua.register(client, "worker.limits", "slot_release")
-        self._renew = lua.register(client, "worker.limits", "lease_renew")
+        self._acquire = lua.named(client, "worker.limits", "slot_acquire")
+        self._release_script = lua.named(client, "worker.limits", "slot_release")
+        self._renew = lua.named(client, "worker.limits", "lease_renew")
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_lock = threading.Lock()
         self._stopped = threading.Event()
@@ -247,27 +248,35 @@ class EndpointGuard:
         token = self._presence.token()
         policy = self._policy
         admission = self._admission
-        script_keys = [*self._keys, *admission.keys]
+        script_keys = {**_named_slot_keys(self._keys), **admission.named_keys()}
         priority, tenant = (claim.priority, claim.tenant) if claim else (PRIORITY_DEFAULT, None)
-        args: list[int | str] = [
-            admission.limit(), self._ttl_ms, token, self._cooldown_ms,
-            policy.requests_per_minute, policy.tokens_per_minute,
-            *admission.args(priority, tenant, (claim.cost if claim else None) or 1),
-        ]  # fmt: skip
+        args: dict[str, int | str] = {
+            "limit": admission.limit(), "ttl_ms": self._ttl_ms, "token": token,
+            "cooldown": self._cooldown_ms, "rpm": policy.requests_per_minute,
+            "tpm": policy.tokens_per_minute,
+            **admission.named_args(priority, tenant, (claim.cost if claim else None) or 1),
+        }  # fmt: skip
         if claim is not None:
-            script_keys += [keys.running(claim.task_id), keys.task_record(claim.task_id)]
-            args += [claim.token, claim.ttl_ms, claim.endpoint]
+            script_keys |= {
+                "running": keys.running(claim.task_id),
+                "record": keys.task_record(claim.task_id),
+            }
+            args |= {
+                "claim_token": claim.token,
+                "claim_ttl_ms": claim.ttl_ms,
+                "endpoint": claim.endpoint,
+            }
 
-        def acquire() -> list[int]:
-            return [int(n) for n in self._acquire(keys=script_keys, args=args)]
+        def acquire() -> SlotReply:
+            return script_replies.slot_acquire(self._acquire(keys=script_keys, args=args))
 
         granted = admission.expect(token)
         answered = False
         try:
             while True:
                 granted.clear()
-                code, wait_ms, *attempts = ride_out(acquire, "its endpoint slot", policy.outage)
-                if code != 0:
+                reply = ride_out(acquire, "its endpoint slot", policy.outage)
+                if reply.answer is not SlotAnswer.NONE_FREE:
                     answered = True
                     break
                 self._ensure_heartbeat()  # it renews this waiter's place too
@@ -277,16 +286,17 @@ class EndpointGuard:
                 admission.forget(token)
             else:  # interrupted while waiting: the place (or a slot handed over) goes on
                 admission.leave(token)
-        if code == 2:
-            raise circuit_open(wait_ms / 1000)
-        if code == 3:
-            raise rate_limited(wait_ms / 1000)
-        if code == 4:
-            raise AlreadyRunning()
-        if code == 5:
-            raise TaskCancelled("the task was cancelled before it ran")
-        if attempts:
-            slot.attempt, slot.attempt_on_endpoint = attempts
+        match reply.answer:
+            case SlotAnswer.BREAKER_OPEN:
+                raise circuit_open(reply.wait_ms / 1000)
+            case SlotAnswer.RATE_LIMITED:
+                raise rate_limited(reply.wait_ms / 1000)
+            case SlotAnswer.CLAIMED_ELSEWHERE:
+                raise AlreadyRunning()
+            case SlotAnswer.CANCELLED:
+                raise TaskCancelled("the task was cancelled before it ran")
+        if reply.attempts:
+            slot.attempt, slot.attempt_on_endpoint = reply.attempts
         self._held.add(token)
         self._ensure_heartbeat()
         return token
@@ -324,12 +334,17 @@ class EndpointGuard:
         outcome = slot.outcome
         if self.pool is not None and slot.replica is None:
             outcome = Outcome.NEUTRAL  # no replica was called: no breaker to move
-        args = [
-            token, outcome.value, self._policy.failure_threshold, self._cooldowns,
-            slot.tokens, self._admission.limit(), self._admission.every, self._admission.queues,
-            slot.sample,
-        ]  # fmt: skip
-        script_keys = [*self._slot_keys(slot.replica), *self._admission.keys]
+        args = {
+            "token": token, "outcome": outcome.value,
+            "threshold": self._policy.failure_threshold, "cooldown": self._cooldowns,
+            "tokens": slot.tokens, "limit": self._admission.limit(),
+            "every": self._admission.every, "queues": self._admission.queues,
+            "sample": slot.sample,
+        }  # fmt: skip
+        script_keys = {
+            **_named_slot_keys(self._slot_keys(slot.replica)),
+            **self._admission.named_keys(),
+        }
         try:
             # Ridden out: a lease left behind holds a slot of the cap until it lapses.
             opened = ride_out(
@@ -383,8 +398,16 @@ class EndpointGuard:
             return
         running = [token for token in held if token not in self._handed_off]
         ended = [token for token in held if token in self._handed_off]
-        self._renew(keys=self._keys[:1], args=[len(running), *running, *ended, self._ttl_ms])
+        self._renew(
+            keys={"lease": self._keys[0]},
+            args={"ttl_ms": self._ttl_ms, "running": len(running), "tokens": [*running, *ended]},
+        )
 
     def close(self) -> None:
         self._stopped.set()
         self._admission.close()
+
+
+def _named_slot_keys(slot_keys: list[str]) -> dict[str, str]:
+    """An endpoint's (or a pool replica's) slot keys by the names the slot scripts give them."""
+    return dict(zip(("lease", "breaker", "probe", "rate"), slot_keys, strict=True))

@@ -3,7 +3,7 @@
 The pool keeps one set of slots and one admission queue (:mod:`worker.limits.admission`), so
 priority and fair shares hold across the pool as a whole. Its limit is not a number but a spec
 (:meth:`ReplicaPool.spec`) that every slot script reads through ``slot_limit``
-(``scripts/pool_limit.lua``): the caps of the replicas whose breaker is closed, plus the calls
+(``scripts/lib/pool_limit.lua``): the caps of the replicas whose breaker is closed, plus the calls
 the others still hold. A call that holds a pool slot then picks its replica
 (``scripts/pool_pick.lua``): the one with the most room relative to its limit among the healthy
 ones, or with affinity the one that served the same prefix or session last while it has room.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis
 
 from worker import keys, lua
+from worker.limits import script_replies
 
 #: How long a prefix or session remembers its replica after its last call.
 AFFINITY_TTL_S = 3_600.0
@@ -68,10 +69,10 @@ class ReplicaPool:
         self._assign = keys.pool_assign(endpoint_id)
         self._affinity = keys.pool_affinity(endpoint_id)
         self._ids = [keys.replica_id(endpoint_id, i) for i in range(replicas)]
-        self._pick = lua.register(client, "worker.limits", "pool_pick")
+        self._pick = lua.named(client, "worker.limits", "pool_pick")
 
     def spec(self) -> str:
-        """The pool's limit as the slot scripts take it (``scripts/pool_limit.lua``)."""
+        """The pool's limit as the slot scripts take it (``scripts/lib/pool_limit.lua``)."""
         parts = ["pool", self._assign]
         for index, replica in enumerate(self._ids):
             parts += [str(self._caps(index)), keys.breaker(replica), keys.breaker_probe(replica)]
@@ -92,16 +93,19 @@ class ReplicaPool:
         """The replica for the call holding the pool slot ``token``; or ``None`` and the ms
         until one may take work (every replica open, or half-open with its probe running),
         or ``None`` and :data:`FULL` (a healthy replica is full: ask again as calls end)."""
-        replica, wait_ms = self._pick(
-            keys=[self._lease, self._affinity],
-            args=[
-                self.spec(), token, self._ttl_ms, affinity_key,
-                int(AFFINITY_TTL_S * 1000), AFFINITY_MAX,
-            ],
+        pick = script_replies.pool_pick(
+            self._pick(
+                keys={"lease": self._lease, "affinity": self._affinity},
+                args={
+                    "spec": self.spec(), "token": token, "ttl_ms": self._ttl_ms,
+                    "key": affinity_key, "affinity_ttl_ms": int(AFFINITY_TTL_S * 1000),
+                    "affinity_max": AFFINITY_MAX,
+                },
+            )
         )  # fmt: skip
-        if int(replica) == -2:
+        if pick.full:
             return None, FULL
-        return (None if int(replica) < 0 else int(replica)), int(wait_ms)
+        return pick.replica, pick.wait_ms
 
     def states(self) -> list[ReplicaState]:
         """Each replica's calls in flight and whether its breaker is open now."""

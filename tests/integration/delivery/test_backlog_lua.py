@@ -1,6 +1,6 @@
-"""worker/delivery/scripts/backlog.lua through the fetch and the sort scripts, against a real
-Redis: the tenant each message names, the fair order of the take, and a backlog that leaves
-nothing behind once it is empty."""
+"""worker/delivery/scripts/lib/backlog_fair_order.lua through the fetch and the sort scripts,
+against a real Redis: the tenant each message names, the fair order of the take, and a backlog that
+leaves nothing behind once it is empty."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The backlog fair by tokens (worker/delivery/scripts/backlog.lua through the fetch script,
-against a real Redis): a message's turn costs its estimated tokens, read from its task's record
-or its body, so tenants are served equal tokens rather than equal tasks."""
+"""The backlog fair by tokens (worker/delivery/scripts/lib/backlog_fair_order.lua through the fetch
+script, against a real Redis): a message's turn costs its estimated tokens, read from its task's
+record or its body, so tenants are served equal tokens rather than equal tasks."""
 
 from __future__ import annotations
 

@@ -54,12 +54,13 @@ def test_renew_with_no_claims_does_nothing(redis_client: redis.Redis) -> None:
 
 
 def test_a_dead_process_claims_go_and_no_other(redis_client: redis.Redis) -> None:
-    release = lua.register(redis_client, "worker.delivery", "release_dead_claims")
+    release = lua.named(redis_client, "worker.delivery", "release_dead_claims")
     redis_client.set(A, "deadbeef00000000.1234")
     redis_client.set(B, "deadbeef00000001.1234")  # another process, same first characters
     c = "genqueue:running:c"
 
-    assert release(keys=[A, B, c], args=["deadbeef00000000."]) == 1
+    released = release(keys={"running_keys": [A, B, c]}, args={"prefix": "deadbeef00000000."})
+    assert released == 1
 
     assert redis_client.get(A) is None
     assert redis_client.get(B) == b"deadbeef00000001.1234"

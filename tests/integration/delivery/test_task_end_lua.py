@@ -199,7 +199,7 @@ def test_a_failed_calls_release_counts_towards_opening_the_breaker(
 def test_the_guards_function_is_included_not_copied() -> None:
     text = lua.source("worker.delivery", "task_end")
     assert "#include" not in text
-    assert lua.source("worker.limits", "release_slot") in text
+    assert lua.library("worker.limits", "slot_give_back") in text
     assert text.count("local function release_slot(") == 1
 
 

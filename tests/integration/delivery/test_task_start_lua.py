@@ -157,7 +157,7 @@ def test_a_spent_rate_limit_grants_no_slot(start: Script, redis_client: redis.Re
 def test_the_guards_function_is_included_not_copied() -> None:
     text = lua.source("worker.delivery", "task_start")
     assert "#include" not in text
-    assert lua.source("worker.limits", "acquire_slot") in text
+    assert lua.library("worker.limits", "slot_take") in text
     assert text.count("local function acquire_slot(") == 1
 
 

@@ -1,5 +1,6 @@
-"""worker/limits/scripts/admission.lua through slot_acquire.lua and slot_release.lua, against a
-real Redis: who gets an endpoint's freed slot (priority, fair shares, no starvation, lapses)."""
+"""worker/limits/scripts/lib/admission_queue.lua through slot_acquire.lua and slot_release.lua,
+against a real Redis: who gets an endpoint's freed slot (priority, fair shares, no starvation,
+lapses)."""
 
 from __future__ import annotations
 

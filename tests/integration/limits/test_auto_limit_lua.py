@@ -1,4 +1,4 @@
-"""worker/limits/scripts/auto_limit.lua through slot_acquire.lua and slot_release.lua, against a
+"""worker/limits/scripts/lib/auto_limit.lua through slot_acquire.lua and slot_release.lua, against a
 real Redis: the decisions of an "auto" limit's controller, driven by a model of a batching
 server whose latency is flat up to a knee of calls at once and grows beyond it."""
 

@@ -1,4 +1,4 @@
-"""A pool's slots and replica pick (worker/limits/scripts/pool_limit.lua, pool_pick.lua) through
+"""A pool's slots and replica pick (worker/limits/scripts/lib/pool_limit.lua, pool_pick.lua) through
 the guard's scripts against a real Redis: the pool's limit is its healthy replicas' caps, a
 call goes to the replica with the most room, an open replica is skipped and its share goes to
 the others, a half-open one takes one probe, affinity keeps a key on its replica while it has

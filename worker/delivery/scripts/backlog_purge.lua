@@ -2,7 +2,11 @@
 -- Empties the backlogs of the queue lists KEYS (one queue's lists, a list per priority step):
 -- every tenant's messages, the tenants, the clock, the sequence numbers and the size of each.
 -- Called after kombu's purge empties the lists themselves (worker.delivery.broker's
--- Channel._purge: `celery purge`, `celery amqp queue.purge`). Returns how many it removed.
+-- Channel._purge: `celery purge`, `celery amqp queue.purge`).
+--
+-- KEYS[1+]  lists   the queue's lists, one per priority step
+--
+-- Returns how many messages it removed.
 local removed = 0
 for _, list in ipairs(KEYS) do
   for _, tenant in ipairs(redis.call('ZRANGE', backlog_tenants(list), 0, -1)) do

@@ -1,11 +1,11 @@
--- #include worker.delivery:backlog
--- Sorts up to `most` messages of the queue lists into their backlogs (backlog.lua), taking
--- none: run by a worker whose prefetch window is full (worker.delivery.broker), so that a
+-- #include worker.delivery:backlog_fair_order
+-- Sorts up to `most` messages of the queue lists into their backlogs (lib/backlog_fair_order.lua),
+-- taking none: run by a worker whose prefetch window is full (worker.delivery.broker), so that a
 -- tenant's message sent behind another's long backlog is next in fair order by the time a
 -- window has room. An unreadable message is set aside, untouched, as the fetch does.
 --
 -- KEYS[1]  unreadable_key   the list of set-aside messages (genqueue:unreadable)
--- KEYS[2+] queue lists      the lists to sort, in BRPOP's order (priority first)
+-- KEYS[2+] queue_lists      the lists to sort, in BRPOP's order (priority first)
 -- ARGV[1]  most             the most messages to move
 -- ARGV[2]  unreadable_max   the set-aside list's bound
 -- ARGV[3]  default_tenant   the tenant of a message that names none

@@ -1,5 +1,5 @@
--- #include worker.delivery:backlog
--- #include worker.limits:admission
+-- #include worker.delivery:backlog_fair_order
+-- #include worker.limits:admission_queue
 -- A queued task's place: how many tasks will get a slot of its endpoint before it, as the
 -- scheduler sees them now, and the endpoint's recent completions per second (see
 -- docs/scheduling.md, "Where a task is in the queue"). Read only; a bounded number of commands

@@ -2,9 +2,10 @@
 -- A claim that lapsed while Redis was away (its holder could not renew it) is taken again,
 -- unless another worker has it meanwhile.
 --
--- KEYS[i]   running_keys[i]   the running claims held here, any number
+-- KEYS[1+]  running_keys      the running claims held here, any number
 -- ARGV[1]   ttl_ms            the claims' new time to live in milliseconds
--- ARGV[i+1] token             the claim token of running_keys[i]
+-- ARGV[2+]  tokens            the claim token of each running key, in their order (ARGV[i + 1]
+--                             is KEYS[i]'s)
 --
 -- Returns 1.
 local running_keys = KEYS

@@ -1,4 +1,4 @@
--- #include worker.delivery:reservation
+-- #include worker.delivery:reservation_settle
 -- A queued task was cancelled (the API's DELETE): what its submission held of its tenant's day
 -- budget is given back now, not when a worker reaches its message (whose end then finds
 -- nothing left to give).

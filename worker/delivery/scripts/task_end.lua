@@ -23,13 +23,14 @@
 -- KEYS[9]  usage_tenants_key  the tenants with usage that day
 -- KEYS[10] usage_totals_key   every tenant's totals since it was first counted (metrics)
 -- KEYS[11] reserved_key       the tenant's reserved tokens by day (the token budget)
---   With a slot to release (its keys, as worker.limits.guard.SlotRelease.keys):
--- KEYS[12] lease_key          the endpoint's leases (the concurrency cap)
--- KEYS[13] breaker_key        the endpoint's circuit breaker
--- KEYS[14] probe_key          the breaker's probe
--- KEYS[15] rate_key           the endpoint's per-minute counts
--- KEYS[16..19]                the endpoint's admission queue: admit, byage, info, age (optional:
---                             with them, the freed slot goes to the queue's head)
+-- KEYS[12+]? slot_release_keys  with a slot to release, its keys
+--                                (worker.limits.guard.SlotRelease.keys):
+--   KEYS[12] lease_key          the endpoint's leases (the concurrency cap)
+--   KEYS[13] breaker_key        the endpoint's circuit breaker
+--   KEYS[14] probe_key          the breaker's probe
+--   KEYS[15] rate_key           the endpoint's per-minute counts
+--   KEYS[16..19]                the endpoint's admission queue: admit, byage, info, age
+--                             (optional: with them, the freed slot goes to the queue's head)
 --
 -- ARGV[1]  record_ttl_s       the record's time to live
 -- ARGV[2]  events_maxlen      the completion stream's approximate length cap
@@ -52,14 +53,15 @@
 -- ARGV[16] completion_tokens
 -- ARGV[17] gpu_ms             the duration of the endpoint call that gave the result
 -- ARGV[18] usage_ttl_s        how long the usage keys are kept
---   With a slot to release:
--- ARGV[19..23]                the release's arguments (worker.limits.guard.SlotRelease.args):
+-- ARGV[19+]? slot_release_args  with a slot to release, its arguments
+--                                (worker.limits.guard.SlotRelease.args, then its settle):
+--   ARGV[19..23]                the release's:
 --          slot_token, outcome, failure_threshold, cooldown ("first_ms:max_ms"), tokens_used
--- ARGV[24..26]                with the admission queue: limit, every, queues (worker.limits'
---                             admission.lua)
--- ARGV[27]                    the call's sample for an "auto" limit (worker.limits'
---                             release_slot.lua)
--- ARGV[28..31]                at an endpoint fair by tokens (worker.limits.cost): the turn's
+--   ARGV[24..26]                with the admission queue: limit, every, queues (worker.limits'
+--                             lib/admission_queue.lua)
+--   ARGV[27]                    the call's sample for an "auto" limit (worker.limits'
+--                             lib/slot_give_back.lua)
+--   ARGV[28..31]                at an endpoint fair by tokens (worker.limits.cost): the turn's
 --          estimated tokens, its admission band, the tenant's weight, and the queue list the
 --          message came from (or ''): the first success settles the estimate with the real
 --          usage in the admission queue and that list's backlog
@@ -85,9 +87,9 @@ local limit, every, queues, sample = ARGV[24], ARGV[25], ARGV[26], ARGV[27]
 local estimate, settle_band, settle_weight = tonumber(ARGV[28]), ARGV[29], ARGV[30]
 local settle_list = ARGV[31]
 
--- The guard's own function, written once in worker/limits/scripts/release_slot.lua.
+-- The guard's own function, written once in worker/limits/scripts/lib/slot_give_back.lua.
 -- #include worker.limits:now_ms
--- #include worker.limits:release_slot
+-- #include worker.limits:slot_give_back
 
 if lease_key then
   release_slot(lease_key, breaker_key, probe_key, rate_key, slot_token, outcome,
@@ -106,7 +108,7 @@ end
 local function add(key, field, amount)
   if amount > 0 then redis.call('HINCRBY', key, field, amount) end
 end
--- #include worker.delivery:reservation
+-- #include worker.delivery:reservation_settle
 local function count_usage()
   if redis.call('HSETNX', record_key, 'usage_counted', '1') == 0 then return end
   local at = endpoint .. ':'

@@ -8,15 +8,15 @@
 --
 -- KEYS[1]  record_key        the task's record (genqueue:task:<id>)
 -- KEYS[2]  result_key        Celery's result key of the task
---   With a slot offer (its keys, as worker.limits.guard.SlotOffer.keys):
--- KEYS[3]  lease_key         the endpoint's leases (the concurrency cap)
--- KEYS[4]  breaker_key       the endpoint's circuit breaker
--- KEYS[5]  probe_key         the breaker's probe
--- KEYS[6]  rate_key          the endpoint's per-minute counts
--- KEYS[7]  running_key       the task's running claim
--- KEYS[8]  claim_record_key  the task's record again (where the attempt is counted)
--- KEYS[9..12]                the endpoint's admission queue: admit, byage, info, age (optional:
---                            without them the slot is taken whenever one is free)
+-- KEYS[3+]? slot_offer_keys  with a slot offer, its keys (worker.limits.guard.SlotOffer.keys):
+--   KEYS[3]  lease_key         the endpoint's leases (the concurrency cap)
+--   KEYS[4]  breaker_key       the endpoint's circuit breaker
+--   KEYS[5]  probe_key         the breaker's probe
+--   KEYS[6]  rate_key          the endpoint's per-minute counts
+--   KEYS[7]  running_key       the task's running claim
+--   KEYS[8]  claim_record_key  the task's record again (where the attempt is counted)
+--   KEYS[9..12]                the endpoint's admission queue: admit, byage, info, age
+--                            (optional: without them the slot is taken whenever one is free)
 --
 -- ARGV[1]  created_at        the record's created_at, if it has none yet (ISO time)
 -- ARGV[2]  deliveries_field  the record's field counting this retry round's deliveries
@@ -27,14 +27,15 @@
 --                            STARTED written, here); otherwise they live in a Redis of their
 --                            own (GENQUEUE_RESULT_REDIS_URL), KEYS[2] is not touched, and this
 --                            says what the caller read there: 'succeeded' or 'pending'
---   With a slot offer:
--- ARGV[7]  max_deliveries    past this many deliveries, no slot is tried for
--- ARGV[8..16]                the offer's arguments (worker.limits.guard.SlotOffer.args):
+-- ARGV[7]?  max_deliveries   with a slot offer: past this many deliveries, no slot is tried for
+-- ARGV[8+]?  slot_offer_args  the offer's arguments (worker.limits.guard.SlotOffer.args):
+--   ARGV[8..16]                the slot's:
 --          limit, lease_ttl_ms, slot_token, cooldown, requests_per_minute,
 --          tokens_per_minute, claim_token, claim_ttl_ms, endpoint
--- ARGV[17..22]               with the admission queue: band, tenant, weight, grant list,
---                            every, cost (worker.limits' admission.lua); the slot is taken
---                            only when no task waits in the queue (this one does not join it)
+--   ARGV[17..22]               with the admission queue: band, tenant, weight, grant list,
+--                            every, cost (worker.limits' lib/admission_queue.lua); the slot
+--                            is taken only when no task waits in the queue (this one does not
+--                            join it)
 --
 -- Returns {deliveries, progress fields, result meta (false when apart), slot answer}: the
 -- progress fields are the
@@ -54,9 +55,9 @@ local admit_key, admit_byage_key, admit_info_key, admit_age_key = KEYS[9], KEYS[
 local band, tenant, weight, grant_list, every = ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]
 local cost = ARGV[22]
 
--- The guard's own function, written once in worker/limits/scripts/acquire_slot.lua.
+-- The guard's own function, written once in worker/limits/scripts/lib/slot_take.lua.
 -- #include worker.limits:now_ms
--- #include worker.limits:acquire_slot
+-- #include worker.limits:slot_take
 
 redis.call('HSETNX', record_key, 'created_at', created_at)
 local deliveries = redis.call('HINCRBY', record_key, deliveries_field, 1)

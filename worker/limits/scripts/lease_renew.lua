@@ -7,19 +7,20 @@
 -- whose release another script does (worker.limits.guard's hand-off), is renewed only while it
 -- exists: that script may have released it already.
 --
--- KEYS: lease
--- ARGV: the number n of running calls' tokens, their n tokens, the ended calls' tokens, and
---       the lease ttl ms (the last argument)
+-- KEYS[1]  lease    the endpoint's leases: sorted set of slot tokens by expiry
+-- ARGV[1]  ttl_ms   a lease's time to live
+-- ARGV[2]  running  the number n of running calls' tokens
+-- ARGV[3+] tokens   the n running calls' tokens, then the ended calls'
 local lease = KEYS[1]
-local running = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[#ARGV])
+local ttl_ms = tonumber(ARGV[1])
+local running = tonumber(ARGV[2])
 -- #include worker.limits:now_ms
-for i = 2, #ARGV - 1 do
-  if i <= running + 1 then
-    redis.call('ZADD', lease, now + ttl, ARGV[i])
+for i = 3, #ARGV do
+  if i <= running + 2 then
+    redis.call('ZADD', lease, now + ttl_ms, ARGV[i])
   else
-    redis.call('ZADD', lease, 'XX', now + ttl, ARGV[i])
+    redis.call('ZADD', lease, 'XX', now + ttl_ms, ARGV[i])
   end
 end
-redis.call('PEXPIRE', lease, ttl * 2)
+redis.call('PEXPIRE', lease, ttl_ms * 2)
 return 1

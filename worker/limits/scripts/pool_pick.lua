@@ -1,20 +1,25 @@
 -- Choose the replica of a pool for a call that holds one of the pool's slots (its token is in
 -- the pool's lease set): the replica with the most room relative to its limit among those whose
--- breaker is closed (or half-open, for its one probe; pool_limit.lua); with an affinity key, the
--- replica that served the key last while it has room. Ties go to the replica listed first.
+-- breaker is closed (or half-open, for its one probe; lib/pool_limit.lua); with an affinity key,
+-- the replica that served the key last while it has room. Ties go to the replica listed first.
 -- The call's token is then assigned to the replica (it counts there while its lease lives),
 -- a half-open replica's probe lock is taken for it, and the key remembers the replica.
 -- Assignments whose lease is gone (released, or swept: a dead worker's) are removed here.
 --
--- KEYS: lease (the pool's), affinity (hash: key -> replica index)
--- ARGV: the pool's spec (pool_limit.lua), token, lease ttl ms, affinity key ("": none),
---       affinity ttl ms, affinity entries at most
+-- KEYS[1]  lease        the pool's leases
+-- KEYS[2]  affinity     hash: key -> replica index
+-- ARGV[1]  spec         the pool's spec (lib/pool_limit.lua)
+-- ARGV[2]  token        the call's slot token
+-- ARGV[3]  ttl_ms       a lease's time to live
+-- ARGV[4]  key          the affinity key ("": none)
+-- ARGV[5]  affinity_ttl_ms  the affinity's time to live
+-- ARGV[6]  affinity_max the most affinity entries kept
 -- Returns {replica index, 0}; {-1, ms until a replica may take work} when every replica is open
 -- (or half-open with its probe running); {-2, 0} when a closed one is full (a breaker opened
 -- between this call's grant and its pick: the room comes back as calls end).
 local lease, affinity = KEYS[1], KEYS[2]
-local spec, token, ttl, key = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local affinity_ttl, affinity_max = tonumber(ARGV[5]), tonumber(ARGV[6])
+local spec, token, ttl_ms, key = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local affinity_ttl_ms, affinity_max = tonumber(ARGV[5]), tonumber(ARGV[6])
 -- #include worker.limits:now_ms
 -- #include worker.limits:pool_limit
 
@@ -65,13 +70,13 @@ if not chosen then
 end
 
 redis.call('HSET', assign, token, chosen)
-redis.call('PEXPIRE', assign, ttl * 4)
+redis.call('PEXPIRE', assign, ttl_ms * 4)
 if rooms[chosen].state == 'half' then
-  redis.call('SET', replicas[chosen + 1].probe, token, 'PX', ttl)
+  redis.call('SET', replicas[chosen + 1].probe, token, 'PX', ttl_ms)
 end
 if key ~= '' then
   if redis.call('HLEN', affinity) >= affinity_max then redis.call('DEL', affinity) end
   redis.call('HSET', affinity, key, chosen)
-  redis.call('PEXPIRE', affinity, affinity_ttl)
+  redis.call('PEXPIRE', affinity, affinity_ttl_ms)
 end
 return {chosen, 0}

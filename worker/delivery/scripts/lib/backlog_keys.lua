@@ -1,7 +1,7 @@
--- A library: the names of the backlog's keys (backlog.lua), as worker.keys writes them,
+-- A library: the names of the backlog's keys (backlog_fair_order.lua), as worker.keys writes them,
 -- whether a queue list's backlog holds a message, and the settling of a turn's cost in it.
--- Included by backlog.lua and by the admission queue (worker.limits:admission), which looks
--- for a more urgent message still queued (and through it by the task's end script).
+-- Included by backlog_fair_order.lua and by the admission queue (worker.limits:admission_queue),
+-- which looks for a more urgent message still queued (and through it by the task's end script).
 local BACKLOG = 'genqueue:backlog'
 local BACKLOG_SIZE = BACKLOG .. '-size'
 -- A task's record (worker.keys.task_record) and its tenant field (worker.delivery.records).
@@ -30,7 +30,7 @@ end
 
 -- A task of `tenant` that `list` gave ended, at an endpoint fair by tokens: its tenant's counter
 -- in `list`'s backlog moves by `delta` (actual - estimated tokens) over its weight, while the
--- tenant has messages there (backlog.lua; worker.limits.cost). Returns 1 if it moved.
+-- tenant has messages there (backlog_fair_order.lua; worker.limits.cost). Returns 1 if it moved.
 local function backlog_settle(list, tenant, weight, delta)
   if list == '' or delta == 0 then return 0 end
   local moved = redis.call('ZADD', backlog_tenants(list), 'XX', 'INCR',

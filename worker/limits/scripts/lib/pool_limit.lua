@@ -1,12 +1,13 @@
 -- A library: the functions `slot_limit` (how many slots an endpoint has now) and the pool
--- helpers it and pool_pick.lua share. Included by admission.lua, so every script that grants
+-- helpers it and pool_pick.lua share. Included by admission_queue.lua, so every script that grants
 -- slots (acquire_slot, admit_next) reads the limit through it.
 --
--- `limit` is an endpoint's cap ("4", or "auto:...": auto_limit.lua), or a pool's spec (worker.limits.pool.ReplicaPool.spec):
--- "pool|<assign>|<cap>|<breaker>|<probe>|<cap>|<breaker>|<probe>|...", one cap, breaker and
--- probe key per replica, in the order of its `urls`; `assign` is the hash of each pool slot's
--- replica (token -> replica index), which counts only while the token holds a lease.
--- A pool's limit is the sum, over its replicas, of
+-- `limit` is an endpoint's cap ("4", or "auto:...": auto_limit.lua), or a pool's spec
+-- (worker.limits.pool.ReplicaPool.spec):
+-- "pool|<assign>|<cap>|<breaker>|<probe>|<cap>|<breaker>|<probe>|...", one cap, breaker and probe
+-- key per replica, in the order of its `urls`; `assign` is the hash of each pool slot's replica
+-- (token -> replica index), which counts only while the token holds a lease. A pool's limit is the
+-- sum, over its replicas, of
 --   - its cap when its breaker is closed;
 --   - when half-open (the cooldown passed): the calls it holds, plus one for its probe when it
 --     holds none and no probe is running there;

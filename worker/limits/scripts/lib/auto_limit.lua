@@ -1,6 +1,6 @@
 -- A library: the concurrency limit in force of an endpoint, and the controller that finds it
--- when its `max_concurrency` is "auto" (docs/endpoints.md). Included by admission.lua, so that
--- every slot script (acquire_slot, release_slot, the admission queue's grants and sweeps)
+-- when its `max_concurrency` is "auto" (docs/endpoints.md). Included by admission_queue.lua, so
+-- that every slot script (acquire_slot, release_slot, the admission queue's grants and sweeps)
 -- reads the limit the same way, in the same script: every worker agrees on it.
 --
 -- A limit argument is a spec: "<n>" (a fixed cap), or "auto:<min>:<max>:<key>", whose limit is

@@ -1,11 +1,11 @@
--- #include worker.limits:admission
+-- #include worker.limits:admission_queue
 -- A library: the function `acquire_slot`, the start of an endpoint call. Included by the
 -- guard's slot_acquire.lua and by the script that starts a task (worker.delivery's
 -- task_start.lua), which tries for a slot in passing. With a `running` claim key (and the task
 -- `record`), the task is claimed for this worker and its attempt counted in the same step.
--- With `queue` (the endpoint's admission queue, admission.lua: a table of its keys admit, byage,
--- info, age and the waiter's band, tenant, weight, owner (its grant list), every, wait), a free
--- slot is taken only when no task waits for one; with `queue.wait`, a task that finds none
+-- With `queue` (the endpoint's admission queue, admission_queue.lua: a table of its keys admit,
+-- byage, info, age and the waiter's band, tenant, weight, owner (its grant list), every, wait), a
+-- free slot is taken only when no task waits for one; with `queue.wait`, a task that finds none
 -- joins the queue (or keeps its place). A token the queue granted a slot to takes it here.
 -- Returns {code, wait ms}: 1 slot taken, 0 no free slot, 2 breaker open, 3 over a rate limit,
 -- 4 the task is claimed by another worker, 5 the waiting task was cancelled. With a claim,

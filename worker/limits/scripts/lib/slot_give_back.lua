@@ -1,10 +1,10 @@
--- #include worker.limits:admission
+-- #include worker.limits:admission_queue
 -- A library: the function `release_slot`, the end of an endpoint call. Included by the
 -- guard's slot_release.lua and by the script that ends a task (worker.delivery's task_end.lua),
 -- which takes over the release of a successful call's slot. `cooldown` is "first_ms:max_ms".
 -- With `queue` (the endpoint's admission queue: a table of its keys admit, byage, info, age, and
--- limit, every and queues, see admission.lua), the freed slot goes to the queue's head at once
--- (or is held a moment for a more urgent task still in the Redis lists of the queues).
+-- limit, every and queues, see admission_queue.lua), the freed slot goes to the queue's head at
+-- once (or is held a moment for a more urgent task still in the Redis lists of the queues).
 -- `sample` ("<latency ms>:<output tokens>:<signal>", or nil) feeds the controller of an endpoint
 -- whose limit is "auto" (auto_limit.lua), before the freed slot is given on.
 -- `breaker` and `probe` are the endpoint's, or for a pool's slot its replica's

@@ -2,8 +2,8 @@
 -- #include worker.limits:auto_limit
 -- #include worker.limits:pool_limit
 -- A library: the admission queue of an endpoint, the tasks held by workers and waiting for a
--- slot of its concurrency cap (see docs/scheduling.md). Included by acquire_slot.lua and
--- release_slot.lua, so that every slot that frees goes to the head of the queue in the same
+-- slot of its concurrency cap (see docs/scheduling.md). Included by slot_take.lua and
+-- slot_give_back.lua, so that every slot that frees goes to the head of the queue in the same
 -- script, and by the guard's admission scripts. `q` is a table of the queue's keys:
 --
 -- q.admit  sorted set, every score 0, ordered by its members: "<band>:<finish>:<token>", where
