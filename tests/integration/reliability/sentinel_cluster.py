@@ -312,7 +312,7 @@ class SentinelCluster:
         finally:
             client.close()
 
-    def wait_failover(self, old_port: int, timeout_s: float = 30.0) -> float:
+    def wait_failover(self, old_port: int, timeout_s: float = 60.0) -> float:
         """Until the sentinels name a primary other than ``old_port`` that answers; seconds."""
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:

@@ -1,6 +1,9 @@
 """Fair by tokens with a real worker (docs/scheduling.md): two tenants, one sending long prompts
 and one short, share a one-slot endpoint by tokens served, not by tasks, when the operator sets
-GENQUEUE_FAIRNESS=tokens. Plain Celery sends the tasks (the backlog reads their bodies); the
+GENQUEUE_FAIRNESS=tokens. Plain Celery sends the tasks, and the worker's window holds them all:
+the admission queue orders them by their cost (tasks still in Redis come into a full window one
+per ended call, and get about one call in two while they do: docs/scheduling.md, Limits; the
+backlog's order by cost is tests/integration/delivery/test_backlog_tokens_lua.py's). The
 simulator counts a word a token, and the prompts are words of four characters, so its usage and
 genqueue's estimate (four characters a token) agree."""
 
@@ -28,7 +31,7 @@ def test_tenants_with_long_and_short_prompts_get_equal_tokens(
 ) -> None:
     simulator.configure(latency_s=0.01)
     start_worker(
-        redis_url, simulator.url, RUNPOD_MAX_CONCURRENCY=1, GENQUEUE_WORKER_CONCURRENCY=20,
+        redis_url, simulator.url, RUNPOD_MAX_CONCURRENCY=1, GENQUEUE_WORKER_CONCURRENCY=200,
         GENQUEUE_FAIRNESS="tokens",
     )  # fmt: skip
     # The long prompts' backlog first, the short ones behind it.
