@@ -27,7 +27,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import redis
 
@@ -40,6 +39,7 @@ from worker.limits.auto_limit import limit_spec
 from worker.limits.pool import FULL, REPICK_EVERY_S, REPICK_FOR_S, ReplicaPool
 from worker.limits.script_replies import SlotAnswer, SlotReply
 from worker.limits.slot_gate import SlotGate
+from worker.limits.slot_values import GrantedSlot, SlotOffer, SlotRelease
 from worker.limits.slots import Claim, GuardPolicy, Outcome, Slot, circuit_open, rate_limited
 from worker.redis_io.redis_outage import RedisOutage, ride_out
 
@@ -49,43 +49,6 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SlotOffer:
-    """A slot to try for in passing, in another script that calls ``acquire_slot`` with
-    ``keys`` and ``args`` (its arguments, ``now`` aside, then the admission queue's keys and
-    arguments): taken only if it is free and no task waits for one."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    claim: Claim
-
-
-@dataclass(frozen=True)
-class GrantedSlot:
-    """A :class:`SlotOffer` the script granted, with the task's attempt numbers."""
-
-    offer: SlotOffer
-    attempt: int
-    attempt_on_endpoint: int
-
-
-@dataclass(frozen=True)
-class SlotRelease:
-    """The release of a held slot, for a script that calls :data:`RELEASE_FUNCTION` with
-    ``keys`` and ``args`` (its ``release_slot(...)`` arguments, ``now`` aside); the guard
-    renews the slot until :meth:`EndpointGuard.settle` or :meth:`EndpointGuard.release`."""
-
-    guard: EndpointGuard
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    token: str
-    replica: int | None = None
-    #: Fair by tokens: the settling of the turn's cost (:func:`worker.limits.cost.settle_args`).
-    settle: tuple[str | int, ...] = ()
 
 
 class EndpointGuard:
